@@ -1,0 +1,262 @@
+"""
+Sessions, presence, contacts and text delivery: the chat service every
+transport talks to.
+
+Text to an online user is delivered at once. Text to an offline account is
+stored durably and delivered, oldest first, right after that user's next
+login. While a user's stored messages are being drained, new messages to that
+user are stored too (and drained in the same loop), so nothing overtakes an
+older message.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from wecompany.domain.events import PresenceChanged, TextMessage
+from wecompany.domain.sessions import Identity
+from wecompany.errors import Conflict, InvalidInput, NotFound, WeCompanyError
+from wecompany.store.records import StoredMessage
+
+DELIVERED = 0
+STORED = 1
+
+BROADCAST = "*"
+DRAIN_BATCH = 100
+MAX_PAGE = 500
+
+
+@attrs.frozen
+class TextAck:
+    """What the sender of a text learns: the message id and what happened to it."""
+
+    message_id: int
+    to: str
+    status: int  # DELIVERED or STORED
+    recipients: int
+
+
+class SessionReplaced(Conflict):
+    default_message = "logged in from another connection"
+
+
+@attrs.define
+class _Drain:
+    again: bool = False
+    waiter: Deferred | None = None
+
+
+class ChatService:
+    """
+    :param store: :class:`~wecompany.store.interface.IStore`.
+    :param registry: :class:`~wecompany.domain.sessions.SessionRegistry`.
+    :param calls: :class:`~wecompany.domain.calls.CallService`.
+    :param ids: :class:`~wecompany.domain.ids.IdGenerator`.
+    :param clock: ``IReactorTime``.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, registry, calls, ids, clock) -> None:
+        self.store = store
+        self.registry = registry
+        self.calls = calls
+        self.ids = ids
+        self.clock = clock
+        self.files = None  # set by the composition root when file transfer is on
+        self._draining: dict[str, _Drain] = {}
+        self._inflight: Counter[str] = Counter()
+
+    # -- sessions -----------------------------------------------------------
+    def open_session(self, client) -> None:
+        """
+        ``client`` has authenticated. A previous chat session of the same user
+        is closed (its call ends); contacts learn the user is online; stored
+        messages and files start flowing.
+        """
+        first, replaced = self.registry.attach(client)
+        if replaced is not None:
+            self.close_session(replaced, "replaced")
+            replaced.disconnect(SessionReplaced())
+        if first:
+            self._background(self._announce(client.identity, True))
+        if client.kind == "tcp" and client.identity.account_id is not None:
+            self._kick_drain(client.identity.user_id)
+            if self.files is not None:
+                self._background(self.files.deliver_pending(client))
+
+    def close_session(self, client, reason: str = "disconnected") -> None:
+        """``client`` is gone (or replaced). Idempotent."""
+        attached, offline = self.registry.detach(client)
+        if not attached:
+            return
+        self.calls.session_closed(client, reason)
+        if self.files is not None:
+            self.files.session_closed(client)
+        if offline:
+            self._background(self._announce(client.identity, False))
+
+    # -- users --------------------------------------------------------------
+    async def resolve_user(self, name_or_id: str) -> Identity | None:
+        """An online user, or an account, by user id or username; None if unknown."""
+        if not name_or_id:
+            return None
+        ident = self.registry.find_online(name_or_id)
+        if ident is not None:
+            return ident
+        if name_or_id.isdigit() and len(name_or_id) < 19:
+            user = await self.store.get_user(int(name_or_id))
+        elif name_or_id.isascii():
+            user = await self.store.get_user_by_username(name_or_id)
+        else:
+            user = None
+        if user is None or user.status == "deleted":
+            return None
+        return Identity.of_user(user)
+
+    # -- text ---------------------------------------------------------------
+    async def send_text(self, client, to: str, text: str) -> TextAck:
+        sender = client.identity
+        message_id = self.ids.next_id()
+        now = self.clock.seconds()
+        if to == BROADCAST:
+            event = TextMessage(message_id, sender.user_id, sender.username, text, now, broadcast=True)
+            count = 0
+            for other in self.registry.chat_clients():
+                if other is not client:
+                    other.send_event(event)
+                    count += 1
+            return TextAck(message_id, BROADCAST, DELIVERED, count)
+        recipient = await self.resolve_user(to)
+        if recipient is None:
+            raise NotFound(f"unknown user {to!r}")
+        uid = recipient.user_id
+        target = self.registry.chat_client(uid)
+        if target is not None and uid not in self._draining:
+            target.send_event(TextMessage(message_id, sender.user_id, sender.username, text, now))
+            return TextAck(message_id, uid, DELIVERED, 1)
+        if recipient.account_id is None or sender.account_id is None:
+            raise Conflict("recipient is offline and messages of anonymous sessions are not stored")
+        self._inflight[uid] += 1
+        try:
+            await self.store.store_offline_message(
+                StoredMessage(message_id, sender.account_id, recipient.account_id, text, now))
+        finally:
+            self._inflight[uid] -= 1
+            if not self._inflight[uid]:
+                del self._inflight[uid]
+        self._kick_drain(uid)
+        return TextAck(message_id, uid, STORED, 1)
+
+    def _kick_drain(self, uid: str) -> None:
+        """Deliver ``uid``'s stored messages if it is online (coalesces with a running drain)."""
+        state = self._draining.get(uid)
+        if state is not None:
+            state.again = True
+            if state.waiter is not None:
+                waiter, state.waiter = state.waiter, None
+                waiter.callback(None)
+            return
+        if self.registry.chat_client(uid) is None:
+            return
+        state = self._draining[uid] = _Drain()
+        self._background(self._drain(uid, state))
+
+    async def _drain(self, uid: str, state: _Drain) -> None:
+        try:
+            account_id = int(uid)
+            names: dict[int, str] = {}
+            while True:
+                state.again = False
+                client = self.registry.chat_client(uid)
+                if client is None:
+                    return
+                batch = await self.store.fetch_offline_messages(account_id, DRAIN_BATCH)
+                if self.registry.chat_client(uid) is not client:
+                    continue  # replaced or gone meanwhile: start over with the new session
+                if batch:
+                    missing = {m.sender_id for m in batch} - names.keys()
+                    if missing:
+                        users = await self.store.list_users_by_ids(sorted(missing))
+                        names.update((i, u.username) for i, u in users.items())
+                    if self.registry.chat_client(uid) is not client:
+                        continue
+                    for m in batch:
+                        client.send_event(TextMessage(m.id, str(m.sender_id), names.get(m.sender_id, ""),
+                                                      m.text, m.sent_at, stored=True))
+                    await self.store.delete_offline_messages([m.id for m in batch])
+                    continue
+                if self._inflight.get(uid):
+                    # A store for this user is still being written: wait for it,
+                    # so a later live message cannot overtake it.
+                    if not state.again:
+                        state.waiter = Deferred()
+                        await state.waiter
+                    continue
+                if not state.again:
+                    return
+        finally:
+            del self._draining[uid]
+
+    # -- presence and contacts ---------------------------------------------
+    def online_users(self, offset: int = 0, limit: int = 100):
+        if offset < 0 or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be 1..{MAX_PAGE}")
+        return self.registry.online(offset, limit)
+
+    async def _announce(self, ident: Identity, online: bool) -> None:
+        if ident.account_id is None:
+            return
+        watchers = await self.store.watchers_of(ident.account_id)
+        event = PresenceChanged(ident.user_id, ident.username, online)
+        for watcher in watchers:
+            client = self.registry.chat_client(str(watcher))
+            if client is not None:
+                client.send_event(event)
+
+    async def add_contact(self, client, name_or_id: str) -> tuple[Identity, bool]:
+        me = self._account_of(client)
+        other = await self.resolve_user(name_or_id)
+        if other is None or other.account_id is None:
+            raise NotFound(f"unknown user {name_or_id!r}")
+        if other.account_id == me:
+            raise InvalidInput("you cannot add yourself as a contact")
+        await self.store.add_contact(me, other.account_id, self.clock.seconds())
+        return other, self.registry.is_online(other.user_id)
+
+    async def remove_contact(self, client, name_or_id: str) -> Identity:
+        me = self._account_of(client)
+        other = await self.resolve_user(name_or_id)
+        if other is None or other.account_id is None or not await self.store.remove_contact(me, other.account_id):
+            raise NotFound(f"{name_or_id!r} is not a contact")
+        return other
+
+    async def list_contacts(self, client, offset: int, limit: int):
+        """-> (total, [(Identity, online)])"""
+        me = self._account_of(client)
+        if offset < 0 or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be 1..{MAX_PAGE}")
+        total, users = await self.store.list_contacts(me, offset, limit)
+        page = [(Identity.of_user(u), self.registry.is_online(str(u.id))) for u in users]
+        return total, page
+
+    @staticmethod
+    def _account_of(client) -> int:
+        if client.identity.account_id is None:
+            raise WeCompanyError("anonymous sessions have no contacts", code=403)
+        return client.identity.account_id
+
+    # -- calls --------------------------------------------------------------
+    async def place_call(self, client, callee: str, is_video: bool):
+        target = await self.resolve_user(callee)
+        callee_client = self.registry.chat_client(target.user_id) if target is not None else None
+        return self.calls.place(client, target, callee_client, is_video)
+
+    # -- plumbing -----------------------------------------------------------
+    def _background(self, coro) -> None:
+        d = Deferred.fromCoroutine(coro)
+        d.addErrback(lambda f: self.log.failure("background chat task failed", f))

@@ -1,0 +1,77 @@
+"""Rate limiting keyed by client address or user, bounded in memory."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from wecompany.errors import RateLimited
+
+
+class FailureLimiter:
+    """
+    Counts failures per key inside a sliding window and refuses a key that
+    failed ``max_failures`` times until the window has passed since its
+    first counted failure.
+
+    Memory is bounded: at most ``max_keys`` keys are remembered; the oldest
+    are forgotten first (which can only make the limiter more lenient).
+    """
+
+    def __init__(self, clock, max_failures: int = 5, window: float = 60.0,
+                 max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self._max_keys = max_keys
+        self._entries: OrderedDict[str, list] = OrderedDict()  # key -> [first_failure_at, count]
+
+    def check(self, key: str) -> None:
+        """Raise :class:`RateLimited` when ``key`` is over its budget."""
+        entry = self._live_entry(key)
+        if entry is not None and entry[1] >= self.max_failures:
+            retry = max(1.0, entry[0] + self.window - self._clock.seconds())
+            raise RateLimited("too many failed attempts, try again later", retry_after=retry)
+
+    def failed(self, key: str) -> None:
+        entry = self._live_entry(key)
+        if entry is None:
+            self._entries[key] = [self._clock.seconds(), 1]
+            while len(self._entries) > self._max_keys:
+                self._entries.popitem(last=False)
+        else:
+            entry[1] += 1
+
+    def succeeded(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def _live_entry(self, key: str):
+        entry = self._entries.get(key)
+        if entry is not None and self._clock.seconds() - entry[0] >= self.window:
+            del self._entries[key]
+            return None
+        return entry
+
+
+class TokenBucket:
+    """
+    A token bucket for message rates: ``rate`` tokens per second, at most
+    ``burst`` saved up. One per connection; ``allow()`` is O(1).
+    """
+
+    __slots__ = ("_clock", "rate", "burst", "_tokens", "_at")
+
+    def __init__(self, clock, rate: float, burst: float) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = clock.seconds()
+
+    def allow(self, cost: float = 1.0) -> bool:
+        now = self._clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False

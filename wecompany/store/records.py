@@ -1,0 +1,76 @@
+"""
+Value types that cross the store boundary.
+
+Times are POSIX seconds (float, UTC) everywhere inside the server; transports
+format them (RFC 3339 for REST/JSON, u64 milliseconds on the binary protocol).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class UserRecord:
+    """An account. ``username`` keeps the case it was registered with; lookups ignore case."""
+
+    id: int
+    username: str
+    email: str | None
+    password_hash: str
+    role: str  # "user" | "admin"
+    status: str  # "active" | "banned" | "deleted"
+    created_at: float
+    last_login: float | None = None
+
+
+@attrs.frozen
+class ProfileRecord:
+    """The editable part of an account, one row per user."""
+
+    user_id: int
+    nickname: str
+    avatar: str = ""
+    phone: str = ""
+    updated_at: float = 0.0
+
+
+@attrs.frozen
+class StoredMessage:
+    """
+    A one-to-one text message waiting for an offline recipient.
+
+    ``id`` is the message id the sender was told in its TEXT_ACK (a 63-bit id
+    made by :class:`wecompany.domain.ids.IdGenerator`), not a row number; the
+    store keeps its own insertion order and returns messages oldest first.
+    """
+
+    id: int
+    sender_id: int
+    recipient_id: int
+    text: str
+    sent_at: float
+
+
+@attrs.frozen
+class FileRecord:
+    """
+    A file in the media store.
+
+    ``path`` is relative to the data directory's ``media/`` folder and is always
+    chosen by the server. ``status`` is ``"receiving"`` while chunks arrive,
+    ``"complete"`` once the SHA-256 matched. ``recipient_id`` is set for a
+    one-to-one transfer; ``delivered`` says whether the recipient has received it.
+    """
+
+    id: int
+    owner_id: int
+    name: str
+    size: int
+    sha256: str  # lower-case hex
+    path: str
+    status: str
+    created_at: float
+    recipient_id: int | None = None
+    delivered: bool = False
+    content_type: str = "application/octet-stream"
