@@ -1,0 +1,135 @@
+"""
+SQLiteStore: the shared store behaviour, plus what only a database file has
+(durability across a restart, migrations, pragmas, foreign keys).
+
+adbapi runs queries on a real thread pool, so these tests run on the real
+reactor; nothing here waits on wall time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from tests.store.behaviour import NOW, StoreBehaviour
+from wecompany.errors import Conflict, Unavailable
+from wecompany.store.records import StoredMessage
+from wecompany.store.schema import SchemaTooNew
+from wecompany.store.sqlite import SQLiteStore
+
+
+async def query(store, sql, params=()):
+    """Raw SQL on the store's own connection."""
+    return await store._pool.runQuery(sql, params)
+
+
+class SQLiteStoreTests(StoreBehaviour, TestCase):
+    def make_store(self):
+        return SQLiteStore(":memory:", reactor)
+
+    async def count_rows(self, table):
+        [(count,)] = await query(self.store, f"SELECT COUNT(*) FROM {table}")
+        return count
+
+
+class _ClashBlindStore(SQLiteStore):
+    """Skips the check before the insert, as if another writer raced it."""
+
+    def _find_clash(self, txn, username, email):
+        return None
+
+
+class SQLiteOnlyTests(TestCase):
+    async def open_store(self, path=":memory:", store_type=SQLiteStore):
+        store = store_type(path, reactor)
+        self.addCleanup(store.stop)
+        await store.start()
+        return store
+
+    async def test_connection_settings(self):
+        store = await self.open_store(self.mktemp())
+        settings = [
+            (await query(store, f"PRAGMA {name}"))[0][0]
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        ]
+        self.assertEqual(settings, ["wal", 2, 1, 5000])
+
+    async def test_data_survives_reopen(self):
+        path = self.mktemp()
+        store = await self.open_store(path)
+        alice = await store.create_user("alice", "h", "a@example.com", "Al", NOW)
+        bob = await store.create_user("bob", "h", None, None, NOW)
+        await store.add_contact(alice.id, bob.id, NOW)
+        messages = [StoredMessage(id, alice.id, bob.id, f"text {id}", NOW + id) for id in (3, 1, 2)]
+        for message in messages:
+            await store.store_offline_message(message)
+        record = await store.create_file(alice.id, "f", 1, "aa" * 32, "aa/f", NOW, recipient_id=bob.id)
+        await store.stop()
+
+        reopened = await self.open_store(path)
+        self.assertEqual(await reopened.fetch_offline_messages(bob.id, 10), messages)
+        self.assertEqual(await reopened.get_user_by_login("A@EXAMPLE.COM"), alice)
+        self.assertEqual(await reopened.list_contacts(alice.id, 0, 50), (1, [bob]))
+        self.assertEqual(await reopened.get_file(record.id), record)
+
+    async def test_stop_finishes_queued_writes(self):
+        path = self.mktemp()
+        store = await self.open_store(path)
+        message = StoredMessage(42, 1, 2, "sent just before shutdown", NOW)
+        stored = store.store_offline_message(message)
+        await store.stop()
+        self.assertIsNone(self.successResultOf(stored))
+        await self.assertFailure(store.fetch_offline_messages(2, 10), Unavailable)
+
+        reopened = await self.open_store(path)
+        self.assertEqual(await reopened.fetch_offline_messages(2, 10), [message])
+
+    async def test_stop_while_starting(self):
+        store = SQLiteStore(self.mktemp(), reactor)
+        started = store.start()
+        stopped = store.stop()
+        self.assertIsNone(await started)
+        self.assertIsNone(await stopped)
+        await self.assertFailure(store.ping(), Unavailable)
+
+    async def test_migrations_apply_once(self):
+        path = self.mktemp()
+        store = await self.open_store(path)
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        await store.stop()
+        store = await self.open_store(path)
+        self.assertEqual(await query(store, "SELECT version, name FROM schema_version"), [(1, "initial")])
+        self.assertEqual(await store.get_user(alice.id), alice)
+
+    async def test_newer_schema_is_refused(self):
+        path = self.mktemp()
+        store = await self.open_store(path)
+        await query(store, "INSERT INTO schema_version (version, name) VALUES (99, 'future') RETURNING version")
+        await store.stop()
+
+        newer = SQLiteStore(path, reactor)
+        error = await self.assertFailure(newer.start(), SchemaTooNew)
+        self.assertIn("database schema version 99 is newer than this server knows (up to 1)", str(error))
+        await self.assertFailure(newer.get_user(1), Unavailable)
+        self.assertIsNone(await newer.stop())
+
+    async def test_deleting_a_user_row_cascades(self):
+        store = await self.open_store()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        bob = await store.create_user("bob", "h", None, None, NOW)
+        await store.add_contact(alice.id, bob.id, NOW)
+        await store.add_contact(bob.id, alice.id, NOW)
+        await store._pool.runOperation("DELETE FROM users WHERE id = ?", (bob.id,))
+        self.assertIsNone(await store.get_profile(bob.id))
+        self.assertEqual(await store.list_contacts(alice.id, 0, 50), (0, []))
+        self.assertEqual(await store.watchers_of(alice.id), [])
+        self.assertEqual(await query(store, "SELECT COUNT(*) FROM contacts"), [(0,)])
+
+    async def test_unique_violation_is_still_a_conflict(self):
+        store = await self.open_store(store_type=_ClashBlindStore)
+        await store.create_user("alice", "h", "alice@example.com", None, NOW)
+        for username, email, error_code in [("ALICE", None, 1001), ("bob", "Alice@Example.com", 1002)]:
+            error = await self.assertFailure(store.create_user(username, "h", email, None, NOW), Conflict)
+            self.assertEqual(error.error_code, error_code)
+        self.assertEqual(await query(store, "SELECT COUNT(*) FROM users"), [(1,)])
+        self.assertEqual(await query(store, "SELECT COUNT(*) FROM profiles"), [(1,)])

@@ -1,0 +1,81 @@
+"""
+The default durable store: SQLite through adbapi.
+
+One connection (``cp_max=1``) on one pool thread: writes are serialised in the
+order they were asked for, and a read queued after a write sees it. Commits
+are synchronous (``synchronous=FULL``), so an offline message acknowledged to
+its sender survives a crash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import ClassVar
+
+import attrs
+from twisted.enterprise.adbapi import ConnectionPool
+from twisted.internet.interfaces import IReactorCore
+from zope.interface import implementer
+
+from wecompany.store.dialect import SQLITE, Dialect
+from wecompany.store.interface import IStore
+from wecompany.store.sql import SQLStore
+
+# RETURNING arrived in SQLite 3.35.
+MINIMUM_SQLITE = (3, 35, 0)
+
+_PRAGMAS = (
+    # Readers do not block the writer (a no-op for ":memory:").
+    "PRAGMA journal_mode=WAL",
+    # A commit is on disk before its Deferred fires.
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    # Wait for another process's write lock rather than fail at once.
+    "PRAGMA busy_timeout=5000",
+)
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    # Autocommit mode: transactions are begun explicitly by the dialect, so
+    # DDL in a migration is inside its transaction too (the sqlite3 module
+    # would otherwise begin one only before INSERT/UPDATE/DELETE).
+    connection.isolation_level = None
+    for pragma in _PRAGMAS:
+        connection.execute(pragma)
+
+
+def connection_pool(path: str, reactor: IReactorCore | None = None) -> ConnectionPool:
+    """An adbapi pool of one SQLite connection to ``path`` (or ``":memory:"``)."""
+    if sqlite3.sqlite_version_info < MINIMUM_SQLITE:
+        raise RuntimeError(
+            f"SQLite {sqlite3.sqlite_version} is too old; the store needs"
+            f" {'.'.join(map(str, MINIMUM_SQLITE))} or newer"
+        )
+    return ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_configure,
+        cp_reactor=reactor,
+    )
+
+
+@implementer(IStore)
+@attrs.define
+class SQLiteStore(SQLStore):
+    """
+    :class:`~wecompany.store.interface.IStore` on the SQLite database at ``path``.
+
+    :param reactor: runs the pool's thread; adbapi uses the global reactor if
+        this is ``None``.
+    """
+
+    _dialect: ClassVar[Dialect] = SQLITE
+
+    _path: str
+    _reactor: IReactorCore | None = None
+
+    def _make_pool(self) -> ConnectionPool:
+        return connection_pool(self._path, self._reactor)
