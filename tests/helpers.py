@@ -44,3 +44,46 @@ class FakeClient:
 def synchronous_runner(f, *args, **kwargs):
     """A run_in_thread that runs in place: for unit tests of thread-using code."""
     return defer.maybeDeferred(f, *args, **kwargs)
+
+
+class Domain:
+    """
+    The whole domain wired as the composition root wires it, on a fake clock
+    and the in-memory store, with hashing and disk work run in place.
+    """
+
+    def __init__(self, media_dir: str, clock=None, ring_timeout=30.0, max_duration=3600.0,
+                 chunk_size=16, recorder=None):
+        from twisted.internet.task import Clock
+
+        from wecompany.domain.accounts import Accounts
+        from wecompany.domain.calls import CallService
+        from wecompany.domain.chat import ChatService
+        from wecompany.domain.files import FileService
+        from wecompany.domain.ids import IdGenerator
+        from wecompany.domain.passwords import PasswordHasher
+        from wecompany.domain.ratelimit import FailureLimiter
+        from wecompany.domain.sessions import SessionRegistry
+        from wecompany.domain.tokens import TokenIssuer
+        from wecompany.store.memory import MemoryStore
+
+        self.clock = clock or Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryStore()
+        self.store.start()
+        # The cheapest argon2id parameters: the tests check behaviour, not strength.
+        self.hasher = PasswordHasher(synchronous_runner, time_cost=1, memory_cost=8, parallelism=1)
+        self.tokens = TokenIssuer(b"k" * 32, self.clock)
+        self.accounts = Accounts(self.store, self.hasher, self.tokens, self.clock)
+        self.registry = SessionRegistry()
+        self.calls = CallService(self.clock, ring_timeout, max_duration, recorder=recorder)
+        self.chat = ChatService(self.store, self.registry, self.calls, IdGenerator(self.clock, node=1), self.clock)
+        self.files = FileService(self.store, self.chat, media_dir, synchronous_runner, self.clock,
+                                 chunk_size=chunk_size)
+        self.chat.files = self.files
+        self.login_limiter = FailureLimiter(self.clock, max_failures=5, window=60)
+
+    def make_user(self, username: str, password: str = "Secret-pass1") -> int:
+        from twisted.internet.defer import Deferred
+        d = Deferred.fromCoroutine(self.accounts.register(username, password))
+        return d.result.id

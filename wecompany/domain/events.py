@@ -90,6 +90,7 @@ class FileOffered:
 
     file_id: int
     sender_id: str
+    sender_name: str
     name: str
     size: int
     sha256: bytes

@@ -384,3 +384,88 @@ def encode_contact_list(total: int, offset: int, page) -> bytes:
     for ident, online in page:
         parts += [qstr(ident.user_id), qstr(ident.username), u8(int(online))]
     return b"".join(parts)
+
+
+# -- FILE (0x01) ---------------------------------------------------------------------
+# Body: [u8 0x01][u8 op][fields]. Client ops 0x01-0x0F, server ops 0x11-0x2F.
+
+FILE_OFFER, FILE_CHUNK, FILE_CANCEL, FILE_FETCH = 0x01, 0x02, 0x03, 0x04
+FILE_ACCEPTED, FILE_COMPLETE, FILE_FAILED = 0x11, 0x13, 0x14
+FILE_INCOMING, FILE_DATA, FILE_DONE = 0x21, 0x22, 0x23
+SHA256_LEN = 32
+
+
+@attrs.frozen
+class FileOffer:
+    """Sender announces a file: it will send ``size`` bytes in order, checked against ``sha256``."""
+
+    transfer_id: str
+    to: str
+    name: str
+    size: int
+    sha256: bytes
+
+
+@attrs.frozen
+class FileChunkIn:
+    transfer_id: str
+    offset: int
+    data: bytes
+
+
+@attrs.frozen
+class FileCancel:
+    transfer_id: str
+
+
+@attrs.frozen
+class FileFetch:
+    """Recipient asks for (the rest of) a file addressed to it, from ``offset``."""
+
+    file_id: int
+    offset: int
+
+
+def decode_file(body: bytes):
+    """Decode a client FILE message (``body[0] == 0x01``)."""
+    r = Reader(body, 1)
+    op = r.u8("file op")
+    if op == FILE_OFFER:
+        msg = FileOffer(r.qstr("transfer id"), r.qstr("recipient"), r.qstr("file name"),
+                        r.u64("size"), r.raw(SHA256_LEN, "sha256"))
+    elif op == FILE_CHUNK:
+        return FileChunkIn(r.qstr("transfer id"), r.u64("offset"), r.rest())
+    elif op == FILE_CANCEL:
+        msg = FileCancel(r.qstr("transfer id"))
+    elif op == FILE_FETCH:
+        msg = FileFetch(r.u64("file id"), r.u64("offset"))
+    else:
+        raise MalformedMessage(f"unknown file operation 0x{op:02x}")
+    r.end()
+    return msg
+
+
+def encode_file_accepted(transfer_id: str, file_id: int, chunk_size: int) -> bytes:
+    return bytes((MsgType.FILE, FILE_ACCEPTED)) + qstr(transfer_id) + u64(file_id) + u32(chunk_size)
+
+
+def encode_file_complete(transfer_id: str, file_id: int, delivered: bool) -> bytes:
+    return bytes((MsgType.FILE, FILE_COMPLETE)) + qstr(transfer_id) + u64(file_id) + u8(int(delivered))
+
+
+def encode_file_failed(transfer_id: str, reason: str) -> bytes:
+    return bytes((MsgType.FILE, FILE_FAILED)) + qstr(transfer_id) + qstr(reason[:MAX_ERROR_TEXT])
+
+
+def encode_file_incoming(file_id: int, sender_id: str, name: str, size: int, sha256: bytes,
+                         sender_name: str) -> bytes:
+    return b"".join((bytes((MsgType.FILE, FILE_INCOMING)), u64(file_id), qstr(sender_id), qstr(name),
+                     u64(size), sha256, qstr(sender_name)))
+
+
+def encode_file_data(file_id: int, offset: int, data: bytes) -> bytes:
+    return bytes((MsgType.FILE, FILE_DATA)) + u64(file_id) + u64(offset) + data
+
+
+def encode_file_done(file_id: int) -> bytes:
+    return bytes((MsgType.FILE, FILE_DONE)) + u64(file_id)
