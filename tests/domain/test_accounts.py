@@ -1,0 +1,156 @@
+"""Registration, password and token login, password policy, tokens, rate limits, ids."""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import Domain, synchronous_runner
+from wecompany.domain.ids import IdGenerator
+from wecompany.domain.passwords import PasswordHasher, PasswordPolicy, check_email, check_username
+from wecompany.domain.ratelimit import FailureLimiter, TokenBucket
+from wecompany.domain.tokens import TokenIssuer
+from wecompany.errors import Conflict, Forbidden, InvalidCredentials, InvalidInput, RateLimited, Unauthenticated
+
+GOOD = "Secret-pass1"
+
+
+def run(coro):
+    return Deferred.fromCoroutine(coro)
+
+
+class AccountsTests(SynchronousTestCase):
+    def setUp(self):
+        self.d = Domain(self.mktemp())
+        self.accounts = self.d.accounts
+
+    def test_register_hashes_with_argon2id(self):
+        user = self.successResultOf(run(self.accounts.register("alice", GOOD, "a@example.com")))
+        self.assertTrue(user.password_hash.startswith("$argon2id$"))
+        self.assertNotIn(GOOD, user.password_hash)
+
+    def test_register_conflicts(self):
+        self.successResultOf(run(self.accounts.register("alice", GOOD, "a@example.com")))
+        f = self.failureResultOf(run(self.accounts.register("ALICE", GOOD)), Conflict)
+        self.assertEqual(f.value.error_code, 1001)
+        f = self.failureResultOf(run(self.accounts.register("alice2", GOOD, "A@example.com")), Conflict)
+        self.assertEqual(f.value.error_code, 1002)
+
+    def test_login_by_name_or_email(self):
+        user = self.successResultOf(run(self.accounts.register("alice", GOOD, "a@example.com")))
+        for login in ("alice", "Alice", "a@example.com"):
+            self.assertEqual(self.successResultOf(run(self.accounts.authenticate(login, GOOD))).id, user.id)
+        self.assertEqual(self.d.store.get_user(user.id).result.last_login, self.d.clock.seconds())
+
+    def test_login_failures(self):
+        self.successResultOf(run(self.accounts.register("alice", GOOD)))
+        f = self.failureResultOf(run(self.accounts.authenticate("alice", "Wrong-pass1")), InvalidCredentials)
+        self.assertEqual((f.value.error_code, f.value.message), (1004, "invalid password"))
+        f = self.failureResultOf(run(self.accounts.authenticate("nobody", GOOD)), InvalidCredentials)
+        self.assertEqual(f.value.error_code, 1003)
+
+    def test_banned_user(self):
+        user = self.successResultOf(run(self.accounts.register("alice", GOOD)))
+        self.d.store._users[user.id] = __import__("attrs").evolve(self.d.store._users[user.id], status="banned")
+        self.failureResultOf(run(self.accounts.authenticate("alice", GOOD)), Forbidden)
+        token = self.d.tokens.issue(user.id, "alice")
+        self.failureResultOf(run(self.accounts.authenticate_token(token)), Forbidden)
+
+    def test_token_roundtrip(self):
+        user = self.successResultOf(run(self.accounts.register("alice", GOOD)))
+        token = self.accounts.issue_token(user)
+        self.assertEqual(self.successResultOf(run(self.accounts.authenticate_token(token))).id, user.id)
+
+
+class PolicyTests(SynchronousTestCase):
+    def test_password_rules(self):
+        p = PasswordPolicy()
+        p.check(GOOD)
+        for bad, text in [("Ab1!", "at least 8"), ("A" * 120 + "a1!aaaaaa", "at most 128"),
+                          ("abcdefgh1", "at least 3"), ("Qwerty123!", "common"),
+                          ("xX12345678", "common")]:
+            e = self.assertRaises(InvalidInput, p.check, bad)
+            self.assertIn(text, e.message)
+        self.assertRaises(InvalidInput, p.check, "Alice-Secret1", "alice")
+
+    def test_usernames_and_emails(self):
+        check_username("a_b_1")
+        for bad in ("ab", "a" * 21, "has space", "名字名字", "a-b"):
+            self.assertRaises(InvalidInput, check_username, bad)
+        check_email("x.y+z@mail.example.com")
+        for bad in ("x", "x@", "@y.z", "x@y", "x y@z.com"):
+            self.assertRaises(InvalidInput, check_email, bad)
+
+    def test_verify_never_raises(self):
+        h = PasswordHasher(synchronous_runner, time_cost=1, memory_cost=8, parallelism=1)
+        good = self.successResultOf(run(h.hash(GOOD)))
+        self.assertTrue(self.successResultOf(run(h.verify(good, GOOD))))
+        self.assertFalse(self.successResultOf(run(h.verify(good, "nope"))))
+        self.assertFalse(self.successResultOf(run(h.verify("not a hash", GOOD))))
+        self.assertFalse(self.successResultOf(run(h.verify(None, GOOD))))
+
+
+class TokenTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.tokens = TokenIssuer(b"s" * 32, self.clock, ttl=3600)
+
+    def test_claims(self):
+        claims = self.tokens.verify(self.tokens.issue(7, "alice", "a@example.com"))
+        self.assertEqual((claims["user_id"], claims["sub"], claims["iss"], claims["username"]),
+                         (7, "7", "wecompany", "alice"))
+        self.assertEqual(claims["exp"] - claims["iat"], 3600)
+
+    def test_expiry_and_forgery(self):
+        token = self.tokens.issue(7, "alice")
+        self.clock.advance(3600 + 29)
+        self.tokens.verify(token)  # within leeway
+        self.clock.advance(2)
+        self.assertEqual(self.assertRaises(Unauthenticated, self.tokens.verify, token).message, "token expired")
+        other = TokenIssuer(b"t" * 32, self.clock)
+        self.assertRaises(Unauthenticated, self.tokens.verify, other.issue(7, "alice"))
+        self.assertRaises(Unauthenticated, self.tokens.verify, "a.b.c")
+        self.assertRaises(Unauthenticated, self.tokens.verify, "")
+
+    def test_none_algorithm_refused(self):
+        import jwt
+        forged = jwt.encode({"user_id": 1, "sub": "1", "iss": "wecompany", "iat": 0, "nbf": 0,
+                             "exp": 2_000_000_000}, None, algorithm="none")
+        self.assertRaises(Unauthenticated, self.tokens.verify, forged)
+
+    def test_short_secret_refused(self):
+        self.assertRaises(ValueError, TokenIssuer, b"short", self.clock)
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_failure_limiter(self):
+        clock = Clock()
+        lim = FailureLimiter(clock, max_failures=3, window=60, max_keys=2)
+        for _ in range(3):
+            lim.check("a")
+            lim.failed("a")
+        e = self.assertRaises(RateLimited, lim.check, "a")
+        self.assertEqual(e.retry_after, 60)
+        clock.advance(60)
+        lim.check("a")
+        lim.failed("b"), lim.failed("c"), lim.failed("d")
+        self.assertLessEqual(len(lim._entries), 2)
+
+    def test_token_bucket(self):
+        clock = Clock()
+        b = TokenBucket(clock, rate=10, burst=5)
+        self.assertEqual([b.allow() for _ in range(6)], [True] * 5 + [False])
+        clock.advance(0.1)
+        self.assertEqual([b.allow(), b.allow()], [True, False])
+
+
+class IdTests(SynchronousTestCase):
+    def test_increasing_even_when_clock_stands_still(self):
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        gen = IdGenerator(clock, node=3)
+        ids = [gen.next_id() for _ in range(10000)]
+        self.assertEqual(ids, sorted(set(ids)))
+        self.assertTrue(all(0 < i < 2 ** 63 for i in ids))
+        clock.advance(-5)  # clock goes backwards
+        self.assertGreater(gen.next_id(), ids[-1])

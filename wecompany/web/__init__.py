@@ -1,0 +1,1 @@
+"""The HTTP side: one twisted.web Site for health, the REST API and WebSocket signaling."""
