@@ -29,7 +29,7 @@ class WeCompanyService(MultiService):
     log = Logger()
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
-                 reactor, shutdown_grace: float = 3.0) -> None:
+                 reactor, shutdown_grace: float = 3.0, handle_signals: bool = False) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -39,6 +39,7 @@ class WeCompanyService(MultiService):
         self.recorder = recorder
         self.reactor = reactor
         self.shutdown_grace = shutdown_grace
+        self.handle_signals = handle_signals
         self.ready: Deferred = Deferred()
         self._started_listeners: list = []
 
@@ -48,6 +49,9 @@ class WeCompanyService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.handle_signals:
+            # After the reactor's own handlers, which are installed during start-up.
+            self.reactor.callLater(0, self._install_signal_handlers)
         d = Deferred.fromCoroutine(self._start())
         d.addErrback(self._start_failed)
 
@@ -64,6 +68,31 @@ class WeCompanyService(MultiService):
             await listener._waitingForPort
         self.log.info("WeCompany is ready")
         self.ready.callback(None)
+
+    def _install_signal_handlers(self) -> None:
+        """
+        SIGTERM and SIGINT stop the reactor gracefully and the process exits 0.
+
+        The reactor's own handlers make twistd re-raise the signal after the
+        graceful stop (exit status 143/130); a requested stop that completed
+        cleanly is a success, which is what service managers and scripts expect.
+        """
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum, frame):
+            self.log.info("signal {signum} received: stopping gracefully", signum=signum)
+            self.reactor.callFromThread(self._stop_reactor)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _start_failed(self, failure) -> None:
         self.log.failure("WeCompany failed to start", failure)

@@ -1,0 +1,52 @@
+"""The twistd plugin is discoverable and cheap to import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+REPO_ROOT = FilePath(__file__).parent().parent()
+
+# What importing the plugin must not pull in: the transports' frameworks and
+# the global reactor (twistd picks the reactor after reading its options).
+HEAVY_MODULES = ["autobahn", "klein", "txredisapi", "twisted.internet.reactor", "wecompany.tap"]
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        self.assertIn("wecompany", [maker.tapname for maker in getPlugins(IServiceMaker)])
+
+    def test_no_init_in_plugin_directories(self) -> None:
+        twisted_dir = REPO_ROOT.child("twisted")
+        self.assertTrue(twisted_dir.child("plugins").child("wecompany_plugin.py").exists())
+        self.assertFalse(twisted_dir.child("__init__.py").exists())
+        self.assertFalse(twisted_dir.child("plugins").child("__init__.py").exists())
+
+    def test_plugin_import_is_light(self) -> None:
+        script = (
+            "import sys\n"
+            "from twisted.plugins import wecompany_plugin\n"
+            "assert wecompany_plugin.wecompany.tapname == 'wecompany'\n"
+            f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+        )
+        environ = dict(os.environ)
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT.path, environ.get("PYTHONPATH")]))
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT.path, env=environ,
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "", "imported by the plugin file")
+
+
+class ReadmeTests(SynchronousTestCase):
+    def test_ci_runs_the_readme_test_command(self) -> None:
+        script = REPO_ROOT.child(".ci").child("run").getContent().decode("utf-8")
+        command = script.split('TEST_COMMAND="', 1)[1].split('"\n', 1)[0]
+        self.assertIn("twisted.trial tests", command)
+        self.assertIn(f"    {command}\n", REPO_ROOT.child("README.rst").getContent().decode("utf-8"))
+        self.assertTrue(os.access(REPO_ROOT.child(".ci").child("run").path, os.X_OK))

@@ -1,0 +1,125 @@
+"""Tests for wecompany.tap.Options: parsing into a Config, and usage errors for bad values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import attrs
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from wecompany.config import Config, RedisAddress
+from wecompany.tap import Options
+
+REPO_ROOT = FilePath(__file__).parent().parent()
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    options = Options(environ=environ or {})
+    options.parseOptions(argv)
+    return options.config
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        self.assertEqual(parse([]), Config())
+
+    def test_every_config_field_is_an_option(self) -> None:
+        text = str(Options(environ={}))
+        for field in attrs.fields(Config):
+            self.assertIn("--" + field.name.replace("_", "-"), text)
+
+    def test_happy_path(self) -> None:
+        config = parse([
+            "--port", "9000", "--http-port", "tcp:9001:interface=127.0.0.1",
+            "--data-dir", "/srv/wc", "--database", "chat.db", "--redis", "redis://cache:6380/1",
+            "--max-frame", "256K", "--allow-anonymous", "--login-timeout", "2.5", "--idle-timeout", "60",
+            "--ring-timeout", "20", "--max-call", "600", "--record-calls", "/srv/rec", "--token-ttl", "3600",
+        ])
+        self.assertEqual(
+            (config.port, config.http_port, config.data_dir, config.sqlite_path, config.redis),
+            ("tcp:9000", "tcp:9001:interface=127.0.0.1", "/srv/wc", os.path.abspath("chat.db"),
+             RedisAddress("cache", 6380, 1)),
+        )
+        self.assertEqual(
+            (config.max_frame, config.allow_anonymous, config.login_timeout, config.idle_timeout,
+             config.ring_timeout, config.max_call, config.record_calls, config.token_ttl),
+            (256 * 1024, True, 2.5, 60, 20, 600, "/srv/rec", 3600),
+        )
+
+    def test_environment_injected(self) -> None:
+        config = parse(["--port", "9000"], {"WECOMPANY_PORT": "7000", "WECOMPANY_HTTP_PORT": "7001"})
+        self.assertEqual((config.port, config.http_port), ("tcp:9000", "tcp:7001"))
+
+    def test_config_file(self) -> None:
+        path = FilePath(self.mktemp())
+        path.setContent(b"[wecompany]\nport = 7000\nidle-timeout = 45\n")
+        config = parse(["--config", path.path, "--idle-timeout", "50"])
+        self.assertEqual((config.port, config.idle_timeout), ("tcp:7000", 50))
+
+    def test_flag_absent_leaves_environment(self) -> None:
+        self.assertIs(parse([], {"WECOMPANY_ALLOW_ANONYMOUS": "on"}).allow_anonymous, True)
+
+    def test_no_flag_beats_environment(self) -> None:
+        self.assertIs(parse(["--no-allow-anonymous"], {"WECOMPANY_ALLOW_ANONYMOUS": "on"}).allow_anonymous, False)
+
+    def test_contradicting_flags(self) -> None:
+        self.assertRaises(usage.UsageError, parse, ["--allow-anonymous", "--no-allow-anonymous"])
+
+
+class UsageErrorTests(SynchronousTestCase):
+    """A bad value from any source is a UsageError that names the option."""
+
+    def assertUsageError(self, argv: list[str], option: str, environ: dict[str, str] | None = None) -> None:
+        error = self.assertRaises(usage.UsageError, parse, argv, environ)
+        self.assertIn(option, str(error))
+
+    def test_bad_command_line_values(self) -> None:
+        cases = [
+            (["--port", "tcpp:80"], "port"),
+            (["--http-port", "tcp:port=abc"], "http-port"),
+            (["--max-frame", "128M"], "max-frame"),
+            (["--login-timeout", "-1"], "login-timeout"),
+            (["--idle-timeout", "0"], "idle-timeout"),
+            (["--ring-timeout", "later"], "ring-timeout"),
+            (["--max-call", "nan"], "max-call"),
+            (["--redis", "cache:6379"], "redis"),
+            (["--database", "mysql://db/wc"], "database"),
+            (["--jwt-secret", "short"], "jwt-secret"),
+        ]
+        for argv, option in cases:
+            self.assertUsageError(argv, option)
+
+    def test_bad_environment_value(self) -> None:
+        self.assertUsageError([], "WECOMPANY_MAX_FRAME", {"WECOMPANY_MAX_FRAME": "huge"})
+
+    def test_unknown_environment_variable(self) -> None:
+        self.assertUsageError([], "WECOMPANY_PROT", {"WECOMPANY_PROT": "1"})
+
+    def test_missing_config_file(self) -> None:
+        self.assertUsageError(["--config", os.path.abspath("nowhere.conf")], "nowhere.conf")
+
+    def test_unknown_option(self) -> None:
+        self.assertRaises(usage.UsageError, parse, ["--prot", "80"])
+
+
+class TwistdCommandLineTests(SynchronousTestCase):
+    """The real twistd command stops with a usage error before it listens."""
+
+    def test_bad_port_is_usage_error(self) -> None:
+        workdir = FilePath(self.mktemp())
+        workdir.makedirs()
+        environ = {key: value for key, value in os.environ.items() if not key.startswith("WECOMPANY_")}
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT.path, environ.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "--nodaemon", "wecompany", "--port", "tcpp:80"],
+            cwd=workdir.path, env=environ, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        # twistd prints the usage and the error to standard output.
+        self.assertIn("port: 'tcpp:80' is not a valid endpoint", result.stdout)
+        self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")

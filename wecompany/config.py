@@ -1,0 +1,428 @@
+"""
+The daemon's configuration: one frozen, validated :class:`Config`.
+
+Every option can come from four places; the first that sets it wins:
+
+1. the command line (``--max-frame 4M``),
+2. the environment (``WECOMPANY_MAX_FRAME=4M``),
+3. the ``[wecompany]`` section of an INI file (``--config FILE`` or
+   ``WECOMPANY_CONFIG``), keys spelled with dashes or underscores,
+4. the defaults below.
+
+Values are parsed and checked once, here, so a typo is a
+:class:`ConfigError` naming the option before anything listens. Nothing in
+this module touches the network or the global reactor: endpoint strings are
+checked by building (not listening on) an endpoint against a
+``MemoryReactor``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.testing import MemoryReactor
+
+ENV_PREFIX = "WECOMPANY_"
+CONFIG_ENV = "WECOMPANY_CONFIG"
+FILE_SECTION = "wecompany"
+SECRET_FILE_NAME = "jwt.secret"
+SQLITE_FILE_NAME = "wecompany.sqlite3"
+
+KiB = 1024
+MiB = 1024 * KiB
+MIN_FRAME = KiB
+MAX_FRAME = 64 * MiB
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash.
+MIN_SECRET_BYTES = 32
+DEFAULT_REDIS_PORT = 6379
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_SIZE = re.compile(r"(\d+)\s*(k|kib|m|mib)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "k": KiB, "kib": KiB, "m": MiB, "mib": MiB}
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed or out of range; the message names the option."""
+
+
+def option_label(name: str) -> str:
+    """The command-line spelling of an option name: ``max_frame`` -> ``max-frame``."""
+    return name.replace("_", "-")
+
+
+def _fail(name: str, value: object, expected: str) -> ConfigError:
+    return ConfigError(f"{option_label(name)}: {value!r} is not {expected}")
+
+
+def _text(name: str, value: object, expected: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(name, value, expected)
+    return value.strip()
+
+
+# -- parsers: (option name, raw value) -> checked value -------------------------
+# Each accepts its own output unchanged, so a value can be parsed twice
+# (once with its source named in errors, once by the Config converter).
+
+
+def parse_endpoint(name: str, value: object) -> str:
+    """A server endpoint string; a bare port number ``N`` means ``tcp:N``."""
+    expected = "an endpoint such as tcp:8888, tcp:8888:interface=127.0.0.1 or ssl:8443:privateKey=key.pem"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    text = _text(name, value, expected)
+    if text.isdigit():
+        text = f"tcp:{text}"
+    try:
+        # Building an endpoint parses the description (and loads TLS keys)
+        # but does not listen.
+        endpoint = serverFromString(MemoryReactor(), text)
+    except Exception as error:
+        raise ConfigError(f"{option_label(name)}: {value!r} is not a valid endpoint ({error})") from None
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise _fail(name, value, "an endpoint with a port between 0 and 65535")
+    return text
+
+
+def parse_path(name: str, value: object) -> str:
+    """A filesystem path, made absolute against the working directory."""
+    return os.path.abspath(os.path.expanduser(_text(name, value, "a path")))
+
+
+def parse_size(name: str, value: object) -> int:
+    """A byte count: ``1048576``, ``512K``, ``512KiB``, ``4M``, ``4MiB`` (binary units)."""
+    expected = f"a size between {MIN_FRAME} and {MAX_FRAME} bytes (e.g. 1048576, 512K, 4MiB)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.fullmatch(_text(name, value, expected))
+        if match is None:
+            raise _fail(name, value, expected)
+        unit = match.group(2).lower() if match.group(2) else None
+        size = int(match.group(1)) * _SIZE_UNITS[unit]
+    if not MIN_FRAME <= size <= MAX_FRAME:
+        raise _fail(name, value, expected)
+    return size
+
+
+def parse_bool(name: str, value: object) -> bool:
+    """1/0, true/false, yes/no, on/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise _fail(name, value, "a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def parse_seconds(name: str, value: object) -> float:
+    """A positive, finite number of seconds; fractions allowed."""
+    expected = "a positive number of seconds"
+    if isinstance(value, bool):
+        raise _fail(name, value, expected)
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise _fail(name, value, expected) from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise _fail(name, value, expected)
+    return seconds
+
+
+def parse_database(name: str, value: object) -> str:
+    """``sqlite:PATH``, a path ending in .db/.sqlite/.sqlite3, or a ``postgresql://`` URL."""
+    expected = "sqlite:PATH, a path ending in .db, .sqlite or .sqlite3, or a postgresql:// URL"
+    text = _text(name, value, expected)
+    if text.startswith(("postgresql://", "postgres://")):
+        return text
+    if text.startswith("sqlite:"):
+        path = text[len("sqlite:"):]
+    elif text.lower().endswith(_SQLITE_SUFFIXES) and "://" not in text:
+        path = text
+    else:
+        path = ""
+    if not path.strip():
+        raise _fail(name, value, expected)
+    return "sqlite:" + parse_path(name, path)
+
+
+@attrs.frozen
+class RedisAddress:
+    """Where the Redis mirror connects; ``str()`` is a URL without the password."""
+
+    host: str
+    port: int = DEFAULT_REDIS_PORT
+    db: int = 0
+    password: str | None = attrs.field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
+def parse_redis(name: str, value: object) -> RedisAddress:
+    """``redis://[:password@]host[:port][/db]`` or ``tcp:host:port``."""
+    if isinstance(value, RedisAddress):
+        return value
+    expected = "redis://host:port/db or tcp:host:port"
+    text = _text(name, value, expected)
+    try:
+        if text.startswith("redis://"):
+            parts = urlsplit(text)
+            db_text = parts.path.strip("/") or "0"
+            address = RedisAddress(
+                host=parts.hostname or "",
+                port=DEFAULT_REDIS_PORT if parts.port is None else parts.port,
+                db=int(db_text) if db_text.isdigit() else -1,
+                password=parts.password,
+            )
+        elif text.startswith("tcp:"):
+            endpoint = clientFromString(MemoryReactor(), text)
+            address = RedisAddress(host=endpoint._host, port=endpoint._port)
+        else:
+            raise ValueError("unknown scheme")
+    except (TypeError, ValueError, AttributeError):
+        raise _fail(name, value, expected) from None
+    if not address.host or not 0 < address.port <= 65535 or address.db < 0:
+        raise _fail(name, value, f"{expected} with a host, a port from 1 to 65535 and a db number")
+    return address
+
+
+def parse_secret(name: str, value: object) -> bytes:
+    """A signing secret of at least :data:`MIN_SECRET_BYTES` bytes; never echoed in errors."""
+    secret = value.encode("utf-8") if isinstance(value, str) else value
+    if not isinstance(secret, bytes) or len(secret.strip()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{option_label(name)}: must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret.strip()
+
+
+def optional(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
+    """Wrap ``parse`` so that ``None`` or an empty string means "not set"."""
+
+    def parse_optional(name: str, value: object) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return parse(name, value)
+
+    parse_optional.__doc__ = parse.__doc__
+    return parse_optional
+
+
+def _option(default: Any, parse: Callable[[str, object], Any], doc: str, **kwargs: Any) -> Any:
+    """A Config field whose value goes through ``parse`` and whose help feeds ``--help``."""
+    return attrs.field(
+        default=default,
+        converter=attrs.Converter(lambda value, field: parse(field.name, value), takes_field=True),
+        metadata={"parse": parse, "doc": doc},
+        kw_only=True,
+        **kwargs,
+    )
+
+
+def _hide_password(database: str | None) -> str:
+    if database is None or "://" not in database:
+        return repr(database)
+    parts = urlsplit(database)
+    if parts.password is None:
+        return repr(database)
+    return repr(database.replace(f":{parts.password}@", ":***@", 1))
+
+
+@attrs.frozen
+class Config:
+    """
+    The validated daemon configuration.
+
+    Build it with :meth:`from_sources`; ``Config(port="9000")`` also works
+    and applies the same parsing. Field names are the long command-line
+    options with dashes turned into underscores.
+    """
+
+    port: str = _option("tcp:8888", parse_endpoint,
+                        "endpoint of the binary TCP protocol; a bare number N means tcp:N")
+    http_port: str = _option("tcp:8000", parse_endpoint,
+                             "endpoint of the HTTP site (REST API, WebSocket, /health); a bare number N means tcp:N")
+    data_dir: str = _option("./wecompany-data", parse_path,
+                            "directory for the SQLite database, the generated JWT secret and files")
+    database: str | None = _option(None, optional(parse_database),
+                                   "sqlite:PATH, a .db/.sqlite/.sqlite3 path or a postgresql:// URL "
+                                   "(default: SQLite file wecompany.sqlite3 in the data directory)",
+                                   repr=_hide_password)
+    redis: RedisAddress | None = _option(None, optional(parse_redis),
+                                         "redis://host:port/db or tcp:host:port of the Redis mirror (default: off)")
+    max_frame: int = _option(MiB, parse_size,
+                             "largest TCP frame accepted or sent, in bytes; K/KiB/M/MiB suffixes allowed "
+                             "(1 KiB to 64 MiB)")
+    allow_anonymous: bool = _option(False, parse_bool, "let TCP clients use the service without an account")
+    login_timeout: float = _option(10.0, parse_seconds, "seconds a new connection has to authenticate")
+    idle_timeout: float = _option(90.0, parse_seconds, "seconds of silence after which a connection is closed")
+    ring_timeout: float = _option(30.0, parse_seconds, "seconds a call may ring before it is rejected")
+    max_call: float = _option(3600.0, parse_seconds, "longest a call may last, in seconds")
+    record_calls: str | None = _option(None, optional(parse_path),
+                                       "directory to record relayed call media into (default: off)")
+    jwt_secret: bytes | None = _option(None, optional(parse_secret),
+                                       "HS256 secret for access tokens, at least 32 bytes "
+                                       "(default: generated once into DATA_DIR/jwt.secret)",
+                                       repr=False)
+    token_ttl: float = _option(86400.0, parse_seconds, "lifetime of issued access tokens, in seconds")
+    heartbeat_interval: float = _option(30.0, parse_seconds,
+                                        "seconds between client heartbeats that clients are told to use")
+
+    def __attrs_post_init__(self) -> None:
+        if self.port == self.http_port:
+            raise ConfigError(f"port and http-port: both are {self.port!r}; they must differ")
+
+    @property
+    def database_kind(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        if self.database is None or self.database.startswith("sqlite:"):
+            return "sqlite"
+        return "postgresql"
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The absolute SQLite file path, or ``None`` for PostgreSQL."""
+        if self.database is None:
+            return os.path.join(self.data_dir, SQLITE_FILE_NAME)
+        if self.database.startswith("sqlite:"):
+            return self.database[len("sqlite:"):]
+        return None
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Every option name, in declaration order (underscore spelling)."""
+        return tuple(field.name for field in attrs.fields(cls))
+
+    @classmethod
+    def from_sources(cls, cli: Mapping[str, Any], environ: Mapping[str, str],
+                     config_file: str | None = None) -> Config:
+        """
+        Merge the command line, the environment, a config file and the defaults.
+
+        :param cli: option name (dashes or underscores) -> value; ``None``
+            means "not given on the command line".
+        :param environ: the process environment; ``WECOMPANY_<NAME>`` sets
+            option ``<name>``, ``WECOMPANY_CONFIG`` names the config file when
+            ``config_file`` is ``None``. Any other ``WECOMPANY_*`` variable is
+            an error, so a misspelt one is not silently ignored.
+        :param config_file: path of an INI file with a ``[wecompany]`` section.
+        :raises ConfigError: naming the option, the value and where it came from.
+        """
+        names = cls.option_names()
+        if config_file is None:
+            config_file = environ.get(CONFIG_ENV) or None
+        chosen: dict[str, tuple[object, str]] = {}
+        if config_file is not None:
+            chosen.update(_read_config_file(config_file, names))
+        chosen.update(_read_environ(environ, names))
+        for key, value in cli.items():
+            if value is not None:
+                chosen[_known_name(key, names, "command-line option")] = (value, "the command line")
+        fields = attrs.fields_dict(cls)
+        values = {}
+        for name, (value, source) in chosen.items():
+            try:
+                values[name] = fields[name].metadata["parse"](name, value)
+            except ConfigError as error:
+                raise ConfigError(f"{error} (from {source})") from None
+        return cls(**values)
+
+
+def _known_name(key: str, names: tuple[str, ...], what: str) -> str:
+    name = key.strip().lower().replace("-", "_")
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {option_label(close[0])!r}?)" if close else ""
+    raise ConfigError(f"unknown {what} {key!r}{hint}")
+
+
+def _read_environ(environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, tuple[object, str]]:
+    found = {}
+    for variable, value in environ.items():
+        if not variable.startswith(ENV_PREFIX) or variable == CONFIG_ENV:
+            continue
+        name = variable[len(ENV_PREFIX):].lower()
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            raise ConfigError(f"unknown environment variable {variable}{hint}; "
+                              f"{ENV_PREFIX}* variables are reserved for options")
+        found[name] = (value, f"environment variable {variable}")
+    return found
+
+
+def _read_config_file(path: str, names: tuple[str, ...]) -> dict[str, tuple[object, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as config:
+            parser.read_file(config, source=path)
+    except (OSError, UnicodeDecodeError, configparser.Error) as error:
+        raise ConfigError(f"config: cannot read {path}: {error}") from None
+    extra = [section for section in parser.sections() if section != FILE_SECTION]
+    if extra:
+        raise ConfigError(f"config file {path}: unknown section [{extra[0]}]; options go in [{FILE_SECTION}]")
+    if not parser.has_section(FILE_SECTION):
+        return {}
+    found: dict[str, tuple[object, str]] = {}
+    for key, value in parser.items(FILE_SECTION):
+        name = _known_name(key, names, f"option in config file {path}:")
+        if name in found:
+            raise ConfigError(f"config file {path}: {option_label(name)} is set twice")
+        found[name] = (value, f"config file {path}")
+    return found
+
+
+def load_or_create_secret(data_dir: str) -> bytes:
+    """
+    Return the JWT signing secret kept in ``<data_dir>/jwt.secret``.
+
+    The first call creates ``data_dir`` (mode 0700) if needed and writes 32
+    random bytes, hex encoded, readable by the owner only. The file is linked
+    into place only if absent, so two daemons starting together agree on one
+    secret. This does blocking file I/O: call it from the composition root
+    before the reactor runs, and only when ``Config.jwt_secret`` is ``None``.
+
+    :raises ConfigError: if the file exists but is too short to be a secret.
+    """
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data_dir, SECRET_FILE_NAME)
+    if not os.path.exists(path):
+        _create_secret_file(path)
+    with open(path, "rb") as secret_file:
+        secret = secret_file.read().strip()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"jwt-secret: {path} holds fewer than {MIN_SECRET_BYTES} bytes")
+    return secret
+
+
+def _create_secret_file(path: str) -> None:
+    temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as secret_file:
+            os.fchmod(secret_file.fileno(), 0o600)
+            secret_file.write(secrets.token_hex(32).encode("ascii") + b"\n")
+            secret_file.flush()
+            os.fsync(secret_file.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process won the race; use its secret
+    finally:
+        os.unlink(temporary)

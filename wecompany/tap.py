@@ -1,0 +1,172 @@
+"""
+The twistd plugin's two halves: command-line :class:`Options` and
+:func:`makeService`, the only composition root.
+
+``twistd -n wecompany --port 8888`` parses :class:`Options`; its
+``postOptions`` merges the command line, the environment and the config file
+into a validated :class:`~wecompany.config.Config`, so a bad value is a usage
+error before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+from twisted.python import usage
+
+from wecompany.config import CONFIG_ENV, Config, ConfigError, option_label, parse_bool
+
+
+def _describe(field: attrs.Attribute) -> str:
+    default = field.default
+    if default is None:
+        return field.metadata["doc"]
+    shown = f"{default:g}" if isinstance(default, float) else default
+    return f"{field.metadata['doc']} [default: {shown}]"
+
+
+def _is_flag(field: attrs.Attribute) -> bool:
+    return field.metadata["parse"] is parse_bool
+
+
+class Options(usage.Options):
+    """
+    ``twistd wecompany`` options: one per :class:`Config` field, plus ``--config``.
+
+    Every parameter defaults to ``None`` ("not given") so that the environment
+    and the config file can supply it; a boolean option ``x`` has the flags
+    ``--x`` and ``--no-x`` for the same reason. After parsing, ``self.config``
+    holds the validated :class:`Config`.
+
+    :param environ: the environment to read ``WECOMPANY_*`` from; defaults to
+        :data:`os.environ`. Tests pass a dict instead of patching.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the WeCompany chat and call server. Each option may also be set by "
+        "the environment variable WECOMPANY_<OPTION> (upper case, underscores) or "
+        "in the [wecompany] section of the --config file; the command line wins, "
+        "then the environment, then the file, then the default."
+    )
+
+    optParameters = [
+        ["config", "c", None, f"INI file with a [wecompany] section (also {CONFIG_ENV})"],
+    ] + [
+        [option_label(field.name), None, None, _describe(field)]
+        for field in attrs.fields(Config)
+        if not _is_flag(field)
+    ]
+
+    optFlags = [
+        flag
+        for field in attrs.fields(Config)
+        if _is_flag(field)
+        for flag in (
+            [option_label(field.name), None, _describe(field)],
+            [f"no-{option_label(field.name)}", None, f"turn off --{option_label(field.name)}"],
+        )
+    ]
+
+    environ: Mapping[str, str] = os.environ
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        if environ is not None:
+            self.environ = environ
+
+    def postOptions(self) -> None:
+        cli = {}
+        for field in attrs.fields(Config):
+            label = option_label(field.name)
+            if not _is_flag(field):
+                cli[field.name] = self[label]
+            elif self[label] and self[f"no-{label}"]:
+                raise usage.UsageError(f"--{label} and --no-{label} contradict each other")
+            elif self[label] or self[f"no-{label}"]:
+                cli[field.name] = bool(self[label])
+        try:
+            self.config = Config.from_sources(cli, self.environ, self["config"])
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def makeService(options, reactor=None):
+    """
+    Build the daemon's service tree from parsed :class:`Options`.
+
+    The only place that falls back to the global reactor, and the only place
+    that knows how the pieces fit: one store, one session registry, one call
+    service and one chat service shared by every transport.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    return build_service(options.config, reactor)
+
+
+def build_service(config: Config, reactor):
+    """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
+    from functools import partial
+
+    from twisted.application import strports
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
+
+    from wecompany.config import load_or_create_secret
+    from wecompany.domain.accounts import Accounts
+    from wecompany.domain.calls import CallService
+    from wecompany.domain.chat import ChatService
+    from wecompany.domain.files import FileService
+    from wecompany.domain.ids import IdGenerator
+    from wecompany.domain.passwords import PasswordHasher
+    from wecompany.domain.ratelimit import FailureLimiter
+    from wecompany.domain.recording import CallRecorder
+    from wecompany.domain.sessions import SessionRegistry
+    from wecompany.domain.tokens import TokenIssuer
+    from wecompany.service import WeCompanyService
+    from wecompany.store.sqlite import SQLiteStore
+    from wecompany.tcp.protocol import WeCompanyFactory
+    from wecompany.web.site import make_site
+
+    if config.database_kind != "sqlite":
+        raise usage.UsageError("--database: only SQLite is supported so far")
+    os.makedirs(config.data_dir, exist_ok=True)
+    secret = config.jwt_secret or load_or_create_secret(config.data_dir)
+
+    # Hashing is CPU-bound: one thread per core is enough. Disk work for
+    # files gets its own small pool so a burst of logins cannot starve it.
+    hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
+    disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
+    in_hash_pool = partial(deferToThreadPool, reactor, hash_pool)
+    in_disk_pool = partial(deferToThreadPool, reactor, disk_pool)
+
+    store = SQLiteStore(config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3"),
+                        reactor=reactor)
+    tokens = TokenIssuer(secret, reactor, ttl=config.token_ttl)
+    accounts = Accounts(store, PasswordHasher(in_hash_pool), tokens, reactor)
+    recorder = CallRecorder(config.record_calls, reactor) if config.record_calls else None
+    registry = SessionRegistry()
+    calls = CallService(reactor, config.ring_timeout, config.max_call, recorder=recorder)
+    chat = ChatService(store, registry, calls, IdGenerator(reactor), reactor)
+    files = FileService(store, chat, os.path.join(config.data_dir, "media"), in_disk_pool, reactor,
+                        chunk_size=min(64 << 10, config.max_frame - 1024))
+    chat.files = files
+
+    tcp_factory = WeCompanyFactory(
+        chat=chat, accounts=accounts, calls=calls, files=files, clock=reactor,
+        login_limiter=FailureLimiter(reactor), max_frame=config.max_frame,
+        login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
+        allow_anonymous=config.allow_anonymous)
+    site = make_site(store, registry, calls, reactor=reactor)
+
+    listeners = []
+    for name, endpoint, factory in (("tcp", config.port, tcp_factory), ("http", config.http_port, site)):
+        listener = strports.service(endpoint, factory, reactor=reactor)
+        listener.setName(name)
+        listeners.append(listener)
+
+    return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
+                            threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
+                            handle_signals=True)
