@@ -157,3 +157,49 @@ class EncodeTests(SynchronousTestCase):
 
     def test_roundtrip_client_messages(self):
         self.assertEqual(codec.decode(b"\x00" + codec.qstr("x") + codec.qstr("y"))[1], codec.Text("x", "y"))
+
+
+class DecodeServerTests(SynchronousTestCase):
+    """decode_server inverts every encode_* function."""
+
+    def test_every_server_message(self):
+        from wecompany.domain.sessions import Identity
+        cases = [
+            (codec.encode_text("7", "hi", 9, 10, 2, "bob"),
+             {"from": "7", "text": "hi", "message_id": 9, "sent_at_ms": 10, "flags": 2, "from_username": "bob"}),
+            (b"\x00" + q("7") + q("legacy"), {"from": "7", "text": "legacy", "message_id": None,
+                                              "sent_at_ms": None, "flags": None, "from_username": None}),
+            (codec.encode_call_incoming("c", "7", True, "bob"),
+             {"call_id": "c", "caller": "7", "is_video": True, "caller_username": "bob"}),
+            (codec.encode_call_id(MsgType.CALL_ACCEPT, "c"), {"call_id": "c"}),
+            (codec.encode_call_reject("c", "busy"), {"call_id": "c", "reason": "busy"}),
+            (codec.encode_call_end("c", "hangup"), {"call_id": "c", "reason": "hangup"}),
+            (codec.media_prefix("c") + b"xyz", {"call_id": "c", "media": b"xyz"}),
+            (codec.HEARTBEAT_BODY, {}),
+            (codec.encode_auth_ok("t", "7"), {"ok": True, "token": "t", "user_id": "7"}),
+            (codec.encode_auth_failed("no"), {"ok": False, "error": "no"}),
+            (codec.encode_call_ringing("c", "8", False), {"call_id": "c", "callee": "8", "is_video": False}),
+            (codec.encode_error(404, "x", 2), {"code": 404, "message": "x", "offending_type": 2}),
+            (codec.encode_presence("7", "bob", True), {"user_id": "7", "username": "bob", "online": True}),
+            (codec.encode_online_list(5, 1, [Identity("7", "bob", 7)]),
+             {"total": 5, "offset": 1, "users": [("7", "bob")]}),
+            (codec.encode_text_ack(5, "7", 1, 1), {"message_id": 5, "to": "7", "status": 1, "recipients": 1}),
+            (codec.encode_contact(1, "7", "bob", True), {"op": 1, "user_id": "7", "username": "bob", "online": True}),
+            (codec.encode_contact_list(1, 0, [(Identity("7", "bob", 7), False)]),
+             {"op": 3, "total": 1, "offset": 0, "contacts": [("7", "bob", False)]}),
+            (codec.encode_file_accepted("t", 3, 100), {"op": 0x11, "transfer_id": "t", "file_id": 3, "chunk_size": 100}),
+            (codec.encode_file_complete("t", 3, True), {"op": 0x13, "transfer_id": "t", "file_id": 3, "delivered": True}),
+            (codec.encode_file_failed("t", "bad"), {"op": 0x14, "transfer_id": "t", "reason": "bad"}),
+            (codec.encode_file_incoming(3, "7", "a.txt", 5, b"h" * 32, "bob"),
+             {"op": 0x21, "file_id": 3, "sender": "7", "name": "a.txt", "size": 5, "sha256": b"h" * 32,
+              "sender_username": "bob"}),
+            (codec.encode_file_data(3, 10, b"dd"), {"op": 0x22, "file_id": 3, "offset": 10, "data": b"dd"}),
+            (codec.encode_file_done(3), {"op": 0x23, "file_id": 3}),
+        ]
+        for body, fields in cases:
+            msg = codec.decode_server(body)
+            self.assertEqual((msg.type, msg.fields), (body[0], fields))
+
+    def test_bad_server_bodies(self):
+        for body in (b"", b"\x42", b"\x0d\x00", b"\x01\x99", b"\x07x"):
+            self.assertRaises(MalformedMessage, codec.decode_server, body)

@@ -469,3 +469,85 @@ def encode_file_data(file_id: int, offset: int, data: bytes) -> bytes:
 
 def encode_file_done(file_id: int) -> bytes:
     return bytes((MsgType.FILE, FILE_DONE)) + u64(file_id)
+
+
+# -- decoding what the server sends (for clients, tests and benchmarks) ----------------
+
+@attrs.frozen
+class ServerMessage:
+    """A decoded server-to-client message: its type and its fields by name."""
+
+    type: int
+    fields: dict
+
+    def __getitem__(self, name):
+        return self.fields[name]
+
+
+def _opt(r: Reader, read, *args):
+    return None if r.at_end() else read(*args)
+
+
+def decode_server(body: bytes) -> ServerMessage:
+    """Decode any server-to-client body. Optional trailing fields are None when absent."""
+    if not body:
+        raise MalformedMessage("empty message")
+    t, r = body[0], Reader(body, 1)
+    f: dict = {}
+    if t == MsgType.TEXT:
+        f = {"from": r.qstr(), "text": r.qstr(), "message_id": _opt(r, r.u64),
+             "sent_at_ms": _opt(r, r.u64), "flags": _opt(r, r.u8), "from_username": _opt(r, r.qstr)}
+    elif t == MsgType.CALL_REQUEST:
+        f = {"call_id": r.qstr(), "caller": r.qstr(), "is_video": bool(r.u8()), "caller_username": _opt(r, r.qstr)}
+    elif t in (MsgType.CALL_ACCEPT,):
+        f = {"call_id": r.qstr()}
+    elif t in (MsgType.CALL_REJECT, MsgType.CALL_END):
+        f = {"call_id": r.qstr(), "reason": _opt(r, r.qstr)}
+    elif t == MsgType.MEDIA_DATA:
+        f = {"call_id": r.qstr(), "media": r.rest()}
+    elif t == MsgType.HEARTBEAT:
+        pass
+    elif t == MsgType.AUTH_RESULT:
+        ok = r.u8()
+        f = {"ok": True, "token": r.str16(), "user_id": r.str16()} if ok else {"ok": False, "error": r.str16()}
+    elif t == MsgType.CALL_RINGING:
+        f = {"call_id": r.qstr(), "callee": r.qstr(), "is_video": bool(r.u8())}
+    elif t == MsgType.ERROR:
+        f = {"code": r.u16(), "message": r.qstr(), "offending_type": r.u8()}
+    elif t == MsgType.PRESENCE:
+        f = {"user_id": r.qstr(), "username": r.qstr(), "online": bool(r.u8())}
+    elif t == MsgType.ONLINE_LIST:
+        f = {"total": r.u32(), "offset": r.u32()}
+        f["users"] = [(r.qstr(), r.qstr()) for _ in range(r.u16())]
+    elif t == MsgType.TEXT_ACK:
+        f = {"message_id": r.u64(), "to": r.qstr(), "status": r.u8(), "recipients": r.u32()}
+    elif t == MsgType.CONTACTS:
+        op = r.u8()
+        f = {"op": op}
+        if op == CONTACT_LIST:
+            f.update(total=r.u32(), offset=r.u32())
+            f["contacts"] = [(r.qstr(), r.qstr(), bool(r.u8())) for _ in range(r.u16())]
+        else:
+            f.update(user_id=r.qstr(), username=r.qstr(), online=bool(r.u8()))
+    elif t == MsgType.FILE:
+        op = r.u8()
+        f = {"op": op}
+        if op == FILE_ACCEPTED:
+            f.update(transfer_id=r.qstr(), file_id=r.u64(), chunk_size=r.u32())
+        elif op == FILE_COMPLETE:
+            f.update(transfer_id=r.qstr(), file_id=r.u64(), delivered=bool(r.u8()))
+        elif op == FILE_FAILED:
+            f.update(transfer_id=r.qstr(), reason=r.qstr())
+        elif op == FILE_INCOMING:
+            f.update(file_id=r.u64(), sender=r.qstr(), name=r.qstr(), size=r.u64(),
+                     sha256=r.raw(SHA256_LEN), sender_username=r.qstr())
+        elif op == FILE_DATA:
+            f.update(file_id=r.u64(), offset=r.u64(), data=r.rest())
+        elif op == FILE_DONE:
+            f.update(file_id=r.u64())
+        else:
+            raise MalformedMessage(f"unknown file operation 0x{op:02x}")
+    else:
+        raise UnknownType(f"unknown server message type 0x{t:02x}")
+    r.end()
+    return ServerMessage(t, f)
