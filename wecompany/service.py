@@ -29,7 +29,8 @@ class WeCompanyService(MultiService):
     log = Logger()
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
-                 reactor, shutdown_grace: float = 3.0, handle_signals: bool = False) -> None:
+                 reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
+                 startup_warnings=()) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -40,6 +41,7 @@ class WeCompanyService(MultiService):
         self.reactor = reactor
         self.shutdown_grace = shutdown_grace
         self.handle_signals = handle_signals
+        self.startup_warnings = list(startup_warnings)
         self.ready: Deferred = Deferred()
         self._started_listeners: list = []
 
@@ -56,6 +58,8 @@ class WeCompanyService(MultiService):
         d.addErrback(self._start_failed)
 
     async def _start(self) -> None:
+        for warning in self.startup_warnings:
+            self.log.warn("{warning}", warning=warning)
         for pool in self.threadpools:
             pool.start()
         await self.store.start()

@@ -167,6 +167,10 @@ def build_service(config: Config, reactor):
         listener.setName(name)
         listeners.append(listener)
 
+    warnings = []
+    if config.redis is not None:
+        warnings.append("--redis is set, but mirroring sessions to Redis is not implemented yet: "
+                        "this daemon serves its own clients only")
     return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
                             threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
-                            handle_signals=True)
+                            handle_signals=True, startup_warnings=warnings)
