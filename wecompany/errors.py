@@ -140,3 +140,26 @@ UPLOAD_FAILED = 3001
 FILE_NOT_FOUND = 3002
 AI_UNAVAILABLE = 4001
 AI_FAILED = 4002
+
+
+class MeetingNotFound(NotFound):
+    error_code = MEETING_NOT_FOUND
+    default_message = "meeting not found"
+
+
+class MeetingEnded(WeCompanyError):
+    code = 400
+    error_code = MEETING_ENDED
+    default_message = "meeting has ended"
+
+
+class MeetingFull(WeCompanyError):
+    code = 403
+    error_code = MEETING_FULL
+    default_message = "meeting is full"
+
+
+class WrongMeetingPassword(WeCompanyError):
+    code = 403
+    error_code = MEETING_WRONG_PASSWORD
+    default_message = "wrong meeting password"

@@ -95,3 +95,140 @@ class IStore(Interface):
 
     def mark_file_delivered(file_id):
         """-> None"""
+
+
+class IMeetingStore(Interface):
+    """
+    Accounts administration, meetings, participants, meeting chat, refresh
+    tokens and password resets (the REST API's durable data). Implemented by
+    the same classes as :class:`IStore`.
+
+    ``changes`` arguments are dicts of column -> new value restricted to the
+    keys each method lists; an unknown key is a programming error (ValueError).
+    """
+
+    # -- accounts -----------------------------------------------------------
+    def update_user(user_id, changes):
+        """
+        Keys: email, role, status, username. -> UserRecord, or None if no such user.
+        Email/username clashes raise Conflict 1002/1001 and change nothing.
+        """
+
+    def update_profile(user_id, changes, now):
+        """Keys: nickname, avatar, phone. Sets updated_at. -> ProfileRecord or None."""
+
+    def list_users(offset, limit, keyword=None, status=None):
+        """
+        -> (total, [UserRecord]) ordered by id. ``keyword`` matches username or
+        email case-insensitively as a substring (LIKE with % and _ escaped).
+        """
+
+    def get_profiles(user_ids):
+        """-> dict user_id -> ProfileRecord."""
+
+    # -- meetings -----------------------------------------------------------
+    def create_meeting(title, description, creator_id, start_time, end_time, max_participants,
+                       meeting_type, password_hash, settings, room_id, now):
+        """
+        Insert the meeting and its creator as participant (role 'host',
+        status 'invited') in one transaction -> (MeetingRecord, ParticipantRecord).
+        """
+
+    def get_meeting(meeting_id):
+        """-> MeetingRecord or None."""
+
+    def update_meeting(meeting_id, changes, now):
+        """
+        Keys: title, description, start_time, end_time, max_participants,
+        meeting_type, password_hash, settings, status, started_at, ended_at.
+        Sets updated_at. -> MeetingRecord or None.
+        """
+
+    def delete_meeting(meeting_id):
+        """Delete the meeting with its participants and messages. -> bool"""
+
+    def list_meetings(offset, limit, statuses=None, keyword=None, member_id=None,
+                      start_from=None, start_until=None, newest_first=False):
+        """
+        -> (total, [MeetingRecord]).
+
+        ``statuses``: a collection of statuses to keep (None = all).
+        ``keyword``: case-insensitive substring of title or description.
+        ``member_id``: only meetings where this user is the creator or has a
+        participant row. ``start_from``/``start_until``: bounds on start_time
+        (inclusive). Ordered by start_time then id, ascending, or descending
+        when ``newest_first``.
+        """
+
+    # -- participants -------------------------------------------------------
+    def join_meeting(meeting_id, user_id, role, now):
+        """
+        Atomically: if the user has a row, set status 'joined', joined_at=now,
+        left_at=None (role unchanged) -> (ParticipantRecord, False). Otherwise,
+        if the meeting already has max_participants rows (every status counts,
+        the host included) raise :class:`wecompany.errors.MeetingFull`; else
+        insert with ``role``, status 'joined' -> (ParticipantRecord, True).
+        Raises MeetingNotFound when the meeting does not exist.
+        """
+
+    def add_participant(meeting_id, user_id, role, now):
+        """
+        Invite: insert with status 'invited' -> ParticipantRecord, capacity
+        checked as in join_meeting. Raises Conflict if the user already has a
+        row, MeetingNotFound if the meeting does not exist.
+        """
+
+    def get_participant(meeting_id, user_id):
+        """-> ParticipantRecord or None."""
+
+    def list_participants(meeting_id):
+        """-> [ParticipantRecord] ordered by id."""
+
+    def update_participant(meeting_id, user_id, changes):
+        """
+        Keys: role, status, audio_enabled, video_enabled, joined_at, left_at.
+        -> ParticipantRecord or None.
+        """
+
+    def remove_participant(meeting_id, user_id):
+        """-> bool"""
+
+    # -- meeting chat -------------------------------------------------------
+    def add_meeting_message(meeting_id, user_id, content, message_type, now):
+        """Store durably (committed when the Deferred fires) -> MeetingMessageRecord."""
+
+    def list_meeting_messages(meeting_id, offset, limit):
+        """-> (total, [MeetingMessageRecord]) oldest first (by id)."""
+
+    # -- refresh tokens -----------------------------------------------------
+    def add_refresh_token(token_hash, user_id, family_id, now, expires_at):
+        """-> RefreshTokenRecord"""
+
+    def get_refresh_token(token_hash):
+        """-> RefreshTokenRecord or None."""
+
+    def rotate_refresh_token(old_hash, new_hash, now, expires_at):
+        """
+        Atomically, one transaction:
+        * old unknown or expired -> None, nothing changes;
+        * old already revoked (a stolen token replayed) -> revoke every live
+          token of its family, return None;
+        * otherwise revoke old (revoked_at=now, replaced_by=new_hash), insert
+          new in the same family -> the new RefreshTokenRecord.
+        """
+
+    def revoke_refresh_tokens(user_id, now):
+        """Revoke every live refresh token of the user. -> int (how many)."""
+
+    def revoke_refresh_token(token_hash, now):
+        """Revoke one token (logout). -> bool"""
+
+    # -- password resets ----------------------------------------------------
+    def add_password_reset(token_hash, user_id, now, expires_at):
+        """Store a single-use reset token (by hash). -> None"""
+
+    def consume_password_reset(token_hash, now):
+        """
+        Atomically mark the token used and return its user id; None when it
+        is unknown, used, or expired.
+        """

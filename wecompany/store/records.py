@@ -74,3 +74,76 @@ class FileRecord:
     recipient_id: int | None = None
     delivered: bool = False
     content_type: str = "application/octet-stream"
+
+
+@attrs.frozen
+class MeetingRecord:
+    """
+    A meeting. ``settings`` is a plain dict of booleans (see the API spec);
+    ``room_id`` is the stable signaling room name every member is given.
+    """
+
+    id: int
+    title: str
+    description: str
+    creator_id: int
+    start_time: float
+    end_time: float | None
+    max_participants: int
+    meeting_type: str  # "video" | "audio"
+    status: str  # "scheduled" | "ongoing" | "ended" | "cancelled"
+    password_hash: str | None = attrs.field(repr=False)
+    settings: dict
+    room_id: str
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+@attrs.frozen
+class ParticipantRecord:
+    """A user's membership of a meeting, with the user's name for display."""
+
+    id: int
+    meeting_id: int
+    user_id: int
+    username: str
+    nickname: str
+    role: str  # "host" | "moderator" | "participant"
+    status: str  # "invited" | "joined" | "left"
+    audio_enabled: bool
+    video_enabled: bool
+    joined_at: float | None
+    left_at: float | None
+
+
+@attrs.frozen
+class MeetingMessageRecord:
+    """A chat message of a meeting (REST or WebSocket), with the sender's names."""
+
+    id: int
+    meeting_id: int
+    user_id: int
+    username: str
+    nickname: str
+    content: str
+    message_type: str  # "text" | "system" | "file"
+    created_at: float
+
+
+@attrs.frozen
+class RefreshTokenRecord:
+    """
+    A refresh token, stored by the SHA-256 of its value (the value itself is
+    never stored). Tokens of one login form a ``family``; reuse of a rotated
+    token revokes the whole family.
+    """
+
+    token_hash: str
+    user_id: int
+    family_id: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    replaced_by: str | None = None
