@@ -336,3 +336,11 @@ class SecretTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, load_or_create_secret, data_dir.path)
         self.assertIn("jwt-secret", str(error))
         self.assertNotIn("short\n", str(error))
+
+
+class EphemeralPortTests(SynchronousTestCase):
+    def test_both_ports_zero_allowed(self):
+        config = Config.from_sources({"port": "tcp:0", "http_port": "tcp:0:interface=127.0.0.1"}, {}, None)
+        self.assertEqual(config.port, "tcp:0")
+        config = Config.from_sources({"port": "tcp:0", "http_port": "tcp:0"}, {}, None)
+        self.assertEqual(config.http_port, "tcp:0")

@@ -284,7 +284,8 @@ class Config:
                                         "seconds between client heartbeats that clients are told to use")
 
     def __attrs_post_init__(self) -> None:
-        if self.port == self.http_port:
+        # Port 0 asks the system for a free port, so two of them never clash.
+        if self.port == self.http_port and not re.match(r"^[a-z0-9]+:0(:|$)", self.port):
             raise ConfigError(f"port and http-port: both are {self.port!r}; they must differ")
 
     @property

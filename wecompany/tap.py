@@ -118,7 +118,7 @@ def build_service(config: Config, reactor):
     from wecompany.domain.accounts import Accounts
     from wecompany.domain.calls import CallService
     from wecompany.domain.chat import ChatService
-    from wecompany.domain.files import FileService
+    from wecompany.domain.files import FileService, file_chunk_size
     from wecompany.domain.ids import IdGenerator
     from wecompany.domain.passwords import PasswordHasher
     from wecompany.domain.ratelimit import FailureLimiter
@@ -151,7 +151,7 @@ def build_service(config: Config, reactor):
     calls = CallService(reactor, config.ring_timeout, config.max_call, recorder=recorder)
     chat = ChatService(store, registry, calls, IdGenerator(reactor), reactor)
     files = FileService(store, chat, os.path.join(config.data_dir, "media"), in_disk_pool, reactor,
-                        chunk_size=min(64 << 10, config.max_frame - 1024))
+                        chunk_size=file_chunk_size(config.max_frame))
     chat.files = files
 
     tcp_factory = WeCompanyFactory(

@@ -150,9 +150,23 @@ class FramingTests(ProtocolTestCase):
 
     def test_server_refuses_to_send_oversized(self):
         conn, _ = self.login("alice")
-        self.assertFalse(conn.proto.send_body(b"\x00" + b"x" * 4096))
-        self.assertEqual(conn.transport.value(), b"")
-        self.assertTrue(conn.proto.send_body(b"\x00" + b"x" * 4095))
+        conn.proto.send_body(b"\x0f" + b"x" * 4096)
+        code, message, offending = error_of(conn.frames()[0])
+        self.assertEqual((code, offending), (413, 0x0F))
+        self.assertIn("exceeds the frame limit", message)
+        conn.proto.send_body(b"\x0f" + b"x" * 4095)
+        self.assertEqual(conn.frames(), [b"\x0f" + b"x" * 4095])
+
+    def test_text_limit_counts_utf16_bytes(self):
+        alice, _ = self.login("alice")
+        bob, bob_id = self.login("bob")
+        # 1000 emoji are 1000 code points but 4000 UTF-16 bytes: too big to forward.
+        alice.send(b"\x00" + q(bob_id) + q("\U0001F600" * 1000))
+        self.assertEqual(error_of(alice.frames()[0])[0], 413)
+        self.assertEqual(bob.frames(), [])
+        alice.send(b"\x00" + q(bob_id) + q("\U0001F600" * 800))
+        self.assertEqual(alice.frames()[0][0], MsgType.TEXT_ACK)
+        self.assertEqual(codec.decode_server(bob.frames()[0])["text"], "\U0001F600" * 800)
 
     def test_empty_frame_is_malformed(self):
         conn, _ = self.login("alice")
@@ -201,6 +215,24 @@ class AuthTests(ProtocolTestCase):
         self.assertFalse(conn.closed)
         conn.send(b"\x07")  # ignored while closing
         self.assertEqual(conn.frames(), [])
+        self.clock.advance(1.0)
+        self.assertTrue(conn.closed)
+
+    def test_unexpected_failure_still_answers_and_closes(self):
+        real = self.domain.store
+
+        class BrokenStore:
+            def get_user_by_login(self, login):
+                raise RuntimeError("database exploded")
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        self.domain.accounts.store = BrokenStore()
+        conn = self.connect()
+        conn.send(b"\x08" + s16("alice") + s16(PASSWORD))
+        self.assertEqual(auth_result(conn.frames()[0]), (False, "internal error"))
+        self.flushLoggedErrors(RuntimeError)
         self.clock.advance(1.0)
         self.assertTrue(conn.closed)
 
@@ -331,13 +363,28 @@ class MalformedTests(ProtocolTestCase):
         conn, _ = self.login("alice")  # the login frame took one token of the burst
         conn.send(*([b"\x07"] * 199))
         self.assertEqual(conn.frames(), [b"\x07"] * 199)
-        conn.send(b"\x07")
-        self.assertEqual(error_of(conn.frames()[0])[0], 429)
-        self.clock.advance(0.5)  # 50 tokens back
+        conn.send(*([b"\x07"] * 10))
+        # One ERROR for the episode, not one per dropped message.
+        self.assertEqual([error_of(f)[0] for f in conn.frames()], [429])
+        self.clock.advance(0.5)  # 50 tokens back in each bucket
         conn.send(*([b"\x07"] * 50))
         self.assertEqual(conn.frames(), [b"\x07"] * 50)
-        conn.send(*([b"\x07"] * 201))
+        self.assertFalse(conn.closed)
+        # Keep flooding: once the drop budget (burst 200) is spent, the connection closes.
+        conn.send(*([b"\x07"] * 250))
         self.assertTrue(conn.closed)
+        self.assertIn("rate limit", error_of(conn.frames()[-1])[1])
+
+    def test_file_chunks_are_not_rate_limited(self):
+        alice, _ = self.login("alice")
+        self.login("bob")
+        data = b"c" * 300 * 4
+        alice.send(b"\x01\x01" + q("t") + q("bob") + q("f") + codec.u64(len(data))
+                   + __import__("hashlib").sha256(data).digest())
+        # 300 chunks at once: far over the message burst, yet none is refused.
+        alice.send(*[b"\x01\x02" + q("t") + codec.u64(i) + data[i:i + 4] for i in range(0, len(data), 4)])
+        last = codec.decode_server(alice.frames()[-1])
+        self.assertEqual((last["op"], last.fields.get("delivered")), (codec.FILE_COMPLETE, True))
 
 
 class TextTests(ProtocolTestCase):
@@ -569,6 +616,15 @@ class AnonymousTests(ProtocolTestCase):
         self.assertEqual((r.qstr(), r.qstr()), ("visitor", "hello"))
         anon.send(b"\x07")
         self.assertEqual(anon.frames(), [b"\x07"])
+
+    def test_anonymous_cannot_displace_another(self):
+        first = self.connect()
+        first.send(b"\x07" + q("visitor"))
+        self.assertEqual(first.frames(), [b"\x07"])
+        second = self.connect()
+        second.send(b"\x07" + q("visitor"))
+        self.assertEqual(error_of(second.frames()[0])[0], 409)
+        self.assertFalse(first.closed)
 
     def test_anonymous_cannot_claim_accounts(self):
         self.domain.make_user("bob")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+
 from twisted.logger import Logger
 
 from wecompany.errors import (
     USER_NOT_FOUND, USERNAME_EXISTS, WRONG_PASSWORD, Conflict, Forbidden, InvalidCredentials,
-    Unauthenticated,
+    InvalidInput, Unauthenticated,
 )
 from wecompany.domain.passwords import PasswordPolicy, check_email, check_username
 
@@ -86,3 +89,122 @@ class Accounts:
     def _check_active(user) -> None:
         if user.status == "banned":
             raise Forbidden("account is disabled")
+
+
+class LogMailer:
+    """
+    The default mail sender: writes the message to the daemon's log, as the
+    spec asks. Deployments plug in a real sender with the same ``send``.
+    Reset links are secrets: keep such logs private, or configure a sender.
+    """
+
+    log = Logger()
+
+    async def send(self, to: str, subject: str, body: str) -> None:
+        self.log.info("mail to {to}: {subject}\n{body}", to=to, subject=subject, body=body)
+
+
+class Credentials:
+    """
+    Refresh tokens and password life cycle on top of :class:`Accounts`.
+
+    Refresh tokens are random (256 bits), handed out once and stored only as
+    their SHA-256; each use rotates them, and a replayed rotated token revokes
+    its whole family (someone stole it). Reset tokens are single use and
+    expire after ``reset_ttl``.
+    """
+
+    log = Logger()
+
+    def __init__(self, accounts: Accounts, mailer=None, refresh_ttl: float = 30 * 86400,
+                 reset_ttl: float = 3600, reset_url: str = "/reset-password?token={token}") -> None:
+        self.accounts = accounts
+        self.store = accounts.store
+        self.clock = accounts.clock
+        self.mailer = mailer or LogMailer()
+        self.refresh_ttl = refresh_ttl
+        self.reset_ttl = reset_ttl
+        self.reset_url = reset_url
+
+    async def login(self, login: str, password: str) -> tuple:
+        """-> (user, access_token, refresh_token)"""
+        user = await self.accounts.authenticate(login, password)
+        return user, self.accounts.issue_token(user), await self._new_refresh(user.id)
+
+    async def issue(self, user) -> tuple[str, str]:
+        """Fresh access and refresh tokens for ``user`` (after registration)."""
+        return self.accounts.issue_token(user), await self._new_refresh(user.id)
+
+    async def refresh(self, refresh_token: str) -> tuple:
+        """Rotate ``refresh_token`` -> (user, access_token, new_refresh_token)."""
+        if not isinstance(refresh_token, str) or not 16 <= len(refresh_token) <= 200:
+            raise Unauthenticated("invalid refresh token")
+        now = self.clock.seconds()
+        new_value = secrets.token_urlsafe(32)
+        record = await self.store.rotate_refresh_token(_digest(refresh_token), _digest(new_value), now,
+                                                       now + self.refresh_ttl)
+        if record is None:
+            raise Unauthenticated("invalid or expired refresh token")
+        user = await self.store.get_user(record.user_id)
+        if user is None or user.status == "deleted":
+            raise Unauthenticated("invalid or expired refresh token")
+        self.accounts._check_active(user)
+        return user, self.accounts.issue_token(user), new_value
+
+    async def logout(self, refresh_token: str) -> None:
+        if isinstance(refresh_token, str) and refresh_token:
+            await self.store.revoke_refresh_token(_digest(refresh_token), self.clock.seconds())
+
+    async def change_password(self, user, old_password: str, new_password: str) -> None:
+        """Verify the old password, set the new one, revoke every refresh token."""
+        if not await self.accounts.hasher.verify(user.password_hash, old_password):
+            raise InvalidCredentials("invalid password", error_code=WRONG_PASSWORD)
+        await self._set_password(user, new_password)
+
+    async def forgot_password(self, email: str) -> None:
+        """
+        Create a single-use reset token and mail it. Answers the same whether
+        or not the address is known, so it cannot be used to probe for accounts.
+        """
+        user = await self.store.get_user_by_login(email) if isinstance(email, str) and "@" in email else None
+        if user is None or user.status != "active" or not user.email:
+            self.log.info("password reset requested for an unknown address")
+            return
+        token = secrets.token_urlsafe(32)
+        now = self.clock.seconds()
+        await self.store.add_password_reset(_digest(token), user.id, now, now + self.reset_ttl)
+        link = self.reset_url.format(token=token)
+        await self.mailer.send(user.email, "Reset your WeCompany password",
+                               f"Someone asked to reset the password of {user.username}.\n"
+                               f"Use this token within {int(self.reset_ttl // 60)} minutes: {token}\n"
+                               f"or open {link}\nIf it was not you, ignore this message.")
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        if not isinstance(token, str) or not 16 <= len(token) <= 200:
+            raise InvalidInput("invalid or expired reset token")
+        user_id = await self.store.consume_password_reset(_digest(token), self.clock.seconds())
+        user = await self.store.get_user(user_id) if user_id is not None else None
+        if user is None or user.status == "deleted":
+            raise InvalidInput("invalid or expired reset token")
+        await self._set_password(user, new_password)
+
+    async def revoke_all(self, user_id: int) -> int:
+        return await self.store.revoke_refresh_tokens(user_id, self.clock.seconds())
+
+    async def _set_password(self, user, new_password: str) -> None:
+        self.accounts.policy.check(new_password, user.username)
+        await self.store.set_password_hash(user.id, await self.accounts.hasher.hash(new_password))
+        revoked = await self.revoke_all(user.id)
+        self.log.info("password of user {user_id} changed; {revoked} refresh tokens revoked",
+                      user_id=user.id, revoked=revoked)
+
+    async def _new_refresh(self, user_id: int) -> str:
+        value = secrets.token_urlsafe(32)
+        now = self.clock.seconds()
+        await self.store.add_refresh_token(_digest(value), user_id, secrets.token_hex(8), now,
+                                           now + self.refresh_ttl)
+        return value
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

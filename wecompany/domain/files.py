@@ -284,3 +284,12 @@ def _unlink(path: str) -> None:
 def _discard(handle, path: str) -> None:
     handle.close()
     _unlink(path)
+
+
+# FILE_DATA adds 18 bytes of header to each chunk; leave room for it.
+FILE_DATA_OVERHEAD = 64
+
+
+def file_chunk_size(max_frame: int) -> int:
+    """The chunk size that fits the frame limit (at most 64 KiB)."""
+    return max(256, min(64 << 10, max_frame - FILE_DATA_OVERHEAD))

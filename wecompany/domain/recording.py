@@ -2,7 +2,7 @@
 Optional server-side recording of relayed call media (``--record-calls DIR``).
 
 One file per call and direction, ``<call_id>-<caller|callee>.wcrec``. Each
-packet is stored as ``[u64 milliseconds since the call's first packet]
+packet is stored as ``[u64 milliseconds since the first packet of that file]
 [u32 length][bytes]`` (big-endian), so a player can reproduce the timing.
 
 Writing happens on one background thread fed by a bounded queue: the reactor
@@ -85,12 +85,17 @@ class CallRecorder:
             item = self._queue.get()
             if item is _STOP:
                 self._close_all()
-                self._reactor.callFromThread(self._stopped.callback, None)
+                self._reactor.callFromThread(self._thread_done)
                 return
             try:
                 self._handle(item)
             except Exception:
                 self.log.failure("recording a media packet failed")
+
+    def _thread_done(self) -> None:
+        # The thread has nothing left to do but return: joining is immediate.
+        self._thread.join()
+        self._stopped.callback(None)
 
     def _handle(self, item) -> None:
         if item[0] is _CLOSE:

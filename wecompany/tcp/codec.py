@@ -125,6 +125,14 @@ def qstr(s: str) -> bytes:
     return _U32.pack(len(b)) + b
 
 
+def utf16_size(s: str) -> int:
+    """Bytes of ``s`` as a qstr body (UTF-16: two per BMP character, four per other)."""
+    size = 2 * len(s)
+    if not s.isascii():
+        size += 2 * sum(1 for c in s if ord(c) > 0xFFFF)  # surrogate pairs
+    return size
+
+
 def str16(s: str) -> bytes:
     b = s.encode("utf-8")
     if len(b) > 0xFFFF:

@@ -51,11 +51,6 @@ class IdleTimeout(WeCompanyError):
     default_message = "idle timeout: no message received"
 
 
-class SlowConsumer(WeCompanyError):
-    code = 503
-    default_message = "connection too slow: outgoing buffer limit exceeded"
-
-
 @implementer(IPushProducer)
 class _WriteGate:
     """
@@ -95,7 +90,7 @@ class WeCompanyProtocol(Int32StringReceiver):
     _idle_call = None
     _close_call = None
     _malformed = 0
-    _flood_strikes = 0
+    _flood_warned = -1e18
     _pending = 0
     _media_prefix: tuple[str, bytes] | None = None
     _not_in_call_warned = -1e18
@@ -105,6 +100,7 @@ class WeCompanyProtocol(Int32StringReceiver):
         self.MAX_LENGTH = factory.max_frame
         self._clock = factory.clock
         self._bucket = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
+        self._drop_budget = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
 
     # -- connection lifecycle ---------------------------------------------------
     def connectionMade(self) -> None:
@@ -175,9 +171,11 @@ class WeCompanyProtocol(Int32StringReceiver):
         if self._lost:
             return False
         if len(body) > self.factory.max_frame:
+            # Never drop silently: the client learns what it did not get.
             self._log.warn("not sending a {size}-byte frame of type {t}: over the frame limit",
                            size=len(body), t=body[0])
-            return False
+            body = codec.encode_error(TooLarge.code, f"a {len(body)}-byte answer exceeds the frame limit "
+                                      f"of {self.factory.max_frame} bytes (ask for a smaller page)", body[0])
         if self.write_blocked:
             self._blocked_bytes += len(body) + 4
             if self._blocked_bytes > self.factory.max_send_buffer:
@@ -217,10 +215,10 @@ class WeCompanyProtocol(Int32StringReceiver):
         if t == MEDIA_TYPE and self.identity is not None:
             self._media(frame)
             return
-        if not self._bucket.allow():
+        if t != FILE_TYPE and not self._bucket.allow():
+            # FILE is exempt: its chunks are paced by the pause while each is written.
             self._flooding(t)
             return
-        self._flood_strikes = 0
         try:
             if self.identity is None:
                 self._unauthenticated(t, frame)
@@ -247,11 +245,16 @@ class WeCompanyProtocol(Int32StringReceiver):
             self.send_error(error, t)
 
     def _flooding(self, t: int) -> None:
-        self._flood_strikes += 1
-        if self._flood_strikes > self.factory.message_burst:
+        # Dropped messages draw on a second budget: a client that keeps sending
+        # at well over the rate exhausts it and is closed. It is told at most
+        # once a second, so the answers do not become a flood of their own.
+        if not self._drop_budget.allow():
             self.disconnect(RateLimited("message rate limit exceeded"))
-        else:
-            self.send_error(RateLimited("message rate limit exceeded, message dropped"), t)
+            return
+        now = self._clock.seconds()
+        if now - self._flood_warned >= 1.0:
+            self._flood_warned = now
+            self.send_error(RateLimited("message rate limit exceeded, messages dropped"), t)
 
     def _media(self, frame: bytes) -> None:
         if len(frame) > self.MAX_LENGTH - FORWARD_OVERHEAD:
@@ -314,10 +317,15 @@ class WeCompanyProtocol(Int32StringReceiver):
                 user = await accounts.register(msg.username, msg.password)
             else:
                 user = await accounts.authenticate_token(msg.token)
-        except WeCompanyError as e:
+        except Exception as e:
+            if isinstance(e, WeCompanyError):
+                text = e.message
+            else:
+                self._log.failure("authentication failed unexpectedly")
+                text = InternalError.default_message
             if not isinstance(e, RateLimited):
                 self.factory.login_limiter.failed(address)
-            self.send_body(codec.encode_auth_failed(e.message))
+            self.send_body(codec.encode_auth_failed(text))
             # The original client only retries on a fresh connection; give it a
             # moment to read the answer, then close.
             if not self._closing:
@@ -333,6 +341,9 @@ class WeCompanyProtocol(Int32StringReceiver):
             raise MalformedMessage("anonymous user id must be 1-64 characters, not all digits")
         if await self.factory.chat.store.get_user_by_username(user_id) is not None:
             raise Unauthenticated("that name belongs to an account: log in instead")
+        if self.factory.chat.registry.find_online(user_id) is not None:
+            # Anonymous sessions prove nothing, so they cannot displace each other.
+            raise Conflict("that name is in use")
         self._logged_in(Identity(user_id, user_id, None), token=None)
         if not self._closing:
             # "The rest of that frame is handled as a normal message of that type."
@@ -368,7 +379,9 @@ class WeCompanyProtocol(Int32StringReceiver):
             self._run_async(result, t)
 
     def _on_text(self, msg: codec.Text):
-        if len(msg.text) * 2 > self.MAX_LENGTH - FORWARD_OVERHEAD:
+        # The forwarded frame carries the text as UTF-16 plus headers: check
+        # its real size here so it can always be delivered (and stored) whole.
+        if codec.utf16_size(msg.text) > self.MAX_LENGTH - FORWARD_OVERHEAD:
             raise TooLarge("text too long to forward")
         return self._text(msg)
 
