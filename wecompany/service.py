@@ -1,25 +1,47 @@
 """
 The daemon's top-level service: ordered start-up and graceful shutdown.
 
-Start: open the store (migrations) and the thread pools, *then* listen, so no
-client ever meets a store that is not ready. Stop (SIGTERM, Ctrl-C): stop
-accepting, end calls, tell every client (ERROR 503) and close them, stop the
-recorder, flush and close the store. twistd waits for the Deferred
-:meth:`stopService` returns, then exits 0.
+Start-up does everything that can fail for a reason an operator must fix
+*synchronously*, before twistd runs the reactor: the database schema is
+prepared (migrations) and every port listens. twistd reports an exception
+there and exits non-zero, so "address in use" or "database newer than this
+server" never looks like a successful start. What remains (connection pool,
+thread pools) starts with the reactor; should that fail, the daemon stops
+and still exits non-zero.
+
+Stop (SIGTERM, Ctrl-C): stop accepting, end calls, tell every client (ERROR
+503) and close them, stop the recorder, flush and close the store. twistd
+waits for the Deferred :meth:`stopService` returns.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+
+import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+
+@attrs.frozen
+class Listener:
+    """A port to listen on: a name for logs, an ``IStreamServerEndpoint``, a factory."""
+
+    name: str
+    endpoint: object
+    factory: object
 
 
 class WeCompanyService(MultiService):
     """
-    :param store: the IStore (started first, stopped last).
-    :param listeners: services that listen (``StreamServerEndpointService``),
-        started once the store is ready and stopped first.
+    :param store: the IStore; ``prepare()`` (if it has one) runs synchronously
+        before listening, ``start()`` with the reactor, ``stop()`` last.
+    :param listeners: :class:`Listener` s.
     :param tcp_factory: the binary protocol's factory (for its graceful shutdown).
     :param calls: the CallService (ends every call on shutdown).
     :param threadpools: ``ThreadPool`` s for hashing and disk work.
@@ -43,35 +65,78 @@ class WeCompanyService(MultiService):
         self.handle_signals = handle_signals
         self.startup_warnings = list(startup_warnings)
         self.ready: Deferred = Deferred()
-        self._started_listeners: list = []
+        self.ports: dict[str, object] = {}
+        self._pending: list[tuple[str, Deferred]] = []
+        self._prepared = False
+        self._starting: Deferred | None = None
+        self._stopping = False
 
+    # -- start ------------------------------------------------------------------
     def privilegedStartService(self) -> None:
-        # Children (listeners) are started in startService, after the store.
-        pass
+        """Prepare the schema and listen, raising on failure (twistd exits non-zero)."""
+        super().privilegedStartService()
+        self._prepared = True
+        for warning in self.startup_warnings:
+            self.log.warn("{warning}", warning=warning)
+        prepare = getattr(self.store, "prepare", None)
+        if prepare is not None:
+            prepare()
+        try:
+            for listener in self.listeners:
+                self._listen(listener)
+        except BaseException:
+            self._stop_ports()
+            raise
+
+    def _listen(self, listener: Listener) -> None:
+        d = listener.endpoint.listen(listener.factory)
+        outcome: list = []
+
+        def look(result):
+            outcome.append(result)
+            return result  # leave the port (or failure) in the Deferred
+
+        d.addBoth(look)
+        if not outcome:  # an endpoint that listens later (systemd, some TLS set-ups)
+            self._pending.append((listener.name, d))
+        elif isinstance(outcome[0], Failure):
+            d.addErrback(lambda f: None)  # raised below instead
+            outcome[0].raiseException()
+        else:
+            self.ports[listener.name] = outcome[0]
 
     def startService(self) -> None:
+        if not self._prepared:
+            self.privilegedStartService()
         super().startService()
         if self.handle_signals:
             # After the reactor's own handlers, which are installed during start-up.
             self.reactor.callLater(0, self._install_signal_handlers)
-        d = Deferred.fromCoroutine(self._start())
-        d.addErrback(self._start_failed)
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._start_failed)
 
     async def _start(self) -> None:
-        for warning in self.startup_warnings:
-            self.log.warn("{warning}", warning=warning)
         for pool in self.threadpools:
             pool.start()
         await self.store.start()
-        for listener in self.listeners:
-            listener.privilegedStartService()
-            listener.startService()
-            self._started_listeners.append(listener)
-            # StreamServerEndpointService logs and swallows listen failures
-            # unless asked to raise; wait for each port so errors stop start-up.
-            await listener._waitingForPort
+        while self._pending and not self._stopping:
+            name, d = self._pending.pop(0)
+            self.ports[name] = await d
+        if self._stopping:
+            return
         self.log.info("WeCompany is ready")
         self.ready.callback(None)
+
+    def _start_failed(self, failure) -> None:
+        self.log.failure("WeCompany failed to start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if self.reactor.running and not self._stopping:
+            # Nothing useful can be served. twistd has no way to set its exit
+            # status once the reactor runs, so leave with 1 after the graceful
+            # stop has run (logs flushed first).
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failure)
+            self.reactor.stop()
 
     def _install_signal_handlers(self) -> None:
         """
@@ -81,9 +146,6 @@ class WeCompanyService(MultiService):
         graceful stop (exit status 143/130); a requested stop that completed
         cleanly is a success, which is what service managers and scripts expect.
         """
-        import signal
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return
 
@@ -98,26 +160,21 @@ class WeCompanyService(MultiService):
         if self.reactor.running:
             self.reactor.stop()
 
-    def _start_failed(self, failure) -> None:
-        self.log.failure("WeCompany failed to start", failure)
-        self.ready.errback(failure)
-        # Nothing is served; stop the process with an error status.
-        if self.reactor.running:
-            self.reactor.callLater(0, self._exit_with_error)
-
-    def _exit_with_error(self) -> None:
-        from twisted.application import app
-        app._exitCode = 1  # twistd exits with this status
-        self.reactor.stop()
-
+    # -- stop -------------------------------------------------------------------
     def stopService(self) -> Deferred:
         super().stopService()
+        self._stopping = True
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         self.log.info("WeCompany is stopping")
-        stops = [Deferred.fromCoroutine(_maybe(listener.stopService())) for listener in self._started_listeners]
-        await DeferredList(stops, consumeErrors=True)
+        if self._starting is not None:
+            await self._starting  # errors were handled by _start_failed
+        for _, d in self._pending:  # ports still on their way: stop them when they come
+            d.addCallback(lambda port: port.stopListening())
+            d.addErrback(lambda f: None)
+        self._pending.clear()
+        await self._stop_ports()
         self.calls.end_all("shutdown")
         await self.tcp_factory.shutdown(self.shutdown_grace)
         if self.recorder is not None:
@@ -128,7 +185,20 @@ class WeCompanyService(MultiService):
                 pool.stop()
         self.log.info("WeCompany stopped")
 
+    def _stop_ports(self) -> Deferred:
+        ports, self.ports = list(self.ports.values()), {}
+        stops = []
+        for port in ports:
+            result = port.stopListening()
+            if isinstance(result, Deferred):
+                stops.append(result)
+        return DeferredList(stops, consumeErrors=True)
 
-async def _maybe(result) -> None:
-    if isinstance(result, Deferred):
-        await result
+
+def _exit_failure() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(1)

@@ -110,7 +110,7 @@ def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
 
-    from twisted.application import strports
+    from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
@@ -125,7 +125,7 @@ def build_service(config: Config, reactor):
     from wecompany.domain.recording import CallRecorder
     from wecompany.domain.sessions import SessionRegistry
     from wecompany.domain.tokens import TokenIssuer
-    from wecompany.service import WeCompanyService
+    from wecompany.service import Listener, WeCompanyService
     from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.web.site import make_site
@@ -161,11 +161,8 @@ def build_service(config: Config, reactor):
         allow_anonymous=config.allow_anonymous)
     site = make_site(store, registry, calls, reactor=reactor)
 
-    listeners = []
-    for name, endpoint, factory in (("tcp", config.port, tcp_factory), ("http", config.http_port, site)):
-        listener = strports.service(endpoint, factory, reactor=reactor)
-        listener.setName(name)
-        listeners.append(listener)
+    listeners = [Listener("tcp", serverFromString(reactor, config.port), tcp_factory),
+                 Listener("http", serverFromString(reactor, config.http_port), site)]
 
     warnings = []
     if config.redis is not None:

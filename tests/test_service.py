@@ -1,0 +1,353 @@
+"""
+Start-up and shutdown order of :class:`wecompany.service.WeCompanyService`,
+and the tree :func:`wecompany.tap.build_service` composes; no sockets, no
+threads, no wall time (``MemoryReactorClock``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from tests.helpers import FakeClient
+from wecompany.config import Config
+from wecompany.domain.calls import CallService
+from wecompany.domain.events import CallEnded
+from wecompany.errors import Unavailable
+from wecompany.service import Listener, WeCompanyService
+from wecompany.store.memory import MemoryStore
+from wecompany.tcp.protocol import WeCompanyFactory
+
+
+class GatedStore:
+    """A MemoryStore whose start completes when the test says so; records start and stop."""
+
+    def __init__(self, events: list, start_error: Exception | None = None) -> None:
+        self.events = events
+        self.inner = MemoryStore()
+        self.gate: Deferred = Deferred()
+        self.start_error = start_error
+
+    prepare_error: Exception | None = None
+
+    def prepare(self) -> None:
+        self.events.append("store prepare")
+        if self.prepare_error is not None:
+            raise self.prepare_error
+
+    def start(self) -> Deferred:
+        self.events.append("store start")
+        if self.start_error is not None:
+            return fail(self.start_error)
+        return self.gate.addCallback(lambda _: self.inner.start()).addCallback(
+            lambda _: self.events.append("store ready"))
+
+    def stop(self) -> Deferred:
+        self.events.append("store stop")
+        return self.inner.stop()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class FakePort:
+    def __init__(self, name: str, events: list) -> None:
+        self.name = name
+        self.events = events
+
+    def stopListening(self):
+        self.events.append(f"{self.name} stop listening")
+        return succeed(None)
+
+
+class FakeEndpoint:
+    """An IStreamServerEndpoint that records ``listen`` and answers with ``result``."""
+
+    def __init__(self, name: str, events: list, result: Deferred | None = None) -> None:
+        self.name = name
+        self.events = events
+        self.result = result
+
+    def listen(self, factory):
+        self.events.append(f"{self.name} listen")
+        if self.result is not None:
+            return self.result
+        return succeed(FakePort(self.name, self.events))
+
+
+class RecordingCalls(CallService):
+    def __init__(self, events: list, clock) -> None:
+        super().__init__(clock)
+        self.events = events
+
+    def end_all(self, reason: str = "shutdown") -> None:
+        self.events.append(f"end calls ({self.count})")
+        super().end_all(reason)
+
+
+class RecordingFactory(WeCompanyFactory):
+    def __init__(self, events: list, clock, calls) -> None:
+        super().__init__(chat=None, accounts=None, calls=calls, login_limiter=None, clock=clock)
+        self.events = events
+
+    def shutdown(self, grace: float = 3.0) -> Deferred:
+        self.events.append(f"factory shutdown ({len(self.connections)} connections)")
+        d = super().shutdown(grace)
+        d.addCallback(lambda r: (self.events.append("connections closed"), r)[1])
+        return d
+
+
+class SilentTransport:
+    """A transport whose connection goes away only when aborted."""
+
+    def __init__(self, proto) -> None:
+        self.proto = proto
+
+    def abortConnection(self) -> None:
+        self.proto.gone()
+
+
+class StubbornConnection:
+    """A connected client that ignores the shutdown notice until it is aborted."""
+
+    def __init__(self, factory: WeCompanyFactory) -> None:
+        self.factory = factory
+        self.transport = SilentTransport(self)
+        self.told = None
+        factory.connections.add(self)
+
+    def disconnect(self, error) -> None:
+        self.told = error
+
+    def gone(self) -> None:
+        self.factory.connections.discard(self)
+        self.factory.connection_closed(self)
+
+
+class FakePool:
+    def __init__(self, events: list) -> None:
+        self.events = events
+        self.started = False
+
+    def start(self) -> None:
+        self.events.append("pool start")
+        self.started = True
+
+    def stop(self) -> None:
+        self.events.append("pool stop")
+        self.started = False
+
+
+class WeCompanyServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events: list = []
+        self.clock = MemoryReactorClock()
+        self.store = GatedStore(self.events)
+        self.calls = RecordingCalls(self.events, self.clock)
+        self.factory = RecordingFactory(self.events, self.clock, self.calls)
+        self.endpoints = [FakeEndpoint("tcp", self.events), FakeEndpoint("http", self.events)]
+
+    def make_service(self, store=None) -> WeCompanyService:
+        return WeCompanyService(
+            store=store or self.store,
+            listeners=[Listener(e.name, e, Factory()) for e in self.endpoints],
+            tcp_factory=self.factory, calls=self.calls, threadpools=[FakePool(self.events)],
+            reactor=self.clock, shutdown_grace=3.0)
+
+    def start(self, service) -> None:
+        """As twistd does: privileged start, then start."""
+        service.privilegedStartService()
+        service.startService()
+
+    def started_service(self) -> WeCompanyService:
+        service = self.make_service()
+        self.start(service)
+        self.store.gate.callback(None)
+        self.successResultOf(service.ready)
+        del self.events[:]
+        return service
+
+    def test_schema_prepared_and_ports_listening_before_the_reactor(self) -> None:
+        service = self.make_service()
+        service.privilegedStartService()
+        self.assertEqual(self.events, ["store prepare", "tcp listen", "http listen"])
+        service.startService()
+        self.assertEqual(self.events[3:], ["pool start", "store start"])
+        self.assertNoResult(service.ready)
+        self.store.gate.callback(None)
+        self.assertIsNone(self.successResultOf(service.ready))
+
+    def test_prepare_failure_raises_and_nothing_listens(self) -> None:
+        self.store.prepare_error = RuntimeError("schema version 9 is newer than this server knows")
+        service = self.make_service()
+        self.assertRaises(RuntimeError, service.privilegedStartService)
+        self.assertFalse([e for e in self.events if "listen" in e])
+
+    def test_listen_failure_raises_and_stops_earlier_ports(self) -> None:
+        self.endpoints[1].result = fail(CannotListenError("127.0.0.1", 8000, OSError("in use")))
+        service = self.make_service()
+        self.assertRaises(CannotListenError, service.privilegedStartService)
+        self.assertEqual(self.events[-3:], ["tcp listen", "http listen", "tcp stop listening"])
+
+    def test_ready_waits_for_a_listener_that_listens_later(self) -> None:
+        later: Deferred = Deferred()
+        self.endpoints[0].result = later
+        service = self.make_service()
+        self.start(service)
+        self.store.gate.callback(None)
+        self.assertNoResult(service.ready)
+        later.callback(FakePort("tcp", self.events))
+        self.successResultOf(service.ready)
+
+    def test_stop_stops_a_port_that_listened_later(self) -> None:
+        later: Deferred = Deferred()
+        self.endpoints[0].result = later
+        service = self.make_service()
+        self.start(service)
+        self.store.gate.callback(None)
+        later.callback(FakePort("tcp", self.events))
+        self.successResultOf(service.ready)
+        self.successResultOf(service.stopService())
+        self.assertIn("tcp stop listening", self.events)
+
+    def test_listen_failing_later_fails_start(self) -> None:
+        """An endpoint may fail asynchronously; start-up must fail all the same."""
+        later: Deferred = Deferred()
+        self.endpoints[0].result = later
+        service = self.make_service()
+        self.start(service)
+        self.store.gate.callback(None)
+        later.errback(CannotListenError("127.0.0.1", 8888, OSError("in use")))
+        self.failureResultOf(service.ready, CannotListenError)
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+
+    def test_stop_order(self) -> None:
+        """Stop listening, end calls, tell and close clients, then stop the store and the pools."""
+        service = self.started_service()
+        caller, callee = FakeClient("1"), FakeClient("2")
+        self.calls.place(caller, callee.identity, callee, is_video=False)
+
+        d = service.stopService()
+        self.successResultOf(d)
+        self.assertEqual(self.events, [
+            "tcp stop listening", "http stop listening",
+            "end calls (1)",
+            "factory shutdown (0 connections)", "connections closed",
+            "store stop", "pool stop",
+        ])
+        for party in (caller, callee):
+            self.assertEqual(party.events[-1], CallEnded(party.events[-1].call_id, "shutdown"))
+
+    def test_store_stops_only_after_clients_are_gone(self) -> None:
+        service = self.started_service()
+        stubborn = StubbornConnection(self.factory)
+
+        d = service.stopService()
+        self.assertNoResult(d)
+        self.assertIsInstance(stubborn.told, Unavailable)
+        self.assertEqual(stubborn.told.code, 503)
+        self.assertNotIn("store stop", self.events)
+
+        self.clock.advance(2.9)
+        self.assertNotIn("store stop", self.events)
+        self.clock.advance(0.1)  # the grace period is over: the straggler is aborted
+        self.successResultOf(d)
+        self.assertEqual(self.events[-3:], ["connections closed", "store stop", "pool stop"])
+        self.assertEqual(self.factory.connections, set())
+
+    def test_store_start_failure_fails_ready_and_stops_the_reactor(self) -> None:
+        store = GatedStore(self.events, start_error=RuntimeError("pool failed"))
+        service = self.make_service(store)
+        self.clock.running = True
+        self.start(service)
+        self.failureResultOf(service.ready, RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(self.clock.running)  # MemoryReactor.stop
+        self.assertEqual(len(self.clock.triggers["after"]["shutdown"]), 1)
+
+    def test_stop_while_the_store_starts(self) -> None:
+        """A stop during start-up waits for the store, stops the ports, and leaves nothing listening."""
+        later: Deferred = Deferred()
+        self.endpoints[1].result = later
+        service = self.make_service()
+        self.start(service)
+        stopped = service.stopService()
+        self.assertNoResult(stopped)
+        self.store.gate.callback(None)
+        self.successResultOf(stopped)
+        later.callback(FakePort("http", self.events))
+        self.assertIn("tcp stop listening", self.events)
+        self.assertIn("http stop listening", self.events)
+        self.assertEqual(service.ports, {})
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.reactor = MemoryReactorClock()
+
+    def build(self, **options):
+        from wecompany.tap import build_service
+        options = {"data_dir": self.data_dir, "port": "tcp:7001:interface=127.0.0.1",
+                   "http_port": "tcp:7002", **options}
+        return build_service(Config.from_sources(options, {}, None), self.reactor)
+
+    def test_listeners_for_the_configured_endpoints(self) -> None:
+        service = self.build(max_frame="64K", login_timeout="2", idle_timeout="30", ring_timeout="5",
+                             max_call="60")
+        self.assertIsInstance(service, WeCompanyService)
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
+        tcp, http = service.listeners
+        for listener_, port, interface in ((tcp, 7001, "127.0.0.1"), (http, 7002, "")):
+            self.assertIsInstance(listener_.endpoint, TCP4ServerEndpoint)
+            self.assertEqual((listener_.endpoint._port, listener_.endpoint._interface), (port, interface))
+            self.assertIs(listener_.endpoint._reactor, self.reactor)
+        self.assertIs(tcp.factory, service.tcp_factory)
+        self.assertIsInstance(tcp.factory, WeCompanyFactory)
+        self.assertIsInstance(http.factory, Site)
+        factory = service.tcp_factory
+        self.assertEqual((factory.max_frame, factory.login_timeout, factory.idle_timeout),
+                         (64 * 1024, 2.0, 30.0))
+        self.assertIs(factory.calls, service.calls)
+        self.assertEqual((service.calls.ring_timeout, service.calls.max_duration), (5.0, 60.0))
+        self.assertIsNone(service.recorder)
+        self.assertTrue(service.handle_signals)
+        self.assertEqual(service.reactor, self.reactor)
+        # Nothing listens until the service starts.
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))
+
+    def test_listening_uses_the_injected_reactor(self) -> None:
+        service = self.build()
+        service.privilegedStartService()
+        self.assertEqual([(port, interface) for port, _, _, interface in self.reactor.tcpServers],
+                         [(7001, "127.0.0.1"), (7002, "")])
+        self.assertIs(self.reactor.tcpServers[0][1], service.tcp_factory)
+
+    def test_record_calls(self) -> None:
+        service = self.build(record_calls=os.path.join(self.data_dir, "recordings"))
+        self.assertIsNotNone(service.recorder)
+        self.assertIs(service.calls.recorder, service.recorder)
+
+    def test_both_ports_ephemeral(self) -> None:
+        """
+        Port 0 means "any free port": two listeners on tcp:0 never collide, so
+        this must be accepted (it is how tests run the daemon on free ports).
+        """
+        service = self.build(port="tcp:0", http_port="tcp:0")
+        self.assertEqual([listener_.endpoint._port for listener_ in service.listeners], [0, 0])
+
+    def test_postgresql_is_a_usage_error(self) -> None:
+        error = self.assertRaises(usage.UsageError, self.build, database="postgresql://wc:secret@db/wecompany")
+        self.assertIn("--database", str(error))
+        self.assertIn("SQLite", str(error))
+        self.assertNotIn("secret", str(error))
+        self.assertFalse(os.path.exists(self.data_dir))
