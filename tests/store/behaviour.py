@@ -8,17 +8,32 @@ The behaviour every IStore gives, written once.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import attrs
 from zope.interface.verify import verifyObject
 
-from wecompany.errors import Conflict, InvalidInput, NotFound, Unavailable
-from wecompany.store.interface import IStore
-from wecompany.store.records import FileRecord, ProfileRecord, StoredMessage, UserRecord
+from wecompany.errors import Conflict, InvalidInput, MeetingFull, MeetingNotFound, NotFound, Unavailable
+from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.records import (
+    FileRecord,
+    MeetingMessageRecord,
+    MeetingRecord,
+    ParticipantRecord,
+    ProfileRecord,
+    RefreshTokenRecord,
+    StoredMessage,
+    UserRecord,
+)
 
 NOW = 1_700_000_000.25
 BIG_ID = 2**62 + 5  # a 63-bit message id
+HOUR = 3600.0
+SETTINGS = {
+    "enable_video": True, "enable_audio": True, "enable_screen_share": False, "enable_chat": True,
+    "enable_recording": False, "enable_ai": False, "mute_on_join": True, "require_approval": False,
+}
 
 
 class StoreBehaviour:
@@ -31,10 +46,11 @@ class StoreBehaviour:
         raise NotImplementedError
 
     async def count_rows(self, table: str) -> int:
-        """How many rows ``table`` ("users" or "profiles") of ``self.store`` holds."""
+        """How many rows the SQL table ``table`` ("users", "participants"...) of ``self.store`` holds."""
         raise NotImplementedError
 
     def setUp(self):
+        self.room_numbers = itertools.count(1)
         self.store = self.make_store()
         self.addCleanup(self.store.stop)
         return self.store.start()
@@ -50,8 +66,20 @@ class StoreBehaviour:
         return await self.store.create_user(username, f"hash-{username}", email, nickname, now)
 
     # -- life cycle -----------------------------------------------------------
+    async def make_meeting(self, creator, title="Stand-up", start_time=NOW + HOUR, max_participants=10,
+                           description="", **changes):
+        """A meeting of ``creator`` (a UserRecord); ``changes`` are applied after creation."""
+        meeting, _ = await self.store.create_meeting(
+            title, description, creator.id, start_time, None, max_participants, "video", None, SETTINGS,
+            f"room-{next(self.room_numbers)}", NOW,
+        )
+        if changes:
+            meeting = await self.store.update_meeting(meeting.id, changes, NOW)
+        return meeting
+
     async def test_provides_interface(self):
         self.assertTrue(verifyObject(IStore, self.store))
+        self.assertTrue(verifyObject(IMeetingStore, self.store))
         self.assertIs(await self.store.ping(), True)
 
     async def test_stopped_store_is_unavailable(self):
@@ -60,6 +88,9 @@ class StoreBehaviour:
         self.assertEqual(error.message, "store is not running")
         await self.assertFails(self.store.delete_offline_messages([]), Unavailable)
         await self.assertFails(self.store.list_users_by_ids([]), Unavailable)
+        await self.assertFails(self.store.get_profiles([]), Unavailable)
+        await self.assertFails(self.store.list_meetings(0, 10), Unavailable)
+        await self.assertFails(self.store.rotate_refresh_token("a", "b", NOW, NOW), Unavailable)
         # Stopping again is harmless.
         self.assertIsNone(await self.store.stop())
 
@@ -333,3 +364,586 @@ class StoreBehaviour:
         await self.store.delete_file(made[-1].id)
         self.assertEqual((await self.store.create_file(1, "n", 1, "ff" * 32, "n", NOW)).id, made[-1].id + 1)
 
+
+    # -- accounts administration ----------------------------------------------
+    async def test_update_user(self):
+        alice = await self.make_user("alice", email="alice@example.com")
+        changes = {"email": "Alice@Work.example", "role": "admin", "status": "banned", "username": "Alicia"}
+        updated = await self.store.update_user(alice.id, changes)
+        self.assertEqual(updated, attrs.evolve(alice, **changes))
+        self.assertEqual(await self.store.get_user(alice.id), updated)
+        self.assertEqual(await self.store.get_user_by_login("alice@work.EXAMPLE"), updated)
+        self.assertIsNone(await self.store.get_user_by_username("alice"))
+
+    async def test_update_user_keeps_its_own_names(self):
+        alice = await self.make_user("alice", email="alice@example.com")
+        # The user's own username and email are no clash, in any case.
+        updated = await self.store.update_user(alice.id, {"username": "ALICE", "email": "ALICE@example.com"})
+        self.assertEqual((updated.username, updated.email), ("ALICE", "ALICE@example.com"))
+        # No changes: the user as it is.
+        self.assertEqual(await self.store.update_user(alice.id, {}), updated)
+        # An empty email is none, as on creation.
+        self.assertIsNone((await self.store.update_user(alice.id, {"email": ""})).email)
+
+    async def test_update_user_clashes_change_nothing(self):
+        alice = await self.make_user("alice", email="alice@example.com")
+        bob = await self.make_user("bob", email="bob@example.com")
+        for changes, error_code in [
+            ({"username": "ALICE", "role": "admin"}, 1001),
+            ({"email": "Alice@Example.com", "status": "banned"}, 1002),
+            ({"username": "Alice", "email": "alice@example.com"}, 1001),
+        ]:
+            error = await self.assertFails(self.store.update_user(bob.id, changes), Conflict)
+            self.assertEqual((error.code, error.error_code), (409, error_code))
+            self.assertEqual(await self.store.get_user(bob.id), bob)
+        self.assertEqual(await self.store.get_user(alice.id), alice)
+
+    async def test_update_unknown_user(self):
+        alice = await self.make_user("alice")
+        self.assertIsNone(await self.store.update_user(alice.id + 1, {"role": "admin"}))
+        # Even a clashing name: there is no user to clash.
+        self.assertIsNone(await self.store.update_user(alice.id + 1, {"username": "alice"}))
+
+    async def test_update_user_rejects_other_keys(self):
+        alice = await self.make_user("alice")
+        for changes in [{"password_hash": "x"}, {"role": "admin", "id": 5}, {"created_at": 0}]:
+            await self.assertFails(self.store.update_user(alice.id, changes), ValueError)
+            await self.assertFails(self.store.update_user(alice.id + 1, changes), ValueError)
+        self.assertEqual(await self.store.get_user(alice.id), alice)
+
+    async def test_update_profile(self):
+        alice = await self.make_user("alice", nickname="Al")
+        changes = {"nickname": "Alice A.", "avatar": "avatars/a.png", "phone": "+44 20 7946 0000"}
+        updated = await self.store.update_profile(alice.id, changes, NOW + 5)
+        self.assertEqual(updated, ProfileRecord(alice.id, updated_at=NOW + 5, **changes))
+        self.assertEqual(await self.store.get_profile(alice.id), updated)
+        touched = await self.store.update_profile(alice.id, {}, NOW + 6)
+        self.assertEqual(touched, attrs.evolve(updated, updated_at=NOW + 6))
+        self.assertIsNone(await self.store.update_profile(alice.id + 1, {"nickname": "x"}, NOW))
+        await self.assertFails(self.store.update_profile(alice.id, {"user_id": 9}, NOW), ValueError)
+        await self.assertFails(self.store.update_profile(alice.id, {"updated_at": 9}, NOW), ValueError)
+        self.assertEqual(await self.store.get_profile(alice.id), touched)
+
+    async def test_list_users_pages_by_id(self):
+        users = [await self.make_user(f"user{n}") for n in range(5)]
+        self.assertEqual(await self.store.list_users(0, 10), (5, users))
+        self.assertEqual(await self.store.list_users(1, 2), (5, users[1:3]))
+        self.assertEqual(await self.store.list_users(5, 2), (5, []))
+        self.assertEqual(await self.store.list_users(0, 0), (5, []))
+        for offset, limit in [(-1, 10), (0, -1)]:
+            await self.assertFails(self.store.list_users(offset, limit), InvalidInput)
+
+    async def test_list_users_by_keyword(self):
+        alice = await self.make_user("Alice", email="alice@example.com")
+        bob = await self.make_user("bob", email="BOB@Sample.org")
+        per_cent = await self.make_user("per_cent", email="100%@example.com")
+        plain = await self.make_user("perxcent", email=None)
+        backslash = await self.make_user("back", email="a\\b@example.com")
+        for keyword, found in [
+            ("LIC", [alice]),  # username, ignoring case
+            ("sample.ORG", [bob]),  # email, ignoring case
+            ("EXAMPLE", [alice, per_cent, backslash]),
+            ("%", [per_cent]),  # literally, not "anything"
+            ("0%@", [per_cent]),
+            ("r_c", [per_cent]),  # "_" is not "any one character"
+            ("rxc", [plain]),
+            ("\\", [backslash]),
+            ("nobody", []),
+            ("", [alice, bob, per_cent, plain, backslash]),
+        ]:
+            self.assertEqual(await self.store.list_users(0, 10, keyword=keyword), (len(found), found), keyword)
+        self.assertEqual(await self.store.list_users(1, 1, keyword="example"), (3, [per_cent]))
+
+    async def test_list_users_by_status(self):
+        alice, bob, carol = [await self.make_user(name) for name in ("alice", "bob", "carol")]
+        bob = await self.store.update_user(bob.id, {"status": "banned"})
+        carol = await self.store.update_user(carol.id, {"status": "banned"})
+        self.assertEqual(await self.store.list_users(0, 10, status="banned"), (2, [bob, carol]))
+        self.assertEqual(await self.store.list_users(0, 10, status="active"), (1, [alice]))
+        self.assertEqual(await self.store.list_users(0, 10, status="deleted"), (0, []))
+        self.assertEqual(await self.store.list_users(0, 10, keyword="CAR", status="banned"), (1, [carol]))
+        self.assertEqual(await self.store.list_users(0, 10, keyword="car", status="active"), (0, []))
+
+    async def test_get_profiles(self):
+        alice = await self.make_user("alice", nickname="Al")
+        bob = await self.make_user("bob")
+        self.assertEqual(await self.store.get_profiles([]), {})
+        profiles = await self.store.get_profiles([bob.id, 999, alice.id, bob.id])
+        self.assertEqual(
+            profiles,
+            {alice.id: await self.store.get_profile(alice.id), bob.id: await self.store.get_profile(bob.id)},
+        )
+        self.assertEqual(list(profiles), [alice.id, bob.id])
+        self.assertEqual(profiles[alice.id].nickname, "Al")
+        # More ids than SQLite takes in one statement.
+        self.assertEqual(list(await self.store.get_profiles(range(5000, 0, -1))), [alice.id, bob.id])
+
+    # -- meetings -------------------------------------------------------------
+    async def test_create_meeting_with_its_host(self):
+        alice = await self.make_user("alice", nickname="Al")
+        meeting, host = await self.store.create_meeting(
+            "Planning", "Q3 plans", alice.id, NOW + HOUR, NOW + 2 * HOUR, 25, "audio", "argon2-meeting",
+            SETTINGS, "room-abc", NOW,
+        )
+        self.assertEqual(
+            meeting,
+            MeetingRecord(
+                id=meeting.id, title="Planning", description="Q3 plans", creator_id=alice.id,
+                start_time=NOW + HOUR, end_time=NOW + 2 * HOUR, max_participants=25, meeting_type="audio",
+                status="scheduled", password_hash="argon2-meeting", settings=SETTINGS, room_id="room-abc",
+                created_at=NOW, updated_at=NOW, started_at=None, ended_at=None,
+            ),
+        )
+        self.assertEqual(
+            host,
+            ParticipantRecord(
+                id=host.id, meeting_id=meeting.id, user_id=alice.id, username="alice", nickname="Al",
+                role="host", status="invited", audio_enabled=True, video_enabled=True,
+                joined_at=None, left_at=None,
+            ),
+        )
+        self.assertEqual(await self.store.get_meeting(meeting.id), meeting)
+        self.assertIsNone(await self.store.get_meeting(meeting.id + 1))
+        self.assertEqual(await self.store.list_participants(meeting.id), [host])
+        self.assertEqual(await self.store.get_participant(meeting.id, alice.id), host)
+
+    async def test_meeting_settings_are_a_dict_of_their_own(self):
+        alice = await self.make_user("alice")
+        settings = {"enable_chat": True, "nested": {"ok": [1, 2]}}
+        meeting, _ = await self.store.create_meeting(
+            "t", "", alice.id, NOW, None, 2, "video", None, settings, "r", NOW
+        )
+        settings["enable_chat"] = False
+        meeting.settings["enable_chat"] = False
+        fetched = await self.store.get_meeting(meeting.id)
+        self.assertEqual(fetched.settings, {"enable_chat": True, "nested": {"ok": [1, 2]}})
+        self.assertIsInstance(fetched.settings, dict)
+
+    async def assertNoMeetingRows(self, meetings=0, participants=0):
+        self.assertEqual(await self.count_rows("meetings"), meetings)
+        self.assertEqual(await self.count_rows("participants"), participants)
+
+    async def test_create_meeting_of_unknown_user(self):
+        error = await self.assertFails(
+            self.store.create_meeting("t", "", 99, NOW, None, 2, "video", None, {}, "r", NOW), NotFound
+        )
+        self.assertEqual(error.error_code, 1003)
+        await self.assertNoMeetingRows()
+
+    async def test_room_ids_are_unique(self):
+        alice = await self.make_user("alice")
+        first, _ = await self.store.create_meeting("a", "", alice.id, NOW, None, 2, "video", None, {}, "r", NOW)
+        await self.assertFails(
+            self.store.create_meeting("b", "", alice.id, NOW, None, 2, "video", None, {}, "r", NOW), Conflict
+        )
+        await self.assertNoMeetingRows(1, 1)
+        second, _ = await self.store.create_meeting(
+            "b", "", alice.id, NOW, None, 2, "video", None, {}, "s", NOW
+        )
+        self.assertEqual(second.id, first.id + 1)
+
+    async def test_update_meeting(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        settings = dict(SETTINGS, enable_ai=True)
+        changes = {
+            "title": "Retro", "description": "what went well", "start_time": NOW + 3 * HOUR,
+            "end_time": NOW + 4 * HOUR, "max_participants": 3, "meeting_type": "audio",
+            "password_hash": "h", "settings": settings, "status": "ongoing",
+            "started_at": NOW + 3 * HOUR, "ended_at": None,
+        }
+        updated = await self.store.update_meeting(meeting.id, changes, NOW + 10)
+        self.assertEqual(updated, attrs.evolve(meeting, updated_at=NOW + 10, **changes))
+        self.assertEqual(await self.store.get_meeting(meeting.id), updated)
+        ending = {"status": "ended", "ended_at": NOW + 4 * HOUR}
+        ended = await self.store.update_meeting(meeting.id, ending, NOW + 11)
+        self.assertEqual(ended, attrs.evolve(updated, updated_at=NOW + 11, **ending))
+        # A password can be taken off again.
+        unlocked = await self.store.update_meeting(meeting.id, {"password_hash": None}, NOW)
+        self.assertIsNone(unlocked.password_hash)
+
+    async def test_update_meeting_unknown_or_bad_key(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        self.assertIsNone(await self.store.update_meeting(meeting.id + 1, {"title": "x"}, NOW))
+        for changes in [{"room_id": "other"}, {"creator_id": 2}, {"updated_at": 1.0}, {"title": "x", "id": 3}]:
+            await self.assertFails(self.store.update_meeting(meeting.id, changes, NOW + 1), ValueError)
+        self.assertEqual(await self.store.get_meeting(meeting.id), meeting)
+
+    async def test_delete_meeting_cascades(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        other = await self.make_meeting(bob)
+        await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
+        await self.store.add_meeting_message(meeting.id, bob.id, "hi", "text", NOW)
+        kept = await self.store.add_meeting_message(other.id, bob.id, "elsewhere", "text", NOW)
+        self.assertIs(await self.store.delete_meeting(meeting.id), True)
+        self.assertIs(await self.store.delete_meeting(meeting.id), False)
+        self.assertIsNone(await self.store.get_meeting(meeting.id))
+        self.assertEqual(await self.store.list_participants(meeting.id), [])
+        self.assertEqual(await self.store.list_meeting_messages(meeting.id, 0, 10), (0, []))
+        await self.assertNoMeetingRows(1, 1)
+        self.assertEqual(await self.count_rows("meeting_messages"), 1)
+        self.assertEqual(await self.store.list_meeting_messages(other.id, 0, 10), (1, [kept]))
+        # A meeting id is never reused.
+        self.assertEqual((await self.make_meeting(alice)).id, other.id + 1)
+
+    async def test_list_meetings_order_and_paging(self):
+        alice = await self.make_user("alice")
+        # Made out of start order; two share a start time (then ids decide).
+        late = await self.make_meeting(alice, "late", NOW + 3 * HOUR)
+        early = await self.make_meeting(alice, "early", NOW + HOUR)
+        middle = await self.make_meeting(alice, "middle", NOW + 2 * HOUR)
+        middle_too = await self.make_meeting(alice, "middle too", NOW + 2 * HOUR)
+        ascending = [early, middle, middle_too, late]
+        self.assertEqual(await self.store.list_meetings(0, 10), (4, ascending))
+        self.assertEqual(await self.store.list_meetings(0, 10, newest_first=True), (4, ascending[::-1]))
+        self.assertEqual(await self.store.list_meetings(1, 2), (4, ascending[1:3]))
+        self.assertEqual(await self.store.list_meetings(1, 2, newest_first=True), (4, [middle_too, middle]))
+        self.assertEqual(await self.store.list_meetings(4, 2), (4, []))
+        for offset, limit in [(-1, 10), (0, -1)]:
+            await self.assertFails(self.store.list_meetings(offset, limit), InvalidInput)
+
+    async def test_list_meetings_filters(self):
+        alice, bob, carol = [await self.make_user(name) for name in ("alice", "bob", "carol")]
+        standup = await self.make_meeting(alice, "Daily Stand-up", NOW + HOUR, description="15 min")
+        review = await self.make_meeting(bob, "Review", NOW + 2 * HOUR, description="100% of the_code",
+                                         status="ongoing")
+        retro = await self.make_meeting(carol, "Retro", NOW + 3 * HOUR, status="ended")
+        cancelled = await self.make_meeting(carol, "Old", NOW + 4 * HOUR, status="cancelled")
+        await self.store.add_participant(retro.id, alice.id, "participant", NOW)
+        await self.store.join_meeting(cancelled.id, bob.id, "participant", NOW)
+
+        async def titles(**filters):
+            total, meetings = await self.store.list_meetings(0, 10, **filters)
+            self.assertEqual(total, len(meetings))
+            return [meeting.title for meeting in meetings]
+
+        self.assertEqual(await titles(statuses=["ongoing", "ended"]), ["Review", "Retro"])
+        self.assertEqual(await titles(statuses={"scheduled"}), ["Daily Stand-up"])
+        self.assertEqual(await titles(statuses=()), [])
+        self.assertEqual(await titles(keyword="STAND"), ["Daily Stand-up"])  # title
+        self.assertEqual(await titles(keyword="15 MIN"), ["Daily Stand-up"])  # description
+        self.assertEqual(await titles(keyword="%"), ["Review"])
+        self.assertEqual(await titles(keyword="e_c"), ["Review"])
+        self.assertEqual(await titles(keyword="r%o"), [])
+        self.assertEqual(await titles(keyword="re"), ["Review", "Retro"])
+        # Creator, or a participant row of any status.
+        self.assertEqual(await titles(member_id=alice.id), ["Daily Stand-up", "Retro"])
+        self.assertEqual(await titles(member_id=bob.id), ["Review", "Old"])
+        self.assertEqual(await titles(member_id=carol.id), ["Retro", "Old"])
+        self.assertEqual(await titles(member_id=999), [])
+        # Bounds are inclusive.
+        self.assertEqual(await titles(start_from=NOW + 2 * HOUR), ["Review", "Retro", "Old"])
+        self.assertEqual(await titles(start_until=NOW + 2 * HOUR), ["Daily Stand-up", "Review"])
+        self.assertEqual(
+            await titles(start_from=NOW + 2 * HOUR, start_until=NOW + 3 * HOUR), ["Review", "Retro"]
+        )
+        # Everything at once, newest first, paged.
+        self.assertEqual(
+            await self.store.list_meetings(
+                1, 1, statuses=["ended", "cancelled", "ongoing"], keyword="O", member_id=bob.id,
+                start_from=NOW, start_until=NOW + 4 * HOUR, newest_first=True,
+            ),
+            (2, [review]),
+        )
+        self.assertEqual(standup.status, "scheduled")
+
+    # -- participants ---------------------------------------------------------
+    async def test_join_meeting(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob", nickname="Bobby")
+        meeting = await self.make_meeting(alice)
+        participant, created = await self.store.join_meeting(meeting.id, bob.id, "participant", NOW + 1)
+        self.assertIs(created, True)
+        self.assertEqual(
+            participant,
+            ParticipantRecord(
+                id=participant.id, meeting_id=meeting.id, user_id=bob.id, username="bob", nickname="Bobby",
+                role="participant", status="joined", audio_enabled=True, video_enabled=True,
+                joined_at=NOW + 1, left_at=None,
+            ),
+        )
+        self.assertEqual(await self.store.get_participant(meeting.id, bob.id), participant)
+        self.assertIsNone(await self.store.get_participant(meeting.id, bob.id + 1))
+
+    async def test_join_again_keeps_one_row_and_its_role(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice, max_participants=2)
+        first, _ = await self.store.join_meeting(meeting.id, bob.id, "moderator", NOW + 1)
+        left = await self.store.update_participant(meeting.id, bob.id, {"status": "left", "left_at": NOW + 2})
+        self.assertEqual(left.left_at, NOW + 2)
+        # The meeting is full now, but a member's row is already counted.
+        again, created = await self.store.join_meeting(meeting.id, bob.id, "participant", NOW + 3)
+        self.assertIs(created, False)
+        self.assertEqual(again, attrs.evolve(first, joined_at=NOW + 3, left_at=None))
+        # The host joining keeps "host".
+        host, created = await self.store.join_meeting(meeting.id, alice.id, "participant", NOW + 4)
+        self.assertEqual((host.role, host.status, host.joined_at, created), ("host", "joined", NOW + 4, False))
+        self.assertEqual(await self.count_rows("participants"), 2)
+
+    async def test_join_full_meeting(self):
+        alice, bob, carol = [await self.make_user(name) for name in ("alice", "bob", "carol")]
+        meeting = await self.make_meeting(alice, max_participants=2)
+        # The host's row counts although the host has not joined.
+        await self.store.add_participant(meeting.id, bob.id, "participant", NOW)
+        await self.store.update_participant(meeting.id, bob.id, {"status": "left"})
+        # Every status counts.
+        error = await self.assertFails(
+            self.store.join_meeting(meeting.id, carol.id, "participant", NOW), MeetingFull
+        )
+        self.assertEqual((error.code, error.error_code), (403, 2003))
+        self.assertIsNone(await self.store.get_participant(meeting.id, carol.id))
+        self.assertEqual(await self.count_rows("participants"), 2)
+        # Room again once a row goes.
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), True)
+        _, created = await self.store.join_meeting(meeting.id, carol.id, "participant", NOW)
+        self.assertIs(created, True)
+
+    async def test_meeting_of_one(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice, max_participants=1)
+        await self.assertFails(self.store.join_meeting(meeting.id, bob.id, "participant", NOW), MeetingFull)
+        await self.assertFails(self.store.add_participant(meeting.id, bob.id, "participant", NOW), MeetingFull)
+        _, created = await self.store.join_meeting(meeting.id, alice.id, "host", NOW)
+        self.assertIs(created, False)
+
+    async def test_join_unknown_meeting_or_user(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        error = await self.assertFails(
+            self.store.join_meeting(meeting.id + 1, alice.id, "host", NOW), MeetingNotFound
+        )
+        self.assertEqual((error.code, error.error_code), (404, 2001))
+        error = await self.assertFails(self.store.join_meeting(meeting.id, 99, "participant", NOW), NotFound)
+        self.assertEqual(error.error_code, 1003)
+        self.assertEqual(await self.count_rows("participants"), 1)
+
+    async def test_add_participant(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice, max_participants=2)
+        invited = await self.store.add_participant(meeting.id, bob.id, "moderator", NOW)
+        self.assertEqual(
+            invited,
+            ParticipantRecord(
+                id=invited.id, meeting_id=meeting.id, user_id=bob.id, username="bob", nickname="bob",
+                role="moderator", status="invited", audio_enabled=True, video_enabled=True,
+                joined_at=None, left_at=None,
+            ),
+        )
+        for user in (alice, bob):
+            await self.assertFails(
+                self.store.add_participant(meeting.id, user.id, "participant", NOW), Conflict
+            )
+        carol = await self.make_user("carol")
+        error = await self.assertFails(self.store.add_participant(meeting.id, carol.id, "participant", NOW),
+                                       MeetingFull)
+        self.assertEqual(error.error_code, 2003)
+        await self.assertFails(self.store.add_participant(meeting.id + 1, carol.id, "participant", NOW),
+                               MeetingNotFound)
+        await self.assertFails(self.store.add_participant(meeting.id, 99, "participant", NOW), NotFound)
+        participants = await self.store.list_participants(meeting.id)
+        self.assertEqual([p.user_id for p in participants], [alice.id, bob.id])
+        # Accepting the invitation is a join of the same row.
+        joined, created = await self.store.join_meeting(meeting.id, bob.id, "participant", NOW + 1)
+        self.assertEqual(
+            (joined.id, joined.role, joined.status, created), (invited.id, "moderator", "joined", False)
+        )
+
+    async def test_update_participant(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        joined, _ = await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
+        changes = {"role": "moderator", "status": "left", "audio_enabled": False, "video_enabled": False,
+                   "joined_at": NOW + 1, "left_at": NOW + 2}
+        updated = await self.store.update_participant(meeting.id, bob.id, changes)
+        self.assertEqual(updated, attrs.evolve(joined, **changes))
+        self.assertEqual(await self.store.get_participant(meeting.id, bob.id), updated)
+        self.assertEqual(await self.store.update_participant(meeting.id, bob.id, {}), updated)
+        unmuted = await self.store.update_participant(meeting.id, bob.id, {"audio_enabled": True})
+        self.assertIs(unmuted.audio_enabled, True)
+        self.assertIsNone(await self.store.update_participant(meeting.id, 99, {"role": "host"}))
+        self.assertIsNone(await self.store.update_participant(meeting.id + 1, bob.id, {"role": "host"}))
+        for changes in [{"user_id": alice.id}, {"meeting_id": 5}, {"username": "x"}]:
+            await self.assertFails(self.store.update_participant(meeting.id, bob.id, changes), ValueError)
+        self.assertEqual(await self.store.get_participant(meeting.id, bob.id), unmuted)
+
+    async def test_remove_participant(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        host = await self.store.get_participant(meeting.id, alice.id)
+        await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), True)
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), False)
+        self.assertIs(await self.store.remove_participant(meeting.id + 1, alice.id), False)
+        self.assertEqual(await self.store.list_participants(meeting.id), [host])
+
+    async def test_participants_carry_current_names(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
+        message = await self.store.add_meeting_message(meeting.id, bob.id, "hello", "text", NOW)
+        await self.store.update_user(bob.id, {"username": "Robert"})
+        await self.store.update_profile(bob.id, {"nickname": "Rob"}, NOW)
+        participants = await self.store.list_participants(meeting.id)
+        self.assertEqual(
+            [(p.username, p.nickname) for p in participants], [("alice", "alice"), ("Robert", "Rob")]
+        )
+        self.assertEqual(
+            await self.store.list_meeting_messages(meeting.id, 0, 10),
+            (1, [attrs.evolve(message, username="Robert", nickname="Rob")]),
+        )
+
+    # -- meeting chat ---------------------------------------------------------
+    async def test_meeting_messages(self):
+        alice, bob = await self.make_user("alice", nickname="Al"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        other = await self.make_meeting(alice, "other")
+        first = await self.store.add_meeting_message(meeting.id, alice.id, "hello ☃", "text", NOW)
+        self.assertEqual(
+            first,
+            MeetingMessageRecord(
+                id=first.id, meeting_id=meeting.id, user_id=alice.id, username="alice", nickname="Al",
+                content="hello ☃", message_type="text", created_at=NOW,
+            ),
+        )
+        elsewhere = await self.store.add_meeting_message(other.id, bob.id, "elsewhere", "text", NOW)
+        # Not a member: the store does not judge who may talk.
+        second = await self.store.add_meeting_message(meeting.id, bob.id, "hi", "text", NOW - 1)
+        third = await self.store.add_meeting_message(meeting.id, alice.id, "bob joined", "system", NOW + 1)
+        self.assertEqual((second.id, third.id), (elsewhere.id + 1, elsewhere.id + 2))
+        # Oldest first by id, whatever created_at says.
+        self.assertEqual(await self.store.list_meeting_messages(meeting.id, 0, 10), (3, [first, second, third]))
+        self.assertEqual(await self.store.list_meeting_messages(meeting.id, 1, 1), (3, [second]))
+        self.assertEqual(await self.store.list_meeting_messages(meeting.id, 3, 1), (3, []))
+        self.assertEqual(await self.store.list_meeting_messages(other.id, 0, 10), (1, [elsewhere]))
+        self.assertEqual(await self.store.list_meeting_messages(other.id + 1, 0, 10), (0, []))
+        await self.assertFails(self.store.list_meeting_messages(meeting.id, -1, 10), InvalidInput)
+
+    async def test_meeting_message_to_unknown_meeting_or_from_unknown_user(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        await self.assertFails(self.store.add_meeting_message(meeting.id + 1, alice.id, "x", "text", NOW),
+                               MeetingNotFound)
+        error = await self.assertFails(
+            self.store.add_meeting_message(meeting.id, 99, "x", "text", NOW), NotFound
+        )
+        self.assertEqual(error.error_code, 1003)
+        self.assertEqual(await self.count_rows("meeting_messages"), 0)
+
+    # -- refresh tokens -------------------------------------------------------
+    async def test_add_and_get_refresh_token(self):
+        alice = await self.make_user("alice")
+        token = await self.store.add_refresh_token("hash-1", alice.id, "family-1", NOW, NOW + HOUR)
+        self.assertEqual(token, RefreshTokenRecord("hash-1", alice.id, "family-1", NOW, NOW + HOUR))
+        self.assertEqual(await self.store.get_refresh_token("hash-1"), token)
+        self.assertIsNone(await self.store.get_refresh_token("hash-2"))
+        await self.assertFails(self.store.add_refresh_token("hash-1", alice.id, "f", NOW, NOW + HOUR), Conflict)
+        error = await self.assertFails(
+            self.store.add_refresh_token("hash-3", 99, "f", NOW, NOW + HOUR), NotFound
+        )
+        self.assertEqual(error.error_code, 1003)
+        self.assertEqual(await self.count_rows("refresh_tokens"), 1)
+
+    async def test_rotate_refresh_token(self):
+        alice = await self.make_user("alice")
+        old = await self.store.add_refresh_token("old", alice.id, "family", NOW, NOW + HOUR)
+        new = await self.store.rotate_refresh_token("old", "new", NOW + 10, NOW + 2 * HOUR)
+        self.assertEqual(new, RefreshTokenRecord("new", alice.id, "family", NOW + 10, NOW + 2 * HOUR))
+        self.assertEqual(await self.store.get_refresh_token("new"), new)
+        self.assertEqual(
+            await self.store.get_refresh_token("old"), attrs.evolve(old, revoked_at=NOW + 10, replaced_by="new")
+        )
+        newer = await self.store.rotate_refresh_token("new", "newer", NOW + 20, NOW + 3 * HOUR)
+        self.assertEqual((newer.family_id, newer.user_id), ("family", alice.id))
+
+    async def test_rotate_unknown_or_expired_refresh_token(self):
+        alice = await self.make_user("alice")
+        token = await self.store.add_refresh_token("old", alice.id, "family", NOW, NOW + HOUR)
+        self.assertIsNone(await self.store.rotate_refresh_token("nope", "new", NOW, NOW + HOUR))
+        # Expired at its expiry time.
+        self.assertIsNone(await self.store.rotate_refresh_token("old", "new", NOW + HOUR, NOW + 2 * HOUR))
+        self.assertEqual(await self.store.get_refresh_token("old"), token)
+        self.assertIsNone(await self.store.get_refresh_token("new"))
+
+    async def test_replayed_refresh_token_revokes_its_family(self):
+        alice = await self.make_user("alice")
+        await self.store.add_refresh_token("first", alice.id, "family", NOW, NOW + HOUR)
+        other = await self.store.add_refresh_token("other", alice.id, "other family", NOW, NOW + HOUR)
+        second = await self.store.rotate_refresh_token("first", "second", NOW + 1, NOW + HOUR)
+        live = await self.store.rotate_refresh_token("second", "third", NOW + 2, NOW + HOUR)
+        # "first" again: stolen. The thief gets nothing, and the live token dies too.
+        self.assertIsNone(await self.store.rotate_refresh_token("first", "fourth", NOW + 3, NOW + HOUR))
+        self.assertIsNone(await self.store.get_refresh_token("fourth"))
+        self.assertEqual(await self.store.get_refresh_token("third"), attrs.evolve(live, revoked_at=NOW + 3))
+        # Tokens revoked before keep when and by what.
+        self.assertEqual(
+            await self.store.get_refresh_token("second"),
+            attrs.evolve(second, revoked_at=NOW + 2, replaced_by="third"),
+        )
+        self.assertEqual(await self.store.get_refresh_token("other"), other)
+        self.assertIsNone(await self.store.rotate_refresh_token("third", "fifth", NOW + 4, NOW + HOUR))
+
+    async def test_rotate_to_a_hash_in_use_changes_nothing(self):
+        alice = await self.make_user("alice")
+        old = await self.store.add_refresh_token("old", alice.id, "family", NOW, NOW + HOUR)
+        await self.store.add_refresh_token("taken", alice.id, "other", NOW, NOW + HOUR)
+        await self.assertFails(self.store.rotate_refresh_token("old", "taken", NOW, NOW + HOUR), Conflict)
+        self.assertEqual(await self.store.get_refresh_token("old"), old)
+
+    async def test_revoke_refresh_tokens(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        live = [
+            await self.store.add_refresh_token(f"a{n}", alice.id, f"f{n}", NOW, NOW + HOUR) for n in range(2)
+        ]
+        expired = await self.store.add_refresh_token("a-old", alice.id, "f-old", NOW - 2 * HOUR, NOW - HOUR)
+        await self.store.add_refresh_token("a-rotated", alice.id, "f2", NOW, NOW + HOUR)
+        await self.store.rotate_refresh_token("a-rotated", "a-current", NOW, NOW + HOUR)
+        bobs = await self.store.add_refresh_token("b", bob.id, "fb", NOW, NOW + HOUR)
+        # Two live, and the one "a-rotated" was replaced by; not the expired or the revoked one.
+        self.assertEqual(await self.store.revoke_refresh_tokens(alice.id, NOW + 5), 3)
+        for token in live:
+            self.assertEqual(
+                await self.store.get_refresh_token(token.token_hash), attrs.evolve(token, revoked_at=NOW + 5)
+            )
+        self.assertEqual((await self.store.get_refresh_token("a-current")).revoked_at, NOW + 5)
+        self.assertEqual(await self.store.get_refresh_token("a-old"), expired)
+        self.assertEqual((await self.store.get_refresh_token("a-rotated")).revoked_at, NOW)
+        self.assertEqual(await self.store.get_refresh_token("b"), bobs)
+        self.assertEqual(await self.store.revoke_refresh_tokens(alice.id, NOW + 6), 0)
+        self.assertEqual(await self.store.revoke_refresh_tokens(99, NOW), 0)
+
+    async def test_revoke_refresh_token(self):
+        alice = await self.make_user("alice")
+        token = await self.store.add_refresh_token("t", alice.id, "f", NOW, NOW + HOUR)
+        await self.store.add_refresh_token("expired", alice.id, "f", NOW - HOUR, NOW)
+        self.assertIs(await self.store.revoke_refresh_token("t", NOW + 1), True)
+        self.assertEqual(await self.store.get_refresh_token("t"), attrs.evolve(token, revoked_at=NOW + 1))
+        # Already revoked: the first time stays.
+        self.assertIs(await self.store.revoke_refresh_token("t", NOW + 2), False)
+        self.assertEqual((await self.store.get_refresh_token("t")).revoked_at, NOW + 1)
+        self.assertIs(await self.store.revoke_refresh_token("expired", NOW + 2), False)
+        self.assertIs(await self.store.revoke_refresh_token("unknown", NOW), False)
+
+    # -- password resets ------------------------------------------------------
+    async def test_password_reset_is_single_use(self):
+        alice = await self.make_user("alice")
+        self.assertIsNone(await self.store.add_password_reset("reset", alice.id, NOW, NOW + HOUR))
+        self.assertIsNone(await self.store.consume_password_reset("other", NOW))
+        self.assertEqual(await self.store.consume_password_reset("reset", NOW + 1), alice.id)
+        self.assertIsNone(await self.store.consume_password_reset("reset", NOW + 2))
+
+    async def test_password_reset_expires(self):
+        alice = await self.make_user("alice")
+        await self.store.add_password_reset("reset", alice.id, NOW, NOW + HOUR)
+        self.assertIsNone(await self.store.consume_password_reset("reset", NOW + HOUR))
+        await self.store.add_password_reset("early", alice.id, NOW, NOW + HOUR)
+        self.assertEqual(await self.store.consume_password_reset("early", NOW + HOUR - 1), alice.id)
+
+    async def test_password_reset_hash_and_user_checked(self):
+        alice = await self.make_user("alice")
+        await self.store.add_password_reset("reset", alice.id, NOW, NOW + HOUR)
+        await self.assertFails(self.store.add_password_reset("reset", alice.id, NOW, NOW + 2 * HOUR), Conflict)
+        error = await self.assertFails(self.store.add_password_reset("r2", 99, NOW, NOW + HOUR), NotFound)
+        self.assertEqual(error.error_code, 1003)
+        self.assertEqual(await self.count_rows("password_resets"), 1)
+        self.assertEqual(await self.store.consume_password_reset("reset", NOW + HOUR - 1), alice.id)

@@ -31,15 +31,26 @@ class SplitStatementsTests(SynchronousTestCase):
 
 
 class LoadMigrationsTests(SynchronousTestCase):
-    def test_initial_migration_for_sqlite(self):
-        [initial] = load_migrations(SQLITE)
+    def test_migrations_for_sqlite(self):
+        initial, meetings = load_migrations(SQLITE)
         self.assertEqual((initial.version, initial.name), (1, "initial"))
-        script = "\n".join(initial.statements)
+        self.assertEqual((meetings.version, meetings.name), (2, "meetings"))
+        script = "\n".join(initial.statements + meetings.statements)
         self.assertNotIn("$", script)
         self.assertIn("id INTEGER PRIMARY KEY AUTOINCREMENT", script)
         self.assertIn("username TEXT COLLATE NOCASE NOT NULL UNIQUE", script)
-        tables = [s.split()[2] for s in initial.statements if s.startswith("CREATE TABLE")]
-        self.assertEqual(tables, ["users", "profiles", "contacts", "offline_messages", "files"])
+        self.assertIn("start_time REAL NOT NULL", script)
+        self.assertEqual(
+            created_tables(initial), ["users", "profiles", "contacts", "offline_messages", "files"]
+        )
+        self.assertEqual(
+            created_tables(meetings),
+            ["meetings", "participants", "meeting_messages", "refresh_tokens", "password_resets"],
+        )
+
+
+def created_tables(migration):
+    return [s.split()[2] for s in migration.statements if s.startswith("CREATE TABLE")]
 
 
 class MigrateTests(TestCase):
@@ -52,18 +63,22 @@ class MigrateTests(TestCase):
         return [name for (name,) in rows if not name.startswith("sqlite_")]
 
     async def test_failed_migration_changes_nothing(self):
-        broken = Migration(2, "broken", ("CREATE TABLE good (x INTEGER)", "CREATE TABLE bad ("))
-        migrations = (*load_migrations(SQLITE), broken)
+        known = load_migrations(SQLITE)
+        following = len(known) + 1
+        broken = Migration(following, "broken", ("CREATE TABLE good (x INTEGER)", "CREATE TABLE bad ("))
         await self.assertFailure(
-            Deferred.fromCoroutine(migrate(self.pool, SQLITE, migrations)), sqlite3.OperationalError
+            Deferred.fromCoroutine(migrate(self.pool, SQLITE, (*known, broken))), sqlite3.OperationalError
         )
         self.assertNotIn("good", await self.tables())
-        self.assertEqual(await self.pool.runQuery("SELECT version FROM schema_version"), [(1,)])
+        self.assertEqual(
+            await self.pool.runQuery("SELECT version FROM schema_version ORDER BY version"),
+            [(migration.version,) for migration in known],
+        )
 
-        fixed = Migration(2, "fixed", ("CREATE TABLE good (x INTEGER)",))
-        await migrate(self.pool, SQLITE, (*load_migrations(SQLITE), fixed))
+        fixed = Migration(following, "fixed", ("CREATE TABLE good (x INTEGER)",))
+        await migrate(self.pool, SQLITE, (*known, fixed))
         self.assertIn("good", await self.tables())
         self.assertEqual(
             await self.pool.runQuery("SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "fixed")],
+            [(1, "initial"), (2, "meetings"), (following, "fixed")],
         )

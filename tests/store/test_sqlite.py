@@ -8,14 +8,16 @@ reactor; nothing here waits on wall time.
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.store.behaviour import NOW, StoreBehaviour
+from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
 from wecompany.errors import Conflict, Unavailable
+from wecompany.store.dialect import SQLITE
 from wecompany.store.records import StoredMessage
-from wecompany.store.schema import SchemaTooNew
-from wecompany.store.sqlite import SQLiteStore
+from wecompany.store.schema import SchemaTooNew, load_migrations, migrate
+from wecompany.store.sqlite import SQLiteStore, connection_pool
 
 
 async def query(store, sql, params=()):
@@ -35,7 +37,7 @@ class SQLiteStoreTests(StoreBehaviour, TestCase):
 class _ClashBlindStore(SQLiteStore):
     """Skips the check before the insert, as if another writer raced it."""
 
-    def _find_clash(self, txn, username, email):
+    def _find_clash(self, txn, username, email, user_id=None):
         return None
 
 
@@ -98,8 +100,41 @@ class SQLiteOnlyTests(TestCase):
         alice = await store.create_user("alice", "h", None, None, NOW)
         await store.stop()
         store = await self.open_store(path)
-        self.assertEqual(await query(store, "SELECT version, name FROM schema_version"), [(1, "initial")])
+        self.assertEqual(
+            await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
+            [(1, "initial"), (2, "meetings")],
+        )
         self.assertEqual(await store.get_user(alice.id), alice)
+
+    async def test_upgrade_from_version_1(self):
+        path = self.mktemp()
+        pool = connection_pool(path, reactor)
+        await migrate(pool, SQLITE, load_migrations(SQLITE)[:1])
+        await pool.runOperation(
+            "INSERT INTO users (username, email, password_hash, role, status, created_at)"
+            " VALUES ('alice', 'a@example.com', 'h', 'user', 'active', ?)",
+            (NOW,),
+        )
+        await pool.runOperation(
+            "INSERT INTO profiles (user_id, nickname, updated_at) VALUES (1, 'Al', ?)", (NOW,)
+        )
+        pool.close()
+
+        store = await self.open_store(path)
+        self.assertEqual(
+            await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
+            [(1, "initial"), (2, "meetings")],
+        )
+        tables = {name for (name,) in await query(store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        added = {"meetings", "participants", "meeting_messages", "refresh_tokens", "password_resets"}
+        self.assertLessEqual({"users", *added}, tables)
+        alice = await store.get_user_by_login("A@EXAMPLE.COM")
+        self.assertEqual((alice.id, alice.username, alice.created_at), (1, "alice", NOW))
+        meeting, host = await store.create_meeting(
+            "t", "", alice.id, NOW, None, 2, "video", None, SETTINGS, "room", NOW
+        )
+        self.assertEqual((host.username, host.nickname), ("alice", "Al"))
+        self.assertEqual(await store.list_meetings(0, 10, member_id=alice.id), (1, [meeting]))
 
     async def test_newer_schema_is_refused(self):
         path = self.mktemp()
@@ -109,7 +144,7 @@ class SQLiteOnlyTests(TestCase):
 
         newer = SQLiteStore(path, reactor)
         error = await self.assertFailure(newer.start(), SchemaTooNew)
-        self.assertIn("database schema version 99 is newer than this server knows (up to 1)", str(error))
+        self.assertIn("database schema version 99 is newer than this server knows (up to 2)", str(error))
         await self.assertFailure(newer.get_user(1), Unavailable)
         self.assertIsNone(await newer.stop())
 
@@ -133,3 +168,66 @@ class SQLiteOnlyTests(TestCase):
             self.assertEqual(error.error_code, error_code)
         self.assertEqual(await query(store, "SELECT COUNT(*) FROM users"), [(1,)])
         self.assertEqual(await query(store, "SELECT COUNT(*) FROM profiles"), [(1,)])
+
+    async def test_meetings_survive_reopen(self):
+        path = self.mktemp()
+        store = await self.open_store(path)
+        alice = await store.create_user("alice", "h", "a@example.com", "Al", NOW)
+        bob = await store.create_user("bob", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting(
+            "Planning", "Q3", alice.id, NOW + HOUR, NOW + 2 * HOUR, 5, "audio", "pw", SETTINGS, "room-1", NOW
+        )
+        await store.join_meeting(meeting.id, bob.id, "participant", NOW + 1)
+        await store.update_participant(meeting.id, bob.id, {"video_enabled": False})
+        message = await store.add_meeting_message(meeting.id, bob.id, "hi", "text", NOW + 2)
+        token = await store.add_refresh_token("old", alice.id, "family", NOW, NOW + HOUR)
+        new = await store.rotate_refresh_token("old", "new", NOW + 1, NOW + HOUR)
+        await store.add_password_reset("reset", alice.id, NOW, NOW + HOUR)
+        participants = await store.list_participants(meeting.id)
+        await store.stop()
+
+        reopened = await self.open_store(path)
+        self.assertEqual(await reopened.get_meeting(meeting.id), meeting)
+        self.assertEqual(await reopened.list_participants(meeting.id), participants)
+        self.assertIs(participants[1].video_enabled, False)
+        self.assertEqual(await reopened.list_meeting_messages(meeting.id, 0, 10), (1, [message]))
+        self.assertEqual(
+            await reopened.get_refresh_token("old"), attrs.evolve(token, revoked_at=NOW + 1, replaced_by="new")
+        )
+        self.assertEqual(await reopened.get_refresh_token("new"), new)
+        self.assertEqual(await reopened.consume_password_reset("reset", NOW + 1), alice.id)
+
+    async def test_settings_and_flags_are_stored_as_json_and_integers(self):
+        store = await self.open_store()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting("t", "", alice.id, NOW, None, 2, "video", None,
+                                                {"b": True, "a": False}, "room", NOW)
+        self.assertEqual(await query(store, "SELECT settings FROM meetings"), [('{"a":false,"b":true}',)])
+        await store.update_participant(meeting.id, alice.id, {"audio_enabled": False})
+        self.assertEqual(await query(store, "SELECT audio_enabled, video_enabled FROM participants"), [(0, 1)])
+
+    async def test_deleting_a_user_row_cascades_to_meetings(self):
+        store = await self.open_store()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        bob = await store.create_user("bob", "h", None, None, NOW)
+        mine, _ = await store.create_meeting("a", "", alice.id, NOW, None, 5, "video", None, {}, "a", NOW)
+        theirs, _ = await store.create_meeting("b", "", bob.id, NOW, None, 5, "video", None, {}, "b", NOW)
+        await store.join_meeting(mine.id, bob.id, "participant", NOW)
+        await store.add_meeting_message(mine.id, bob.id, "hi", "text", NOW)
+        await store.add_refresh_token("t", bob.id, "f", NOW, NOW + HOUR)
+        await store.add_password_reset("r", bob.id, NOW, NOW + HOUR)
+        await store._pool.runOperation("DELETE FROM users WHERE id = ?", (bob.id,))
+        self.assertIsNone(await store.get_meeting(theirs.id))
+        self.assertEqual([p.user_id for p in await store.list_participants(mine.id)], [alice.id])
+        for table in ("meeting_messages", "refresh_tokens", "password_resets"):
+            self.assertEqual(await query(store, f"SELECT COUNT(*) FROM {table}"), [(0,)], table)
+
+    async def test_unique_violation_on_update_is_still_a_conflict(self):
+        store = await self.open_store(store_type=_ClashBlindStore)
+        alice = await store.create_user("alice", "h", "alice@example.com", None, NOW)
+        bob = await store.create_user("bob", "h", "bob@example.com", None, NOW)
+        for changes, error_code in [({"username": "ALICE"}, 1001), ({"email": "Alice@Example.com"}, 1002)]:
+            error = await self.assertFailure(store.update_user(bob.id, changes), Conflict)
+            self.assertEqual(error.error_code, error_code)
+        self.assertEqual(await store.get_user(bob.id), bob)
+        self.assertEqual(await store.get_user(alice.id), alice)

@@ -8,6 +8,10 @@ collation); :class:`~wecompany.store.memory.MemoryStore` reproduces it with
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection, Mapping
+from typing import Any
+
 from wecompany.errors import (
     EMAIL_EXISTS,
     USER_NOT_FOUND,
@@ -21,6 +25,26 @@ from wecompany.errors import (
 USER_ACTIVE = "active"
 FILE_RECEIVING = "receiving"
 FILE_COMPLETE = "complete"
+MEETING_SCHEDULED = "scheduled"
+ROLE_HOST = "host"
+PARTICIPANT_INVITED = "invited"
+PARTICIPANT_JOINED = "joined"
+
+# What each update method may change (IMeetingStore's ``changes`` keys).
+USER_CHANGES = frozenset({"email", "role", "status", "username"})
+PROFILE_CHANGES = frozenset({"nickname", "avatar", "phone"})
+MEETING_CHANGES = frozenset({
+    "title", "description", "start_time", "end_time", "max_participants", "meeting_type",
+    "password_hash", "settings", "status", "started_at", "ended_at",
+})
+PARTICIPANT_CHANGES = frozenset({"role", "status", "audio_enabled", "video_enabled", "joined_at", "left_at"})
+# The changes that are times (stored as floats) or flags (stored as 0/1).
+TIME_CHANGES = frozenset({"start_time", "end_time", "started_at", "ended_at", "joined_at", "left_at"})
+FLAG_CHANGES = frozenset({"audio_enabled", "video_enabled"})
+
+# The escape character of every LIKE pattern the store builds.
+LIKE_ESCAPE = "\\"
+_LIKE_SPECIAL = frozenset({LIKE_ESCAPE, "%", "_"})
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -44,6 +68,61 @@ def default_nickname(username: str, nickname: str | None) -> str:
     return nickname or username
 
 
+def checked_changes(changes: Mapping[str, Any], allowed: Collection[str]) -> dict[str, Any]:
+    """
+    A copy of ``changes``, whose keys must all be in ``allowed``.
+
+    The SQL stores put the keys into queries as column names, so this check
+    is what keeps a caller's key out of the SQL text.
+
+    :raises ValueError: naming the keys that may not be changed.
+    """
+    unknown = sorted(set(changes) - set(allowed))
+    if unknown:
+        raise ValueError(f"cannot change {', '.join(map(repr, unknown))}")
+    return dict(changes)
+
+
+def checked_user_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`checked_changes` for ``update_user``, with the email normalised as on creation."""
+    checked = checked_changes(changes, USER_CHANGES)
+    if "email" in checked:
+        checked["email"] = normalise_email(checked["email"])
+    return checked
+
+
+def optional_time(value: float | None) -> float | None:
+    """A time as the SQL stores' ``$float`` columns give it back."""
+    return None if value is None else float(value)
+
+
+def encode_settings(settings: Mapping[str, Any]) -> str:
+    """A meeting's settings as the JSON text the SQL stores keep."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def decode_settings(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def like_pattern(keyword: str) -> str:
+    """
+    A LIKE pattern (escaped with :data:`LIKE_ESCAPE`) matching ``keyword``
+    anywhere, its ``%`` and ``_`` taken literally.
+    """
+    escaped = "".join(LIKE_ESCAPE + char if char in _LIKE_SPECIAL else char for char in keyword)
+    return f"%{escaped}%"
+
+
+def contains_folded(keyword: str, *texts: str | None) -> bool:
+    """
+    Whether any of ``texts`` contains ``keyword``, ignoring ASCII case: what
+    ``lower(text) LIKE lower(like_pattern(keyword))`` answers in SQLite.
+    """
+    folded = fold_case(keyword)
+    return any(text is not None and folded in fold_case(text) for text in texts)
+
+
 def check_page(offset: int, limit: int) -> None:
     """Reject a negative offset or limit (SQL would read ``LIMIT -1`` as "no limit")."""
     if offset < 0 or limit < 0:
@@ -56,6 +135,18 @@ def username_exists() -> Conflict:
 
 def email_exists() -> Conflict:
     return Conflict("email already exists", error_code=EMAIL_EXISTS)
+
+
+def room_exists() -> Conflict:
+    return Conflict("room id already exists")
+
+
+def already_participant() -> Conflict:
+    return Conflict("user is already a participant of this meeting")
+
+
+def token_exists() -> Conflict:
+    return Conflict("token already exists")
 
 
 def user_not_found() -> NotFound:

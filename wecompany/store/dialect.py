@@ -26,6 +26,11 @@ class Dialect:
     :ivar placeholder: the driver's parameter marker, replacing ``?``.
     :ivar max_params: how many parameters one statement may carry; longer id
         lists are sent in chunks of this size.
+    :ivar lock_rows: appended to a SELECT whose rows a write transaction
+        decides on (a meeting's capacity, a refresh token about to be
+        rotated), so that a concurrent transaction waits for this one: ``" FOR
+        UPDATE"`` where writers run concurrently (PostgreSQL); empty where a
+        write transaction already excludes every other writer.
     """
 
     name: str
@@ -34,6 +39,7 @@ class Dialect:
     begin_write: str | None
     placeholder: str = "?"
     max_params: int = 500
+    lock_rows: str = ""
 
     def begin(self, txn: Any, write: bool) -> None:
         """Open a transaction on the adbapi transaction (cursor) ``txn``."""
@@ -66,4 +72,7 @@ SQLITE = Dialect(
     begin_write="BEGIN IMMEDIATE",
     # SQLite before 3.32 allows 999 parameters per statement.
     max_params=500,
+    # BEGIN IMMEDIATE already excludes every other writer (and SQLite has no
+    # FOR UPDATE).
+    lock_rows="",
 )

@@ -105,6 +105,19 @@ class IMeetingStore(Interface):
 
     ``changes`` arguments are dicts of column -> new value restricted to the
     keys each method lists; an unknown key is a programming error (ValueError).
+
+    Rules common to the methods below:
+
+    * a method that writes a row naming a user (create_meeting, join_meeting,
+      add_participant, add_meeting_message, add_refresh_token,
+      add_password_reset) raises :class:`wecompany.errors.NotFound` (1003)
+      when that user does not exist, and writes nothing;
+    * a token or reset "expires at" ``expires_at``: it is expired when
+      ``expires_at <= now``. A refresh token is *live* while it is neither
+      revoked nor expired; only live tokens are revoked (and counted);
+    * a ``room_id`` or token hash that is already stored raises
+      :class:`wecompany.errors.Conflict` (no business code) and changes
+      nothing.
     """
 
     # -- accounts -----------------------------------------------------------
@@ -115,7 +128,7 @@ class IMeetingStore(Interface):
         """
 
     def update_profile(user_id, changes, now):
-        """Keys: nickname, avatar, phone. Sets updated_at. -> ProfileRecord or None."""
+        """Keys: nickname, avatar, phone. Sets updated_at (also with no changes). -> ProfileRecord or None."""
 
     def list_users(offset, limit, keyword=None, status=None):
         """
@@ -221,7 +234,7 @@ class IMeetingStore(Interface):
         """Revoke every live refresh token of the user. -> int (how many)."""
 
     def revoke_refresh_token(token_hash, now):
-        """Revoke one token (logout). -> bool"""
+        """Revoke one token (logout). -> bool, whether it was live."""
 
     # -- password resets ----------------------------------------------------
     def add_password_reset(token_hash, user_id, now, expires_at):

@@ -10,8 +10,9 @@ thread; the ``_*_txn`` methods run there and never touch the reactor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 from twisted.enterprise.adbapi import ConnectionPool
@@ -20,25 +21,53 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wecompany.errors import Conflict
+from wecompany.errors import Conflict, MeetingFull, MeetingNotFound
 from wecompany.store.common import (
     FILE_COMPLETE,
     FILE_RECEIVING,
+    FLAG_CHANGES,
+    LIKE_ESCAPE,
+    MEETING_CHANGES,
+    MEETING_SCHEDULED,
+    PARTICIPANT_CHANGES,
+    PARTICIPANT_INVITED,
+    PARTICIPANT_JOINED,
+    PROFILE_CHANGES,
+    ROLE_HOST,
     USER_ACTIVE,
+    already_participant,
     check_page,
+    checked_changes,
+    checked_user_changes,
+    decode_settings,
     default_nickname,
     email_exists,
+    encode_settings,
+    like_pattern,
     normalise_email,
+    room_exists,
     store_not_running,
+    token_exists,
     user_not_found,
     username_exists,
 )
 from wecompany.store.dialect import Dialect
-from wecompany.store.interface import IStore
-from wecompany.store.records import FileRecord, ProfileRecord, StoredMessage, UserRecord
+from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.records import (
+    FileRecord,
+    MeetingMessageRecord,
+    MeetingRecord,
+    ParticipantRecord,
+    ProfileRecord,
+    RefreshTokenRecord,
+    StoredMessage,
+    UserRecord,
+)
 from wecompany.store.schema import load_migrations, migrate
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 # Column lists in the order of the record's fields.
 _USER = "id, username, email, password_hash, role, status, created_at, last_login"
@@ -46,17 +75,95 @@ _PROFILE = "user_id, nickname, avatar, phone, updated_at"
 _MESSAGE = "id, sender_id, recipient_id, text, sent_at"
 _FILE = "id, owner_id, name, size, sha256, path, status, created_at, recipient_id, delivered, content_type"
 
+_MEETING = (
+    "id, title, description, creator_id, start_time, end_time, max_participants, meeting_type, status,"
+    " password_hash, settings, room_id, created_at, updated_at, started_at, ended_at"
+)
+_REFRESH_TOKEN = "token_hash, user_id, family_id, created_at, expires_at, revoked_at, replaced_by"
+# Participants and meeting messages carry their user's names: the tables are
+# read joined to users (u) and profiles (f).
+_PARTICIPANT = (
+    "p.id, p.meeting_id, p.user_id, u.username, f.nickname, p.role, p.status,"
+    " p.audio_enabled, p.video_enabled, p.joined_at, p.left_at"
+)
+_MEETING_MESSAGE = (
+    "m.id, m.meeting_id, m.user_id, u.username, f.nickname, m.content, m.message_type, m.created_at"
+)
+
+
+def _named(table: str, alias: str) -> str:
+    """``table`` as ``alias``, joined to its user's row (``u``) and profile (``f``)."""
+    return (
+        f"{table} {alias} JOIN users u ON u.id = {alias}.user_id"
+        f" JOIN profiles f ON f.user_id = {alias}.user_id"
+    )
+
+
+_PARTICIPANTS = _named("participants", "p")
+_MEETING_MESSAGES = _named("meeting_messages", "m")
+
 _SELECT_USER = f"SELECT {_USER} FROM users"
+_SELECT_PROFILE = f"SELECT {_PROFILE} FROM profiles"
 _SELECT_FILE = f"SELECT {_FILE} FROM files"
+_SELECT_MEETING = f"SELECT {_MEETING} FROM meetings"
+_SELECT_PARTICIPANT = f"SELECT {_PARTICIPANT} FROM {_PARTICIPANTS}"
+_SELECT_MEETING_MESSAGE = f"SELECT {_MEETING_MESSAGE} FROM {_MEETING_MESSAGES}"
+
+# Case-insensitive substring match of the column before it, with a pattern
+# from like_pattern(); lower() on both sides, as not every database's LIKE
+# ignores case.
+_LIKE = f"LIKE lower(?) ESCAPE '{LIKE_ESCAPE}'"
+# A refresh token that can still be used (and so is worth revoking).
+_LIVE_TOKEN = "revoked_at IS NULL AND expires_at > ?"
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
     return UserRecord(*row)
 
 
+def _profile(row: Sequence[Any]) -> ProfileRecord:
+    return ProfileRecord(*row)
+
+
 def _file(row: Sequence[Any]) -> FileRecord:
     *fields, delivered, content_type = row
     return FileRecord(*fields, delivered=bool(delivered), content_type=content_type)
+
+
+_SETTINGS = _MEETING.split(", ").index("settings")
+
+
+def _meeting(row: Sequence[Any]) -> MeetingRecord:
+    fields = list(row)
+    fields[_SETTINGS] = decode_settings(fields[_SETTINGS])
+    return MeetingRecord(*fields)
+
+
+def _participant(row: Sequence[Any]) -> ParticipantRecord:
+    *fields, audio_enabled, video_enabled, joined_at, left_at = row
+    return ParticipantRecord(*fields, bool(audio_enabled), bool(video_enabled), joined_at, left_at)
+
+
+def _meeting_message(row: Sequence[Any]) -> MeetingMessageRecord:
+    return MeetingMessageRecord(*row)
+
+
+def _refresh_token(row: Sequence[Any]) -> RefreshTokenRecord:
+    return RefreshTokenRecord(*row)
+
+
+@attrs.frozen
+class _Listing:
+    """What a paged list reads: its columns, from where, made into which record."""
+
+    columns: str
+    source: str
+    record: Callable[[Sequence[Any]], Any]
+
+
+_USERS = _Listing(_USER, "users", _user)
+_MEETINGS = _Listing(_MEETING, "meetings", _meeting)
+_MEETING_MESSAGE_LIST = _Listing(_MEETING_MESSAGE, _MEETING_MESSAGES, _meeting_message)
 
 
 def _placeholders(count: int) -> str:
@@ -66,6 +173,8 @@ def _placeholders(count: int) -> str:
 def _conflict_from(error: Exception) -> Conflict | None:
     """Which unique column a driver's IntegrityError names (SQLite: ``users.email``)."""
     text = str(error).lower()
+    if "unique" not in text:  # NOT NULL, a foreign key...
+        return None
     if "username" in text:
         return username_exists()
     if "email" in text:
@@ -73,10 +182,10 @@ def _conflict_from(error: Exception) -> Conflict | None:
     return None
 
 
-@implementer(IStore)
+@implementer(IStore, IMeetingStore)
 @attrs.define
 class SQLStore:
-    """IStore over an adbapi pool; see the module docstring."""
+    """IStore and IMeetingStore over an adbapi pool; see the module docstring."""
 
     _dialect: ClassVar[Dialect]
 
@@ -181,6 +290,78 @@ class SQLStore:
         for start in range(0, len(ordered), size):
             yield ordered[start:start + size]
 
+    def _by_ids_txn(self, txn: Any, select: str, column: str, chunks: list[list[int]],
+                    record: Callable[[Sequence[Any]], _T]) -> dict[int, _T]:
+        """The rows of ``select`` whose ``column`` (their first) is in ``chunks``, by that id."""
+        found = {}
+        for chunk in chunks:
+            query = f"{select} WHERE {column} IN ({_placeholders(len(chunk))}) ORDER BY {column}"
+            for row in self._all(txn, query, chunk):
+                found[row[0]] = record(row)
+        return found
+
+    def _insert(self, txn: Any, table: str, values: Mapping[str, object], returning: str,
+                unique: str | None = None) -> Any:
+        """
+        Insert one row -> the ``returning`` columns of it; or, with ``unique``
+        (a unique column), None if a row already has that value.
+        """
+        query = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_placeholders(len(values))})"
+        if unique is not None:
+            query += f" ON CONFLICT ({unique}) DO NOTHING"
+        return self._one(txn, f"{query} RETURNING {returning}", list(values.values()))
+
+    def _set(self, txn: Any, table: str, changes: Mapping[str, object], where: str,
+             params: Sequence[object], returning: str | None = None) -> Any:
+        """
+        UPDATE the rows ``where`` selects; the cursor tells ``rowcount``, or
+        gives the ``returning`` columns. The keys of ``changes`` are column
+        names: callers check them (:func:`checked_changes`) first.
+        """
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        query = f"UPDATE {table} SET {assignments} WHERE {where}"
+        if returning is not None:
+            query += f" RETURNING {returning}"
+        return self._execute(txn, query, [*changes.values(), *params])
+
+    def _page_txn(self, txn: Any, listing: _Listing, conditions: Sequence[str], params: Sequence[object],
+                  order: str, offset: int, limit: int) -> tuple[int, list[Any]]:
+        """-> (how many rows match every condition, the page of them in ``order``)."""
+        check_page(offset, limit)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        (total,) = self._one(txn, f"SELECT COUNT(*) FROM {listing.source}{where}", params)
+        rows = self._all(
+            txn,
+            f"SELECT {listing.columns} FROM {listing.source}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return total, [listing.record(row) for row in rows]
+
+    def _require_users(self, txn: Any, user_ids: Iterable[int]) -> None:
+        """:raises NotFound: (1003) unless every one of ``user_ids`` has a row."""
+        wanted = set(user_ids)
+        (found,) = self._one(
+            txn, f"SELECT COUNT(*) FROM users WHERE id IN ({_placeholders(len(wanted))})", list(wanted)
+        )
+        if found != len(wanted):
+            raise user_not_found()
+
+    @contextmanager
+    def _unique_user_names(self) -> Iterator[None]:
+        """
+        Name the clash when a write to users breaks a unique column: only if
+        the check before it missed one (it runs in the same transaction, so it
+        should not).
+        """
+        assert self._pool is not None
+        try:
+            yield
+        except self._pool.dbapi.IntegrityError as error:
+            conflict = _conflict_from(error)
+            if conflict is None:
+                raise
+            raise conflict from error
+
     # -- accounts -------------------------------------------------------------
     def create_user(self, username: str, password_hash: str, email: str | None,
                     nickname: str | None, now: float, role: str = "user") -> Deferred[UserRecord]:
@@ -194,20 +375,13 @@ class SQLStore:
         clash = self._find_clash(txn, username, email)
         if clash is not None:
             raise clash
-        try:
+        with self._unique_user_names():
             row = self._one(
                 txn,
                 "INSERT INTO users (username, email, password_hash, role, status, created_at)"
                 f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_USER}",
                 (username, email, password_hash, role, USER_ACTIVE, now),
             )
-        except self._pool.dbapi.IntegrityError as error:
-            # Only if the check above missed a clash (it runs in the same
-            # transaction, so it should not): name it all the same.
-            conflict = _conflict_from(error)
-            if conflict is None:
-                raise
-            raise conflict from error
         user = _user(row)
         self._execute(
             txn,
@@ -216,11 +390,15 @@ class SQLStore:
         )
         return user
 
-    def _find_clash(self, txn: Any, username: str, email: str | None) -> Conflict | None:
-        if self._one(txn, "SELECT 1 FROM users WHERE username = ?", (username,)):
-            return username_exists()
-        if email is not None and self._one(txn, "SELECT 1 FROM users WHERE email = ?", (email,)):
-            return email_exists()
+    def _find_clash(self, txn: Any, username: str | None, email: str | None,
+                    user_id: int | None = None) -> Conflict | None:
+        """The Conflict if another user than ``user_id`` has ``username`` or ``email`` (None: unchanged)."""
+        wanted = [("username", username, username_exists), ("email", email, email_exists)]
+        for column, value, conflict in wanted:
+            if value is not None:
+                row = self._one(txn, f"SELECT id FROM users WHERE {column} = ?", (value,))
+                if row is not None and row[0] != user_id:
+                    return conflict()
         return None
 
     def get_user(self, user_id: int) -> Deferred[UserRecord | None]:
@@ -254,34 +432,65 @@ class SQLStore:
         return self._read(self._profile_txn, user_id)
 
     def _profile_txn(self, txn: Any, user_id: int) -> ProfileRecord | None:
-        row = self._one(txn, f"SELECT {_PROFILE} FROM profiles WHERE user_id = ?", (user_id,))
-        return None if row is None else ProfileRecord(*row)
+        row = self._one(txn, f"{_SELECT_PROFILE} WHERE user_id = ?", (user_id,))
+        return None if row is None else _profile(row)
 
     def list_users_by_ids(self, user_ids: Iterable[int]) -> Deferred[dict[int, UserRecord]]:
-        chunks = list(self._chunks(user_ids))
+        return self._by_ids(_SELECT_USER, "id", user_ids, _user)
+
+    def get_profiles(self, user_ids: Iterable[int]) -> Deferred[dict[int, ProfileRecord]]:
+        return self._by_ids(_SELECT_PROFILE, "user_id", user_ids, _profile)
+
+    def _by_ids(self, select: str, column: str, ids: Iterable[int],
+                record: Callable[[Sequence[Any]], _T]) -> Deferred[dict[int, _T]]:
+        chunks = list(self._chunks(ids))
         if not chunks:
             return self._answer({})
-        return self._read(self._users_by_ids_txn, chunks)
+        return self._read(self._by_ids_txn, select, column, chunks, record)
 
-    def _users_by_ids_txn(self, txn: Any, chunks: list[list[int]]) -> dict[int, UserRecord]:
-        users = {}
-        for chunk in chunks:
-            query = f"{_SELECT_USER} WHERE id IN ({_placeholders(len(chunk))}) ORDER BY id"
-            for row in self._all(txn, query, chunk):
-                users[row[0]] = _user(row)
-        return users
+    def update_user(self, user_id: int, changes: Mapping[str, object]) -> Deferred[UserRecord | None]:
+        return self._write(self._update_account_txn, user_id, changes)
+
+    def _update_account_txn(self, txn: Any, user_id: int, changes: Mapping[str, object]) -> UserRecord | None:
+        checked = checked_user_changes(changes)
+        user = self._user_where_txn(txn, "id", user_id)
+        if user is None or not checked:
+            return user
+        clash = self._find_clash(txn, checked.get("username"), checked.get("email"), user_id)
+        if clash is not None:
+            raise clash
+        with self._unique_user_names():
+            return _user(self._set(txn, "users", checked, "id = ?", (user_id,), _USER).fetchone())
+
+    def update_profile(self, user_id: int, changes: Mapping[str, object],
+                       now: float) -> Deferred[ProfileRecord | None]:
+        return self._write(self._update_profile_txn, user_id, changes, now)
+
+    def _update_profile_txn(self, txn: Any, user_id: int, changes: Mapping[str, object],
+                            now: float) -> ProfileRecord | None:
+        checked = checked_changes(changes, PROFILE_CHANGES)
+        checked["updated_at"] = now
+        row = self._set(txn, "profiles", checked, "user_id = ?", (user_id,), _PROFILE).fetchone()
+        return None if row is None else _profile(row)
+
+    def list_users(self, offset: int, limit: int, keyword: str | None = None,
+                   status: str | None = None) -> Deferred[tuple[int, list[UserRecord]]]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if keyword:
+            conditions.append(f"(lower(username) {_LIKE} OR lower(email) {_LIKE})")
+            params += [like_pattern(keyword)] * 2
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status)
+        return self._read(self._page_txn, _USERS, conditions, params, "id", offset, limit)
 
     # -- contacts -------------------------------------------------------------
     def add_contact(self, user_id: int, contact_id: int, now: float) -> Deferred[None]:
         return self._write(self._add_contact_txn, user_id, contact_id, now)
 
     def _add_contact_txn(self, txn: Any, user_id: int, contact_id: int, now: float) -> None:
-        wanted = {user_id, contact_id}
-        (found,) = self._one(
-            txn, f"SELECT COUNT(*) FROM users WHERE id IN ({_placeholders(len(wanted))})", list(wanted)
-        )
-        if found != len(wanted):
-            raise user_not_found()
+        self._require_users(txn, [user_id, contact_id])
         self._execute(
             txn,
             "INSERT INTO contacts (user_id, contact_id, created_at) VALUES (?, ?, ?)"
@@ -404,3 +613,276 @@ class SQLStore:
             (recipient_id, FILE_COMPLETE),
         )
         return [_file(row) for row in rows]
+
+    # -- meetings -------------------------------------------------------------
+    def create_meeting(self, title: str, description: str, creator_id: int, start_time: float,
+                       end_time: float | None, max_participants: int, meeting_type: str,
+                       password_hash: str | None, settings: Mapping[str, Any], room_id: str,
+                       now: float) -> Deferred[tuple[MeetingRecord, ParticipantRecord]]:
+        values = {
+            "title": title, "description": description, "creator_id": creator_id, "start_time": start_time,
+            "end_time": end_time, "max_participants": max_participants, "meeting_type": meeting_type,
+            "status": MEETING_SCHEDULED, "password_hash": password_hash, "settings": settings,
+            "room_id": room_id, "created_at": now, "updated_at": now,
+        }
+        return self._write(self._create_meeting_txn, values)
+
+    def _create_meeting_txn(self, txn: Any, values: dict[str, Any]) -> tuple[MeetingRecord, ParticipantRecord]:
+        creator_id, now = values["creator_id"], values["created_at"]
+        self._require_users(txn, [creator_id])
+        stored = {**values, "settings": encode_settings(values["settings"])}
+        row = self._insert(txn, "meetings", stored, _MEETING, unique="room_id")
+        if row is None:
+            raise room_exists()
+        meeting = _meeting(row)
+        return meeting, self._insert_participant_txn(
+            txn, meeting.id, creator_id, ROLE_HOST, PARTICIPANT_INVITED, None, now
+        )
+
+    def get_meeting(self, meeting_id: int) -> Deferred[MeetingRecord | None]:
+        return self._read(self._meeting_txn, meeting_id)
+
+    def _meeting_txn(self, txn: Any, meeting_id: int) -> MeetingRecord | None:
+        row = self._one(txn, f"{_SELECT_MEETING} WHERE id = ?", (meeting_id,))
+        return None if row is None else _meeting(row)
+
+    def _require_meeting_txn(self, txn: Any, meeting_id: int, lock: bool = False) -> int:
+        """
+        The meeting's max_participants; with ``lock``, the row is held until
+        the transaction ends (its capacity is about to be relied on).
+
+        :raises MeetingNotFound:
+        """
+        suffix = self._dialect.lock_rows if lock else ""
+        row = self._one(txn, f"SELECT max_participants FROM meetings WHERE id = ?{suffix}", (meeting_id,))
+        if row is None:
+            raise MeetingNotFound()
+        return row[0]
+
+    def update_meeting(self, meeting_id: int, changes: Mapping[str, object],
+                       now: float) -> Deferred[MeetingRecord | None]:
+        return self._write(self._update_meeting_txn, meeting_id, changes, now)
+
+    def _update_meeting_txn(self, txn: Any, meeting_id: int, changes: Mapping[str, Any],
+                            now: float) -> MeetingRecord | None:
+        checked = checked_changes(changes, MEETING_CHANGES)
+        if "settings" in checked:
+            checked["settings"] = encode_settings(checked["settings"])
+        checked["updated_at"] = now
+        row = self._set(txn, "meetings", checked, "id = ?", (meeting_id,), _MEETING).fetchone()
+        return None if row is None else _meeting(row)
+
+    def delete_meeting(self, meeting_id: int) -> Deferred[bool]:
+        # Participants and messages go with it (ON DELETE CASCADE).
+        return self._write(self._delete_where_txn, "meetings", "id = ?", (meeting_id,))
+
+    def _delete_where_txn(self, txn: Any, table: str, where: str, params: Sequence[object]) -> bool:
+        return self._execute(txn, f"DELETE FROM {table} WHERE {where}", params).rowcount > 0
+
+    def list_meetings(self, offset: int, limit: int, statuses: Collection[str] | None = None,
+                      keyword: str | None = None, member_id: int | None = None,
+                      start_from: float | None = None, start_until: float | None = None,
+                      newest_first: bool = False) -> Deferred[tuple[int, list[MeetingRecord]]]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if statuses is not None:
+            wanted = sorted(set(statuses))
+            # "IN ()" is not SQL; no status at all keeps nothing.
+            conditions.append(f"status IN ({_placeholders(len(wanted))})" if wanted else "1 = 0")
+            params += wanted
+        if keyword:
+            conditions.append(f"(lower(title) {_LIKE} OR lower(description) {_LIKE})")
+            params += [like_pattern(keyword)] * 2
+        if member_id is not None:
+            conditions.append(
+                "(creator_id = ? OR id IN (SELECT meeting_id FROM participants WHERE user_id = ?))"
+            )
+            params += [member_id, member_id]
+        if start_from is not None:
+            conditions.append("start_time >= ?")
+            params.append(start_from)
+        if start_until is not None:
+            conditions.append("start_time <= ?")
+            params.append(start_until)
+        order = "start_time DESC, id DESC" if newest_first else "start_time, id"
+        return self._read(self._page_txn, _MEETINGS, conditions, params, order, offset, limit)
+
+    # -- participants ---------------------------------------------------------
+    def join_meeting(self, meeting_id: int, user_id: int, role: str,
+                     now: float) -> Deferred[tuple[ParticipantRecord, bool]]:
+        return self._write(self._join_meeting_txn, meeting_id, user_id, role, now)
+
+    def _join_meeting_txn(self, txn: Any, meeting_id: int, user_id: int, role: str,
+                          now: float) -> tuple[ParticipantRecord, bool]:
+        capacity = self._require_meeting_txn(txn, meeting_id, lock=True)
+        rejoined = self._set(
+            txn, "participants", {"status": PARTICIPANT_JOINED, "joined_at": now, "left_at": None},
+            "meeting_id = ? AND user_id = ?", (meeting_id, user_id),
+        )
+        if rejoined.rowcount > 0:
+            return self._participant_txn(txn, meeting_id, user_id), False
+        admitted = self._admit_txn(txn, meeting_id, capacity, user_id, role, PARTICIPANT_JOINED, now, now)
+        return admitted, True
+
+    def add_participant(self, meeting_id: int, user_id: int, role: str,
+                        now: float) -> Deferred[ParticipantRecord]:
+        return self._write(self._add_participant_txn, meeting_id, user_id, role, now)
+
+    def _add_participant_txn(self, txn: Any, meeting_id: int, user_id: int, role: str,
+                             now: float) -> ParticipantRecord:
+        capacity = self._require_meeting_txn(txn, meeting_id, lock=True)
+        if self._participant_txn(txn, meeting_id, user_id) is not None:
+            raise already_participant()
+        return self._admit_txn(txn, meeting_id, capacity, user_id, role, PARTICIPANT_INVITED, None, now)
+
+    def _admit_txn(self, txn: Any, meeting_id: int, capacity: int, user_id: int, role: str, status: str,
+                   joined_at: float | None, now: float) -> ParticipantRecord:
+        """Insert a new participant row if the user exists and the meeting has room."""
+        self._require_users(txn, [user_id])
+        (count,) = self._one(txn, "SELECT COUNT(*) FROM participants WHERE meeting_id = ?", (meeting_id,))
+        if count >= capacity:
+            raise MeetingFull()
+        return self._insert_participant_txn(txn, meeting_id, user_id, role, status, joined_at, now)
+
+    def _insert_participant_txn(self, txn: Any, meeting_id: int, user_id: int, role: str, status: str,
+                                joined_at: float | None, now: float) -> ParticipantRecord:
+        values = {
+            "meeting_id": meeting_id, "user_id": user_id, "role": role, "status": status,
+            "joined_at": joined_at, "created_at": now,
+        }
+        self._insert(txn, "participants", values, "id")
+        return self._participant_txn(txn, meeting_id, user_id)
+
+    def get_participant(self, meeting_id: int, user_id: int) -> Deferred[ParticipantRecord | None]:
+        return self._read(self._participant_txn, meeting_id, user_id)
+
+    def _participant_txn(self, txn: Any, meeting_id: int, user_id: int) -> ParticipantRecord | None:
+        row = self._one(
+            txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? AND p.user_id = ?", (meeting_id, user_id)
+        )
+        return None if row is None else _participant(row)
+
+    def list_participants(self, meeting_id: int) -> Deferred[list[ParticipantRecord]]:
+        return self._read(self._list_participants_txn, meeting_id)
+
+    def _list_participants_txn(self, txn: Any, meeting_id: int) -> list[ParticipantRecord]:
+        rows = self._all(txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? ORDER BY p.id", (meeting_id,))
+        return [_participant(row) for row in rows]
+
+    def update_participant(self, meeting_id: int, user_id: int,
+                           changes: Mapping[str, object]) -> Deferred[ParticipantRecord | None]:
+        return self._write(self._update_participant_txn, meeting_id, user_id, changes)
+
+    def _update_participant_txn(self, txn: Any, meeting_id: int, user_id: int,
+                                changes: Mapping[str, object]) -> ParticipantRecord | None:
+        checked = checked_changes(changes, PARTICIPANT_CHANGES)
+        for flag in FLAG_CHANGES & checked.keys():
+            checked[flag] = int(bool(checked[flag]))
+        if checked:
+            self._set(txn, "participants", checked, "meeting_id = ? AND user_id = ?", (meeting_id, user_id))
+        return self._participant_txn(txn, meeting_id, user_id)
+
+    def remove_participant(self, meeting_id: int, user_id: int) -> Deferred[bool]:
+        return self._write(
+            self._delete_where_txn, "participants", "meeting_id = ? AND user_id = ?", (meeting_id, user_id)
+        )
+
+    # -- meeting chat ---------------------------------------------------------
+    def add_meeting_message(self, meeting_id: int, user_id: int, content: str, message_type: str,
+                            now: float) -> Deferred[MeetingMessageRecord]:
+        return self._write(self._add_meeting_message_txn, meeting_id, user_id, content, message_type, now)
+
+    def _add_meeting_message_txn(self, txn: Any, meeting_id: int, user_id: int, content: str,
+                                 message_type: str, now: float) -> MeetingMessageRecord:
+        self._require_meeting_txn(txn, meeting_id)
+        self._require_users(txn, [user_id])
+        values = {
+            "meeting_id": meeting_id, "user_id": user_id, "content": content,
+            "message_type": message_type, "created_at": now,
+        }
+        (message_id,) = self._insert(txn, "meeting_messages", values, "id")
+        return _meeting_message(self._one(txn, f"{_SELECT_MEETING_MESSAGE} WHERE m.id = ?", (message_id,)))
+
+    def list_meeting_messages(self, meeting_id: int, offset: int,
+                              limit: int) -> Deferred[tuple[int, list[MeetingMessageRecord]]]:
+        return self._read(
+            self._page_txn, _MEETING_MESSAGE_LIST, ["m.meeting_id = ?"], [meeting_id], "m.id", offset, limit
+        )
+
+    # -- refresh tokens -------------------------------------------------------
+    def add_refresh_token(self, token_hash: str, user_id: int, family_id: str, now: float,
+                          expires_at: float) -> Deferred[RefreshTokenRecord]:
+        return self._write(self._add_refresh_token_txn, token_hash, user_id, family_id, now, expires_at)
+
+    def _add_refresh_token_txn(self, txn: Any, token_hash: str, user_id: int, family_id: str, now: float,
+                               expires_at: float) -> RefreshTokenRecord:
+        self._require_users(txn, [user_id])
+        values = {
+            "token_hash": token_hash, "user_id": user_id, "family_id": family_id,
+            "created_at": now, "expires_at": expires_at,
+        }
+        row = self._insert(txn, "refresh_tokens", values, _REFRESH_TOKEN, unique="token_hash")
+        if row is None:
+            raise token_exists()
+        return _refresh_token(row)
+
+    def get_refresh_token(self, token_hash: str) -> Deferred[RefreshTokenRecord | None]:
+        return self._read(self._refresh_token_txn, token_hash)
+
+    def _refresh_token_txn(self, txn: Any, token_hash: str, lock: bool = False) -> RefreshTokenRecord | None:
+        suffix = self._dialect.lock_rows if lock else ""
+        row = self._one(txn, f"SELECT {_REFRESH_TOKEN} FROM refresh_tokens WHERE token_hash = ?{suffix}",
+                        (token_hash,))
+        return None if row is None else _refresh_token(row)
+
+    def rotate_refresh_token(self, old_hash: str, new_hash: str, now: float,
+                             expires_at: float) -> Deferred[RefreshTokenRecord | None]:
+        return self._write(self._rotate_refresh_token_txn, old_hash, new_hash, now, expires_at)
+
+    def _rotate_refresh_token_txn(self, txn: Any, old_hash: str, new_hash: str, now: float,
+                                  expires_at: float) -> RefreshTokenRecord | None:
+        # Locked: of two rotations of one token, the second sees it revoked.
+        old = self._refresh_token_txn(txn, old_hash, lock=True)
+        if old is None or old.expires_at <= now:
+            return None
+        if old.revoked_at is not None:
+            # Returning (not raising) commits the revocation.
+            self._revoke_txn(txn, "family_id", old.family_id, now)
+            return None
+        replaced = {"revoked_at": now, "replaced_by": new_hash}
+        self._set(txn, "refresh_tokens", replaced, "token_hash = ?", (old_hash,))
+        return self._add_refresh_token_txn(txn, new_hash, old.user_id, old.family_id, now, expires_at)
+
+    def revoke_refresh_tokens(self, user_id: int, now: float) -> Deferred[int]:
+        return self._write(self._revoke_txn, "user_id", user_id, now)
+
+    def revoke_refresh_token(self, token_hash: str, now: float) -> Deferred[bool]:
+        return self._write(self._revoke_txn, "token_hash", token_hash, now).addCallback(bool)
+
+    def _revoke_txn(self, txn: Any, column: str, value: object, now: float) -> int:
+        """Revoke the live tokens whose ``column`` is ``value`` -> how many."""
+        return self._set(txn, "refresh_tokens", {"revoked_at": now}, f"{column} = ? AND {_LIVE_TOKEN}",
+                         (value, now)).rowcount
+
+    # -- password resets ------------------------------------------------------
+    def add_password_reset(self, token_hash: str, user_id: int, now: float,
+                           expires_at: float) -> Deferred[None]:
+        return self._write(self._add_password_reset_txn, token_hash, user_id, now, expires_at)
+
+    def _add_password_reset_txn(self, txn: Any, token_hash: str, user_id: int, now: float,
+                                expires_at: float) -> None:
+        self._require_users(txn, [user_id])
+        values = {"token_hash": token_hash, "user_id": user_id, "created_at": now, "expires_at": expires_at}
+        if self._insert(txn, "password_resets", values, "token_hash", unique="token_hash") is None:
+            raise token_exists()
+
+    def consume_password_reset(self, token_hash: str, now: float) -> Deferred[int | None]:
+        return self._write(self._consume_password_reset_txn, token_hash, now)
+
+    def _consume_password_reset_txn(self, txn: Any, token_hash: str, now: float) -> int | None:
+        # One statement: of two concurrent uses, only one finds used_at NULL.
+        row = self._set(
+            txn, "password_resets", {"used_at": now}, "token_hash = ? AND used_at IS NULL AND expires_at > ?",
+            (token_hash, now), "user_id",
+        ).fetchone()
+        return None if row is None else row[0]

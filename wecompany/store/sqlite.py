@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorCore
 from zope.interface import implementer
 
 from wecompany.store.dialect import SQLITE, Dialect
-from wecompany.store.interface import IStore
+from wecompany.store.interface import IMeetingStore, IStore
 from wecompany.store.sql import SQLStore
 
 # RETURNING arrived in SQLite 3.35.
@@ -62,11 +62,12 @@ def connection_pool(path: str, reactor: IReactorCore | None = None) -> Connectio
     )
 
 
-@implementer(IStore)
+@implementer(IStore, IMeetingStore)
 @attrs.define
 class SQLiteStore(SQLStore):
     """
-    :class:`~wecompany.store.interface.IStore` on the SQLite database at ``path``.
+    :class:`~wecompany.store.interface.IStore` and
+    :class:`~wecompany.store.interface.IMeetingStore` on the SQLite database at ``path``.
 
     :param reactor: runs the pool's thread; adbapi uses the global reactor if
         this is ``None``.
