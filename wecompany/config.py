@@ -130,18 +130,26 @@ def parse_bool(name: str, value: object) -> bool:
     raise _fail(name, value, "a boolean (1/0, true/false, yes/no, on/off)")
 
 
-def parse_seconds(name: str, value: object) -> float:
-    """A positive, finite number of seconds; fractions allowed."""
-    expected = "a positive number of seconds"
+def _positive(name: str, value: object, expected: str) -> float:
     if isinstance(value, bool):
         raise _fail(name, value, expected)
     try:
-        seconds = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise _fail(name, value, expected) from None
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not (math.isfinite(number) and number > 0):
         raise _fail(name, value, expected)
-    return seconds
+    return number
+
+
+def parse_seconds(name: str, value: object) -> float:
+    """A positive, finite number of seconds; fractions allowed."""
+    return _positive(name, value, "a positive number of seconds")
+
+
+def parse_rate(name: str, value: object) -> float:
+    """A positive, finite number (a rate or a count); fractions allowed."""
+    return _positive(name, value, "a positive number")
 
 
 def parse_database(name: str, value: object) -> str:
@@ -280,6 +288,10 @@ class Config:
                                        "(default: generated once into DATA_DIR/jwt.secret)",
                                        repr=False)
     token_ttl: float = _option(86400.0, parse_seconds, "lifetime of issued access tokens, in seconds")
+    auth_rate: float = _option(1.0, parse_rate,
+                               "REST auth requests (login, register, refresh, password reset) per second "
+                               "allowed from one client address, sustained")
+    auth_burst: float = _option(20.0, parse_rate, "REST auth requests one client address may make in a burst")
     heartbeat_interval: float = _option(30.0, parse_seconds,
                                         "seconds between client heartbeats that clients are told to use")
 

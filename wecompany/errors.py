@@ -24,15 +24,20 @@ class WeCompanyError(Exception):
         2001 meeting not found, ...), or ``None`` when none applies.
     :ivar message: human readable text, safe to show to the user (never
         contains secrets).
+    :ivar detail: optional longer explanation (REST ``error`` field).
     """
 
     code = 400
     error_code: int | None = None
     default_message = "bad request"
 
+    detail: str | None = None
+
     def __init__(self, message: str | None = None, *, error_code: int | None = None,
-                 code: int | None = None) -> None:
+                 code: int | None = None, detail: str | None = None) -> None:
         self.message = message if message is not None else self.default_message
+        if detail is not None:
+            self.detail = detail
         if error_code is not None:
             self.error_code = error_code
         if code is not None:

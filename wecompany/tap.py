@@ -114,14 +114,18 @@ def build_service(config: Config, reactor):
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
+    from wecompany.api.app import RestAPI
+    from wecompany.api.metrics import Metrics
+    from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
-    from wecompany.domain.accounts import Accounts
+    from wecompany.domain.accounts import Accounts, Credentials
+    from wecompany.domain.lifecycle import AccountLifecycle
     from wecompany.domain.calls import CallService
     from wecompany.domain.chat import ChatService
     from wecompany.domain.files import FileService, file_chunk_size
     from wecompany.domain.ids import IdGenerator
     from wecompany.domain.passwords import PasswordHasher
-    from wecompany.domain.ratelimit import FailureLimiter
+    from wecompany.domain.ratelimit import FailureLimiter, KeyedRateLimiter
     from wecompany.domain.recording import CallRecorder
     from wecompany.domain.sessions import SessionRegistry
     from wecompany.domain.tokens import TokenIssuer
@@ -154,12 +158,22 @@ def build_service(config: Config, reactor):
                         chunk_size=file_chunk_size(config.max_frame))
     chat.files = files
 
+    # One failed-login counter per address for the TCP port and REST alike.
+    login_limiter = FailureLimiter(reactor)
     tcp_factory = WeCompanyFactory(
         chat=chat, accounts=accounts, calls=calls, files=files, clock=reactor,
-        login_limiter=FailureLimiter(reactor), max_frame=config.max_frame,
+        login_limiter=login_limiter, max_frame=config.max_frame,
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
         allow_anonymous=config.allow_anonymous)
-    site = make_site(store, registry, calls, reactor=reactor)
+    credentials = Credentials(accounts)
+    lifecycle = AccountLifecycle(store, credentials, registry)
+    rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, clock=reactor,
+                   address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
+                   login_limiter=login_limiter, run_in_thread=in_disk_pool,
+                   avatar_dir=os.path.join(config.data_dir, "avatars"))
+    metrics = Metrics(registry, calls, tcp_factory)
+    site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
+                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),))
 
     listeners = [Listener("tcp", serverFromString(reactor, config.port), tcp_factory),
                  Listener("http", serverFromString(reactor, config.http_port), site)]

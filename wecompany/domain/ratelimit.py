@@ -75,3 +75,29 @@ class TokenBucket:
             self._tokens -= cost
             return True
         return False
+
+
+class KeyedRateLimiter:
+    """
+    A token bucket per key (client address): ``rate`` requests per second,
+    bursts of ``burst``. Raises :class:`RateLimited` with the seconds until the
+    next token. At most ``max_keys`` buckets are kept (least recently used go).
+    """
+
+    def __init__(self, clock, rate: float, burst: float, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def hit(self, key: str) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._clock, self.rate, self.burst)
+            while len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        if not bucket.allow():
+            raise RateLimited("too many requests, slow down", retry_after=(1.0 - bucket._tokens) / self.rate)

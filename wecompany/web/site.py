@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from wecompany import __version__
+from wecompany.web.request import DEFAULT_MAX_BODY, LimitedRequest
 
 
 class HealthResource(Resource):
@@ -70,9 +71,78 @@ class HealthResource(Resource):
         request.finish()
 
 
-def make_site(store, registry=None, calls=None, reactor=None) -> Site:
+class MetricsResource(Resource):
+    """``GET /metrics``: Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.render()
+
+
+class WeCompanySite(Site):
+    """
+    The one HTTP site: bodies limited per path before they are stored
+    (:class:`~wecompany.web.request.LimitedRequest`), every finished request
+    counted by route, and an access log without query strings (they can
+    carry tokens).
+    """
+
+    def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY):
+        super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor)
+        self.displayTracebacks = False
+        self.metrics = metrics
+        self._body_limits = tuple(body_limits)  # (path prefix bytes, limit)
+        self._max_body = max_body
+
+    def max_body_for(self, path: bytes) -> int:
+        for prefix, limit in self._body_limits:
+            if path.startswith(prefix):
+                return limit
+        return self._max_body
+
+    def log(self, request) -> None:
+        if self.metrics is not None:
+            ep = getattr(request, "wecompany_endpoint", None)
+            route = ep.label if ep is not None else _static_route(request.path)
+            started = getattr(request, "wecompany_started", None)
+            elapsed = self.reactor.seconds() - started if started is not None else 0.0
+            self.metrics.observe(route, request.method.decode("ascii", "replace"), request.code, elapsed)
+        self._log_access(request)
+
+    def _log_access(self, request) -> None:
+        self._access_log.info("{client} {method} {path} {code} {length}",
+                              client=getattr(request.getClientAddress(), "host", "-"),
+                              method=request.method.decode("ascii", "replace"),
+                              path=request.path.decode("ascii", "replace")[:200], code=request.code,
+                              length=request.sentLength)
+
+    _access_log = Logger(namespace="wecompany.access")
+
+
+def _static_route(path: bytes) -> str:
+    # Unmatched paths are folded into one label so clients cannot grow the label set.
+    for known in (b"/health", b"/metrics"):
+        if path == known:
+            return known.decode()
+    return "unmatched"
+
+
+def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=None,
+              body_limits=()) -> Site:
+    """The root: ``/health``, ``/metrics``, and ``/api`` when a REST API is given."""
+    if reactor is None:  # tests without a clock
+        from twisted.internet.task import Clock
+        reactor = Clock()
     root = Resource()
     root.putChild(b"health", HealthResource(store, registry, calls))
-    site = Site(root, reactor=reactor)
-    site.displayTracebacks = False
-    return site
+    if metrics is not None:
+        root.putChild(b"metrics", MetricsResource(metrics))
+    if api is not None:
+        root.putChild(b"api", api.resource())
+    return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits)

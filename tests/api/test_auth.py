@@ -1,0 +1,174 @@
+"""/api/v1/auth/*: every success, validation rule and error code."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.api.harness import PASSWORD, Api
+
+
+class RegisterTests(SynchronousTestCase):
+    def setUp(self):
+        self.api = Api(self)
+
+    def test_register_returns_200_and_profile(self):
+        code, body, response = self.api.request("POST", "/api/v1/auth/register",
+                                                {"username": "alice", "email": "a@example.com",
+                                                 "password": PASSWORD, "nickname": "Alice A."})
+        self.assertEqual(code, 200)
+        self.assertEqual((body["code"], body["message"]), (200, "success"))
+        user = body["data"]
+        self.assertIsInstance(user["id"], int)
+        self.assertEqual((user["username"], user["email"], user["nickname"], user["role"], user["status"]),
+                         ("alice", "a@example.com", "Alice A.", "user", "active"))
+        self.assertTrue(user["created_at"].endswith("Z"))
+        self.assertNotIn("password", str(body))
+        self.assertEqual(response.headers.getRawHeaders("x-request-id"), [body["request_id"]])
+
+    def test_validation(self):
+        cases = [
+            ({"email": "a@example.com", "password": PASSWORD}, "username is required"),
+            ({"username": "al", "email": "a@example.com", "password": PASSWORD}, "username must be"),
+            ({"username": "alice", "email": "nope", "password": PASSWORD}, "email is not a valid"),
+            ({"username": "alice", "email": "a@example.com", "password": "short"}, "at least 8"),
+            ({"username": "alice", "email": "a@example.com", "password": "password123A!"}, "common"),
+            ({"username": 5, "email": "a@example.com", "password": PASSWORD}, "username must be a string"),
+            ({"username": "alice", "email": "a@example.com", "password": PASSWORD, "nickname": "x" * 65},
+             "nickname must be at most 64"),
+        ]
+        for body, text in cases:
+            code, reply, _ = self.api.request("POST", "/api/v1/auth/register", body)
+            self.assertEqual(code, 400, body)
+            self.assertIn(text, reply["message"])
+            self.assertEqual(reply["code"], 400)
+        code, body, _ = self.api.request("GET", "/api/v1/users/profile")
+        self.assertEqual(self.api.domain.store.list_users(0, 10).result[0], 0)
+
+    def test_duplicates(self):
+        self.api.register("alice", "a@example.com")
+        code, body, _ = self.api.request("POST", "/api/v1/auth/register",
+                                         {"username": "ALICE", "email": "b@example.com", "password": PASSWORD})
+        self.assertEqual((code, body["error_code"]), (409, 1001))
+        code, body, _ = self.api.request("POST", "/api/v1/auth/register",
+                                         {"username": "bob", "email": "A@example.com", "password": PASSWORD})
+        self.assertEqual((code, body["error_code"]), (409, 1002))
+
+    def test_malformed_json(self):
+        for raw in (b"{not json", b"[1,2]", b'"text"', b"\xff\xfe"):
+            code, body, _ = self.api.request("POST", "/api/v1/auth/register", raw=raw,
+                                             headers={"Content-Type": "application/json"})
+            self.assertEqual(code, 400, raw)
+            self.assertIn("JSON", body["message"])
+
+    def test_rate_limited_per_address(self):
+        api = Api(self, address_rate=1, address_burst=3)
+        for i in range(3):
+            api.request("POST", "/api/v1/auth/register", {"username": f"user{i}x"})
+        code, body, response = api.request("POST", "/api/v1/auth/register", {"username": "user9x"})
+        self.assertEqual(code, 429)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+        api.clock.advance(1)
+        code, _, _ = api.request("POST", "/api/v1/auth/register", {"username": "user9x"})
+        self.assertEqual(code, 400)  # allowed again (and invalid for other reasons)
+
+
+class LoginTests(SynchronousTestCase):
+    def setUp(self):
+        self.api = Api(self)
+        self.user = self.api.register("alice", "a@example.com")
+
+    def test_login_by_username_and_email(self):
+        for login in ("alice", "a@example.com"):
+            data = self.api.login(login)
+            self.assertEqual(data["token"], data["access_token"])
+            self.assertEqual((data["token_type"], data["expires_in"]), ("Bearer", 86400))
+            self.assertEqual((data["user"]["id"], data["user"]["username"]), (self.user["id"], "alice"))
+            claims = self.api.domain.tokens.verify(data["token"])
+            self.assertEqual(claims["user_id"], self.user["id"])
+
+    def test_bad_credentials_are_400_with_reason(self):
+        code, body, _ = self.api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": "Wrong-pass1"})
+        self.assertEqual((code, body["message"], body["error_code"]), (400, "invalid password", 1004))
+        code, body, _ = self.api.request("POST", "/api/v1/auth/login", {"username": "zed", "password": PASSWORD})
+        self.assertEqual((code, body["message"], body["error_code"]), (400, "user not found", 1003))
+
+    def test_failed_logins_locked_out(self):
+        for _ in range(5):
+            self.api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": "Wrong-pass1"})
+        code, body, response = self.api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": PASSWORD})
+        self.assertEqual(code, 429)
+        self.assertTrue(int(response.headers.getRawHeaders("retry-after")[0]) > 0)
+
+    def test_tcp_token_interchangeable(self):
+        token = self.api.login("alice")["token"]
+        code, body, _ = self.api.request("GET", "/api/v1/users/profile", token=token)
+        self.assertEqual((code, body["data"]["username"]), (200, "alice"))
+
+    def test_refresh_rotates(self):
+        first = self.api.login("alice")
+        code, body, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+        self.assertEqual(code, 200)
+        second = body["data"]
+        self.assertNotEqual(second["refresh_token"], first["refresh_token"])
+        # The rotated token is spent: replaying it fails and revokes its family.
+        code, body, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+        self.assertEqual(code, 401)
+        code, _, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": second["refresh_token"]})
+        self.assertEqual(code, 401)
+
+    def test_refresh_expiry_and_garbage(self):
+        data = self.api.login("alice")
+        for token in ("x" * 40, "", 7):
+            code, _, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": token})
+            self.assertIn(code, (400, 401))
+        self.api.clock.advance(31 * 86400)
+        code, _, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": data["refresh_token"]})
+        self.assertEqual(code, 401)
+
+    def test_logout_revokes(self):
+        data = self.api.login("alice")
+        code, _, _ = self.api.request("POST", "/api/v1/auth/logout", {"refresh_token": data["refresh_token"]},
+                                      token=data["token"])
+        self.assertEqual(code, 200)
+        code, _, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": data["refresh_token"]})
+        self.assertEqual(code, 401)
+
+
+class ResetTests(SynchronousTestCase):
+    def setUp(self):
+        self.api = Api(self)
+        self.api.register("alice", "a@example.com")
+
+    def reset_token(self):
+        (to, subject, body), = self.api.mailer.sent
+        self.assertEqual(to, "a@example.com")
+        return body.split("token within")[1].split(": ")[1].split("\n")[0]
+
+    def test_forgot_and_reset(self):
+        code, body, _ = self.api.request("POST", "/api/v1/auth/forgot-password", {"email": "a@example.com"})
+        self.assertEqual(code, 200)
+        token = self.reset_token()
+        refresh = self.api.login("alice")["refresh_token"]
+        code, body, _ = self.api.request("POST", "/api/v1/auth/reset-password",
+                                         {"token": token, "new_password": "Another-pass2"})
+        self.assertEqual(code, 200, body)
+        self.api.login("alice", "Another-pass2")
+        # Single use, and the old refresh token is revoked.
+        code, _, _ = self.api.request("POST", "/api/v1/auth/reset-password",
+                                      {"token": token, "new_password": "Third-pass3x"})
+        self.assertEqual(code, 400)
+        code, _, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": refresh})
+        self.assertEqual(code, 401)
+
+    def test_unknown_email_answers_the_same(self):
+        code, body, _ = self.api.request("POST", "/api/v1/auth/forgot-password", {"email": "who@example.com"})
+        self.assertEqual(code, 200)
+        self.assertEqual(self.api.mailer.sent, [])
+
+    def test_reset_token_expires_and_policy_applies(self):
+        self.api.request("POST", "/api/v1/auth/forgot-password", {"email": "a@example.com"})
+        token = self.reset_token()
+        code, body, _ = self.api.request("POST", "/api/v1/auth/reset-password", {"token": token, "new_password": "weak"})
+        self.assertEqual(code, 400)
+        self.api.clock.advance(3601)
+        code, body, _ = self.api.request("POST", "/api/v1/auth/reset-password",
+                                         {"token": token, "new_password": "Another-pass2"})
+        self.assertEqual((code, body["message"]), (400, "invalid or expired reset token"))

@@ -1,0 +1,86 @@
+"""Envelope, errors, limits, metrics and the OpenAPI document, across routes."""
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.api.harness import Api
+from wecompany.api.app import RestAPI
+from wecompany.api.openapi import build_document
+from wecompany.api.routing import PUBLIC, endpoints_of
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def setUp(self):
+        self.api = Api(self)
+
+    def test_unknown_route_and_method(self):
+        code, body, _ = self.api.request("GET", "/api/v1/nope")
+        self.assertEqual((code, body["code"]), (404, 404))
+        code, body, response = self.api.request("DELETE", "/api/v1/csrf-token")
+        self.assertEqual(code, 405)
+        self.assertIn("GET", response.headers.getRawHeaders("allow")[0])
+
+    def test_request_id_echoed_or_made(self):
+        _, body, response = self.api.request("GET", "/api/v1/csrf-token", headers={"X-Request-ID": "abc-123"})
+        self.assertEqual(body["request_id"], "abc-123")
+        self.assertEqual(response.headers.getRawHeaders("x-request-id"), ["abc-123"])
+        _, body, _ = self.api.request("GET", "/api/v1/csrf-token", headers={"X-Request-ID": "bad id\x01"})
+        self.assertEqual(len(body["request_id"]), 32)
+
+    def test_compact_json(self):
+        _, raw, _ = self.api.request("GET", "/api/v1/csrf-token")
+        code, content, response = self.api.request("GET", "/api/v1/csrf-token")
+        text = json.dumps(content, separators=(",", ":"))
+        self.assertNotIn(": ", text)
+        self.assertEqual(len(content["data"]["csrf_token"]), 43)
+
+    def test_body_too_large_is_413_before_buffering(self):
+        code, body, _ = self.api.request("POST", "/api/v1/auth/login", raw=b"{" + b" " * (1 << 20) + b"}",
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(code, 413)
+        self.assertIn("larger than the limit", body["message"])
+
+    def test_every_protected_route_needs_a_token(self):
+        for ep in endpoints_of(RestAPI):
+            if ep.auth == PUBLIC:
+                continue
+            path = ep.path.replace("<int:", "<").replace("<string:", "<")
+            path = "/api" + "".join(("1" if part.startswith("<") else part) for part in
+                                    path.replace("<", "|<").replace(">", ">|").split("|"))
+            code, body, _ = self.api.request(ep.method, path, {} if ep.body is not None else None)
+            self.assertEqual(code, 401, f"{ep.method} {path}")
+
+    def test_metrics(self):
+        self.api.request("GET", "/api/v1/csrf-token")
+        self.api.request("GET", "/api/v1/nope/1")
+        self.api.request("GET", "/api/v1/nope/2")
+        code, text, response = self.api.request("GET", "/metrics")
+        self.assertEqual(code, 200)
+        text = text.decode()
+        self.assertIn('wecompany_http_requests_total{method="GET",route="/api/v1/csrf-token",status="200"} 1.0', text)
+        self.assertIn('wecompany_http_requests_total{method="GET",route="unmatched",status="404"} 2.0', text)
+        self.assertIn("wecompany_http_request_duration_seconds_bucket", text)
+        self.assertIn("wecompany_online_users 0.0", text)
+        self.assertIn("wecompany_active_calls 0.0", text)
+
+
+class OpenApiTests(SynchronousTestCase):
+    def test_document_lists_exactly_the_registered_routes(self):
+        api = Api(self)
+        code, doc, _ = api.request("GET", "/api/v1/openapi.json")
+        self.assertEqual(code, 200)
+        documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+        registered = set()
+        for rule in RestAPI.app.url_map.iter_rules():
+            path = "/api" + rule.rule.rstrip("/")
+            for arg in rule.arguments:
+                path = path.replace(f"<int:{arg}>", f"{{{arg}}}").replace(f"<string:{arg}>", f"{{{arg}}}")
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                registered.add((path, method))
+        self.assertEqual(documented, registered)
+        self.assertEqual(doc, build_document(RestAPI))
+
+    def test_document_is_valid_openapi(self):
+        from openapi_spec_validator import validate
+        validate(build_document(RestAPI))

@@ -1,0 +1,76 @@
+"""
+The REST API: one Klein app whose routes come from the mixins below, all
+declared with :func:`~wecompany.api.routing.endpoint`.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from klein import Klein
+
+from wecompany.api.auth import AuthRoutes
+from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
+from wecompany.api.users import UserRoutes
+from wecompany.errors import Forbidden, Unauthenticated
+
+CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csrf_token": {"type": "string"}}}
+
+
+@install
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes):
+    """
+    Everything under ``/api``. Collaborators are given once here and only
+    called by the routes.
+
+    :param run_in_thread: ``f(callable, *args) -> Deferred`` for file work.
+    """
+
+    app = Klein()
+
+    def __init__(self, *, store, accounts, credentials, lifecycle, clock, address_limiter, login_limiter,
+                 run_in_thread, avatar_dir: str, openapi=None) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.credentials = credentials
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.address_limiter = address_limiter
+        self.login_limiter = login_limiter
+        self.run_in_thread = run_in_thread
+        self.avatar_dir = avatar_dir
+        self._openapi = openapi
+
+    def resource(self):
+        return self.app.resource()
+
+    async def authenticate(self, request, admin: bool = False):
+        """The user of the request's Bearer token, or :class:`Unauthenticated`."""
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("missing bearer token")
+        user = await self.accounts.authenticate_token(token.strip())
+        if admin and user.role != "admin":
+            raise Forbidden("administrators only")
+        return user
+
+    @staticmethod
+    def client_address(request) -> str:
+        address = request.getClientAddress()
+        return getattr(address, "host", None) or str(address)
+
+    @endpoint("GET", "/v1/csrf-token", summary="A CSRF token for browser clients (not enforced: "
+              "the API authenticates with bearer tokens, which browsers never send on their own)",
+              tag="system", auth=PUBLIC, data=CSRF_SCHEMA)
+    async def csrf_token(self, call: Call):
+        return {"csrf_token": secrets.token_urlsafe(32)}
+
+    @endpoint("GET", "/v1/openapi.json", summary="This API's OpenAPI 3 document", tag="system", auth=PUBLIC)
+    async def openapi(self, call: Call):
+        from wecompany.api.envelope import dumps
+        from wecompany.api.openapi import build_document
+        if self._openapi is None:
+            self._openapi = dumps(build_document(type(self)))
+        call.request.setHeader(b"content-type", b"application/json")
+        return self._openapi

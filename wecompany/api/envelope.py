@@ -1,0 +1,79 @@
+"""
+The JSON envelope every REST response is wrapped in (see the API spec).
+
+Success: ``{"code","message":"success","data","timestamp","request_id"}``;
+error: ``{"code","message","error","error_code"?,"timestamp","request_id"}``.
+Compact JSON, UTF-8.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import secrets
+
+from wecompany.errors import WeCompanyError
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def rfc3339(seconds: float | None) -> str | None:
+    """POSIX seconds -> ``2025-10-02T10:00:00Z`` (None stays None)."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> float:
+    """RFC 3339 / ISO 8601 with a zone -> POSIX seconds; ValueError otherwise."""
+    if not isinstance(text, str) or len(text) > 40:
+        raise ValueError("not a date-time")
+    moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("date-time needs a time zone (e.g. Z)")
+    return moment.timestamp()
+
+
+def request_id_for(request) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new one; remembered on the request."""
+    existing = getattr(request, "wecompany_request_id", None)
+    if existing is not None:
+        return existing
+    given = (request.getHeader(b"x-request-id") or b"").decode("latin-1")
+    rid = given if _REQUEST_ID_OK.match(given) else secrets.token_hex(16)
+    request.wecompany_request_id = rid
+    return rid
+
+
+def success(request, data, now: float, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    _headers(request)
+    return dumps({"code": code, "message": "success", "data": data, "timestamp": rfc3339(now),
+                  "request_id": request_id_for(request)})
+
+
+def failure(request, error: WeCompanyError, now: float) -> bytes:
+    request.setResponseCode(error.code)
+    _headers(request)
+    body = {"code": error.code, "message": error.message, "error": error.detail or error.message}
+    if error.error_code is not None:
+        body["error_code"] = error.error_code
+    body["timestamp"] = rfc3339(now)
+    body["request_id"] = request_id_for(request)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        request.setHeader(b"retry-after", str(max(1, int(retry_after + 0.999))).encode())
+    return dumps(body)
+
+
+def _headers(request) -> None:
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"x-request-id", request_id_for(request).encode())
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")

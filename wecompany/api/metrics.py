@@ -1,0 +1,66 @@
+"""
+Prometheus metrics, in a registry of their own (no process-global state).
+
+Requests are labelled by route template (``/api/v1/meetings/{meeting_id}``),
+never by raw path, so a client cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# Gauges read from the live services at scrape time: (name, help, source attribute, reading).
+_GAUGES = (
+    ("wecompany_online_users", "Users with at least one live session", "registry_state", lambda r: r.online_count),
+    ("wecompany_sessions", "Live sessions (TCP and WebSocket)", "registry_state", lambda r: r.session_count),
+    ("wecompany_active_calls", "Calls in the active state", "calls", lambda c: c.active_count),
+    ("wecompany_calls", "Calls ringing or active", "calls", lambda c: c.count),
+    ("wecompany_rooms", "Meeting rooms with live participants", "rooms", lambda rooms: rooms()),
+    ("wecompany_tcp_connections", "Open binary-protocol connections", "tcp_factory", lambda f: len(f.connections)),
+)
+
+
+class _LiveState:
+    """Reads gauges from the live services when scraped."""
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self.m = metrics
+
+    def collect(self):
+        for name, text, source, read in _GAUGES:
+            target = getattr(self.m, source)
+            if target is not None:
+                gauge = GaugeMetricFamily(name, text)
+                gauge.add_metric([], read(target))
+                yield gauge
+        calls = self.m.calls
+        if calls is not None:
+            counter = CounterMetricFamily("wecompany_media_packets", "Call media packets", labels=["outcome"])
+            counter.add_metric(["relayed"], calls.relayed_packets)
+            counter.add_metric(["dropped"], calls.dropped_packets)
+            yield counter
+
+
+class Metrics:
+    def __init__(self, registry_state=None, calls=None, tcp_factory=None, rooms=None) -> None:
+        self.registry_state = registry_state
+        self.calls = calls
+        self.tcp_factory = tcp_factory
+        self.rooms = rooms
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("wecompany_http_requests", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("wecompany_http_request_duration_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_LiveState(self))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

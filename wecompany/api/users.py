@@ -1,0 +1,127 @@
+"""``/api/v1/users``: profile, password, avatar, account deletion."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from wecompany.api.routing import PUBLIC, Call, endpoint
+from wecompany.api.validation import Field
+from wecompany.api.views import MESSAGE_SCHEMA, USER_SCHEMA, user_view
+from wecompany.domain.passwords import check_email
+from wecompany.errors import InvalidInput, NotFound, TooLarge, Unauthenticated
+
+MAX_AVATAR = 2 << 20
+
+# Image types are recognised by their first bytes, never by what the client claims.
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+    (b"\xff\xd8\xff", "jpg", "image/jpeg"),
+    (b"GIF87a", "gif", "image/gif"),
+    (b"GIF89a", "gif", "image/gif"),
+)
+_CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
+
+
+def image_kind(data: bytes) -> str | None:
+    for magic, ext, _ in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+class UserRoutes:
+    """Mixin of :class:`~wecompany.api.app.RestAPI`."""
+
+    @endpoint("GET", "/v1/users/profile", summary="The caller's profile", tag="users", data=USER_SCHEMA,
+              errors=(401,))
+    async def get_profile(self, call: Call):
+        return user_view(call.user, await self.store.get_profile(call.user.id))
+
+    @endpoint("PUT", "/v1/users/profile", summary="Update the caller's profile", tag="users",
+              body={"nickname": Field("string", min_length=1, max_length=64),
+                    "email": Field("string", min_length=3, max_length=254),
+                    "phone": Field("string", max_length=32),
+                    "avatar": Field("string", max_length=512)},
+              data=USER_SCHEMA, errors=(400, 401, 409))
+    async def update_profile(self, call: Call):
+        b = call.body
+        user = call.user
+        if "email" in b and (b["email"] or "").lower() != (user.email or "").lower():
+            check_email(b["email"])
+            user = await self.store.update_user(user.id, {"email": b["email"]})
+        if "avatar" in b and b["avatar"] and not b["avatar"].startswith(("/", "https://", "http://")):
+            raise InvalidInput("avatar must be a URL")
+        changes = {k: b[k] for k in ("nickname", "phone", "avatar") if k in b}
+        profile = await self.store.update_profile(user.id, changes, self.clock.seconds()) if changes \
+            else await self.store.get_profile(user.id)
+        return user_view(user, profile)
+
+    @endpoint("POST", "/v1/users/change-password", summary="Change the password (revokes refresh tokens)",
+              tag="users", body={"old_password": Field("string", required=True, max_length=1024),
+                                 "new_password": Field("string", required=True, max_length=1024)},
+              data=MESSAGE_SCHEMA, errors=(400, 401))
+    async def change_password(self, call: Call):
+        try:
+            await self.credentials.change_password(call.user, call.body["old_password"],
+                                                   call.body["new_password"])
+        except Unauthenticated as e:
+            raise InvalidInput(e.message, error_code=e.error_code) from None
+        return {"message": "password changed; other sessions must log in again"}
+
+    @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
+              tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")
+    async def upload_avatar(self, call: Call):
+        args = call.request.args
+        parts = args.get(b"avatar") or args.get(b"file")
+        if not parts:
+            raise InvalidInput("send the image as multipart/form-data field 'avatar'")
+        data = parts[0]
+        if len(data) > MAX_AVATAR:
+            raise TooLarge(f"avatar larger than {MAX_AVATAR} bytes")
+        kind = image_kind(data)
+        if kind is None:
+            raise InvalidInput("avatar must be a PNG, JPEG, GIF or WebP image")
+        name = f"{call.user.id}-{secrets.token_hex(8)}.{kind}"
+        await self.run_in_thread(_write_file, os.path.join(self.avatar_dir, name), data)
+        profile = await self.store.update_profile(call.user.id, {"avatar": f"/api/v1/avatars/{name}"},
+                                                  self.clock.seconds())
+        return user_view(call.user, profile)
+
+    @endpoint("GET", "/v1/avatars/<string:name>", summary="An avatar image", tag="users", auth=PUBLIC,
+              errors=(404,))
+    async def get_avatar(self, call: Call):
+        name = call.params["name"]
+        ext = name.rpartition(".")[2]
+        if ext not in _CONTENT_TYPES or not all(c.isalnum() or c in "-." for c in name) or ".." in name:
+            raise NotFound("no such avatar")
+        data = await self.run_in_thread(_read_file, os.path.join(self.avatar_dir, name))
+        if data is None:
+            raise NotFound("no such avatar")
+        call.request.setHeader(b"content-type", _CONTENT_TYPES[ext].encode())
+        call.request.setHeader(b"cache-control", b"public, max-age=86400")
+        return data
+
+    @endpoint("DELETE", "/v1/users/account", summary="Delete the caller's account", tag="users",
+              data=MESSAGE_SCHEMA, errors=(401,))
+    async def delete_account(self, call: Call):
+        await self.lifecycle.delete_account(call.user)
+        return {"message": "account deleted"}
+
+
+def _write_file(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
