@@ -231,3 +231,44 @@ class SQLiteOnlyTests(TestCase):
             self.assertEqual(error.error_code, error_code)
         self.assertEqual(await store.get_user(bob.id), bob)
         self.assertEqual(await store.get_user(alice.id), alice)
+
+
+class PrepareTests(TestCase):
+    """SQLiteStore.prepare(): synchronous migrations for start-up."""
+
+    def test_prepare_then_start(self):
+        import sqlite3
+
+        from wecompany.store.sqlite import SQLiteStore
+        path = self.mktemp()
+        store = SQLiteStore(path)
+        store.prepare()
+        with sqlite3.connect(path) as connection:
+            versions = [v for (v,) in connection.execute("SELECT version FROM schema_version ORDER BY version")]
+        self.assertEqual(versions, [1, 2])
+        store.prepare()  # idempotent
+        d = store.start()
+        d.addCallback(lambda _: store.stop())
+        return d
+
+    def test_prepare_refuses_a_newer_schema(self):
+        import sqlite3
+
+        from wecompany.store.schema import SchemaTooNew
+        from wecompany.store.sqlite import SQLiteStore
+        path = self.mktemp()
+        SQLiteStore(path).prepare()
+        with sqlite3.connect(path) as connection:
+            connection.execute("INSERT INTO schema_version VALUES (99, 'future')")
+        self.assertRaises(SchemaTooNew, SQLiteStore(path).prepare)
+
+
+class StartingStoreTests(TestCase):
+    async def test_calls_made_while_starting_wait_for_the_start(self):
+        store = SQLiteStore(self.mktemp())
+        started = store.start()
+        # Issued before the migrations are done: answered after them, not refused.
+        pinged = store.ping()
+        self.assertTrue(await pinged)
+        await started
+        await store.stop()

@@ -61,14 +61,13 @@ def load_migrations(dialect: Dialect) -> tuple[Migration, ...]:
     return tuple(migrations)
 
 
-async def migrate(pool: ConnectionPool, dialect: Dialect, migrations: tuple[Migration, ...]) -> None:
+def _pending(applied: set[int], migrations: tuple[Migration, ...]) -> list[Migration]:
     """
-    Apply the migrations the database lacks.
+    The migrations still to apply.
 
     :raises SchemaTooNew: if the database has a version newer than any of
         ``migrations``; nothing is changed then.
     """
-    applied = await pool.runInteraction(_applied_versions, dialect)
     known = max((migration.version for migration in migrations), default=0)
     newest = max(applied, default=0)
     if newest > known:
@@ -76,14 +75,44 @@ async def migrate(pool: ConnectionPool, dialect: Dialect, migrations: tuple[Migr
             f"database schema version {newest} is newer than this server knows "
             f"(up to {known}); run a newer server or point this one at another database"
         )
-    for migration in migrations:
-        if migration.version not in applied:
-            if await pool.runInteraction(_apply, dialect, migration):
-                log.info(
-                    "Applied schema migration {version} ({name})",
-                    version=migration.version,
-                    name=migration.name,
-                )
+    return [migration for migration in migrations if migration.version not in applied]
+
+
+def _applied_log(migration: Migration) -> None:
+    log.info("Applied schema migration {version} ({name})", version=migration.version, name=migration.name)
+
+
+async def migrate(pool: ConnectionPool, dialect: Dialect, migrations: tuple[Migration, ...]) -> None:
+    """Apply the migrations the database lacks, through the pool (see :func:`_pending`)."""
+    applied = await pool.runInteraction(_applied_versions, dialect)
+    for migration in _pending(applied, migrations):
+        if await pool.runInteraction(_apply, dialect, migration):
+            _applied_log(migration)
+
+
+def migrate_now(connection: Any, dialect: Dialect, migrations: tuple[Migration, ...]) -> None:
+    """
+    :func:`migrate` on a plain DB-API connection, synchronously: for start-up,
+    before the reactor runs, so a schema problem stops the daemon at once.
+    """
+    applied = _interact_now(connection, _applied_versions, dialect)
+    for migration in _pending(applied, migrations):
+        if _interact_now(connection, _apply, dialect, migration):
+            _applied_log(migration)
+
+
+def _interact_now(connection: Any, interaction, *args: Any) -> Any:
+    """What ``ConnectionPool.runInteraction`` does, in the calling thread."""
+    cursor = connection.cursor()
+    try:
+        result = interaction(cursor, *args)
+        connection.commit()
+        return result
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.close()
 
 
 def _applied_versions(txn: Any, dialect: Dialect) -> set[int]:

@@ -194,6 +194,8 @@ class SQLStore:
     _closing: bool = attrs.field(default=False, init=False)
     _close_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
 
+    _start_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
 
@@ -209,10 +211,17 @@ class SQLStore:
             await migrate(pool, self._dialect, load_migrations(self._dialect))
         except BaseException:
             self._close_pool(None)
+            self._release_start_waiters()
             raise
         self._ready = True
         if self._closing:  # stop() was called while migrations ran
             self._drain_and_close()
+        self._release_start_waiters()
+
+    def _release_start_waiters(self) -> None:
+        waiters, self._start_waiters = self._start_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def stop(self) -> Deferred[None]:
         if self._pool is None:
@@ -264,6 +273,12 @@ class SQLStore:
         return self._run(True, interaction, *args)
 
     def _run(self, write: bool, interaction: Callable[..., Any], *args: object) -> Deferred[Any]:
+        if self._pool is not None and not self._ready and not self._closing:
+            # Still starting (clients may connect as soon as the ports listen):
+            # wait for the migrations, then run in order.
+            waiter: Deferred[None] = Deferred()
+            self._start_waiters.append(waiter)
+            return waiter.addCallback(lambda _: self._run(write, interaction, *args))
         if not self._running():
             return fail(store_not_running())
         assert self._pool is not None

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from wecompany.store.dialect import SQLITE, Dialect
 from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.schema import load_migrations, migrate_now
 from wecompany.store.sql import SQLStore
 
 # RETURNING arrived in SQLite 3.35.
@@ -80,3 +81,17 @@ class SQLiteStore(SQLStore):
 
     def _make_pool(self) -> ConnectionPool:
         return connection_pool(self._path, self._reactor)
+
+    def prepare(self) -> None:
+        """
+        Apply pending migrations now, synchronously, on a connection of its
+        own. Blocking: call it before the reactor runs (start-up), where an
+        error can stop the daemon before it listens. ``start()`` afterwards
+        finds nothing left to migrate.
+        """
+        connection = sqlite3.connect(self._path)
+        try:
+            _configure(connection)
+            migrate_now(connection, self._dialect, load_migrations(self._dialect))
+        finally:
+            connection.close()
