@@ -119,7 +119,9 @@ def build_service(config: Config, reactor):
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
     from wecompany.domain.accounts import Accounts, Credentials
+    from wecompany.domain.ice import IceServers
     from wecompany.domain.lifecycle import AccountLifecycle
+    from wecompany.domain.meetings import MeetingService
     from wecompany.domain.calls import CallService
     from wecompany.domain.chat import ChatService
     from wecompany.domain.files import FileService, file_chunk_size
@@ -166,8 +168,10 @@ def build_service(config: Config, reactor):
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
         allow_anonymous=config.allow_anonymous)
     credentials = Credentials(accounts)
-    lifecycle = AccountLifecycle(store, credentials, registry)
-    rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, clock=reactor,
+    meetings = MeetingService(store, accounts.hasher, reactor)
+    lifecycle = AccountLifecycle(store, credentials, registry, meetings)
+    rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
+                   ice_servers=IceServers(reactor), clock=reactor,
                    address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
                    login_limiter=login_limiter, run_in_thread=in_disk_pool,
                    avatar_dir=os.path.join(config.data_dir, "avatars"))

@@ -10,7 +10,9 @@ from tests.helpers import Domain, synchronous_runner
 from wecompany.api.app import RestAPI
 from wecompany.api.metrics import Metrics
 from wecompany.domain.accounts import Credentials
+from wecompany.domain.ice import IceServers
 from wecompany.domain.lifecycle import AccountLifecycle
+from wecompany.domain.meetings import MeetingService
 from wecompany.domain.ratelimit import FailureLimiter, KeyedRateLimiter
 from wecompany.web.site import make_site
 
@@ -34,10 +36,12 @@ class Api:
         self.clock = d.clock
         self.mailer = RecordingMailer()
         self.credentials = Credentials(d.accounts, self.mailer)
-        self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry)
+        self.meetings = MeetingService(d.store, d.hasher, d.clock)
+        self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry, self.meetings)
         self.metrics = Metrics(d.registry, d.calls)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,
-                            lifecycle=self.lifecycle, clock=d.clock,
+                            lifecycle=self.lifecycle, meetings=self.meetings,
+                            ice_servers=IceServers(d.clock), clock=d.clock,
                             address_limiter=KeyedRateLimiter(d.clock, address_rate, address_burst),
                             login_limiter=FailureLimiter(d.clock), run_in_thread=synchronous_runner,
                             avatar_dir=test.mktemp())

@@ -10,6 +10,7 @@ import secrets
 from klein import Klein
 
 from wecompany.api.auth import AuthRoutes
+from wecompany.api.meetings import MeetingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
 from wecompany.api.users import UserRoutes
 from wecompany.errors import Forbidden, Unauthenticated
@@ -18,7 +19,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes):
     """
     Everything under ``/api``. Collaborators are given once here and only
     called by the routes.
@@ -28,12 +29,14 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes):
 
     app = Klein()
 
-    def __init__(self, *, store, accounts, credentials, lifecycle, clock, address_limiter, login_limiter,
-                 run_in_thread, avatar_dir: str, openapi=None) -> None:
+    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, clock, address_limiter,
+                 login_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
         self.store = store
         self.accounts = accounts
         self.credentials = credentials
         self.lifecycle = lifecycle
+        self.meetings = meetings
+        self.ice_servers = ice_servers
         self.clock = clock
         self.address_limiter = address_limiter
         self.login_limiter = login_limiter

@@ -1,0 +1,161 @@
+"""``/api/v1/meetings`` and ``/api/v1/my/meetings``."""
+
+from __future__ import annotations
+
+from wecompany.api.routing import Call, endpoint
+from wecompany.api.validation import PAGE, Field
+from wecompany.api.views import (
+    CHAT_MESSAGE_SCHEMA, JOIN_SCHEMA, MEETING_SCHEMA, MESSAGE_SCHEMA, PARTICIPANT_SCHEMA, SETTINGS_SCHEMA,
+    chat_message_view, meeting_view, page_schema, page_view, participant_view,
+)
+from wecompany.domain.meetings import MAX_CAPACITY, MAX_DESCRIPTION, MAX_MESSAGE, MAX_PASSWORD, MAX_TITLE, STATUSES
+from wecompany.domain.meetings import SETTINGS_DEFAULTS
+
+MEETING = "/v1/meetings/<int:meeting_id>"
+SETTINGS_FIELDS = {k: Field("boolean") for k in SETTINGS_DEFAULTS}
+
+_MEETING_FIELDS = {
+    "title": Field("string", min_length=1, max_length=MAX_TITLE),
+    "description": Field("string", max_length=MAX_DESCRIPTION),
+    "start_time": Field("datetime"),
+    "end_time": Field("datetime", nullable=True),
+    "max_participants": Field("integer", minimum=1, maximum=MAX_CAPACITY),
+    "meeting_type": Field("string", choices=("video", "audio")),
+    "password": Field("string", max_length=MAX_PASSWORD, nullable=True),
+    "settings": Field("object", fields=SETTINGS_FIELDS),
+}
+CREATE_FIELDS = {**_MEETING_FIELDS, "title": Field("string", required=True, min_length=1, max_length=MAX_TITLE)}
+LIST_QUERY = {**PAGE, "status": Field("string", choices=STATUSES), "keyword": Field("string", max_length=100)}
+PARTICIPANTS_QUERY = {**PAGE, "page_size": Field("integer", minimum=1, maximum=MAX_CAPACITY, default=100)}
+MEETING_PAGE = page_schema(MEETING_SCHEMA)
+
+
+class MeetingRoutes:
+    """Mixin of :class:`~wecompany.api.app.RestAPI`."""
+
+    @endpoint("POST", "/v1/meetings", summary="Schedule a meeting (the caller becomes its host)", tag="meetings",
+              body=CREATE_FIELDS, status=201,
+              data={"type": "object", "required": ["meeting"], "properties": {"meeting": MEETING_SCHEMA}},
+              errors=(400, 401))
+    async def create_meeting(self, call: Call):
+        b = call.body
+        meeting, _ = await self.meetings.create(
+            call.user, title=b["title"], description=b.get("description") or "",
+            start_time=b.get("start_time"), end_time=b.get("end_time"),
+            max_participants=b.get("max_participants", 100), meeting_type=b.get("meeting_type", "video"),
+            password=b.get("password"), settings=b.get("settings"))
+        return {"meeting": meeting_view(meeting)}
+
+    @endpoint("GET", "/v1/meetings", summary="List meetings", tag="meetings", query=LIST_QUERY,
+              data=MEETING_PAGE, errors=(400, 401))
+    async def list_meetings(self, call: Call):
+        q = call.query
+        total, meetings = await self.meetings.list(q["page"], q["page_size"], q.get("status"), q.get("keyword"))
+        return page_view([meeting_view(m) for m in meetings], total, q["page"], q["page_size"])
+
+    @endpoint("GET", MEETING, summary="A meeting", tag="meetings", data=MEETING_SCHEMA, errors=(401, 404))
+    async def get_meeting(self, call: Call):
+        return meeting_view(await self.meetings.get(call.params["meeting_id"]))
+
+    @endpoint("PUT", MEETING, summary="Update a meeting (host or moderator)", tag="meetings",
+              body=_MEETING_FIELDS, data=MEETING_SCHEMA, errors=(400, 401, 403, 404))
+    async def update_meeting(self, call: Call):
+        return meeting_view(await self.meetings.update(call.user, call.params["meeting_id"], call.body))
+
+    @endpoint("DELETE", MEETING, summary="Delete a meeting (host)", tag="meetings", data=MESSAGE_SCHEMA,
+              errors=(401, 403, 404))
+    async def delete_meeting(self, call: Call):
+        await self.meetings.delete(call.user, call.params["meeting_id"])
+        return {"message": "meeting deleted"}
+
+    @endpoint("POST", MEETING + "/start", summary="Start a meeting (host or moderator)", tag="meetings",
+              data=MEETING_SCHEMA, errors=(400, 401, 403, 404))
+    async def start_meeting(self, call: Call):
+        return meeting_view(await self.meetings.start(call.user, call.params["meeting_id"]))
+
+    @endpoint("POST", MEETING + "/end", summary="End a meeting (host or moderator)", tag="meetings",
+              data=MEETING_SCHEMA, errors=(400, 401, 403, 404))
+    async def end_meeting(self, call: Call):
+        return meeting_view(await self.meetings.end(call.user, call.params["meeting_id"]))
+
+    @endpoint("POST", MEETING + "/join", summary="Join a meeting", tag="meetings",
+              body={"password": Field("string", max_length=MAX_PASSWORD, nullable=True)},
+              data=JOIN_SCHEMA, errors=(400, 401, 403, 404))
+    async def join_meeting(self, call: Call):
+        meeting, participant = await self.meetings.join(call.user, call.params["meeting_id"],
+                                                        call.body.get("password"))
+        return {"meeting_id": meeting.id, "room_id": meeting.room_id, "participant_id": participant.id,
+                "role": participant.role, "meeting": meeting_view(meeting),
+                "participant": participant_view(participant),
+                "ice_servers": self.ice_servers.for_user(call.user.id)}
+
+    @endpoint("POST", MEETING + "/leave", summary="Leave a meeting", tag="meetings", data=PARTICIPANT_SCHEMA,
+              errors=(401, 404))
+    async def leave_meeting(self, call: Call):
+        return participant_view(await self.meetings.leave(call.user, call.params["meeting_id"]))
+
+    @endpoint("GET", MEETING + "/participants", summary="Participants (members only)", tag="participants",
+              query=PARTICIPANTS_QUERY, data=page_schema(PARTICIPANT_SCHEMA), errors=(400, 401, 403, 404))
+    async def list_participants(self, call: Call):
+        _, participants = await self.meetings.participants(call.user, call.params["meeting_id"])
+        q = call.query
+        start = (q["page"] - 1) * q["page_size"]
+        return page_view([participant_view(p) for p in participants[start:start + q["page_size"]]],
+                         len(participants), q["page"], q["page_size"])
+
+    @endpoint("POST", MEETING + "/participants", summary="Invite a user (host or moderator)", tag="participants",
+              body={"user_id": Field("integer", required=True, minimum=1),
+                    "role": Field("string", choices=("participant", "moderator"))},
+              status=201, data=PARTICIPANT_SCHEMA, errors=(400, 401, 403, 404, 409))
+    async def add_participant(self, call: Call):
+        return participant_view(await self.meetings.add_participant(
+            call.user, call.params["meeting_id"], call.body["user_id"], call.body.get("role", "participant")))
+
+    @endpoint("DELETE", MEETING + "/participants/<int:user_id>", summary="Remove a participant (host or moderator)",
+              tag="participants", data=MESSAGE_SCHEMA, errors=(401, 403, 404))
+    async def remove_participant(self, call: Call):
+        await self.meetings.remove_participant(call.user, call.params["meeting_id"], call.params["user_id"])
+        return {"message": "participant removed"}
+
+    @endpoint("PUT", MEETING + "/participants/<int:user_id>/role", summary="Change a participant's role",
+              tag="participants", body={"role": Field("string", required=True, choices=("participant", "moderator"))},
+              data=PARTICIPANT_SCHEMA, errors=(400, 401, 403, 404))
+    async def set_participant_role(self, call: Call):
+        return participant_view(await self.meetings.set_role(
+            call.user, call.params["meeting_id"], call.params["user_id"], call.body["role"]))
+
+    @endpoint("GET", MEETING + "/messages", summary="Chat history, oldest first (members only)", tag="chat",
+              query=PAGE, data=page_schema(CHAT_MESSAGE_SCHEMA), errors=(400, 401, 403, 404))
+    async def list_messages(self, call: Call):
+        q = call.query
+        total, messages = await self.meetings.messages(call.user, call.params["meeting_id"], q["page"], q["page_size"])
+        return page_view([chat_message_view(m) for m in messages], total, q["page"], q["page_size"])
+
+    @endpoint("POST", MEETING + "/messages", summary="Post a chat message (members only)", tag="chat",
+              body={"content": Field("string", required=True, min_length=1, max_length=MAX_MESSAGE),
+                    "message_type": Field("string", choices=("text", "file"))},
+              status=201, data=CHAT_MESSAGE_SCHEMA, errors=(400, 401, 403, 404))
+    async def post_message(self, call: Call):
+        message = await self.meetings.post_message(call.user, call.params["meeting_id"], call.body["content"],
+                                                   call.body.get("message_type", "text"))
+        return chat_message_view(message)
+
+    @endpoint("GET", "/v1/my/meetings", summary="Meetings I created or take part in", tag="my", query=PAGE,
+              data=MEETING_PAGE, errors=(400, 401))
+    async def my_meetings(self, call: Call):
+        return await self._mine(call, "all")
+
+    @endpoint("GET", "/v1/my/meetings/upcoming", summary="My scheduled and ongoing meetings", tag="my",
+              query=PAGE, data=MEETING_PAGE, errors=(400, 401))
+    async def my_upcoming(self, call: Call):
+        return await self._mine(call, "upcoming")
+
+    @endpoint("GET", "/v1/my/meetings/history", summary="My ended and cancelled meetings", tag="my",
+              query=PAGE, data=MEETING_PAGE, errors=(400, 401))
+    async def my_history(self, call: Call):
+        return await self._mine(call, "history")
+
+    async def _mine(self, call: Call, which: str):
+        q = call.query
+        total, meetings = await self.meetings.mine(call.user, q["page"], q["page_size"], which)
+        return page_view([meeting_view(m) for m in meetings], total, q["page"], q["page_size"])
