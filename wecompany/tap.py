@@ -171,7 +171,7 @@ def build_service(config: Config, reactor):
     meetings = MeetingService(store, accounts.hasher, reactor)
     lifecycle = AccountLifecycle(store, credentials, registry, meetings)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
-                   ice_servers=IceServers(reactor), clock=reactor,
+                   ice_servers=IceServers(reactor), registry=registry, calls=calls, clock=reactor,
                    address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
                    login_limiter=login_limiter, run_in_thread=in_disk_pool,
                    avatar_dir=os.path.join(config.data_dir, "avatars"))

@@ -41,7 +41,7 @@ class Api:
         self.metrics = Metrics(d.registry, d.calls)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,
                             lifecycle=self.lifecycle, meetings=self.meetings,
-                            ice_servers=IceServers(d.clock), clock=d.clock,
+                            ice_servers=IceServers(d.clock), registry=d.registry, calls=d.calls, clock=d.clock,
                             address_limiter=KeyedRateLimiter(d.clock, address_rate, address_burst),
                             login_limiter=FailureLimiter(d.clock), run_in_thread=synchronous_runner,
                             avatar_dir=test.mktemp())

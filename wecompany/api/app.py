@@ -9,6 +9,7 @@ import secrets
 
 from klein import Klein
 
+from wecompany.api.admin import AdminRoutes
 from wecompany.api.auth import AuthRoutes
 from wecompany.api.meetings import MeetingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
@@ -19,7 +20,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes):
     """
     Everything under ``/api``. Collaborators are given once here and only
     called by the routes.
@@ -29,14 +30,18 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes):
 
     app = Klein()
 
-    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, clock, address_limiter,
-                 login_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
+    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, registry, calls, clock,
+                 address_limiter, login_limiter, run_in_thread, avatar_dir: str, rooms_count=lambda: 0,
+                 openapi=None) -> None:
         self.store = store
         self.accounts = accounts
         self.credentials = credentials
         self.lifecycle = lifecycle
         self.meetings = meetings
         self.ice_servers = ice_servers
+        self.registry = registry
+        self.calls = calls
+        self.rooms_count = rooms_count
         self.clock = clock
         self.address_limiter = address_limiter
         self.login_limiter = login_limiter

@@ -125,7 +125,8 @@ class MeetingRoutes:
             call.user, call.params["meeting_id"], call.params["user_id"], call.body["role"]))
 
     @endpoint("GET", MEETING + "/messages", summary="Chat history, oldest first (members only)", tag="chat",
-              query=PAGE, data=page_schema(CHAT_MESSAGE_SCHEMA), errors=(400, 401, 403, 404))
+              query=PAGE, data=page_schema(CHAT_MESSAGE_SCHEMA), errors=(400, 401, 403, 404),
+              aliases=("/v1/messages/history/<int:meeting_id>",))
     async def list_messages(self, call: Call):
         q = call.query
         total, messages = await self.meetings.messages(call.user, call.params["meeting_id"], q["page"], q["page_size"])
