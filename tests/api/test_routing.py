@@ -84,3 +84,26 @@ class OpenApiTests(SynchronousTestCase):
     def test_document_is_valid_openapi(self):
         from openapi_spec_validator import validate
         validate(build_document(RestAPI))
+
+
+class RobustnessTests(SynchronousTestCase):
+    """Inputs schemathesis found that once made the API answer 500 or outside its envelope."""
+
+    def test_huge_ids_are_404(self):
+        api = Api(self)
+        token = api.user("alice")
+        for path in ("/api/v1/meetings/10000000000000000001/messages", "/api/v1/meetings/0",
+                     "/api/v1/meetings/197680132291201079443456/participants/12158586"):
+            method = "DELETE" if "participants/" in path else "GET"
+            code, body, _ = api.request(method, path, token=token)
+            self.assertEqual((code, body["code"]), (404, 404), path)
+
+    def test_malformed_multipart_is_400_in_the_envelope(self):
+        api = Api(self)
+        token = api.user("alice")
+        for raw, ctype in ((b"--c637e12e2b1a998d80d1b087531af51c--\r\n",
+                            "multipart/form-data; boundary=c637e12e2b1a998d80d1b087531af51c"),
+                           (b"garbage", "multipart/form-data"), (b"{}", "application/json")):
+            code, body, _ = api.request("POST", "/api/v1/users/upload-avatar", raw=raw, token=token,
+                                        headers={"Content-Type": ctype})
+            self.assertEqual((code, body["code"]), (400, 400), raw)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from wecompany import __version__
-from wecompany.api.routing import PUBLIC, endpoints_of
+from wecompany.api.routing import MAX_ID, PUBLIC, endpoints_of
 from wecompany.api.validation import object_schema
 
 _PARAM = re.compile(r"<(?:([a-z]+):)?([a-z_]+)>")
@@ -55,7 +55,8 @@ def _operation(ep, path: str, index: int) -> dict:
     params = []
     for kind, name in _PARAM.findall(path):
         params.append({"name": name, "in": "path", "required": True,
-                       "schema": {"type": "integer", "minimum": 1} if kind == "int" else {"type": "string"}})
+                       "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID} if kind == "int"
+                       else {"type": "string"}})
     for name, field in (ep.query or {}).items():
         params.append({"name": name, "in": "query", "required": field.required, "schema": field.json_schema()})
     if params:

@@ -24,6 +24,7 @@ from wecompany.api.validation import parse_json, parse_query
 from wecompany.errors import InternalError, NotFound, WeCompanyError
 
 PUBLIC, USER, ADMIN = "public", "user", "admin"
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every database
 
 log = Logger()
 
@@ -114,6 +115,9 @@ def _wrap(handler, ep: Endpoint):
     async def wrapper(self, request, **params):
         request.wecompany_endpoint = ep
         envelope.request_id_for(request)
+        for value in params.values():
+            if isinstance(value, int) and not 0 < value <= MAX_ID:
+                raise NotFound("no such resource")
         if ep.rate_limited:
             self.address_limiter.hit(self.client_address(request))
         user = None

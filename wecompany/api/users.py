@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 
+from wecompany.api.multipart import parse_form
 from wecompany.api.routing import PUBLIC, Call, endpoint
 from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, USER_SCHEMA, user_view
@@ -74,11 +75,12 @@ class UserRoutes:
     @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
               tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")
     async def upload_avatar(self, call: Call):
-        args = call.request.args
-        parts = args.get(b"avatar") or args.get(b"file")
+        call.request.content.seek(0)
+        form = parse_form(call.request.getHeader(b"content-type"), call.request.content.read())
+        parts = form.get("avatar") or form.get("file")
         if not parts:
             raise InvalidInput("send the image as multipart/form-data field 'avatar'")
-        data = parts[0]
+        data = parts[0].data
         if len(data) > MAX_AVATAR:
             raise TooLarge(f"avatar larger than {MAX_AVATAR} bytes")
         kind = image_kind(data)

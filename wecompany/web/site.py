@@ -94,7 +94,9 @@ class WeCompanySite(Site):
     """
 
     def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY):
-        super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor)
+        # Bodies are parsed by the API, which answers malformed ones in its
+        # envelope (Twisted would send a bare 400 and drop the connection).
+        super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor, parsePOSTFormSubmission=False)
         self.displayTracebacks = False
         self.metrics = metrics
         self._body_limits = tuple(body_limits)  # (path prefix bytes, limit)
