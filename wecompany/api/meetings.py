@@ -15,16 +15,17 @@ MEETING = "/v1/meetings/<int:meeting_id>"
 SETTINGS_FIELDS = {k: Field("boolean") for k in SETTINGS_DEFAULTS}
 
 _MEETING_FIELDS = {
-    "title": Field("string", min_length=1, max_length=MAX_TITLE),
+    "title": Field("string", min_length=1, max_length=MAX_TITLE, strip=True),
     "description": Field("string", max_length=MAX_DESCRIPTION),
     "start_time": Field("datetime"),
     "end_time": Field("datetime", nullable=True),
     "max_participants": Field("integer", minimum=1, maximum=MAX_CAPACITY),
     "meeting_type": Field("string", choices=("video", "audio")),
     "password": Field("string", max_length=MAX_PASSWORD, nullable=True),
-    "settings": Field("object", fields=SETTINGS_FIELDS),
+    "settings": Field("object", fields=SETTINGS_FIELDS, strict=True),
 }
-CREATE_FIELDS = {**_MEETING_FIELDS, "title": Field("string", required=True, min_length=1, max_length=MAX_TITLE)}
+CREATE_FIELDS = {**_MEETING_FIELDS,
+                 "title": Field("string", required=True, min_length=1, max_length=MAX_TITLE, strip=True)}
 LIST_QUERY = {**PAGE, "status": Field("string", choices=STATUSES), "keyword": Field("string", max_length=100)}
 PARTICIPANTS_QUERY = {**PAGE, "page_size": Field("integer", minimum=1, maximum=MAX_CAPACITY, default=100)}
 MEETING_PAGE = page_schema(MEETING_SCHEMA)
@@ -133,7 +134,7 @@ class MeetingRoutes:
         return page_view([chat_message_view(m) for m in messages], total, q["page"], q["page_size"])
 
     @endpoint("POST", MEETING + "/messages", summary="Post a chat message (members only)", tag="chat",
-              body={"content": Field("string", required=True, min_length=1, max_length=MAX_MESSAGE),
+              body={"content": Field("string", required=True, min_length=1, max_length=MAX_MESSAGE, strip=True),
                     "message_type": Field("string", choices=("text", "file"))},
               status=201, data=CHAT_MESSAGE_SCHEMA, errors=(400, 401, 403, 404))
     async def post_message(self, call: Call):

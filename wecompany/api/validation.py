@@ -38,6 +38,8 @@ class Field:
     fields: dict | None = None
     default: object = MISSING
     description: str = ""
+    strip: bool = False  # trim surrounding white space before checking lengths
+    strict: bool = False  # objects: unknown keys are an error, not ignored
 
     def parse(self, name: str, value):
         if value is None:
@@ -53,6 +55,8 @@ class Field:
                     return parse_rfc3339(value)
                 except ValueError:
                     raise InvalidInput(f"{name} must be an RFC 3339 date-time such as 2025-10-02T10:00:00Z") from None
+            if self.strip:
+                value = value.strip()
             if self.min_length is not None and len(value) < self.min_length:
                 raise InvalidInput(f"{name} must be at least {self.min_length} characters")
             if self.max_length is not None and len(value) > self.max_length:
@@ -71,6 +75,10 @@ class Field:
         elif kind == "object":
             if not isinstance(value, dict):
                 raise InvalidInput(f"{name} must be an object")
+            if self.strict:
+                unknown = sorted(set(value) - set(self.fields or {}))
+                if unknown:
+                    raise InvalidInput(f"unknown field {name}.{unknown[0]}")
             return parse_fields(self.fields or {}, value, prefix=f"{name}.")
         else:  # pragma: no cover - a programming error in a declaration
             raise ValueError(f"unknown field kind {kind}")
@@ -87,6 +95,8 @@ class Field:
             schema = {"type": "string", "format": "date-time"}
         elif self.kind == "object":
             schema = object_schema(self.fields or {})
+            if self.strict:
+                schema["additionalProperties"] = False
         else:
             schema = {"type": self.kind}
         for key, attr in (("minLength", "min_length"), ("maxLength", "max_length"),
@@ -97,8 +107,11 @@ class Field:
             schema["enum"] = list(self.choices)
         if self.nullable:
             schema["nullable"] = True  # OpenAPI 3.0
-        if self.description:
-            schema["description"] = self.description
+        description = self.description
+        if self.strip:
+            description = (description + " " if description else "") + "(surrounding white space is trimmed)"
+        if description:
+            schema["description"] = description
         return schema
 
 

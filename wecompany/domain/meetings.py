@@ -208,12 +208,15 @@ class MeetingService:
 
     async def remove_participant(self, user, meeting_id: int, target_id: int) -> None:
         meeting = await self.get(meeting_id)
-        await self._require_manager(user, meeting)
+        manager = await self._require_manager(user, meeting)
         target = await self.store.get_participant(meeting.id, target_id)
         if target is None:
             raise NotFound("not a participant of this meeting")
         if target.role == HOST:
             raise Forbidden("the host cannot be removed")
+        if target.role == MODERATOR and manager != HOST and target_id != user.id:
+            # Otherwise a moderator could demote another by removing and re-inviting.
+            raise Forbidden("only the host may remove a moderator")
         await self.store.remove_participant(meeting.id, target_id)
 
     async def set_role(self, user, meeting_id: int, target_id: int, role: str):
@@ -250,22 +253,23 @@ class MeetingService:
 
     # -- account deletion -----------------------------------------------------
     async def user_deleted(self, user_id: int) -> None:
-        """Hosted meetings are cancelled (scheduled) or ended (ongoing); joined seats are left."""
-        offset = 0
+        """Hosted meetings are cancelled (scheduled) or ended (ongoing); other seats are left."""
+        # Collect first: closing a meeting takes it out of the query being paged.
+        open_meetings = []
         while True:
-            total, page = await self.store.list_meetings(offset, 100, statuses=(SCHEDULED, ONGOING),
+            total, page = await self.store.list_meetings(len(open_meetings), 100, statuses=(SCHEDULED, ONGOING),
                                                          member_id=user_id)
-            for meeting in page:
-                if meeting.creator_id == user_id:
-                    await self._close(meeting, CANCELLED if meeting.status == SCHEDULED else ENDED)
-                else:
-                    p = await self.store.get_participant(meeting.id, user_id)
-                    if p is not None and p.status == "joined":
-                        await self.store.update_participant(meeting.id, user_id,
-                                                            {"status": "left", "left_at": self.clock.seconds()})
-            offset += len(page)
-            if not page or offset >= total:
-                return
+            open_meetings.extend(page)
+            if not page or len(open_meetings) >= total:
+                break
+        now = self.clock.seconds()
+        for meeting in open_meetings:
+            if meeting.creator_id == user_id:
+                await self._close(meeting, CANCELLED if meeting.status == SCHEDULED else ENDED)
+            else:
+                p = await self.store.get_participant(meeting.id, user_id)
+                if p is not None and p.status in ("joined", "invited"):
+                    await self.store.update_participant(meeting.id, user_id, {"status": "left", "left_at": now})
 
     # -- rules ----------------------------------------------------------------
     async def role_of(self, user, meeting) -> str | None:
