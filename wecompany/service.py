@@ -52,7 +52,7 @@ class WeCompanyService(MultiService):
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
-                 startup_warnings=()) -> None:
+                 startup_warnings=(), signaling=None) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -64,6 +64,7 @@ class WeCompanyService(MultiService):
         self.shutdown_grace = shutdown_grace
         self.handle_signals = handle_signals
         self.startup_warnings = list(startup_warnings)
+        self.signaling = signaling
         self.ready: Deferred = Deferred()
         self.ports: dict[str, object] = {}
         self._pending: list[tuple[str, Deferred]] = []
@@ -176,6 +177,8 @@ class WeCompanyService(MultiService):
         self._pending.clear()
         await self._stop_ports()
         self.calls.end_all("shutdown")
+        if self.signaling is not None:
+            self.signaling.shutdown()
         await self.tcp_factory.shutdown(self.shutdown_grace)
         if self.recorder is not None:
             await self.recorder.stop()

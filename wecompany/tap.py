@@ -115,6 +115,7 @@ def build_service(config: Config, reactor):
     from twisted.python.threadpool import ThreadPool
 
     from wecompany.api.app import RestAPI
+    from wecompany.api.envelope import rfc3339
     from wecompany.api.metrics import Metrics
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
@@ -122,6 +123,8 @@ def build_service(config: Config, reactor):
     from wecompany.domain.ice import IceServers
     from wecompany.domain.lifecycle import AccountLifecycle
     from wecompany.domain.meetings import MeetingService
+    from wecompany.domain.rooms import RoomService
+    from wecompany.signaling.protocol import SignalingFactory
     from wecompany.domain.calls import CallService
     from wecompany.domain.chat import ChatService
     from wecompany.domain.files import FileService, file_chunk_size
@@ -169,15 +172,19 @@ def build_service(config: Config, reactor):
         allow_anonymous=config.allow_anonymous)
     credentials = Credentials(accounts)
     meetings = MeetingService(store, accounts.hasher, reactor)
+    ice = IceServers(reactor)
+    rooms = RoomService(store, ice, reactor, format_time=rfc3339)
     lifecycle = AccountLifecycle(store, credentials, registry, meetings)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
-                   ice_servers=IceServers(reactor), registry=registry, calls=calls, clock=reactor,
+                   ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,
                    address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
                    login_limiter=login_limiter, run_in_thread=in_disk_pool,
                    avatar_dir=os.path.join(config.data_dir, "avatars"))
-    metrics = Metrics(registry, calls, tcp_factory)
+    signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor)
+    metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
     site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
-                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),))
+                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
+                     signaling=signaling)
 
     listeners = [Listener("tcp", serverFromString(reactor, config.port), tcp_factory),
                  Listener("http", serverFromString(reactor, config.http_port), site)]
@@ -188,4 +195,4 @@ def build_service(config: Config, reactor):
                         "this daemon serves its own clients only")
     return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
                             threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
-                            handle_signals=True, startup_warnings=warnings)
+                            handle_signals=True, startup_warnings=warnings, signaling=signaling)

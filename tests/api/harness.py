@@ -13,6 +13,8 @@ from wecompany.domain.accounts import Credentials
 from wecompany.domain.ice import IceServers
 from wecompany.domain.lifecycle import AccountLifecycle
 from wecompany.domain.meetings import MeetingService
+from wecompany.domain.rooms import RoomService
+from wecompany.api.envelope import rfc3339
 from wecompany.domain.ratelimit import FailureLimiter, KeyedRateLimiter
 from wecompany.web.site import make_site
 
@@ -37,11 +39,14 @@ class Api:
         self.mailer = RecordingMailer()
         self.credentials = Credentials(d.accounts, self.mailer)
         self.meetings = MeetingService(d.store, d.hasher, d.clock)
+        self.ice = IceServers(d.clock)
+        self.rooms = RoomService(d.store, self.ice, d.clock, format_time=rfc3339)
         self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry, self.meetings)
         self.metrics = Metrics(d.registry, d.calls)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,
                             lifecycle=self.lifecycle, meetings=self.meetings,
-                            ice_servers=IceServers(d.clock), registry=d.registry, calls=d.calls, clock=d.clock,
+                            ice_servers=self.ice, rooms=self.rooms, registry=d.registry, calls=d.calls,
+                            clock=d.clock,
                             address_limiter=KeyedRateLimiter(d.clock, address_rate, address_burst),
                             login_limiter=FailureLimiter(d.clock), run_in_thread=synchronous_runner,
                             avatar_dir=test.mktemp())

@@ -123,7 +123,7 @@ class AdminRoutes:
             meetings[status], _ = await self.store.list_meetings(0, 1, statuses=(status,))
         return {"online_users": self.registry.online_count, "sessions": self.registry.session_count,
                 "active_calls": self.calls.active_count, "calls": self.calls.count,
-                "rooms": self.rooms_count(), "meetings": meetings}
+                "rooms": self.rooms.room_count(), "meetings": meetings}
 
     async def _target(self, call: Call):
         user = await self.store.get_user(call.params["user_id"])

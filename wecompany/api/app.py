@@ -12,6 +12,7 @@ from klein import Klein
 from wecompany.api.admin import AdminRoutes
 from wecompany.api.auth import AuthRoutes
 from wecompany.api.meetings import MeetingRoutes
+from wecompany.api.signaling import SignalingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
 from wecompany.api.users import UserRoutes
 from wecompany.errors import Forbidden, Unauthenticated
@@ -20,7 +21,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes):
     """
     Everything under ``/api``. Collaborators are given once here and only
     called by the routes.
@@ -30,9 +31,8 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes):
 
     app = Klein()
 
-    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, registry, calls, clock,
-                 address_limiter, login_limiter, run_in_thread, avatar_dir: str, rooms_count=lambda: 0,
-                 openapi=None) -> None:
+    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, rooms, registry, calls,
+                 clock, address_limiter, login_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
         self.store = store
         self.accounts = accounts
         self.credentials = credentials
@@ -41,7 +41,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes):
         self.ice_servers = ice_servers
         self.registry = registry
         self.calls = calls
-        self.rooms_count = rooms_count
+        self.rooms = rooms
         self.clock = clock
         self.address_limiter = address_limiter
         self.login_limiter = login_limiter

@@ -136,8 +136,11 @@ def _static_route(path: bytes) -> str:
 
 
 def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=None,
-              body_limits=()) -> Site:
-    """The root: ``/health``, ``/metrics``, and ``/api`` when a REST API is given."""
+              body_limits=(), signaling=None) -> Site:
+    """
+    The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
+    and ``/ws/signaling`` when a signaling factory is.
+    """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
         reactor = Clock()
@@ -147,4 +150,11 @@ def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=
         root.putChild(b"metrics", MetricsResource(metrics))
     if api is not None:
         root.putChild(b"api", api.resource())
+    if signaling is not None:
+        from autobahn.twisted.resource import WebSocketResource
+        ws = Resource()
+        ws.putChild(b"signaling", WebSocketResource(signaling))
+        root.putChild(b"ws", ws)
+        # A Site does not start the factories of the resources it serves.
+        signaling.startFactory()
     return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits)

@@ -1,0 +1,393 @@
+"""
+Signaling over its real protocol class, with the handshake and every message
+type in both dialects; no sockets, no wall time. The protocol's hooks
+(``onConnect``, ``onOpen``, ``onMessage``, ``onClose``) are driven directly and
+what it sends is captured; the real WebSocket framing is covered end to end.
+"""
+
+from __future__ import annotations
+
+import json
+
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.api.harness import Api
+from wecompany.signaling.protocol import NUMBERS, SignalingFactory, SignalingProtocol
+
+
+class Captured(SignalingProtocol):
+    """The protocol with its output captured instead of framed onto a socket."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent: list[dict] = []
+        self.closed = None
+
+    def sendMessage(self, payload, isBinary=False, **kw):
+        self.sent.append(json.loads(payload))
+
+    def sendClose(self, code=None, reason=None):
+        self.closed = (code, reason)
+
+    def take(self) -> list[dict]:
+        sent, self.sent = self.sent, []
+        return sent
+
+    def kinds(self) -> list:
+        return [m["type"] for m in self.take()]
+
+    def send(self, obj) -> None:
+        self.onMessage(json.dumps(obj).encode(), False)
+
+
+class SignalingTestCase(SynchronousTestCase):
+    factory_options: dict = {}
+
+    def setUp(self):
+        self.api = Api(self)
+        self.factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
+                                        chat=self.api.domain.chat, clock=self.api.clock,
+                                        ping_interval=0, ping_timeout=0, **self.factory_options)
+        self.users: dict[str, tuple[int, str]] = {}
+        self.host_token = self.token("host")
+        code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "standup", "max_participants": 5},
+                                         token=self.host_token)
+        self.meeting_id = body["data"]["meeting"]["id"]
+
+    def token(self, name: str) -> str:
+        if name not in self.users:
+            token = self.api.user(name)
+            self.users[name] = (self.api.domain.tokens.verify(token)["user_id"], token)
+        return self.users[name][1]
+
+    def uid(self, name: str) -> int:
+        self.token(name)
+        return self.users[name][0]
+
+    def rest_join(self, name: str, meeting_id: int | None = None) -> None:
+        code, body, _ = self.api.request("POST", f"/api/v1/meetings/{meeting_id or self.meeting_id}/join", {},
+                                         token=self.token(name))
+        self.assertEqual(code, 200, body)
+
+    def request(self, params: dict, headers: dict | None = None) -> ConnectionRequest:
+        return ConnectionRequest("tcp4:127.0.0.1:50000", headers or {}, "localhost", "/ws/signaling",
+                                 {k: [str(v)] for k, v in params.items()}, 13, None, [], [])
+
+    def handshake(self, name: str, peer: str | None = None, meeting_id: int | None = None, **override):
+        proto = Captured()
+        proto.factory = self.factory
+        params = {"meeting_id": meeting_id or self.meeting_id, "user_id": self.uid(name),
+                  "peer_id": peer or f"peer-{name}", "token": self.token(name), **override}
+        params = {k: v for k, v in params.items() if v is not None}
+        return proto, proto.onConnect(self.request(params))
+
+    def connect(self, name: str, peer: str | None = None, meeting_id: int | None = None, join_rest=True,
+                dialect: str = "seed", join=True) -> Captured:
+        if join_rest:
+            self.rest_join(name, meeting_id)
+        proto, d = self.handshake(name, peer, meeting_id)
+        self.assertIsNone(self.successResultOf(d))
+        proto.onOpen()
+        if join:
+            proto.send({"type": "join" if dialect == "seed" else NUMBERS["join"]})
+        return proto
+
+    def denied(self, d) -> int:
+        return self.failureResultOf(d, ConnectionDeny).value.code
+
+
+class HandshakeTests(SignalingTestCase):
+    def test_missing_or_bad_parameters_are_400(self):
+        self.rest_join("alice")
+        for override in ({"meeting_id": None}, {"meeting_id": "abc"}, {"user_id": "-1"}, {"peer_id": None},
+                         {"user_id": "0"}):
+            proto = Captured()
+            proto.factory = self.factory
+            params = {"meeting_id": self.meeting_id, "user_id": self.uid("alice"), "peer_id": "p",
+                      "token": self.token("alice"), **override}
+            params = {k: v for k, v in params.items() if v is not None}
+            error = self.assertRaises(ConnectionDeny, proto.onConnect, self.request(params))
+            self.assertEqual(error.code, 400, override)
+
+    def test_token_checks(self):
+        self.rest_join("alice")
+        _, d = self.handshake("alice", token="garbage")
+        self.assertEqual(self.denied(d), 401)
+        proto = Captured()
+        proto.factory = self.factory
+        error = self.assertRaises(ConnectionDeny, proto.onConnect, self.request(
+            {"meeting_id": self.meeting_id, "user_id": self.uid("alice"), "peer_id": "p"}))
+        self.assertEqual(error.code, 401)
+        _, d = self.handshake("alice", user_id=self.uid("host"))
+        self.assertEqual(self.denied(d), 403)
+
+    def test_token_in_authorization_header(self):
+        self.rest_join("alice")
+        proto = Captured()
+        proto.factory = self.factory
+        d = proto.onConnect(self.request({"meeting_id": self.meeting_id, "user_id": self.uid("alice"),
+                                          "peer_id": "p"}, {"authorization": f"Bearer {self.token('alice')}"}))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_membership_and_meeting_state(self):
+        _, d = self.handshake("stranger")  # never joined through REST
+        self.assertEqual(self.denied(d), 403)
+        _, d = self.handshake("host", meeting_id=999)
+        self.assertEqual(self.denied(d), 403)
+        self.rest_join("alice")
+        self.api.request("POST", f"/api/v1/meetings/{self.meeting_id}/end", token=self.host_token)
+        _, d = self.handshake("alice")
+        self.assertEqual(self.denied(d), 403)
+
+    def test_room_full(self):
+        code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "pair", "max_participants": 2},
+                                         token=self.host_token)
+        small = body["data"]["meeting"]["id"]
+        self.connect("host", meeting_id=small, join_rest=False)
+        self.connect("alice", meeting_id=small)
+        # A third person cannot even join through REST (2003); the room check is the second line.
+        self.rest_join("host", small)
+        self.assertEqual(self.api.rooms.room_count(), 1)
+        _, d = self.handshake("bob", meeting_id=small)
+        self.assertEqual(self.denied(d), 403)
+
+    def test_nothing_sent_before_join(self):
+        proto = self.connect("alice", join=False)
+        self.assertEqual(proto.sent, [])
+
+
+class RoomTests(SignalingTestCase):
+    def test_join_sends_room_info_then_user_joined_and_fresh_room_info(self):
+        alice = self.connect("alice")
+        info = alice.take()
+        self.assertEqual([m["type"] for m in info], ["room-info"])
+        payload = info[0]["payload"]
+        self.assertEqual((payload["meeting_id"], payload["peer_id"], payload["participant_count"]),
+                         (self.meeting_id, "peer-alice", 1))
+        self.assertTrue(payload["participants"][0]["is_self"])
+        self.assertTrue(payload["ice_servers"])
+        self.assertEqual(info[0]["session_id"], payload["session_id"])
+        bob = self.connect("bob")
+        self.assertEqual(bob.kinds(), ["room-info"])
+        got = alice.take()
+        self.assertEqual([m["type"] for m in got], ["user-joined", "room-info"])
+        self.assertEqual((got[0]["from_user_id"], got[0]["payload"]["peer_id"]), (self.uid("bob"), "peer-bob"))
+        self.assertEqual(got[1]["payload"]["participant_count"], 2)
+        self.assertEqual([p["is_self"] for p in got[1]["payload"]["participants"]], [True, False])
+
+    def test_rest_record_follows_the_socket(self):
+        alice = self.connect("alice")
+        participant = self.api.domain.store.get_participant(self.meeting_id, self.uid("alice")).result
+        self.assertEqual(participant.status, "joined")
+        alice.send({"type": "leave"})
+        participant = self.api.domain.store.get_participant(self.meeting_id, self.uid("alice")).result
+        self.assertEqual(participant.status, "left")
+
+    def test_leave_then_close_sends_one_user_left(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take()
+        bob.send({"type": "leave"})
+        bob.onClose(True, 1000, "bye")
+        self.assertEqual([m["type"] for m in alice.take()], ["user-left", "room-info"])
+        self.assertEqual(self.api.rooms.room_view(self.meeting_id)["participant_count"], 1)
+        alice.onClose(False, 1006, None)
+        self.assertEqual(self.api.rooms.room_count(), 0)
+
+    def test_offer_answer_ice_addressed_never_broadcast(self):
+        alice, bob, carol = self.connect("alice"), self.connect("bob"), self.connect("carol")
+        for p in (alice, bob, carol):
+            p.take()
+        sdp = {"sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n", "type": "offer"}
+        alice.send({"type": "offer", "to_peer_id": "peer-bob", "payload": sdp,
+                    "from_peer_id": "forged", "user_id": 999})
+        got = bob.take()
+        self.assertEqual(len(got), 1)
+        self.assertEqual((got[0]["type"], got[0]["payload"], got[0]["from_user_id"], got[0]["from_peer_id"],
+                          got[0]["to_peer_id"]), ("offer", sdp, self.uid("alice"), "peer-alice", "peer-bob"))
+        self.assertEqual(carol.take(), [])
+        bob.send({"type": "answer", "to_user_id": self.uid("alice"), "payload": {"sdp": "answer"}})
+        self.assertEqual([m["type"] for m in alice.take()], ["answer"])
+        alice.send({"type": "ice-candidate", "to_peer_id": "peer-carol", "payload": {"candidate": "c"}})
+        self.assertEqual(carol.take()[0]["payload"], {"candidate": "c"})
+        for bad in ({"type": "offer", "payload": {}}, {"type": "offer", "to_peer_id": "nobody", "payload": {}},
+                    {"type": "offer", "to_user_id": 12345, "payload": {}}):
+            alice.send(bad)
+            error = alice.take()[0]
+            self.assertEqual(error["type"], "error")
+            self.assertIn(error["payload"]["code"], (400, 404))
+        self.assertEqual((bob.take(), carol.take()), ([], []))
+
+    def test_chat_reaches_everyone_including_sender_and_is_stored(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take(), bob.take()
+        alice.send({"type": "chat", "payload": {"content": "hello room"}})
+        for p in (alice, bob):
+            got = p.take()
+            self.assertEqual((got[0]["type"], got[0]["payload"]["content"], got[0]["from_user_id"]),
+                             ("chat", "hello room", self.uid("alice")))
+            self.assertIsInstance(got[0]["payload"]["message_id"], int)
+        code, body, _ = self.api.request("GET", f"/api/v1/messages/history/{self.meeting_id}",
+                                         token=self.token("bob"))
+        self.assertEqual([m["content"] for m in body["data"]["list"]], ["hello room"])
+        alice.send({"type": "chat", "payload": {"content": "   "}})
+        self.assertEqual(alice.take()[0]["type"], "error")
+
+    def test_media_state_and_screen_share(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take(), bob.take()
+        alice.send({"type": "media-state", "payload": {"audio_enabled": False}})
+        alice.send({"type": "screen-share", "payload": {"enabled": True}})
+        self.assertEqual([m["type"] for m in bob.take()], ["media-state", "screen-share"])
+        self.assertEqual(alice.take(), [])
+        carol = self.connect("carol")
+        me = {p["peer_id"]: p for p in carol.take()[0]["payload"]["participants"]}
+        self.assertEqual((me["peer-alice"]["audio_enabled"], me["peer-alice"]["screen_sharing"]), (False, True))
+        record = self.api.domain.store.get_participant(self.meeting_id, self.uid("alice")).result
+        self.assertFalse(record.audio_enabled)
+        alice.take()
+        alice.send({"type": "media-state", "payload": {"audio_enabled": "no"}})
+        alice.send({"type": "screen-share", "payload": {}})
+        self.assertEqual([m["type"] for m in alice.take()], ["error", "error"])
+
+    def test_ping_pong_even_before_join(self):
+        alice = self.connect("alice", join=False)
+        alice.send({"type": "ping", "payload": {"t": 1}})
+        self.assertEqual([(m["type"], m["payload"]) for m in alice.take()], [("pong", {"t": 1})])
+
+    def test_rooms_are_isolated(self):
+        code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "other"}, token=self.host_token)
+        other = body["data"]["meeting"]["id"]
+        alice = self.connect("alice")
+        bob = self.connect("bob", meeting_id=other)
+        alice.take(), bob.take()
+        alice.send({"type": "chat", "payload": {"content": "only here"}})
+        alice.send({"type": "offer", "to_peer_id": "peer-bob", "payload": {}})
+        self.assertEqual(bob.take(), [])
+        self.assertEqual([m["type"] for m in alice.take()], ["chat", "error"])
+
+    def test_reconnect_with_same_peer_replaces_old_session(self):
+        old = self.connect("alice", peer="p1")
+        new = self.connect("alice", peer="p1", join_rest=False)
+        self.assertEqual(old.closed[0], 4009)
+        view = self.api.rooms.room_view(self.meeting_id)
+        self.assertEqual(view["participant_count"], 1)
+        self.assertEqual(new.take()[0]["type"], "room-info")
+
+
+class DialectTests(SignalingTestCase):
+    def test_numeric_dialect_and_mixed_room(self):
+        seed = self.connect("alice")
+        seed.take()
+        numeric = self.connect("bob", dialect="numeric")
+        info = numeric.take()
+        self.assertEqual([m["type"] for m in info], [14])
+        self.assertEqual([m["type"] for m in seed.take()], ["user-joined", "room-info"])
+        numeric.send({"id": "m1", "type": 1, "peer_id": "peer-bob", "to_user_id": self.uid("alice"),
+                      "payload": {"sdp": "x"}, "timestamp": "2025-10-02T10:00:00Z"})
+        got = seed.take()
+        self.assertEqual((got[0]["type"], got[0]["from_peer_id"]), ("offer", "peer-bob"))
+        seed.send({"type": "answer", "to_peer_id": "peer-bob", "payload": {"sdp": "y"}})
+        got = numeric.take()
+        self.assertEqual((got[0]["type"], got[0]["payload"]), (2, {"sdp": "y"}))
+        seed.send({"type": "chat", "payload": {"content": "hi"}})
+        self.assertEqual(numeric.take()[0]["type"], 8)
+        numeric.send({"type": 11})
+        self.assertEqual(numeric.take()[0]["type"], 12)
+        numeric.send({"type": 99})
+        self.assertEqual(numeric.take()[0]["type"], 13)
+
+    def test_every_client_type_in_both_dialects(self):
+        for dialect in ("seed", "numeric"):
+            alice = self.connect("alice" + dialect, dialect=dialect)
+            bob = self.connect("bob" + dialect)
+            alice.take(), bob.take()
+
+            def t(kind):
+                return kind if dialect == "seed" else NUMBERS[kind]
+            for kind, extra in (("offer", {"to_peer_id": "peer-bob" + dialect}),
+                                ("answer", {"to_peer_id": "peer-bob" + dialect}),
+                                ("ice-candidate", {"to_peer_id": "peer-bob" + dialect}),
+                                ("chat", {}), ("media-state", {}), ("screen-share", {})):
+                payload = {"content": "x"} if kind == "chat" else {"video_enabled": False} if kind == "media-state" \
+                    else {"enabled": True} if kind == "screen-share" else {"sdp": kind}
+                alice.send({"type": t(kind), "payload": payload, **extra})
+                got = bob.take()
+                self.assertEqual(got[-1]["type"], kind, (dialect, kind))
+            alice.send({"type": t("ping")})
+            self.assertEqual(alice.take()[-1]["type"], t("pong"))
+            alice.send({"type": t("leave")})
+            self.assertEqual([m["type"] for m in bob.take()], ["user-left", "room-info"])
+            bob.send({"type": "leave"})
+
+
+class BadInputTests(SignalingTestCase):
+    def test_errors_keep_the_connection(self):
+        alice = self.connect("alice", join=False)
+        cases = [b"{not json", b"[1]", json.dumps({"type": None}).encode(), json.dumps({"type": "nope"}).encode(),
+                 json.dumps({"type": "room-info"}).encode(), json.dumps({"type": "offer", "to_peer_id": "x"}).encode(),
+                 json.dumps({"type": "chat", "payload": {"content": "x"}}).encode()]
+        for raw in cases:
+            alice.onMessage(raw, False)
+            got = alice.take()
+            self.assertEqual(got[0]["type"], "error", raw)
+            self.assertEqual(set(got[0]["payload"]), {"code", "message", "details"})
+        alice.onMessage(b"\x00\x01", True)
+        self.assertEqual(alice.take()[0]["payload"]["code"], 400)
+        self.assertIsNone(alice.closed)
+        alice.send({"type": "join"})
+        alice.send({"type": "join"})
+        self.assertEqual([m["type"] for m in alice.take()], ["room-info", "error"])
+
+    def test_oversized_message_is_an_error(self):
+        self.factory.max_message = 100
+        alice = self.connect("alice")
+        alice.take()
+        alice.send({"type": "chat", "payload": {"content": "x" * 200}})
+        error = alice.take()[0]
+        self.assertEqual((error["type"], error["payload"]["code"]), ("error", 413))
+        self.assertIsNone(alice.closed)
+
+
+class RateLimitTests(SignalingTestCase):
+    factory_options = {"message_rate": 10, "message_burst": 5}
+
+    def test_flood_gets_one_error_then_close(self):
+        alice = self.connect("alice")  # the join took one token
+        alice.take()
+        for _ in range(4):
+            alice.send({"type": "ping"})
+        self.assertEqual(alice.kinds(), ["pong"] * 4)
+        for _ in range(3):
+            alice.send({"type": "ping"})
+        errors = alice.take()
+        self.assertEqual([(m["type"], m["payload"]["code"]) for m in errors], [("error", 429)])
+        self.assertIsNone(alice.closed)
+        for _ in range(5):
+            alice.send({"type": "ping"})
+        self.assertEqual(alice.closed[0], 4029)
+
+
+class ShutdownAndPresenceTests(SignalingTestCase):
+    def test_shutdown_closes_with_going_away(self):
+        alice = self.connect("alice")
+        alice.take()
+        self.factory.shutdown()
+        self.assertEqual(alice.take()[0]["payload"]["code"], 503)
+        self.assertEqual(alice.closed[0], 1001)
+
+    def test_signaling_user_is_online_for_tcp_contacts(self):
+        self.connect("alice", join=False)
+        self.assertTrue(self.api.domain.registry.is_online(str(self.uid("alice"))))
+
+    def test_rest_session_routes(self):
+        alice = self.connect("alice")
+        session_id = alice.take()[0]["payload"]["session_id"]
+        code, body, _ = self.api.request("GET", f"/api/v1/sessions/{session_id}", token=self.token("host"))
+        self.assertEqual((code, body["data"]["peer_id"]), (200, "peer-alice"))
+        code, body, _ = self.api.request("GET", f"/api/v1/sessions/room/{self.meeting_id}", token=self.host_token)
+        self.assertEqual([s["user_id"] for s in body["data"]["sessions"]], [self.uid("alice")])
+        code, _, _ = self.api.request("GET", f"/api/v1/sessions/{session_id}", token=self.token("stranger"))
+        self.assertEqual(code, 403)
+        code, body, _ = self.api.request("GET", "/api/v1/stats/rooms", token=self.token("stranger"))
+        self.assertEqual((code, body["data"]["total"], body["data"]["rooms"][0]["participant_count"]), (200, 1, 1))

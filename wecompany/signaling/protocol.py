@@ -1,0 +1,285 @@
+"""
+WebSocket signaling at ``/ws/signaling`` (Autobahn), both dialects.
+
+The handshake is checked before the upgrade (bad parameters 400, bad token
+401, wrong user, unknown or ended meeting, not a participant or room full
+403). Each connection is answered in the dialect of the last message it sent:
+``type`` as a string (seed dialect) or as a number (numeric dialect). Every
+bad message gets an ``error`` message and the connection stays open; only a
+sustained flood closes it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wecompany.api.envelope import rfc3339
+from wecompany.domain.interfaces import IClient
+from wecompany.domain.ratelimit import TokenBucket
+from wecompany.domain.rooms import SIGNALS, SignalEvent
+from wecompany.domain.sessions import Identity
+from wecompany.errors import (
+    Forbidden, InternalError, InvalidInput, RateLimited, TooLarge, Unauthenticated, WeCompanyError,
+)
+
+SEED, NUMERIC = "seed", "numeric"
+NUMBERS = {"offer": 1, "answer": 2, "ice-candidate": 3, "join": 4, "leave": 5, "user-joined": 6,
+           "user-left": 7, "chat": 8, "screen-share": 9, "media-state": 10, "ping": 11, "pong": 12,
+           "error": 13, "room-info": 14}
+KINDS = {number: kind for kind, number in NUMBERS.items()}
+CLIENT_KINDS = {"offer", "answer", "ice-candidate", "join", "leave", "chat", "screen-share", "media-state", "ping"}
+
+# Close codes (4000-4999 are the application's).
+CLOSE_FLOOD = 4029
+CLOSE_REPLACED = 4009
+CLOSE_SHUTDOWN = 1001
+CLOSE_KICKED = 4003
+
+
+def _int_param(params: dict, name: str) -> int:
+    values = params.get(name)
+    if not values or not values[0].isdigit() or len(values[0]) > 18:
+        raise ConnectionDeny(400, f"{name} is required and must be a positive integer")
+    value = int(values[0])
+    if value <= 0:
+        raise ConnectionDeny(400, f"{name} must be a positive integer")
+    return value
+
+
+@implementer(IClient)
+class SignalingProtocol(WebSocketServerProtocol):
+    """One signaling connection of one user to one meeting."""
+
+    kind = "ws"
+    _log = Logger()
+
+    identity: Identity | None = None
+    user = None
+    meeting = None
+    peer_id: str | None = None
+    dialect: str = SEED
+    _open = False
+    _closing = False
+    _flood_warned = -1e18
+
+    # -- handshake --------------------------------------------------------------
+    def onConnect(self, request):
+        params = request.params
+        meeting_id = _int_param(params, "meeting_id")
+        user_id = _int_param(params, "user_id")
+        peer = (params.get("peer_id") or [""])[0]
+        if not 1 <= len(peer) <= 128:
+            raise ConnectionDeny(400, "peer_id is required (1-128 characters)")
+        token = (params.get("token") or [""])[0]
+        if not token:
+            scheme, _, rest = request.headers.get("authorization", "").partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            raise ConnectionDeny(401, "token is required (query parameter or Authorization: Bearer)")
+        d = Deferred.fromCoroutine(self._admit(meeting_id, user_id, peer, token))
+        d.addErrback(self._deny)
+        return d
+
+    async def _admit(self, meeting_id: int, user_id: int, peer: str, token: str):
+        factory = self.factory
+        try:
+            user = await factory.accounts.authenticate_token(token)
+        except Forbidden as e:
+            raise ConnectionDeny(403, e.message) from None
+        except Unauthenticated as e:
+            raise ConnectionDeny(401, e.message) from None
+        if user.id != user_id:
+            raise ConnectionDeny(403, "the token belongs to another user")
+        try:
+            meeting = await factory.rooms.admit(user.id, meeting_id)
+        except WeCompanyError as e:
+            raise ConnectionDeny(403, e.message) from None
+        self.user, self.meeting, self.peer_id = user, meeting, peer
+        self.identity = Identity.of_user(user)
+        return None  # accept, no subprotocol
+
+    def _deny(self, failure):
+        if not failure.check(ConnectionDeny):
+            self._log.failure("signaling handshake failed", failure)
+            raise ConnectionDeny(500, "internal error")
+        return failure
+
+    # -- life cycle -------------------------------------------------------------
+    def onOpen(self) -> None:
+        factory = self.factory
+        self._open = True
+        self._bucket = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
+        self._drop_budget = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
+        factory.connections.add(self)
+        factory.chat.open_session(self)
+        if factory.shutting_down:
+            self.disconnect(WeCompanyError("server is shutting down", code=503))
+
+    def onClose(self, wasClean, code, reason) -> None:
+        factory = self.factory
+        factory.connections.discard(self)
+        if self._open:
+            self._open = False
+            factory.rooms.leave(self, "disconnected")
+            factory.chat.close_session(self)
+
+    # -- receiving --------------------------------------------------------------
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._closing:
+            return
+        factory = self.factory
+        if not self._bucket.allow():
+            self._flooding()
+            return
+        try:
+            message = self._decode(payload, isBinary)
+            kind = message["kind"]
+            if kind == "join":
+                factory.rooms.join(self, self.meeting, self.user, self.peer_id)
+            elif kind == "leave":
+                factory.rooms.leave(self, "leave")
+            elif kind in SIGNALS:
+                factory.rooms.signal(self, kind, message["payload"], message["to_peer_id"], message["to_user_id"])
+            elif kind == "chat":
+                d = Deferred.fromCoroutine(factory.rooms.chat(self, message["payload"]))
+                d.addErrback(self._failed)
+            elif kind == "media-state":
+                factory.rooms.media_state(self, message["payload"])
+            elif kind == "screen-share":
+                factory.rooms.screen_share(self, message["payload"])
+            else:  # ping
+                factory.rooms.pong(self, message["payload"])
+        except WeCompanyError as e:
+            self.send_error(e)
+        except Exception:
+            self._log.failure("handling a signaling message failed")
+            self.send_error(InternalError())
+
+    def _decode(self, payload: bytes, is_binary: bool) -> dict:
+        if is_binary:
+            raise InvalidInput("binary messages are not supported: send JSON text")
+        if len(payload) > self.factory.max_message:
+            raise TooLarge(f"message larger than {self.factory.max_message} bytes")
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("message is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise InvalidInput("message must be a JSON object")
+        t = obj.get("type")
+        if isinstance(t, str):
+            self.dialect, kind = SEED, t
+        elif isinstance(t, int) and not isinstance(t, bool):
+            self.dialect, kind = NUMERIC, KINDS.get(t, "")
+        else:
+            raise InvalidInput("type must be a string or a number")
+        if kind not in CLIENT_KINDS:
+            raise InvalidInput(f"unknown or server-only message type {t!r}")
+        to_peer = obj.get("to_peer_id")
+        to_user = obj.get("to_user_id")
+        if to_peer is not None and not isinstance(to_peer, str):
+            raise InvalidInput("to_peer_id must be a string")
+        if to_user is not None:
+            if isinstance(to_user, str) and to_user.isdigit():
+                to_user = int(to_user)
+            if not isinstance(to_user, int) or isinstance(to_user, bool):
+                raise InvalidInput("to_user_id must be an integer")
+        return {"kind": kind, "payload": obj.get("payload"), "to_peer_id": to_peer or None, "to_user_id": to_user}
+
+    def _flooding(self) -> None:
+        if not self._drop_budget.allow():
+            self._closing = True
+            self.send_error(RateLimited("message rate limit exceeded"))
+            self.sendClose(CLOSE_FLOOD, "message rate limit exceeded")
+            return
+        now = self.factory.clock.seconds()
+        if now - self._flood_warned >= 1.0:
+            self._flood_warned = now
+            self.send_error(RateLimited("message rate limit exceeded, messages dropped"))
+
+    def _failed(self, failure) -> None:
+        if failure.check(WeCompanyError):
+            self.send_error(failure.value)
+        else:
+            self._log.failure("handling a signaling message failed", failure)
+            self.send_error(InternalError())
+
+    # -- IClient ----------------------------------------------------------------
+    def send_event(self, event) -> None:
+        if isinstance(event, SignalEvent) and self._open:
+            self.sendMessage(json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode())
+
+    def send_media(self, call_id, data) -> bool:
+        return False  # media goes peer to peer (WebRTC), not through signaling
+
+    def disconnect(self, error: WeCompanyError) -> None:
+        if self._closing:
+            return
+        self.send_error(error)
+        self._closing = True
+        code = CLOSE_REPLACED if error.code == 409 else CLOSE_SHUTDOWN if error.code == 503 else CLOSE_KICKED
+        self.sendClose(code, error.message[:100])
+
+    def send_error(self, error: WeCompanyError) -> None:
+        member = self.factory.rooms.member_of(self)
+        meeting_id = member.meeting_id if member is not None else (self.meeting.id if self.meeting else 0)
+        details = {"error_code": error.error_code} if error.error_code is not None else {}
+        self.send_event(SignalEvent("error", meeting_id, {"code": error.code, "message": error.message,
+                                                          "details": details}, self.factory.clock.seconds()))
+
+    def encode(self, event: SignalEvent) -> dict:
+        """The server envelope, in this connection's dialect."""
+        out = {"type": event.kind if self.dialect == SEED else NUMBERS[event.kind], "id": event.id}
+        if event.from_user_id is not None:
+            out["from_user_id"] = event.from_user_id
+            out["from_peer_id"] = event.from_peer_id
+        if event.to_user_id is not None:
+            out["to_user_id"] = event.to_user_id
+        if event.to_peer_id is not None:
+            out["to_peer_id"] = event.to_peer_id
+        out["meeting_id"] = event.meeting_id
+        member = self.factory.rooms.member_of(self)
+        out["session_id"] = event.from_session_id or (member.session_id if member is not None else None)
+        out["payload"] = event.payload
+        out["timestamp"] = rfc3339(event.timestamp)
+        return out
+
+
+class SignalingFactory(WebSocketServerFactory):
+    """
+    :param accounts: token check. :param rooms: RoomService. :param chat:
+    ChatService (presence: a signaling user is online). Limits from config.
+    """
+
+    protocol = SignalingProtocol
+
+    def __init__(self, *, accounts, rooms, chat, clock, max_message: int = 1 << 20,
+                 message_rate: float = 50.0, message_burst: float = 100.0, ping_interval: float = 30.0,
+                 ping_timeout: float = 60.0, allowed_origins=("*",), reactor=None) -> None:
+        super().__init__(reactor=reactor)
+        self.accounts = accounts
+        self.rooms = rooms
+        self.chat = chat
+        self.clock = clock
+        self.max_message = max_message
+        self.message_rate = message_rate
+        self.message_burst = message_burst
+        self.connections: set[SignalingProtocol] = set()
+        self.shutting_down = False
+        # Autobahn closes (1009) past its own limit; up to ours, a message is
+        # answered with an error instead and the connection stays open.
+        self.setProtocolOptions(maxMessagePayloadSize=max_message * 4, maxFramePayloadSize=max_message * 4,
+                                autoPingInterval=ping_interval or None, autoPingTimeout=ping_timeout or None,
+                                allowedOrigins=list(allowed_origins), openHandshakeTimeout=10)
+
+    def shutdown(self) -> None:
+        """Tell every signaling client the server is stopping and close."""
+        self.shutting_down = True
+        for proto in list(self.connections):
+            proto.disconnect(WeCompanyError("server is shutting down", code=503))
