@@ -1,0 +1,134 @@
+"""
+Signaling through the real daemon: real WebSocket clients (Autobahn's) join a
+meeting created over REST and exchange every message type.
+"""
+
+from __future__ import annotations
+
+import json
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+
+from tests.e2e.test_daemon import DaemonTestCase
+from tests.e2e.test_rest import Http
+
+TIMEOUT = 10
+
+
+class WSClient(WebSocketClientProtocol):
+    def onOpen(self):
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.inbox.put(json.loads(payload))
+
+    def onClose(self, wasClean, code, reason):
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"closed before open: {code} {reason}"))
+        self.factory.closed.callback((code, reason))
+
+    def send(self, obj):
+        self.sendMessage(json.dumps(obj).encode())
+
+
+async def ws_connect(testcase, port: int, meeting_id: int, user_id: int, peer_id: str, token: str):
+    url = f"ws://127.0.0.1:{port}/ws/signaling?meeting_id={meeting_id}&user_id={user_id}&peer_id={peer_id}&token={token}"
+    factory = WebSocketClientFactory(url)
+    factory.protocol = WSClient
+    factory.opened, factory.closed, factory.inbox = Deferred(), Deferred(), DeferredQueue()
+    connector = connectWS(factory)
+    testcase.addCleanup(connector.disconnect)
+    timer = reactor.callLater(TIMEOUT, lambda: factory.opened.called or factory.opened.errback(
+        TimeoutError("websocket did not open")))
+    client = await factory.opened
+    if timer.active():
+        timer.cancel()
+    client.inbox = factory.inbox
+    client.closed = factory.closed
+    return client
+
+
+async def next_message(client, kind: str) -> dict:
+    """The next message of ``kind`` (others before it are skipped)."""
+    while True:
+        d = client.inbox.get()
+        timer = reactor.callLater(TIMEOUT, d.cancel)
+        message = await d
+        if timer.active():
+            timer.cancel()
+        if message["type"] == kind:
+            return message
+
+
+class SignalingEndToEndTests(DaemonTestCase):
+    async def test_two_clients_exchange_every_message_type(self) -> None:
+        daemon = await self.start_daemon()
+        http = Http(self, daemon)
+        people = {}
+        for name in ("alice", "bob"):
+            await http.register(name)
+            data = await http.login(name)
+            people[name] = (data["user"]["id"], data["token"])
+        code, body = await http.call("POST", "/api/v1/meetings", {"title": "signal"}, token=people["alice"][1])
+        mid = body["data"]["meeting"]["id"]
+        clients = {}
+        for name, (uid, token) in people.items():
+            code, body = await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=token)
+            self.assertEqual(code, 200, body)
+            clients[name] = await ws_connect(self, daemon.http_port, mid, uid, f"peer-{name}", token)
+        alice, bob = clients["alice"], clients["bob"]
+        alice.send({"type": "join"})
+        info = await next_message(alice, "room-info")
+        self.assertEqual(info["payload"]["participant_count"], 1)
+        bob.send({"type": 4})  # join, numeric dialect
+        self.assertEqual((await next_message(bob, 14))["payload"]["participant_count"], 2)
+        joined = await next_message(alice, "user-joined")
+        self.assertEqual(joined["from_peer_id"], "peer-bob")
+        alice.send({"type": "offer", "to_peer_id": "peer-bob", "payload": {"sdp": "v=0 offer"}})
+        self.assertEqual((await next_message(bob, 1))["payload"], {"sdp": "v=0 offer"})
+        bob.send({"type": 2, "to_user_id": people["alice"][0], "payload": {"sdp": "v=0 answer"}})
+        self.assertEqual((await next_message(alice, "answer"))["from_user_id"], people["bob"][0])
+        alice.send({"type": "ice-candidate", "to_peer_id": "peer-bob", "payload": {"candidate": "candidate:1"}})
+        self.assertEqual((await next_message(bob, 3))["payload"]["candidate"], "candidate:1")
+        bob.send({"type": 8, "payload": {"content": "hello"}})
+        for client, kind in ((alice, "chat"), (bob, 8)):
+            self.assertEqual((await next_message(client, kind))["payload"]["content"], "hello")
+        alice.send({"type": "media-state", "payload": {"audio_enabled": False}})
+        self.assertEqual((await next_message(bob, 10))["payload"], {"audio_enabled": False})
+        alice.send({"type": "screen-share", "payload": {"enabled": True}})
+        self.assertEqual((await next_message(bob, 9))["payload"], {"enabled": True})
+        bob.send({"type": 11})
+        await next_message(bob, 12)
+        alice.send({"type": "nonsense"})
+        self.assertEqual((await next_message(alice, "error"))["payload"]["code"], 400)
+        code, body = await http.call("GET", f"/api/v1/stats/rooms", token=people["alice"][1])
+        self.assertEqual(body["data"]["rooms"][0]["participant_count"], 2)
+        bob.send({"type": 5})  # leave
+        left = await next_message(alice, "user-left")
+        self.assertEqual(left["from_peer_id"], "peer-bob")
+        code, body = await http.call("GET", f"/api/v1/meetings/{mid}/messages", token=people["bob"][1])
+        self.assertEqual([m["content"] for m in body["data"]["list"]], ["hello"])
+        code, body = await http.call("GET", f"/api/v1/meetings/{mid}/participants", token=people["alice"][1])
+        states = {p["username"]: p["status"] for p in body["data"]["list"]}
+        self.assertEqual(states["bob"], "left")
+
+    async def test_handshake_rejected_before_upgrade(self) -> None:
+        daemon = await self.start_daemon()
+        http = Http(self, daemon)
+        await http.register("carol")
+        data = await http.login("carol")
+        code, body = await http.call("POST", "/api/v1/meetings", {"title": "x"}, token=data["token"])
+        mid = body["data"]["meeting"]["id"]
+        import treq
+        for query, status in ((f"meeting_id={mid}&user_id=abc&peer_id=p&token=t", 400),
+                              (f"meeting_id={mid}&user_id={data['user']['id']}&peer_id=p&token=bad", 401),
+                              (f"meeting_id=999&user_id={data['user']['id']}&peer_id=p&token={data['token']}", 403)):
+            response = await treq.get(f"http://127.0.0.1:{daemon.http_port}/ws/signaling?{query}",
+                                      headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                               "Sec-WebSocket-Version": "13",
+                                               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+                                      pool=http.pool, timeout=10)
+            await response.content()
+            self.assertEqual(response.code, status, query)
