@@ -344,3 +344,22 @@ class EphemeralPortTests(SynchronousTestCase):
         self.assertEqual(config.port, "tcp:0")
         config = Config.from_sources({"port": "tcp:0", "http_port": "tcp:0"}, {}, None)
         self.assertEqual(config.http_port, "tcp:0")
+
+
+class SignalingOptionTests(SynchronousTestCase):
+    def test_defaults(self):
+        config = Config.from_sources({}, {}, None)
+        self.assertEqual((config.allowed_origins, config.turn_servers, config.turn_secret, config.ws_rate),
+                         (("*",), None, None, 50.0))
+        self.assertTrue(config.stun_servers[0].startswith("stun:"))
+
+    def test_lists_and_validation(self):
+        config = Config.from_sources({"allowed_origins": "https://a.example.com, https://*.b.example.com",
+                                      "turn_servers": "turn:t.example.com:3478,turns:t.example.com:5349",
+                                      "turn_secret": "s" * 32}, {}, None)
+        self.assertEqual(len(config.allowed_origins), 2)
+        self.assertEqual(config.turn_servers[1], "turns:t.example.com:5349")
+        self.assertNotIn("s" * 32, repr(config))
+        for key, value in (("allowed_origins", "evil"), ("stun_servers", "turn:x"), ("turn_servers", "stun:x"),
+                           ("ws_rate", "0"), ("ws_ping_timeout", "-1"), ("turn_secret", "short")):
+            self.assertRaises(ConfigError, Config.from_sources, {key: value}, {}, None)

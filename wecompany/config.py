@@ -219,6 +219,42 @@ def parse_secret(name: str, value: object) -> bytes:
     return secret.strip()
 
 
+def parse_list(name: str, value: object) -> tuple[str, ...]:
+    """A comma-separated list (or a list/tuple): ``a, b`` -> ``("a", "b")``; empty items dropped."""
+    if isinstance(value, (list, tuple)):
+        items = [str(item).strip() for item in value]
+    else:
+        items = [item.strip() for item in _text(name, value, "a comma-separated list").split(",")]
+    items = [item for item in items if item]
+    if not items:
+        raise _fail(name, value, "a comma-separated list with at least one item")
+    return tuple(items)
+
+
+def parse_origins(name: str, value: object) -> tuple[str, ...]:
+    """Origins allowed to open WebSocket connections: ``*``, or URLs (``*`` wildcards allowed)."""
+    origins = parse_list(name, value)
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[A-Za-z0-9*.\-]+(:\d+)?$", origin):
+            raise _fail(name, value, "* or origins such as https://meet.example.com or https://*.example.com")
+    return origins
+
+
+def parse_ice_urls(scheme: str) -> Callable[[str, object], tuple[str, ...]]:
+    """ICE server URLs of one kind: ``stun:host:port`` or ``turn:``/``turns:host:port?transport=...``."""
+    schemes = ("stun:", "stuns:") if scheme == "stun" else ("turn:", "turns:")
+
+    def parse(name: str, value: object) -> tuple[str, ...]:
+        urls = parse_list(name, value)
+        for url in urls:
+            if not url.startswith(schemes) or len(url) <= len(url.split(":", 1)[0]) + 1:
+                raise _fail(name, value, f"comma-separated {' or '.join(schemes)} URLs")
+        return urls
+
+    parse.__doc__ = f"{scheme.upper()} server URLs, comma-separated."
+    return parse
+
+
 def optional(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
     """Wrap ``parse`` so that ``None`` or an empty string means "not set"."""
 
@@ -292,6 +328,24 @@ class Config:
                                "REST auth requests (login, register, refresh, password reset) per second "
                                "allowed from one client address, sustained")
     auth_burst: float = _option(20.0, parse_rate, "REST auth requests one client address may make in a burst")
+    ws_max_message: int = _option(MiB, parse_size,
+                                  "largest WebSocket signaling message; larger ones get an error message")
+    ws_rate: float = _option(50.0, parse_rate, "signaling messages per second one connection may send, sustained")
+    ws_burst: float = _option(100.0, parse_rate, "signaling messages one connection may send in a burst")
+    ws_ping_interval: float = _option(30.0, parse_seconds, "seconds between WebSocket pings the server sends")
+    ws_ping_timeout: float = _option(60.0, parse_seconds,
+                                     "seconds a WebSocket client has to answer a ping before it is dropped")
+    allowed_origins: tuple = _option("*", parse_origins,
+                                     "comma-separated origins allowed to open signaling connections "
+                                     "(* for any; wildcards such as https://*.example.com)")
+    stun_servers: tuple = _option("stun:stun.l.google.com:19302", parse_ice_urls("stun"),
+                                  "comma-separated STUN URLs handed to meeting clients")
+    turn_servers: tuple | None = _option(None, optional(parse_ice_urls("turn")),
+                                         "comma-separated TURN URLs handed to meeting clients (default: none)")
+    turn_secret: bytes | None = _option(None, optional(parse_secret),
+                                        "TURN REST API shared secret (coturn use-auth-secret): clients get "
+                                        "time-limited TURN credentials", repr=False)
+    turn_ttl: float = _option(86400.0, parse_seconds, "lifetime of TURN credentials, in seconds")
     heartbeat_interval: float = _option(30.0, parse_seconds,
                                         "seconds between client heartbeats that clients are told to use")
 

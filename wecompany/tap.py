@@ -172,7 +172,7 @@ def build_service(config: Config, reactor):
         allow_anonymous=config.allow_anonymous)
     credentials = Credentials(accounts)
     meetings = MeetingService(store, accounts.hasher, reactor)
-    ice = IceServers(reactor)
+    ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, reactor, format_time=rfc3339)
     lifecycle = AccountLifecycle(store, credentials, registry, meetings)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
@@ -180,7 +180,10 @@ def build_service(config: Config, reactor):
                    address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
                    login_limiter=login_limiter, run_in_thread=in_disk_pool,
                    avatar_dir=os.path.join(config.data_dir, "avatars"))
-    signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor)
+    signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor,
+                                 max_message=config.ws_max_message, message_rate=config.ws_rate,
+                                 message_burst=config.ws_burst, ping_interval=config.ws_ping_interval,
+                                 ping_timeout=config.ws_ping_timeout, allowed_origins=config.allowed_origins)
     metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
     site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
