@@ -132,3 +132,72 @@ class SignalingEndToEndTests(DaemonTestCase):
                                       pool=http.pool, timeout=10)
             await response.content()
             self.assertEqual(response.code, status, query)
+
+
+class SilentClient(__import__("twisted.internet.protocol", fromlist=["Protocol"]).Protocol):
+    """Completes the WebSocket handshake, then never reads a frame or answers a ping."""
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.received = b""
+        self.lost = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class SignalingLimitsEndToEndTests(DaemonTestCase):
+    async def _member(self, daemon):
+        http = Http(self, daemon)
+        await http.register("dana")
+        data = await http.login("dana")
+        code, body = await http.call("POST", "/api/v1/meetings", {"title": "limits"}, token=data["token"])
+        mid = body["data"]["meeting"]["id"]
+        await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=data["token"])
+        return http, mid, data
+
+    def _upgrade(self, daemon, mid, data, origin: str) -> bytes:
+        return (f"GET /ws/signaling?meeting_id={mid}&user_id={data['user']['id']}&peer_id=p&token={data['token']} "
+                f"HTTP/1.1\r\nHost: 127.0.0.1:{daemon.http_port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: {origin}\r\n\r\n").encode()
+
+    async def _open(self, daemon, request: bytes) -> SilentClient:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        client = SilentClient(request)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.http_port), client)
+        self.addCleanup(lambda: client.transport.abortConnection() if client.transport.connected else None)
+        return client
+
+    async def test_origin_allow_list(self) -> None:
+        daemon = await self.start_daemon("--allowed-origins", "https://meet.example.com")
+        http, mid, data = await self._member(daemon)
+        refused = await self._open(daemon, self._upgrade(daemon, mid, data, "https://evil.example.com"))
+        timer = reactor.callLater(TIMEOUT, refused.lost.cancel)
+        await refused.lost
+        timer.cancel()
+        self.assertTrue(refused.received.startswith(b"HTTP/1.1 403"), refused.received[:80])
+        accepted = await self._open(daemon, self._upgrade(daemon, mid, data, "https://meet.example.com"))
+        while b"\r\n\r\n" not in accepted.received:
+            await __import__("twisted.internet.task", fromlist=["deferLater"]).deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(accepted.received.startswith(b"HTTP/1.1 101"), accepted.received[:80])
+
+    async def test_client_that_does_not_answer_pings_is_dropped(self) -> None:
+        daemon = await self.start_daemon("--ws-ping-interval", "0.3", "--ws-ping-timeout", "0.6")
+        http, mid, data = await self._member(daemon)
+        silent = await self._open(daemon, self._upgrade(daemon, mid, data, "http://127.0.0.1"))
+        started = reactor.seconds()
+        timer = reactor.callLater(TIMEOUT, silent.lost.cancel)
+        await silent.lost
+        timer.cancel()
+        elapsed = reactor.seconds() - started
+        self.assertTrue(silent.received.startswith(b"HTTP/1.1 101"), silent.received[:80])
+        # A ping frame (opcode 0x9) reached the client before it was dropped.
+        self.assertIn(b"\x89", silent.received.split(b"\r\n\r\n", 1)[1])
+        self.assertLess(elapsed, 5.0)

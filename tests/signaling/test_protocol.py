@@ -391,3 +391,21 @@ class ShutdownAndPresenceTests(SignalingTestCase):
         self.assertEqual(code, 403)
         code, body, _ = self.api.request("GET", "/api/v1/stats/rooms", token=self.token("stranger"))
         self.assertEqual((code, body["data"]["total"], body["data"]["rooms"][0]["participant_count"]), (200, 1, 1))
+
+
+class OriginTests(SignalingTestCase):
+    factory_options = {"allowed_origins": ("https://meet.example.com", "https://*.corp.example.com")}
+
+    def test_origin_allow_list(self):
+        self.rest_join("alice")
+        for origin, allowed in (("https://meet.example.com", True), ("https://a.corp.example.com", True),
+                                ("https://evil.example.com", False), (None, True)):
+            proto = Captured()
+            proto.factory = self.factory
+            request = self.request({"meeting_id": self.meeting_id, "user_id": self.uid("alice"), "peer_id": "p",
+                                    "token": self.token("alice")})
+            request.origin = origin
+            if allowed:
+                self.assertIsNone(self.successResultOf(proto.onConnect(request)), origin)
+            else:
+                self.assertEqual(self.assertRaises(ConnectionDeny, proto.onConnect, request).code, 403)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -70,6 +71,8 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     # -- handshake --------------------------------------------------------------
     def onConnect(self, request):
+        if not self.factory.origin_allowed(request.origin):
+            raise ConnectionDeny(403, f"origin {request.origin!r} is not allowed")
         params = request.params
         meeting_id = _int_param(params, "meeting_id")
         user_id = _int_param(params, "user_id")
@@ -272,11 +275,22 @@ class SignalingFactory(WebSocketServerFactory):
         self.message_burst = message_burst
         self.connections: set[SignalingProtocol] = set()
         self.shutting_down = False
+        # Origins are checked in onConnect (403; Autobahn's own check answers 400).
+        self._origins = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         # Autobahn closes (1009) past its own limit; up to ours, a message is
         # answered with an error instead and the connection stays open.
         self.setProtocolOptions(maxMessagePayloadSize=max_message * 4, maxFramePayloadSize=max_message * 4,
                                 autoPingInterval=ping_interval or None, autoPingTimeout=ping_timeout or None,
-                                allowedOrigins=list(allowed_origins), openHandshakeTimeout=10)
+                                openHandshakeTimeout=10)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """
+        Browsers always send Origin; clients that send none (desktop, tests)
+        are not browsers and cannot be used for cross-site requests.
+        """
+        if self._origins is None or not origin:
+            return True
+        return any(pattern.match(origin) for pattern in self._origins)
 
     def shutdown(self) -> None:
         """Tell every signaling client the server is stopping and close."""
