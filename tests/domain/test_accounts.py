@@ -154,3 +154,15 @@ class IdTests(SynchronousTestCase):
         self.assertTrue(all(0 < i < 2 ** 63 for i in ids))
         clock.advance(-5)  # clock goes backwards
         self.assertGreater(gen.next_id(), ids[-1])
+
+
+class FloodGuardTests(SynchronousTestCase):
+    def test_allow_warn_drop_close(self):
+        from wecompany.domain.ratelimit import ALLOW, CLOSE, DROP, WARN, FloodGuard
+        clock = Clock()
+        guard = FloodGuard(clock, rate=10, burst=3)
+        self.assertEqual([guard.check() for _ in range(3)], [ALLOW] * 3)
+        self.assertEqual([guard.check() for _ in range(3)], [WARN, DROP, CLOSE])
+        clock.advance(1.0)  # both buckets refill; a new warning is due
+        self.assertEqual([guard.check() for _ in range(3)], [ALLOW] * 3)
+        self.assertEqual(guard.check(), WARN)

@@ -101,3 +101,39 @@ class KeyedRateLimiter:
             self._buckets.move_to_end(key)
         if not bucket.allow():
             raise RateLimited("too many requests, slow down", retry_after=(1.0 - bucket._tokens) / self.rate)
+
+
+ALLOW, DROP, WARN, CLOSE = "allow", "drop", "warn", "close"
+
+
+class FloodGuard:
+    """
+    Per-connection message flood control shared by the transports.
+
+    Messages draw on a token bucket (``rate`` per second, ``burst`` at once).
+    A message that finds it empty is dropped; dropped messages draw on a
+    second budget of the same size, so a client that keeps sending at well
+    over the rate exhausts it and should be closed. The client should be told
+    about drops, but at most once a second, so the answers do not become a
+    flood of their own. :meth:`check` says which of these applies.
+    """
+
+    __slots__ = ("_clock", "_messages", "_drops", "_warned")
+
+    def __init__(self, clock, rate: float, burst: float) -> None:
+        self._clock = clock
+        self._messages = TokenBucket(clock, rate, burst)
+        self._drops = TokenBucket(clock, rate, burst)
+        self._warned = -1e18
+
+    def check(self) -> str:
+        """ALLOW the message; DROP it silently; WARN (drop and tell); or CLOSE the connection."""
+        if self._messages.allow():
+            return ALLOW
+        if not self._drops.allow():
+            return CLOSE
+        now = self._clock.seconds()
+        if now - self._warned >= 1.0:
+            self._warned = now
+            return WARN
+        return DROP

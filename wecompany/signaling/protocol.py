@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from wecompany.api.envelope import rfc3339
 from wecompany.domain.interfaces import IClient
-from wecompany.domain.ratelimit import TokenBucket
+from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard
 from wecompany.domain.rooms import SIGNALS, SignalEvent
 from wecompany.domain.sessions import Identity
 from wecompany.errors import (
@@ -67,7 +67,6 @@ class SignalingProtocol(WebSocketServerProtocol):
     dialect: str = SEED
     _open = False
     _closing = False
-    _flood_warned = -1e18
 
     # -- handshake --------------------------------------------------------------
     def onConnect(self, request):
@@ -117,8 +116,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         self._open = True
-        self._bucket = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
-        self._drop_budget = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
+        self._flood = FloodGuard(factory.clock, factory.message_rate, factory.message_burst)
         factory.connections.add(self)
         factory.chat.open_session(self)
         if factory.shutting_down:
@@ -137,8 +135,9 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         factory = self.factory
-        if not self._bucket.allow():
-            self._flooding()
+        verdict = self._flood.check()
+        if verdict != ALLOW:
+            self._flooding(verdict)
             return
         try:
             message = self._decode(payload, isBinary)
@@ -195,15 +194,12 @@ class SignalingProtocol(WebSocketServerProtocol):
                 raise InvalidInput("to_user_id must be an integer")
         return {"kind": kind, "payload": obj.get("payload"), "to_peer_id": to_peer or None, "to_user_id": to_user}
 
-    def _flooding(self) -> None:
-        if not self._drop_budget.allow():
+    def _flooding(self, verdict: str) -> None:
+        if verdict == CLOSE:
             self._closing = True
             self.send_error(RateLimited("message rate limit exceeded"))
             self.sendClose(CLOSE_FLOOD, "message rate limit exceeded")
-            return
-        now = self.factory.clock.seconds()
-        if now - self._flood_warned >= 1.0:
-            self._flood_warned = now
+        elif verdict == WARN:
             self.send_error(RateLimited("message rate limit exceeded, messages dropped"))
 
     def _failed(self, failure) -> None:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from wecompany.domain import events as ev
 from wecompany.domain.calls import NOT_IN_CALL
 from wecompany.domain.interfaces import IClient
-from wecompany.domain.ratelimit import TokenBucket
+from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard
 from wecompany.domain.sessions import Identity
 from wecompany.errors import (
     Conflict, InternalError, MalformedMessage, RateLimited, TooLarge, Unauthenticated,
@@ -90,7 +90,6 @@ class WeCompanyProtocol(Int32StringReceiver):
     _idle_call = None
     _close_call = None
     _malformed = 0
-    _flood_warned = -1e18
     _pending = 0
     _media_prefix: tuple[str, bytes] | None = None
     _not_in_call_warned = -1e18
@@ -99,8 +98,7 @@ class WeCompanyProtocol(Int32StringReceiver):
         self.factory = factory
         self.MAX_LENGTH = factory.max_frame
         self._clock = factory.clock
-        self._bucket = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
-        self._drop_budget = TokenBucket(factory.clock, factory.message_rate, factory.message_burst)
+        self._flood = FloodGuard(factory.clock, factory.message_rate, factory.message_burst)
 
     # -- connection lifecycle ---------------------------------------------------
     def connectionMade(self) -> None:
@@ -215,10 +213,11 @@ class WeCompanyProtocol(Int32StringReceiver):
         if t == MEDIA_TYPE and self.identity is not None:
             self._media(frame)
             return
-        if t != FILE_TYPE and not self._bucket.allow():
-            # FILE is exempt: its chunks are paced by the pause while each is written.
-            self._flooding(t)
-            return
+        if t != FILE_TYPE:  # FILE is exempt: its chunks are paced by the pause while each is written
+            verdict = self._flood.check()
+            if verdict != ALLOW:
+                self._flooding(t, verdict)
+                return
         try:
             if self.identity is None:
                 self._unauthenticated(t, frame)
@@ -244,16 +243,10 @@ class WeCompanyProtocol(Int32StringReceiver):
         else:
             self.send_error(error, t)
 
-    def _flooding(self, t: int) -> None:
-        # Dropped messages draw on a second budget: a client that keeps sending
-        # at well over the rate exhausts it and is closed. It is told at most
-        # once a second, so the answers do not become a flood of their own.
-        if not self._drop_budget.allow():
+    def _flooding(self, t: int, verdict: str) -> None:
+        if verdict == CLOSE:
             self.disconnect(RateLimited("message rate limit exceeded"))
-            return
-        now = self._clock.seconds()
-        if now - self._flood_warned >= 1.0:
-            self._flood_warned = now
+        elif verdict == WARN:
             self.send_error(RateLimited("message rate limit exceeded, messages dropped"), t)
 
     def _media(self, frame: bytes) -> None:
