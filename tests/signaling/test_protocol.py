@@ -409,3 +409,47 @@ class OriginTests(SignalingTestCase):
                 self.assertIsNone(self.successResultOf(proto.onConnect(request)), origin)
             else:
                 self.assertEqual(self.assertRaises(ConnectionDeny, proto.onConnect, request).code, 403)
+
+
+class FakeTransport:
+    """Enough of a TCP transport for the send gate: a producer slot and abort."""
+
+    def __init__(self):
+        self.producer = object()  # as left behind by the HTTP channel before the upgrade
+        self.aborted = False
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def registerProducer(self, producer, streaming):
+        assert self.producer is None, "a producer is already registered"
+        self.producer = producer
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class SlowConsumerTests(SignalingTestCase):
+    factory_options = {"max_send_buffer": 3000}
+
+    def test_a_client_that_stops_reading_is_cut_off(self):
+        slow = Captured()
+        slow.factory = self.factory
+        slow.transport = FakeTransport()
+        self.rest_join("slowpoke")
+        self.assertIsNone(self.successResultOf(slow.onConnect(self.request(
+            {"meeting_id": self.meeting_id, "user_id": self.uid("slowpoke"), "peer_id": "slow",
+             "token": self.token("slowpoke")}))))
+        slow.onOpen()
+        slow.send({"type": "join"})
+        talker = self.connect("talker")
+        slow.transport.producer.pauseProducing()  # its send buffer is full
+        for i in range(30):
+            talker.send({"type": "chat", "payload": {"content": f"message {i} " + "x" * 80}})
+            if slow.transport.aborted:
+                break
+        self.assertTrue(slow.transport.aborted)
+        self.assertLess(i, 29)
+        sent_before = len(slow.sent)
+        talker.send({"type": "chat", "payload": {"content": "after"}})
+        self.assertEqual(len(slow.sent), sent_before)  # nothing more is queued for it

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wecompany.api.envelope import rfc3339
+from wecompany.backpressure import SendGate
 from wecompany.domain.interfaces import IClient
 from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard
 from wecompany.domain.rooms import SIGNALS, SignalEvent
@@ -117,6 +118,9 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory = self.factory
         self._open = True
         self._flood = FloodGuard(factory.clock, factory.message_rate, factory.message_burst)
+        self._gate = SendGate(factory.max_send_buffer)
+        if self.transport is not None:
+            self._gate.attach(self.transport)
         factory.connections.add(self)
         factory.chat.open_session(self)
         if factory.shutting_down:
@@ -211,8 +215,16 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     # -- IClient ----------------------------------------------------------------
     def send_event(self, event) -> None:
-        if isinstance(event, SignalEvent) and self._open:
-            self.sendMessage(json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode())
+        if not isinstance(event, SignalEvent) or not self._open or self._closing:
+            return
+        data = json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode()
+        if not self._gate.admit(len(data)):
+            # The client stopped reading: cut it off before its backlog grows further.
+            self._log.info("dropping slow signaling client {user}", user=self.user.id if self.user else "?")
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self.sendMessage(data)
 
     def send_media(self, call_id, data) -> bool:
         return False  # media goes peer to peer (WebRTC), not through signaling
@@ -260,7 +272,8 @@ class SignalingFactory(WebSocketServerFactory):
 
     def __init__(self, *, accounts, rooms, chat, clock, max_message: int = 1 << 20,
                  message_rate: float = 50.0, message_burst: float = 100.0, ping_interval: float = 30.0,
-                 ping_timeout: float = 60.0, allowed_origins=("*",), reactor=None) -> None:
+                 ping_timeout: float = 60.0, allowed_origins=("*",), max_send_buffer: int | None = None,
+                 reactor=None) -> None:
         super().__init__(reactor=reactor)
         self.accounts = accounts
         self.rooms = rooms
@@ -271,6 +284,7 @@ class SignalingFactory(WebSocketServerFactory):
         self.message_burst = message_burst
         self.connections: set[SignalingProtocol] = set()
         self.shutting_down = False
+        self.max_send_buffer = max_send_buffer or max(4 * max_message, 4 << 20)
         # Origins are checked in onConnect (403; Autobahn's own check answers 400).
         self._origins = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         # Autobahn closes (1009) past its own limit; up to ours, a message is

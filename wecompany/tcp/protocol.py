@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from zope.interface import implementer
 
+from wecompany.backpressure import SendGate
 from wecompany.domain import events as ev
 from wecompany.domain.calls import NOT_IN_CALL
 from wecompany.domain.interfaces import IClient
@@ -51,29 +51,6 @@ class IdleTimeout(WeCompanyError):
     default_message = "idle timeout: no message received"
 
 
-@implementer(IPushProducer)
-class _WriteGate:
-    """
-    Registered as the transport's producer so the transport tells us when
-    its send buffer is full (``pauseProducing``) and drained again.
-    Reading is not affected.
-    """
-
-    def __init__(self, proto: "WeCompanyProtocol") -> None:
-        self.proto = proto
-
-    def pauseProducing(self) -> None:
-        self.proto.write_blocked = True
-
-    def resumeProducing(self) -> None:
-        self.proto.write_blocked = False
-        self.proto._blocked_bytes = 0
-        self.proto.writable()
-
-    def stopProducing(self) -> None:
-        self.proto.write_blocked = True
-
-
 @implementer(IClient)
 class WeCompanyProtocol(Int32StringReceiver):
     """One desktop client connection."""
@@ -82,8 +59,6 @@ class WeCompanyProtocol(Int32StringReceiver):
     _log = Logger()
 
     identity: Identity | None = None
-    write_blocked = False
-    _blocked_bytes = 0
     _closing = False
     _lost = False
     _login_call = None
@@ -103,7 +78,8 @@ class WeCompanyProtocol(Int32StringReceiver):
     # -- connection lifecycle ---------------------------------------------------
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
-        self.transport.registerProducer(_WriteGate(self), True)
+        self._gate = SendGate(self.factory.max_send_buffer, self.writable)
+        self._gate.attach(self.transport)
         self._last_seen = self._clock.seconds()
         self._login_call = self._clock.callLater(self.factory.login_timeout, self._login_timeout)
         if self.factory.shutting_down:
@@ -147,8 +123,13 @@ class WeCompanyProtocol(Int32StringReceiver):
             return  # not something a desktop client is told about
         self.send_body(encoder(event))
 
+    @property
+    def write_blocked(self) -> bool:
+        """The transport's send buffer is full (media is dropped, file streaming waits)."""
+        return self._gate.blocked
+
     def send_media(self, call_id: str, data: bytes) -> bool:
-        if self.write_blocked or self._closing:
+        if self._gate.blocked or self._closing:
             return False
         prefix = self._media_prefix
         if prefix is None or prefix[0] != call_id:
@@ -174,13 +155,11 @@ class WeCompanyProtocol(Int32StringReceiver):
                            size=len(body), t=body[0])
             body = codec.encode_error(TooLarge.code, f"a {len(body)}-byte answer exceeds the frame limit "
                                       f"of {self.factory.max_frame} bytes (ask for a smaller page)", body[0])
-        if self.write_blocked:
-            self._blocked_bytes += len(body) + 4
-            if self._blocked_bytes > self.factory.max_send_buffer:
-                self._log.info("dropping slow consumer {user}", user=self._who())
-                self._closing = True
-                self.transport.abortConnection()
-                return False
+        if not self._gate.admit(len(body) + 4):
+            self._log.info("dropping slow consumer {user}", user=self._who())
+            self._closing = True
+            self.transport.abortConnection()
+            return False
         self.transport.write(_U32.pack(len(body)) + body)
         return True
 
