@@ -351,3 +351,21 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIn("SQLite", str(error))
         self.assertNotIn("secret", str(error))
         self.assertFalse(os.path.exists(self.data_dir))
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_default_backlog_unless_given(self) -> None:
+        from wecompany.tap import with_backlog
+        self.assertEqual(with_backlog("tcp:8888"), "tcp:8888:backlog=1024")
+        self.assertEqual(with_backlog("tcp:8888:backlog=64"), "tcp:8888:backlog=64")
+        self.assertEqual(with_backlog("ssl:8443:privateKey=k.pem"), "ssl:8443:privateKey=k.pem:backlog=1024")
+        self.assertEqual(with_backlog("unix:/run/wc.sock"), "unix:/run/wc.sock")
+
+    def test_listening_uses_the_backlog(self) -> None:
+        from wecompany.tap import build_service
+        reactor = MemoryReactorClock()
+        config = Config.from_sources({"data_dir": os.path.abspath(self.mktemp()), "port": "tcp:0",
+                                      "http_port": "tcp:0:backlog=10"}, {}, None)
+        service = build_service(config, reactor)
+        service.privilegedStartService()
+        self.assertEqual([backlog for _, _, backlog, _ in reactor.tcpServers], [1024, 10])

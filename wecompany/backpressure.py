@@ -50,3 +50,25 @@ class SendGate:
 
     def stopProducing(self) -> None:
         self.blocked = True
+
+
+def tune_realtime(transport, buffer_size: int) -> None:
+    """
+    Settings for a connection that carries real-time media:
+
+    * ``TCP_NODELAY``: without it Nagle's algorithm holds a small packet back
+      until the peer's delayed ACK arrives, which showed as 20 ms steps in
+      relay latency (bench/media.py);
+    * a send buffer of ``buffer_size`` before the transport reports itself
+      full: Twisted's default (64 KiB) is less than one read of relayed
+      media can add in a single reactor turn, so media was dropped to
+      receivers that were keeping up (bench/bulk.py).
+    """
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:
+            set_nodelay(True)
+        except OSError:
+            pass  # not a TCP socket (e.g. a UNIX endpoint)
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = buffer_size

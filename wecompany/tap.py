@@ -106,6 +106,21 @@ def makeService(options, reactor=None):
     return build_service(options.config, reactor)
 
 
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(endpoint: str) -> str:
+    """
+    Give a TCP or TLS endpoint a listen backlog of 1024 unless it names one:
+    Twisted's default of 50 overflows when many clients connect at once, and
+    each overflow costs a client a one-second SYN retry (bench/connections.py).
+    """
+    kind = endpoint.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={DEFAULT_BACKLOG}"
+    return endpoint
+
+
 def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
@@ -189,8 +204,8 @@ def build_service(config: Config, reactor):
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
                      signaling=signaling)
 
-    listeners = [Listener("tcp", serverFromString(reactor, config.port), tcp_factory),
-                 Listener("http", serverFromString(reactor, config.http_port), site)]
+    listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
+                 Listener("http", serverFromString(reactor, with_backlog(config.http_port)), site)]
 
     warnings = []
     if config.redis is not None:

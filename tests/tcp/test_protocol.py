@@ -768,3 +768,19 @@ class ShutdownTests(ProtocolTestCase):
         self.factory.shutdown(grace=3)
         self.clock.advance(3)
         self.assertTrue(alice.transport.disconnected)
+
+
+class RealtimeTuningTests(ProtocolTestCase):
+    def test_nodelay_and_send_buffer(self):
+        class TunableTransport(StringTransport):
+            nodelay = False
+            bufferSize = 65536
+
+            def setTcpNoDelay(self, enabled):
+                self.nodelay = enabled
+
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "10.1.1.1", 1))
+        transport = TunableTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.nodelay)
+        self.assertEqual(transport.bufferSize, 256 << 10)

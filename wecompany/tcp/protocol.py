@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from zope.interface import implementer
 
-from wecompany.backpressure import SendGate
+from wecompany.backpressure import SendGate, tune_realtime
 from wecompany.domain import events as ev
 from wecompany.domain.calls import NOT_IN_CALL
 from wecompany.domain.interfaces import IClient
@@ -78,6 +78,7 @@ class WeCompanyProtocol(Int32StringReceiver):
     # -- connection lifecycle ---------------------------------------------------
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        tune_realtime(self.transport, self.factory.media_buffer)
         self._gate = SendGate(self.factory.max_send_buffer, self.writable)
         self._gate.attach(self.transport)
         self._last_seen = self._clock.seconds()
@@ -478,7 +479,8 @@ class WeCompanyFactory(ServerFactory):
                  max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,
                  allow_anonymous: bool = False, max_malformed: int = 10,
                  message_rate: float = 100.0, message_burst: float = 200.0,
-                 max_send_buffer: int | None = None, auth_fail_delay: float = 1.0) -> None:
+                 max_send_buffer: int | None = None, auth_fail_delay: float = 1.0,
+                 media_buffer: int = 256 << 10) -> None:
         self.chat = chat
         self.accounts = accounts
         self.calls = calls
@@ -494,6 +496,7 @@ class WeCompanyFactory(ServerFactory):
         self.message_burst = message_burst
         self.max_send_buffer = max_send_buffer or max(4 * max_frame, 4 << 20)
         self.auth_fail_delay = auth_fail_delay
+        self.media_buffer = media_buffer
         self.connections: set[WeCompanyProtocol] = set()
         self.shutting_down = False
         self.malformed_frames = 0
