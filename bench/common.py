@@ -987,3 +987,136 @@ def summarize_ms(lat_ns) -> tuple[float, float, float, float]:
         return (math.nan,) * 4
     s = sorted(lat_ns)
     return tuple(percentile(s, p) / 1e6 for p in (50, 99, 99.9)) + (s[-1] / 1e6,)
+
+
+# -- HTTP (REST benchmarks) ---------------------------------------------------------------------
+
+def task_cpu_seconds(pid: int, tid: int) -> float:
+    """utime + stime of one thread ``tid`` of ``pid`` (the reactor thread is ``tid == pid``), in seconds."""
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class HttpConnection(asyncio.Protocol):
+    """
+    One keep-alive HTTP/1.1 client connection, one request at a time (no
+    pipelining), with its own small response parser (``Content-Length`` or
+    chunked bodies), to keep the load generator's CPU per request low: it
+    shares 2 cores with the daemon. Use :func:`http_connect` and :meth:`request`.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.host = host.encode()
+        self.transport = None
+        self._buf = bytearray()
+        self._waiter: asyncio.Future | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError("connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._waiter is None or self._waiter.done():
+            return
+        parsed = self._parse()
+        if parsed is not None:
+            self._waiter.set_result(parsed)
+
+    def _parse(self):
+        """(status, headers, body) when a whole response is buffered, else None (and it stays buffered)."""
+        buf = self._buf
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            return None
+        lines = bytes(buf[:head_end]).split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        pos = head_end + 4
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = bytearray()
+            while True:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+                if size == 0:
+                    end = buf.find(b"\r\n\r\n", eol)  # no trailers expected: "0\r\n\r\n"
+                    if end < 0:
+                        return None
+                    pos = end + 4
+                    break
+                if len(buf) < eol + 2 + size + 2:
+                    return None
+                body += buf[eol + 2:eol + 2 + size]
+                pos = eol + 2 + size + 2
+            body = bytes(body)
+        else:
+            length = int(headers.get(b"content-length", b"0"))
+            if len(buf) < pos + length:
+                return None
+            body = bytes(buf[pos:pos + length])
+            pos += length
+        del buf[:pos]
+        return status, headers, body
+
+    async def request(self, method: str, path: str, token: str | None = None, body=None,
+                      timeout: float = 30.0) -> tuple[int, bytes]:
+        """Send one request and wait (bounded) for its response: ``(status, body)``. ``body``: JSON-able or bytes."""
+        if self.closed.done():
+            raise ConnectionError("connection closed")
+        parts = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: " + self.host + b"\r\n"]
+        if token:
+            parts.append(f"Authorization: Bearer {token}\r\n".encode())
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+            parts.append(b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data))
+        else:
+            data = b""
+        parts.append(b"\r\n")
+        parts.append(data)
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(b"".join(parts))
+        try:
+            status, headers, payload = await asyncio.wait_for(self._waiter, timeout)
+        finally:
+            self._waiter = None
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.transport.close()
+        return status, payload
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def http_connect(port: int, timeout: float = 30.0) -> HttpConnection:
+    """A keep-alive :class:`HttpConnection` to 127.0.0.1:``port``."""
+    loop = asyncio.get_running_loop()
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(lambda: HttpConnection(f"127.0.0.1:{port}"), "127.0.0.1", port), timeout)
+    return proto
+
+
+async def api(conn: HttpConnection, method: str, path: str, token: str | None = None, body=None,
+              timeout: float = 30.0) -> tuple[int, dict]:
+    """A JSON API call over ``conn``: ``(status, decoded envelope)``."""
+    status, payload = await conn.request(method, path, token, body, timeout)
+    try:
+        return status, json.loads(payload)
+    except ValueError:
+        return status, {"raw": payload[:200].decode(errors="replace")}
