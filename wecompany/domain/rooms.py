@@ -44,6 +44,9 @@ class SignalEvent:
     from_session_id: str | None = None
     to_user_id: int | None = None
     to_peer_id: str | None = None
+    # Wire encodings by dialect, filled by transports (an event from a member
+    # reads the same for every recipient of one dialect).
+    encoded: dict = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.define(eq=False)
@@ -181,7 +184,7 @@ class RoomService:
             raise NotFound("no such peer in this room")
         event = self._event(kind, member, payload, to_peer_id=to_peer_id, to_user_id=to_user_id)
         for target in targets:
-            target.client.send_event(event)
+            self._deliver(target, event)
         return len(targets)
 
     async def chat(self, client, payload) -> SignalEvent:
@@ -203,7 +206,7 @@ class RoomService:
         if room is not None:
             room.messages += 1
             for other in list(room.members.values()):
-                other.client.send_event(event)
+                self._deliver(other, event)
         return event
 
     def media_state(self, client, payload) -> None:
@@ -283,12 +286,21 @@ class RoomService:
     def _to_others(self, room: Room, member: Member, event: SignalEvent) -> None:
         for other in list(room.members.values()):
             if other is not member:
-                other.client.send_event(event)
+                self._deliver(other, event)
 
     def _refresh_others(self, room: Room, member: Member) -> None:
         for other in list(room.members.values()):
             if other is not member:
-                other.client.send_event(self._room_info(room, other))
+                self._deliver(other, self._room_info(room, other))
+
+    def _deliver(self, member: Member, event: SignalEvent) -> None:
+        # One client failing to take an event must not stop the room's
+        # bookkeeping (a leave must always finish).
+        try:
+            member.client.send_event(event)
+        except Exception:
+            self.log.failure("sending {kind} to session {session} failed", kind=event.kind,
+                             session=member.session_id)
 
     def _record(self, meeting_id: int, user_id: int, changes: dict) -> None:
         """Mirror socket events into the participant's REST record (in the background)."""

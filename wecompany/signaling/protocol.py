@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny
@@ -215,16 +216,36 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     # -- IClient ----------------------------------------------------------------
     def send_event(self, event) -> None:
-        if not isinstance(event, SignalEvent) or not self._open or self._closing:
+        # Never raises: a peer that is closing (its close handshake under way)
+        # simply gets nothing, and whoever is notifying the room goes on.
+        if not isinstance(event, SignalEvent) or not self._open or self._closing or self.state != self.STATE_OPEN:
             return
-        data = json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode()
+        data = self._encoded(event)
         if not self._gate.admit(len(data)):
             # The client stopped reading: cut it off before its backlog grows further.
             self._log.info("dropping slow signaling client {user}", user=self.user.id if self.user else "?")
             self._closing = True
             self.transport.abortConnection()
             return
-        self.sendMessage(data)
+        try:
+            self.sendMessage(data)
+        except Disconnected:
+            pass
+
+    def _encoded(self, event: SignalEvent) -> bytes:
+        """
+        The event as JSON in this connection's dialect. An event from a member
+        reads the same for every recipient of one dialect, so it is encoded
+        once per dialect, not once per recipient.
+        """
+        shared = event.from_session_id is not None
+        key = self.dialect
+        if shared and key in event.encoded:
+            return event.encoded[key]
+        data = json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode()
+        if shared:
+            event.encoded[key] = data
+        return data
 
     def send_media(self, call_id, data) -> bool:
         return False  # media goes peer to peer (WebRTC), not through signaling
