@@ -167,3 +167,30 @@ class FloodGuardTests(SynchronousTestCase):
         clock.advance(1.0)  # both buckets refill; a new warning is due
         self.assertEqual([guard.check() for _ in range(3)], [ALLOW] * 3)
         self.assertEqual(guard.check(), WARN)
+
+
+class HashQueueTests(SynchronousTestCase):
+    def test_pending_hashes_are_bounded(self):
+        from twisted.internet.defer import Deferred as D
+
+        from wecompany.errors import Unavailable
+        gates = []
+
+        def gated(f, *args):
+            d = D()
+            gates.append((d, f, args))
+            return d
+        h = PasswordHasher(gated, time_cost=1, memory_cost=8, parallelism=1, max_pending=2)
+        first, second = run(h.hash(GOOD)), run(h.hash(GOOD))
+        self.failureResultOf(run(h.hash(GOOD)), Unavailable)
+        self.assertEqual(h.pending, 2)
+        d, f, args = gates.pop(0)
+        d.callback(f(*args))
+        self.assertTrue(self.successResultOf(first).startswith("$argon2id$"))
+        self.assertEqual(h.pending, 1)
+        third = run(h.hash(GOOD))  # room again
+        self.assertNoResult(third)
+        for d, f, args in gates:
+            d.callback(f(*args))
+        self.successResultOf(second), self.successResultOf(third)
+        self.assertEqual(h.pending, 0)

@@ -18,7 +18,7 @@ class AuthRoutes:
                     "email": Field("string", required=True, min_length=1, max_length=254),
                     "password": PASSWORD,
                     "nickname": Field("string", max_length=64)},
-              data=USER_SCHEMA, errors=(400, 409), rate_limited=True)
+              data=USER_SCHEMA, errors=(400, 409, 503), rate_limited=True)
     async def register(self, call: Call):
         b = call.body
         user = await self.accounts.register(b["username"], b["password"], b["email"], b.get("nickname") or None)
@@ -28,7 +28,7 @@ class AuthRoutes:
               body={"username": Field("string", required=True, min_length=1, max_length=254,
                                       description="username or email"),
                     "password": PASSWORD},
-              data=TOKENS_SCHEMA, errors=(400, 403), rate_limited=True)
+              data=TOKENS_SCHEMA, errors=(400, 403, 503), rate_limited=True)
     async def login(self, call: Call):
         address = self.client_address(call.request)
         self.login_limiter.check(address)

@@ -14,7 +14,7 @@ import re
 import argon2
 import attrs
 
-from wecompany.errors import InvalidInput
+from wecompany.errors import InvalidInput, Unavailable
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{3,20}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
@@ -85,14 +85,30 @@ class PasswordHasher:
     """
 
     def __init__(self, run_in_thread, time_cost: int = 3, memory_cost: int = 65536,
-                 parallelism: int = 4) -> None:
-        self._run = run_in_thread
+                 parallelism: int = 4, max_pending: int = 64) -> None:
+        self._run_in_thread = run_in_thread
+        self.max_pending = max_pending
+        self.pending = 0
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism,
             type=argon2.Type.ID)
         # A real hash to verify against when the user does not exist, so both
         # answers cost the same time.
         self._dummy = self._hasher.hash("wecompany-dummy-password")
+
+    async def _run(self, f, *args):
+        """
+        Run ``f`` in the hash threads, at most ``max_pending`` at a time
+        queued: each costs a fraction of a CPU second, so past that a burst
+        is refused (503, retry later) instead of queueing without bound.
+        """
+        if self.pending >= self.max_pending:
+            raise Unavailable("too many logins in progress, try again shortly")
+        self.pending += 1
+        try:
+            return await self._run_in_thread(f, *args)
+        finally:
+            self.pending -= 1
 
     async def hash(self, password: str) -> str:
         return await self._run(self._hasher.hash, password)
