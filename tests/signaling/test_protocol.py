@@ -495,3 +495,11 @@ class SimultaneousCloseTests(SignalingTestCase):
         self.assertEqual(set(events[0].encoded), {"seed", "numeric"})
         self.assertEqual(bob.take()[-1]["payload"]["content"], "twice")
         self.assertEqual(carol.take()[-1]["type"], 8)
+
+
+class PeerConflictTests(SignalingTestCase):
+    def test_another_users_peer_id_is_refused(self):
+        self.connect("alice", peer="shared")
+        bob = self.connect("bob", peer="shared")
+        self.assertEqual(bob.take()[-1]["payload"]["code"], 409)
+        self.assertEqual([m.peer_id for m in self.api.rooms.rooms[self.meeting_id].members.values()], ["shared"])

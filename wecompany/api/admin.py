@@ -7,7 +7,7 @@ from wecompany.api.validation import PAGE, Field
 from wecompany.api.views import MEETING_SCHEMA, MESSAGE_SCHEMA, USER_SCHEMA, meeting_view, page_schema, page_view, user_view
 
 from wecompany.domain.meetings import STATUSES
-from wecompany.errors import InvalidInput, NotFound, Unauthenticated
+from wecompany.errors import Forbidden, InvalidInput, NotFound
 
 USER = "/v1/admin/users/<int:user_id>"
 
@@ -21,11 +21,6 @@ STATS_SCHEMA = {
         "users": {"type": "integer"},
     },
 }
-
-
-class AccountBanned(Unauthenticated):
-    code = 403
-    default_message = "account is disabled"
 
 
 class AdminRoutes:
@@ -134,6 +129,6 @@ class AdminRoutes:
     async def _cut_off(self, user_id: int) -> None:
         await self.credentials.revoke_all(user_id)
         for client in self.registry.sessions_of(str(user_id)):
-            client.disconnect(AccountBanned())
+            client.disconnect(Forbidden("account is disabled"))  # as token login answers
 
 

@@ -125,7 +125,7 @@ def _wrap(handler, ep: Endpoint):
             user = await self.authenticate(request, admin=ep.auth == ADMIN)
         body = {}
         if ep.body is not None:
-            body = parse_json(_read_body(request), ep.body)
+            body = parse_json(read_body(request), ep.body)
         query = parse_query(request.args, ep.query) if ep.query else {}
         result = await handler(self, Call(request, user, body, query, params))
         if isinstance(result, bytes):  # already rendered (downloads, Prometheus text)
@@ -136,7 +136,8 @@ def _wrap(handler, ep: Endpoint):
     return wrapper
 
 
-def _read_body(request) -> bytes:
+def read_body(request) -> bytes:
+    """The whole request body (stored by the Site before rendering)."""
     content = request.content
     if content is None:
         return b""

@@ -6,7 +6,7 @@ import os
 import secrets
 
 from wecompany.api.multipart import parse_form
-from wecompany.api.routing import PUBLIC, Call, endpoint
+from wecompany.api.routing import PUBLIC, Call, endpoint, read_body
 from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, USER_SCHEMA, user_view
 from wecompany.domain.passwords import check_email
@@ -75,8 +75,7 @@ class UserRoutes:
     @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
               tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")
     async def upload_avatar(self, call: Call):
-        call.request.content.seek(0)
-        form = parse_form(call.request.getHeader(b"content-type"), call.request.content.read())
+        form = parse_form(call.request.getHeader(b"content-type"), read_body(call.request))
         parts = form.get("avatar") or form.get("file")
         if not parts:
             raise InvalidInput("send the image as multipart/form-data field 'avatar'")

@@ -204,8 +204,7 @@ class ChatService:
 
     # -- presence and contacts ---------------------------------------------
     def online_users(self, offset: int = 0, limit: int = 100):
-        if offset < 0 or not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be 1..{MAX_PAGE}")
+        _check_page(offset, limit)
         return self.registry.online(offset, limit)
 
     async def _announce(self, ident: Identity, online: bool) -> None:
@@ -238,8 +237,7 @@ class ChatService:
     async def list_contacts(self, client, offset: int, limit: int):
         """-> (total, [(Identity, online)])"""
         me = self._account_of(client)
-        if offset < 0 or not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be 1..{MAX_PAGE}")
+        _check_page(offset, limit)
         total, users = await self.store.list_contacts(me, offset, limit)
         page = [(Identity.of_user(u), self.registry.is_online(str(u.id))) for u in users]
         return total, page
@@ -260,3 +258,8 @@ class ChatService:
     def _background(self, coro) -> None:
         d = Deferred.fromCoroutine(coro)
         d.addErrback(lambda f: self.log.failure("background chat task failed", f))
+
+
+def _check_page(offset: int, limit: int) -> None:
+    if offset < 0 or not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be 1..{MAX_PAGE}")

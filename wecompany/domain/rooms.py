@@ -123,17 +123,18 @@ class RoomService:
         if not isinstance(peer_id, str) or not 1 <= len(peer_id) <= MAX_PEER_ID:
             raise InvalidInput(f"peer_id must be 1-{MAX_PEER_ID} characters")
         now = self.clock.seconds()
-        room = self.rooms.get(meeting.id)
-        if room is None:
-            room = self.rooms[meeting.id] = Room(meeting.id, meeting.room_id, created_at=now)
-        for other in list(room.members.values()):
+        existing = self.rooms.get(meeting.id)
+        for other in list(existing.members.values()) if existing is not None else ():
             if other.peer_id == peer_id:
                 if other.user_id != user.id:
                     raise Conflict("peer_id is in use in this room")
                 # The same user reconnecting before its old socket noticed: the new one wins.
                 self.leave(other.client, "replaced")
                 other.client.disconnect(Conflict("replaced by a newer connection with the same peer_id"))
-        room = self.rooms.setdefault(meeting.id, room)
+        # Made only now (leave() above may have removed an emptied room).
+        room = self.rooms.get(meeting.id)
+        if room is None:
+            room = self.rooms[meeting.id] = Room(meeting.id, meeting.room_id, created_at=now)
         member = Member("s_" + secrets.token_hex(8), client, user.id, user.username, peer_id, meeting.id, now)
         room.members[member.session_id] = member
         self.sessions[member.session_id] = member
