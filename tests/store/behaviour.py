@@ -819,6 +819,28 @@ class StoreBehaviour:
         self.assertEqual(await self.store.list_meeting_messages(other.id + 1, 0, 10), (0, []))
         await self.assertFails(self.store.list_meeting_messages(meeting.id, -1, 10), InvalidInput)
 
+    async def test_meeting_messages_asked_for_together(self):
+        # Asked for without waiting in between (as a busy room does): each
+        # gets its own answer, in the order asked, a bad one fails alone, and
+        # a read asked for after them sees every one that was stored.
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        asked = [self.store.add_meeting_message(meeting.id, alice.id if i % 2 else bob.id, f"m{i}", "text", NOW + i)
+                 for i in range(20)]
+        unknown_meeting = self.store.add_meeting_message(meeting.id + 1, alice.id, "lost", "text", NOW)
+        unknown_user = self.store.add_meeting_message(meeting.id, 99, "lost", "text", NOW)
+        asked.append(self.store.add_meeting_message(meeting.id, alice.id, "last", "text", NOW))
+        listed = self.store.list_meeting_messages(meeting.id, 0, 50)
+        records = [await d for d in asked]
+        self.assertEqual([r.content for r in records], [f"m{i}" for i in range(20)] + ["last"])
+        self.assertEqual([r.username for r in records[:3]], ["bob", "alice", "bob"])
+        ids = [r.id for r in records]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+        await self.assertFails(unknown_meeting, MeetingNotFound)
+        self.assertEqual((await self.assertFails(unknown_user, NotFound)).error_code, 1003)
+        self.assertEqual(await listed, (21, records))
+
     async def test_meeting_message_to_unknown_meeting_or_from_unknown_user(self):
         alice = await self.make_user("alice")
         meeting = await self.make_meeting(alice)

@@ -233,6 +233,94 @@ class SQLiteOnlyTests(TestCase):
         self.assertEqual(await store.get_user(alice.id), alice)
 
 
+class _CountingStore(SQLiteStore):
+    """Records the size of every meeting-message transaction."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.batches = []
+
+    def _add_meeting_messages_txn(self, txn, batch):
+        self.batches.append(len(batch))
+        return super()._add_meeting_messages_txn(txn, batch)
+
+
+class _FailingBatchStore(_CountingStore):
+    """Its first meeting-message transaction fails as a whole (a full disk, say)."""
+
+    def _add_meeting_messages_txn(self, txn, batch):
+        if not self.batches:
+            self.batches.append(len(batch))
+            raise OSError("disk full")
+        return super()._add_meeting_messages_txn(txn, batch)
+
+
+class GroupCommitTests(TestCase):
+    """Meeting messages asked for while others are being committed share one transaction."""
+
+    async def open_store(self, path=":memory:", store_type=_CountingStore, **kw):
+        store = store_type(path, reactor, **kw)
+        self.addCleanup(store.stop)
+        await store.start()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting("m", "", alice.id, NOW, None, 10, "video", None, SETTINGS,
+                                                "room-1", NOW)
+        return store, alice, meeting
+
+    async def test_messages_asked_together_are_committed_together(self):
+        store, alice, meeting = await self.open_store()
+        asked = [store.add_meeting_message(meeting.id, alice.id, f"m{i}", "text", NOW) for i in range(50)]
+        records = [await d for d in asked]
+        self.assertEqual([r.content for r in records], [f"m{i}" for i in range(50)])
+        # The first goes at once; the other 49 wait for it and go as one.
+        self.assertEqual(store.batches, [1, 49])
+        self.assertEqual(await store.list_meeting_messages(meeting.id, 0, 100), (50, records))
+
+    async def test_other_operations_keep_their_place(self):
+        store, alice, meeting = await self.open_store()
+        first = store.add_meeting_message(meeting.id, alice.id, "first", "text", NOW)
+        second = store.add_meeting_message(meeting.id, alice.id, "second", "text", NOW)  # waits for the next batch
+        listed = store.list_meeting_messages(meeting.id, 0, 10)  # asked after both: must see both
+        third = store.add_meeting_message(meeting.id, alice.id, "third", "text", NOW)
+        total, page = await listed
+        self.assertEqual([r.content for r in page], ["first", "second"])
+        self.assertEqual([(await d).content for d in (first, second, third)], ["first", "second", "third"])
+        self.assertEqual(store.batches, [1, 1, 1])
+
+    async def test_too_many_waiting_is_refused_clearly(self):
+        store, alice, meeting = await self.open_store(max_pending_messages=3)
+        asked = [store.add_meeting_message(meeting.id, alice.id, f"m{i}", "text", NOW) for i in range(4)]
+        refused = store.add_meeting_message(meeting.id, alice.id, "one too many", "text", NOW)
+        error = self.failureResultOf(refused, Unavailable).value
+        self.assertEqual(error.code, 503)
+        self.assertEqual([(await d).content for d in asked], ["m0", "m1", "m2", "m3"])
+        # Once the disk has caught up, messages are taken again.
+        later = await store.add_meeting_message(meeting.id, alice.id, "later", "text", NOW)
+        self.assertEqual((await store.list_meeting_messages(meeting.id, 0, 10))[1][-1], later)
+
+    async def test_a_failed_transaction_fails_its_messages_only(self):
+        store, alice, meeting = await self.open_store(store_type=_FailingBatchStore)
+        lost = store.add_meeting_message(meeting.id, alice.id, "lost", "text", NOW)
+        kept = store.add_meeting_message(meeting.id, alice.id, "kept", "text", NOW)
+        await self.assertFailure(lost, OSError)
+        record = await kept
+        self.assertEqual(record.content, "kept")
+        self.assertEqual(await store.list_meeting_messages(meeting.id, 0, 10), (1, [record]))
+
+    async def test_stop_commits_waiting_messages(self):
+        path = self.mktemp()
+        store, alice, meeting = await self.open_store(path)
+        asked = [store.add_meeting_message(meeting.id, alice.id, f"m{i}", "text", NOW) for i in range(5)]
+        await store.stop()
+        records = [self.successResultOf(d) for d in asked]
+        self.assertEqual([r.content for r in records], [f"m{i}" for i in range(5)])
+        await self.assertFailure(store.add_meeting_message(meeting.id, alice.id, "late", "text", NOW), Unavailable)
+        reopened = SQLiteStore(path, reactor)
+        self.addCleanup(reopened.stop)
+        await reopened.start()
+        self.assertEqual(await reopened.list_meeting_messages(meeting.id, 0, 10), (5, records))
+
+
 class PrepareTests(TestCase):
     """SQLiteStore.prepare(): synchronous migrations for start-up."""
 

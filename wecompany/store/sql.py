@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wecompany.errors import Conflict, MeetingFull, MeetingNotFound
+from wecompany.errors import Conflict, MeetingFull, MeetingNotFound, Unavailable
 from wecompany.store.common import (
     FILE_COMPLETE,
     FILE_RECEIVING,
@@ -107,7 +107,8 @@ _SELECT_PROFILE = f"SELECT {_PROFILE} FROM profiles"
 _SELECT_FILE = f"SELECT {_FILE} FROM files"
 _SELECT_MEETING = f"SELECT {_MEETING} FROM meetings"
 _SELECT_PARTICIPANT = f"SELECT {_PARTICIPANT} FROM {_PARTICIPANTS}"
-_SELECT_MEETING_MESSAGE = f"SELECT {_MEETING_MESSAGE} FROM {_MEETING_MESSAGES}"
+# A user's names as meeting messages carry them.
+_USER_NAMES = "SELECT u.username, f.nickname FROM users u JOIN profiles f ON f.user_id = u.id WHERE u.id = ?"
 
 # Case-insensitive substring match of the column before it, with a pattern
 # from like_pattern(); lower() on both sides, as not every database's LIKE
@@ -166,6 +167,13 @@ _MEETINGS = _Listing(_MEETING, "meetings", _meeting)
 _MEETING_MESSAGE_LIST = _Listing(_MEETING_MESSAGE, _MEETING_MESSAGES, _meeting_message)
 
 
+def _only_message(records: list[MeetingMessageRecord | Exception]) -> MeetingMessageRecord:
+    (record,) = records
+    if isinstance(record, Exception):
+        raise record
+    return record
+
+
 def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
@@ -195,6 +203,12 @@ class SQLStore:
     _close_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
 
     _start_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+
+    #: Meeting messages waiting for the next group commit, at most this many;
+    #: past it add_meeting_message answers Unavailable (503) at once.
+    max_pending_messages: int = attrs.field(default=10_000, kw_only=True)
+    _messages_pending: list[tuple[tuple[Any, ...], Deferred[Any]]] = attrs.field(factory=list, init=False)
+    _message_batches: int = attrs.field(default=0, init=False)  # group commits under way
 
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
@@ -236,6 +250,8 @@ class SQLStore:
 
     def _drain_and_close(self) -> None:
         assert self._pool is not None
+        if self._messages_pending:
+            self._flush_messages()
         # The pool has one connection, which runs interactions in the order
         # they were asked for: once this no-op is done, so is every write
         # queued before stop() was called.
@@ -282,6 +298,9 @@ class SQLStore:
         if not self._running():
             return fail(store_not_running())
         assert self._pool is not None
+        if self._messages_pending:
+            # Messages asked for before this keep their place in the queue.
+            self._flush_messages()
         return self._pool.runInteraction(self._transaction, write, interaction, *args)
 
     def _transaction(self, txn: Any, write: bool, interaction: Callable[..., Any], *args: object) -> Any:
@@ -805,18 +824,75 @@ class SQLStore:
     # -- meeting chat ---------------------------------------------------------
     def add_meeting_message(self, meeting_id: int, user_id: int, content: str, message_type: str,
                             now: float) -> Deferred[MeetingMessageRecord]:
-        return self._write(self._add_meeting_message_txn, meeting_id, user_id, content, message_type, now)
+        """
+        Group commit: messages asked for while a batch of them is being
+        committed go together in the next transaction, one commit (one fsync)
+        for all. Each Deferred still fires only once its message is on disk,
+        and order is kept: with every other operation (see :meth:`_run`) and
+        among the messages themselves.
+        """
+        item = (meeting_id, user_id, content, message_type, float(now))
+        if not self._running():  # starting, stopping or stopped: the usual path decides
+            return self._write(self._add_meeting_messages_txn, [item]).addCallback(_only_message)
+        if len(self._messages_pending) >= self.max_pending_messages:
+            # The disk is behind: refuse clearly rather than queue without bound.
+            return fail(Unavailable("too many messages waiting to be stored; try again shortly"))
+        waiter: Deferred[MeetingMessageRecord] = Deferred()
+        self._messages_pending.append((item, waiter))
+        if not self._message_batches:
+            self._flush_messages()
+        return waiter
 
-    def _add_meeting_message_txn(self, txn: Any, meeting_id: int, user_id: int, content: str,
-                                 message_type: str, now: float) -> MeetingMessageRecord:
-        self._require_meeting_txn(txn, meeting_id)
-        self._require_users(txn, [user_id])
-        values = {
-            "meeting_id": meeting_id, "user_id": user_id, "content": content,
-            "message_type": message_type, "created_at": now,
-        }
-        (message_id,) = self._insert(txn, "meeting_messages", values, "id")
-        return _meeting_message(self._one(txn, f"{_SELECT_MEETING_MESSAGE} WHERE m.id = ?", (message_id,)))
+    def _flush_messages(self) -> None:
+        """Send every pending message to the database as one transaction."""
+        batch, self._messages_pending = self._messages_pending, []
+        self._message_batches += 1
+        assert self._pool is not None
+        d = self._pool.runInteraction(self._transaction, True, self._add_meeting_messages_txn,
+                                      [item for item, _ in batch])
+        d.addBoth(self._messages_committed, [waiter for _, waiter in batch])
+
+    def _messages_committed(self, outcome: list[Any] | Failure, waiters: list[Deferred[Any]]) -> None:
+        self._message_batches -= 1
+        if self._messages_pending and not self._message_batches:
+            self._flush_messages()
+        for index, waiter in enumerate(waiters):
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            elif isinstance(outcome[index], Exception):
+                waiter.errback(Failure(outcome[index]))
+            else:
+                waiter.callback(outcome[index])
+
+    def _add_meeting_messages_txn(self, txn: Any, batch: list[tuple[int, int, str, str, float]],
+                                  ) -> list[MeetingMessageRecord | Exception]:
+        """
+        Insert each message whose meeting and user exist; the others get their
+        error (MeetingNotFound, NotFound 1003) in their place and the rest are
+        still committed.
+        """
+        meetings: dict[int, bool] = {}
+        names: dict[int, tuple[str, str] | None] = {}
+        out: list[MeetingMessageRecord | Exception] = []
+        for meeting_id, user_id, content, message_type, now in batch:
+            if meeting_id not in meetings:
+                meetings[meeting_id] = self._one(txn, "SELECT 1 FROM meetings WHERE id = ?", (meeting_id,)) is not None
+            if user_id not in names:
+                names[user_id] = self._one(txn, _USER_NAMES, (user_id,))
+            if not meetings[meeting_id]:
+                out.append(MeetingNotFound())
+                continue
+            if names[user_id] is None:
+                out.append(user_not_found())
+                continue
+            values = {"meeting_id": meeting_id, "user_id": user_id, "content": content,
+                      "message_type": message_type, "created_at": now}
+            (message_id,) = self._insert(txn, "meeting_messages", values, "id")
+            username, nickname = names[user_id]
+            out.append(MeetingMessageRecord(id=message_id, meeting_id=meeting_id, user_id=user_id, username=username,
+                                            nickname=nickname, content=content, message_type=message_type,
+                                            created_at=now))
+        return out
 
     def list_meeting_messages(self, meeting_id: int, offset: int,
                               limit: int) -> Deferred[tuple[int, list[MeetingMessageRecord]]]:
