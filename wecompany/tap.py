@@ -186,9 +186,9 @@ def build_service(config: Config, reactor):
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
         allow_anonymous=config.allow_anonymous)
     credentials = Credentials(accounts)
-    meetings = MeetingService(store, accounts.hasher, reactor)
     ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, reactor, format_time=rfc3339)
+    meetings = MeetingService(store, accounts.hasher, reactor, listeners=[rooms])
     lifecycle = AccountLifecycle(store, credentials, registry, meetings)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
                    ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,

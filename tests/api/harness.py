@@ -38,9 +38,9 @@ class Api:
         self.clock = d.clock
         self.mailer = RecordingMailer()
         self.credentials = Credentials(d.accounts, self.mailer)
-        self.meetings = MeetingService(d.store, d.hasher, d.clock)
         self.ice = IceServers(d.clock)
         self.rooms = RoomService(d.store, self.ice, d.clock, format_time=rfc3339)
+        self.meetings = MeetingService(d.store, d.hasher, d.clock, listeners=[self.rooms])
         self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry, self.meetings)
         self.metrics = Metrics(d.registry, d.calls)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,

@@ -199,3 +199,85 @@ class UserDeletedTests(MeetingServiceCase):
         self.ok(self.service.user_deleted(self.host.id))
         still_open = [mid for mid in ids if self.store.get_meeting(mid).result.status != "cancelled"]
         self.assertEqual(still_open, [])
+
+
+class RecordingListener:
+    def __init__(self):
+        self.events = []
+
+    def meeting_changed(self, meeting):
+        self.events.append(("changed", meeting.id, meeting.status))
+
+    def meeting_deleted(self, meeting_id):
+        self.events.append(("deleted", meeting_id))
+
+    def participant_left(self, meeting_id, user_id, reason):
+        self.events.append(("left", meeting_id, user_id, reason))
+
+
+class BrokenListener:
+    def __getattr__(self, name):
+        def fail(*args):
+            raise RuntimeError("listener bug")
+        return fail
+
+
+class ListenerTests(MeetingServiceCase):
+    """What is stored through the service is told to its listeners (the signaling rooms)."""
+
+    def setUp(self):
+        super().setUp()
+        self.listener = RecordingListener()
+        self.service.listeners.append(self.listener)
+
+    def take(self):
+        events, self.listener.events = self.listener.events, []
+        return events
+
+    def test_changes_are_told_after_they_are_stored(self):
+        guest = self.user("guest")
+        meeting = self.create()
+        self.assertEqual(self.take(), [])  # a new meeting has no room yet
+        self.ok(self.service.join(guest, meeting.id))  # scheduled -> ongoing
+        self.assertEqual(self.take(), [("changed", meeting.id, "ongoing")])
+        self.ok(self.service.join(guest, meeting.id))  # already ongoing: nothing changed
+        self.assertEqual(self.take(), [])
+        self.ok(self.service.update(self.host, meeting.id, {"settings": {"enable_chat": False}}))
+        self.assertEqual(self.take(), [("changed", meeting.id, "ongoing")])
+        self.ok(self.service.leave(guest, meeting.id))
+        self.assertEqual(self.take(), [("left", meeting.id, guest.id, "left")])
+        self.ok(self.service.join(guest, meeting.id))
+        self.ok(self.service.remove_participant(self.host, meeting.id, guest.id))
+        self.assertEqual(self.take(), [("left", meeting.id, guest.id, "removed")])
+        self.ok(self.service.end(self.host, meeting.id))
+        self.assertEqual(self.take(), [("changed", meeting.id, "ended")])
+        other = self.create()
+        self.ok(self.service.start(self.host, other.id))
+        self.ok(self.service.delete(self.host, other.id))
+        self.assertEqual(self.take(), [("changed", other.id, "ongoing"), ("deleted", other.id)])
+
+    def test_refused_changes_are_not_told(self):
+        guest = self.user("guest")
+        meeting = self.create()
+        self.fails(self.service.update(guest, meeting.id, {"title": "mine now"}), Forbidden)
+        self.fails(self.service.end(guest, meeting.id), Forbidden)
+        self.assertEqual(self.take(), [])
+
+    def test_account_deletion_tells_every_meeting(self):
+        guest = self.user("guest")
+        hosted = self.create()
+        self.ok(self.service.join(guest, hosted.id))
+        theirs = self.create(guest)
+        self.ok(self.service.join(self.host, theirs.id))
+        self.take()
+        self.ok(self.service.user_deleted(self.host.id))
+        self.assertEqual(sorted(self.take()), sorted([("changed", hosted.id, "ended"),
+                                                      ("left", theirs.id, self.host.id, "left")]))
+
+    def test_a_failing_listener_does_not_undo_the_change(self):
+        self.service.listeners.insert(0, BrokenListener())
+        meeting = self.create()
+        ended = self.ok(self.service.end(self.host, meeting.id))
+        self.assertEqual(ended.status, "ended")
+        self.assertEqual(self.take(), [("changed", meeting.id, "ended")])  # the next listener still hears
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -25,11 +25,9 @@ class Captured(SignalingProtocol):
         self.closed = None
         self.state = self.STATE_OPEN  # as after a real handshake
 
-    def sendMessage(self, payload, isBinary=False, **kw):
-        if self.state != self.STATE_OPEN:
-            from autobahn.exception import Disconnected
-            raise Disconnected("Attempt to send on a closed protocol")
-        self.sent.append(json.loads(payload))
+    def _send_prepared(self, message):
+        assert self.state == self.STATE_OPEN, "sent on a connection that is not open"
+        self.sent.append(json.loads(message.payload))
 
     def sendClose(self, code=None, reason=None):
         self.closed = (code, reason)
@@ -279,6 +277,75 @@ class RoomTests(SignalingTestCase):
         self.assertEqual(new.take()[0]["type"], "room-info")
 
 
+class MeetingFollowsRestTests(SignalingTestCase):
+    """A live room follows what happens to its meeting through the REST API."""
+
+    def rest(self, method, path, body=None, who="host"):
+        code, answer, _ = self.api.request(method, f"/api/v1/meetings/{self.meeting_id}{path}", body,
+                                           token=self.token(who))
+        self.assertEqual(code, 200, answer)
+
+    def assertKicked(self, proto, error_code=None, code=None):
+        error = proto.take()[-1]
+        self.assertEqual(error["type"], "error")
+        if error_code is not None:
+            self.assertEqual(error["payload"]["details"]["error_code"], error_code)
+        if code is not None:
+            self.assertEqual(error["payload"]["code"], code)
+        self.assertEqual(proto.closed[0], 4003)
+
+    def test_ending_the_meeting_closes_its_room(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        self.rest("POST", "/end")
+        for proto in (alice, bob):
+            self.assertKicked(proto, error_code=2002)
+        self.assertEqual((self.api.rooms.room_count(), len(self.api.rooms.sessions)), (0, 0))
+        for proto in (alice, bob):
+            proto.onClose(True, 4003, "the meeting has ended")
+            self.assertEqual(proto.take(), [])
+        for name in ("alice", "bob"):
+            record = self.api.domain.store.get_participant(self.meeting_id, self.uid(name)).result
+            self.assertEqual(record.status, "left")
+
+    def test_deleting_the_meeting_closes_its_room(self):
+        alice = self.connect("alice")
+        self.rest("DELETE", "")
+        self.assertKicked(alice, code=404)
+        self.assertEqual(self.api.rooms.room_count(), 0)
+
+    def test_chat_settings_apply_to_the_live_room(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take(), bob.take()
+        self.rest("PUT", "", {"settings": {"enable_chat": False}})
+        alice.send({"type": "chat", "payload": {"content": "anyone?"}})
+        self.assertEqual(alice.take()[0]["payload"]["code"], 403)
+        self.assertEqual(bob.take(), [])
+        self.rest("PUT", "", {"settings": {"enable_chat": True}})
+        alice.send({"type": "chat", "payload": {"content": "back on"}})
+        self.assertEqual(bob.take()[0]["payload"]["content"], "back on")
+
+    def test_leaving_through_rest_disconnects_the_users_sessions(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take()
+        self.rest("POST", "/leave", who="bob")
+        self.assertKicked(bob, code=403)
+        got = alice.take()
+        self.assertEqual([m["type"] for m in got], ["user-left", "room-info"])
+        self.assertEqual(got[0]["payload"]["reason"], "left")
+        self.assertEqual(got[1]["payload"]["participant_count"], 1)
+        bob.onClose(True, 4003, "you left the meeting")
+        self.assertEqual(alice.take(), [])  # one user-left, not two
+
+    def test_a_removed_participant_is_disconnected(self):
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take()
+        self.rest("DELETE", f"/participants/{self.uid('bob')}")
+        self.assertKicked(bob, code=403)
+        self.assertEqual(alice.take()[0]["payload"]["reason"], "removed")
+        _, d = self.handshake("bob")
+        self.assertEqual(self.denied(d), 403)  # and cannot come back without joining again
+
+
 class DialectTests(SignalingTestCase):
     def test_numeric_dialect_and_mixed_room(self):
         seed = self.connect("alice")
@@ -503,3 +570,71 @@ class PeerConflictTests(SignalingTestCase):
         bob = self.connect("bob", peer="shared")
         self.assertEqual(bob.take()[-1]["payload"]["code"], 409)
         self.assertEqual([m.peer_id for m in self.api.rooms.rooms[self.meeting_id].members.values()], ["shared"])
+
+
+def client_frame(payload: bytes, opcode: int = 1, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    """A masked client frame, as RFC 6455 requires of clients."""
+    n = len(payload)
+    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Parse unmasked server frames -> [(opcode, payload)]; asserts they are whole."""
+    frames, pos = [], 0
+    while pos < len(data):
+        opcode, n, pos = data[pos] & 0x0F, data[pos + 1] & 0x7F, pos + 2
+        assert not data[pos - 1] & 0x80, "servers must not mask"
+        if n == 126:
+            n, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
+        elif n == 127:
+            n, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
+        assert pos + n <= len(data), "truncated frame"
+        frames.append((opcode, data[pos:pos + n]))
+        pos += n
+    return frames
+
+
+class WireTests(SignalingTestCase):
+    """The real protocol on a StringTransport: handshake bytes in, WebSocket frames out."""
+
+    def open(self, name: str):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+        self.rest_join(name)
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        query = (f"meeting_id={self.meeting_id}&user_id={self.uid(name)}&peer_id=peer-{name}"
+                 f"&token={self.token(name)}")
+        proto.dataReceived(f"GET /ws/signaling?{query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:200])
+        transport.clear()
+        return proto, transport
+
+    def messages(self, transport) -> list[dict]:
+        frames = server_frames(transport.value())
+        transport.clear()
+        self.assertEqual({opcode for opcode, _ in frames} - {1}, set())
+        return [json.loads(payload) for _, payload in frames]
+
+    def test_frames_in_one_byte_at_a_time_and_many_at_once(self):
+        alice, alice_wire = self.open("alice")
+        for byte in client_frame(b'{"type":"join"}'):
+            alice.dataReceived(bytes((byte,)))
+        self.assertEqual([m["type"] for m in self.messages(alice_wire)], ["room-info"])
+        bob, bob_wire = self.open("bob")
+        bob.dataReceived(client_frame(b'{"type":4}') + client_frame(b'{"type":11,"payload":"p"}')
+                         + client_frame(json.dumps({"type": 8, "payload": {"content": "x" * 300}}).encode()))
+        self.assertEqual([m["type"] for m in self.messages(bob_wire)], [14, 12, 8])
+        got = self.messages(alice_wire)
+        self.assertEqual([m["type"] for m in got], ["user-joined", "room-info", "chat"])
+        self.assertEqual(got[2]["payload"]["content"], "x" * 300)  # a 16-bit length, framed once per dialect
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        for proto in (alice, bob):
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.api.rooms.room_count(), 0)
+

@@ -37,3 +37,20 @@ class IClient(Interface):
 
     def disconnect(error):
         """Tell the client why (a :class:`~wecompany.errors.WeCompanyError`) and close."""
+
+
+class IMeetingListener(Interface):
+    """
+    Told by :class:`~wecompany.domain.meetings.MeetingService` what happened
+    to a meeting through the REST API, after it is stored (the rooms of live
+    meetings follow it).
+    """
+
+    def meeting_changed(meeting):
+        """The meeting's record changed (settings, capacity, status: also ended or cancelled)."""
+
+    def meeting_deleted(meeting_id):
+        """The meeting and everything of it are gone."""
+
+    def participant_left(meeting_id, user_id, reason):
+        """The user left the meeting (``"left"``) or was removed from it (``"removed"``)."""

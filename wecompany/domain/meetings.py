@@ -52,14 +52,17 @@ class MeetingService:
     :param store: an :class:`~wecompany.store.interface.IMeetingStore`.
     :param hasher: a PasswordHasher (meeting passwords are hashed like account ones).
     :param clock: ``IReactorTime``.
+    :param listeners: :class:`~wecompany.domain.interfaces.IMeetingListener` s
+        told of every change once it is stored (the signaling rooms).
     """
 
     log = Logger()
 
-    def __init__(self, store, hasher, clock) -> None:
+    def __init__(self, store, hasher, clock, listeners=()) -> None:
         self.store = store
         self.hasher = hasher
         self.clock = clock
+        self.listeners = list(listeners)
 
     # -- meetings -------------------------------------------------------------
     async def create(self, user, *, title: str, description: str = "", start_time: float | None = None,
@@ -133,13 +136,14 @@ class MeetingService:
             update["password_hash"] = await self._hash_password(changes["password"])
         if not update:
             return meeting
-        return await self.store.update_meeting(meeting.id, update, now)
+        return self._changed(await self.store.update_meeting(meeting.id, update, now))
 
     async def delete(self, user, meeting_id: int) -> None:
         meeting = await self.get(meeting_id)
         if meeting.creator_id != user.id:
             raise Forbidden("only the host may delete a meeting")
         await self.store.delete_meeting(meeting.id)
+        self._tell("meeting_deleted", meeting.id)
 
     async def start(self, user, meeting_id: int):
         meeting = await self.get(meeting_id)
@@ -148,7 +152,7 @@ class MeetingService:
         if meeting.status == ONGOING:
             return meeting
         now = self.clock.seconds()
-        return await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now}, now)
+        return self._changed(await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now}, now))
 
     async def end(self, user, meeting_id: int, *, force: bool = False):
         """End the meeting; everyone still joined is marked as having left."""
@@ -163,7 +167,7 @@ class MeetingService:
         for p in await self.store.list_participants(meeting.id):
             if p.status == "joined":
                 await self.store.update_participant(meeting.id, p.user_id, {"status": "left", "left_at": now})
-        return await self.store.update_meeting(meeting.id, {"status": status, "ended_at": now}, now)
+        return self._changed(await self.store.update_meeting(meeting.id, {"status": status, "ended_at": now}, now))
 
     # -- membership -----------------------------------------------------------
     async def join(self, user, meeting_id: int, password: str | None = None):
@@ -179,7 +183,8 @@ class MeetingService:
         participant, _ = await self.store.join_meeting(meeting.id, user.id, role, self.clock.seconds())
         if meeting.status == SCHEDULED:
             now = self.clock.seconds()
-            meeting = await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now}, now)
+            meeting = self._changed(await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now},
+                                                                    now))
         return meeting, participant
 
     async def leave(self, user, meeting_id: int):
@@ -187,8 +192,10 @@ class MeetingService:
         participant = await self.store.get_participant(meeting.id, user.id)
         if participant is None:
             raise NotFound("you are not a participant of this meeting")
-        return await self.store.update_participant(meeting.id, user.id,
+        left = await self.store.update_participant(meeting.id, user.id,
                                                    {"status": "left", "left_at": self.clock.seconds()})
+        self._tell("participant_left", meeting.id, user.id, "left")
+        return left
 
     async def participants(self, user, meeting_id: int):
         meeting = await self.get(meeting_id)
@@ -218,6 +225,7 @@ class MeetingService:
             # Otherwise a moderator could demote another by removing and re-inviting.
             raise Forbidden("only the host may remove a moderator")
         await self.store.remove_participant(meeting.id, target_id)
+        self._tell("participant_left", meeting.id, target_id, "removed")
 
     async def set_role(self, user, meeting_id: int, target_id: int, role: str):
         meeting = await self.get(meeting_id)
@@ -270,6 +278,21 @@ class MeetingService:
                 p = await self.store.get_participant(meeting.id, user_id)
                 if p is not None and p.status in ("joined", "invited"):
                     await self.store.update_participant(meeting.id, user_id, {"status": "left", "left_at": now})
+                    self._tell("participant_left", meeting.id, user_id, "left")
+
+    # -- listeners ------------------------------------------------------------
+    def _changed(self, meeting):
+        if meeting is not None:
+            self._tell("meeting_changed", meeting)
+        return meeting
+
+    def _tell(self, event: str, *args) -> None:
+        # The change is stored: a listener failing must not turn it into an error.
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                self.log.failure("meeting listener {listener} failed on {event}", listener=listener, event=event)
 
     # -- rules ----------------------------------------------------------------
     async def role_of(self, user, meeting) -> str | None:

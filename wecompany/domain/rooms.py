@@ -16,8 +16,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from zope.interface import implementer
+
+from wecompany.domain.interfaces import IMeetingListener
 from wecompany.domain.meetings import ENDED, CANCELLED
-from wecompany.errors import Conflict, Forbidden, InvalidInput, NotFound
+from wecompany.errors import Conflict, Forbidden, InvalidInput, MeetingEnded, MeetingNotFound, NotFound
 
 SIGNALS = ("offer", "answer", "ice-candidate")
 MAX_PEER_ID = 128
@@ -67,15 +70,27 @@ class Member:
 
 @attrs.define(eq=False)
 class Room:
+    """
+    The live room of one meeting. ``meeting`` is its record as last seen
+    (at a join, or told by the MeetingService): chat is checked against it
+    without a database read per message.
+    """
+
     meeting_id: int
     room_id: str
+    meeting: object
     members: dict = attrs.Factory(dict)  # session_id -> Member, in join order
     created_at: float = 0.0
     messages: int = 0
 
 
+@implementer(IMeetingListener)
 class RoomService:
     """
+    Rooms follow their meetings (:class:`IMeetingListener`): when one ends or
+    is deleted its members are disconnected, and a member who leaves the
+    meeting through REST, or is removed from it, is disconnected too.
+
     :param store: IStore + IMeetingStore.
     :param ice: :class:`~wecompany.domain.ice.IceServers`.
     :param format_time: POSIX seconds -> the string clients see (RFC 3339).
@@ -134,7 +149,9 @@ class RoomService:
         # Made only now (leave() above may have removed an emptied room).
         room = self.rooms.get(meeting.id)
         if room is None:
-            room = self.rooms[meeting.id] = Room(meeting.id, meeting.room_id, created_at=now)
+            room = self.rooms[meeting.id] = Room(meeting.id, meeting.room_id, meeting, created_at=now)
+        elif meeting.updated_at > room.meeting.updated_at:
+            room.meeting = meeting
         member = Member("s_" + secrets.token_hex(8), client, user.id, user.username, peer_id, meeting.id, now)
         room.members[member.session_id] = member
         self.sessions[member.session_id] = member
@@ -150,21 +167,25 @@ class RoomService:
 
     def leave(self, client, reason: str = "leave") -> bool:
         """Leave once: ``user-left`` and a fresh ``room-info`` to the rest. Idempotent."""
-        member = self._by_client.pop(client, None)
+        member = self._by_client.get(client)
         if member is None:
             return False
+        self._remove(member, reason)
+        return True
+
+    def _remove(self, member: Member, reason: str, record: bool = True) -> None:
+        del self._by_client[member.client]
         self.sessions.pop(member.session_id, None)
         room = self.rooms.get(member.meeting_id)
         if room is None:
-            return True
+            return
         room.members.pop(member.session_id, None)
         self._to_others(room, member, self._event("user-left", member, {**self.member_view(member), "reason": reason}))
         self._refresh_others(room, member)
-        if not any(m.user_id == member.user_id for m in room.members.values()):
+        if record and not any(m.user_id == member.user_id for m in room.members.values()):
             self._record(member.meeting_id, member.user_id, {"status": "left", "left_at": self.clock.seconds()})
         if not room.members:
             del self.rooms[member.meeting_id]
-        return True
 
     def member_of(self, client) -> Member | None:
         return self._by_client.get(client)
@@ -192,8 +213,8 @@ class RoomService:
         """Store the message durably, then send it to the whole room, the sender included."""
         member = self._require(client)
         content = _chat_text(payload)
-        meeting = await self.store.get_meeting(member.meeting_id)
-        if meeting is None or meeting.status in (ENDED, CANCELLED):
+        meeting = self.rooms[member.meeting_id].meeting
+        if meeting.status in (ENDED, CANCELLED):
             raise Forbidden("meeting is over")
         if not meeting.settings.get("enable_chat", True):
             raise Forbidden("chat is disabled in this meeting")
@@ -239,6 +260,43 @@ class RoomService:
         member = self._by_client.get(client)
         meeting_id = member.meeting_id if member is not None else 0
         client.send_event(SignalEvent("pong", meeting_id, payload, self.clock.seconds()))
+
+    # -- the meetings' REST side (IMeetingListener) -------------------------------
+    def meeting_changed(self, meeting) -> None:
+        room = self.rooms.get(meeting.id)
+        if room is None:
+            return
+        room.meeting = meeting
+        if meeting.status == ENDED:
+            self._close_room(room, MeetingEnded("the meeting has ended"))
+        elif meeting.status == CANCELLED:
+            self._close_room(room, MeetingEnded("the meeting was cancelled"))
+
+    def meeting_deleted(self, meeting_id: int) -> None:
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            self._close_room(room, MeetingNotFound("the meeting was deleted"))
+
+    def participant_left(self, meeting_id: int, user_id: int, reason: str) -> None:
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return
+        error = Forbidden("you left the meeting" if reason == "left" else "you were removed from the meeting")
+        for member in [m for m in room.members.values() if m.user_id == user_id]:
+            # The REST record already says so (or is gone): nothing to record.
+            self._remove(member, reason, record=False)
+            self._disconnect(member, error)
+
+    def _close_room(self, room: Room, error) -> None:
+        """Everyone goes at once: no user-left among them, and the records were closed by REST."""
+        del self.rooms[room.meeting_id]
+        for member in list(room.members.values()):
+            del self._by_client[member.client]
+            self.sessions.pop(member.session_id, None)
+        for member in room.members.values():
+            self._disconnect(member, error)
+        room.members.clear()
+        self.log.info("room of meeting {meeting} closed: {why}", meeting=room.meeting_id, why=error.message)
 
     # -- queries (REST and metrics) -----------------------------------------------
     def room_count(self) -> int:
@@ -302,6 +360,12 @@ class RoomService:
         except Exception:
             self.log.failure("sending {kind} to session {session} failed", kind=event.kind,
                              session=member.session_id)
+
+    def _disconnect(self, member: Member, error) -> None:
+        try:
+            member.client.disconnect(error)
+        except Exception:
+            self.log.failure("disconnecting session {session} failed", session=member.session_id)
 
     def _record(self, meeting_id: int, user_id: int, changes: dict) -> None:
         """Mirror socket events into the participant's REST record (in the background)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 
-from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import wildcards2patterns
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -220,32 +220,46 @@ class SignalingProtocol(WebSocketServerProtocol):
         # simply gets nothing, and whoever is notifying the room goes on.
         if not isinstance(event, SignalEvent) or not self._open or self._closing or self.state != self.STATE_OPEN:
             return
-        data = self._encoded(event)
-        if not self._gate.admit(len(data)):
+        message = self._prepared(event)
+        if not self._gate.admit(len(message.payloadHybi)):
             # The client stopped reading: cut it off before its backlog grows further.
             self._log.info("dropping slow signaling client {user}", user=self.user.id if self.user else "?")
             self._closing = True
             self.transport.abortConnection()
             return
-        try:
-            self.sendMessage(data)
-        except Disconnected:
-            pass
+        self._send_prepared(message)
 
-    def _encoded(self, event: SignalEvent) -> bytes:
+    def _prepared(self, event: SignalEvent) -> PreparedMessage:
         """
-        The event as JSON in this connection's dialect. An event from a member
-        reads the same for every recipient of one dialect, so it is encoded
-        once per dialect, not once per recipient.
+        The event as a WebSocket frame of JSON in this connection's dialect.
+        An event from a member reads the same for every recipient of one
+        dialect, so it is encoded and framed once per dialect, not once per
+        recipient.
         """
         shared = event.from_session_id is not None
         key = self.dialect
         if shared and key in event.encoded:
             return event.encoded[key]
         data = json.dumps(self.encode(event), separators=(",", ":"), ensure_ascii=False).encode()
+        message = self.factory.prepareMessage(data)
         if shared:
-            event.encoded[key] = data
-        return data
+            event.encoded[key] = message
+        return message
+
+    def _send_prepared(self, message: PreparedMessage) -> None:
+        # Straight to the transport when Autobahn has nothing queued of its
+        # own: its sendPreparedMessage -> sendData formats debug-log arguments
+        # on every call, logged or not (11.5 us a message against 0.4 us for
+        # the write; a chat to a room of 10 is 10 of them).
+        if self.send_queue or self._perMessageCompress is not None:
+            self.sendPreparedMessage(message)
+        else:
+            self.transport.write(message.payloadHybi)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own formats a debug-log line's arguments on every call,
+        # logged or not: about a third of the cost of receiving a message.
+        self._dataReceived(data)
 
     def send_media(self, call_id, data) -> bool:
         return False  # media goes peer to peer (WebRTC), not through signaling
