@@ -108,7 +108,7 @@ _SELECT_FILE = f"SELECT {_FILE} FROM files"
 _SELECT_MEETING = f"SELECT {_MEETING} FROM meetings"
 _SELECT_PARTICIPANT = f"SELECT {_PARTICIPANT} FROM {_PARTICIPANTS}"
 # A user's names as meeting messages carry them.
-_USER_NAMES = "SELECT u.username, f.nickname FROM users u JOIN profiles f ON f.user_id = u.id WHERE u.id = ?"
+_USER_NAMES = "SELECT u.id, u.username, f.nickname FROM users u JOIN profiles f ON f.user_id = u.id"
 
 # Case-insensitive substring match of the column before it, with a pattern
 # from like_pattern(); lower() on both sides, as not every database's LIKE
@@ -871,24 +871,21 @@ class SQLStore:
         error (MeetingNotFound, NotFound 1003) in their place and the rest are
         still committed.
         """
-        meetings: dict[int, bool] = {}
-        names: dict[int, tuple[str, str] | None] = {}
+        meetings = set(self._by_ids_txn(txn, "SELECT id FROM meetings", "id",
+                                        list(self._chunks(item[0] for item in batch)), tuple))
+        names = self._by_ids_txn(txn, _USER_NAMES, "u.id", list(self._chunks(item[1] for item in batch)), tuple)
         out: list[MeetingMessageRecord | Exception] = []
         for meeting_id, user_id, content, message_type, now in batch:
             if meeting_id not in meetings:
-                meetings[meeting_id] = self._one(txn, "SELECT 1 FROM meetings WHERE id = ?", (meeting_id,)) is not None
-            if user_id not in names:
-                names[user_id] = self._one(txn, _USER_NAMES, (user_id,))
-            if not meetings[meeting_id]:
                 out.append(MeetingNotFound())
                 continue
-            if names[user_id] is None:
+            if user_id not in names:
                 out.append(user_not_found())
                 continue
             values = {"meeting_id": meeting_id, "user_id": user_id, "content": content,
                       "message_type": message_type, "created_at": now}
             (message_id,) = self._insert(txn, "meeting_messages", values, "id")
-            username, nickname = names[user_id]
+            _, username, nickname = names[user_id]
             out.append(MeetingMessageRecord(id=message_id, meeting_id=meeting_id, user_id=user_id, username=username,
                                             nickname=nickname, content=content, message_type=message_type,
                                             created_at=now))
