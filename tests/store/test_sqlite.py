@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import attrs
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
@@ -255,6 +256,17 @@ class _FailingBatchStore(_CountingStore):
         return super()._add_meeting_messages_txn(txn, batch)
 
 
+class _PacedStore(_CountingStore):
+    """Paced by a fake clock (the pool itself needs the real reactor's threads)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.fake_clock = Clock()
+
+    def _clock(self):
+        return self.fake_clock
+
+
 class GroupCommitTests(TestCase):
     """Meeting messages asked for while others are being committed share one transaction."""
 
@@ -269,12 +281,36 @@ class GroupCommitTests(TestCase):
 
     async def test_messages_asked_together_are_committed_together(self):
         store, alice, meeting = await self.open_store()
-        asked = [store.add_meeting_message(meeting.id, alice.id, f"m{i}", "text", NOW) for i in range(50)]
+        bob = await store.create_user("bob", "h", None, "Bobby", NOW)
+        asked = [store.add_meeting_message(meeting.id, (alice, bob)[i % 3 == 0].id, f"m{i}", "text", NOW + i)
+                 for i in range(250)]
         records = [await d for d in asked]
-        self.assertEqual([r.content for r in records], [f"m{i}" for i in range(50)])
-        # The first goes at once; the other 49 wait for it and go as one.
-        self.assertEqual(store.batches, [1, 49])
-        self.assertEqual(await store.list_meeting_messages(meeting.id, 0, 100), (50, records))
+        self.assertEqual([r.content for r in records], [f"m{i}" for i in range(250)])
+        # The first goes at once; the other 249 wait for it and go as one
+        # transaction (in three INSERTs: at most 500 parameters each).
+        self.assertEqual(store.batches, [1, 249])
+        self.assertEqual(await store.list_meeting_messages(meeting.id, 0, 300), (250, records))
+        self.assertEqual({r.nickname for r in records if r.user_id == bob.id}, {"Bobby"})
+
+    async def test_batches_start_at_most_once_an_interval(self):
+        store, alice, meeting = await self.open_store(store_type=_PacedStore, commit_interval=0.5)
+        clock = store.fake_clock
+        await store.add_meeting_message(meeting.id, alice.id, "first", "text", NOW)  # at once
+        second = store.add_meeting_message(meeting.id, alice.id, "second", "text", NOW)
+        third = store.add_meeting_message(meeting.id, alice.id, "third", "text", NOW)
+        self.assertNoResult(second)
+        self.assertEqual(store.batches, [1])
+        clock.advance(0.5)
+        self.assertEqual([(await second).content, (await third).content], ["second", "third"])
+        self.assertEqual(store.batches, [1, 2])
+        clock.advance(10)  # after a quiet spell a message goes at once
+        await store.add_meeting_message(meeting.id, alice.id, "fourth", "text", NOW)
+        self.assertEqual(store.batches, [1, 2, 1])
+        # A read asked for meanwhile does not wait for the clock, nor do the messages before it.
+        fifth = store.add_meeting_message(meeting.id, alice.id, "fifth", "text", NOW)
+        total, _ = await store.list_meeting_messages(meeting.id, 0, 10)
+        self.assertEqual((total, (await fifth).content), (5, "fifth"))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     async def test_other_operations_keep_their_place(self):
         store, alice, meeting = await self.open_store()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import secrets
 
@@ -24,10 +25,19 @@ def dumps(obj) -> bytes:
 
 def rfc3339(seconds: float | None) -> str | None:
     """POSIX seconds -> ``2025-10-02T10:00:00Z`` (None stays None)."""
+    global _last_rfc3339
     if seconds is None:
         return None
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    whole = math.floor(seconds)
+    last = _last_rfc3339
+    if last[0] == whole:  # a busy room stamps many messages within one second
+        return last[1]
+    text = datetime.datetime.fromtimestamp(whole, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    _last_rfc3339 = (whole, text)
+    return text
+
+
+_last_rfc3339: tuple[int | None, str] = (None, "")
 
 
 def parse_rfc3339(text: str) -> float:
