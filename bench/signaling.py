@@ -587,6 +587,9 @@ def _gc_cb(phase, info):
             _gc_log.write(f"{{_gc_t0[0]:.4f}} {{info['generation']}} {{_d * 1000:.2f}} {{info['collected']}}\\n")
 _gc.callbacks.append(_gc_cb)
 import os as _os
+if _os.environ.get("SWI"):
+    import sys as _sys
+    _sys.setswitchinterval(float(_os.environ["SWI"]))
 if _os.environ.get("GCX"):
     _a, _b, _c, _f = map(int, _os.environ["GCX"].split(","))
     _gc.set_threshold(_a, _b, _c)

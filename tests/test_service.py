@@ -22,6 +22,7 @@ from wecompany.config import Config
 from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
 from wecompany.errors import Unavailable
+from wecompany.runtime import CollectorTuning
 from wecompany.service import Listener, WeCompanyService
 from wecompany.store.memory import MemoryStore
 from wecompany.tcp.protocol import WeCompanyFactory
@@ -146,6 +147,22 @@ class FakePool:
         self.started = False
 
 
+class RecordingCollector:
+    """Stands in for the gc module."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def set_threshold(self, *threshold) -> None:
+        self.events.append(f"gc threshold {threshold}")
+
+    def collect(self) -> None:
+        self.events.append("gc collect")
+
+    def freeze(self) -> None:
+        self.events.append("gc freeze")
+
+
 class WeCompanyServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.events: list = []
@@ -155,12 +172,12 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.factory = RecordingFactory(self.events, self.clock, self.calls)
         self.endpoints = [FakeEndpoint("tcp", self.events), FakeEndpoint("http", self.events)]
 
-    def make_service(self, store=None) -> WeCompanyService:
+    def make_service(self, store=None, collector=None) -> WeCompanyService:
         return WeCompanyService(
             store=store or self.store,
             listeners=[Listener(e.name, e, Factory()) for e in self.endpoints],
             tcp_factory=self.factory, calls=self.calls, threadpools=[FakePool(self.events)],
-            reactor=self.clock, shutdown_grace=3.0)
+            reactor=self.clock, shutdown_grace=3.0, collector=collector)
 
     def start(self, service) -> None:
         """As twistd does: privileged start, then start."""
@@ -184,6 +201,15 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.assertNoResult(service.ready)
         self.store.gate.callback(None)
         self.assertIsNone(self.successResultOf(service.ready))
+
+    def test_collector_tuned_at_start_and_start_up_frozen_once_ready(self) -> None:
+        service = self.make_service(collector=CollectorTuning(collector=RecordingCollector(self.events)))
+        self.start(service)
+        self.assertEqual(self.events[:2], ["gc threshold (10000, 10, 10)", "store prepare"])
+        self.assertNotIn("gc freeze", self.events)
+        self.store.gate.callback(None)
+        self.successResultOf(service.ready)
+        self.assertEqual(self.events[-2:], ["gc collect", "gc freeze"])
 
     def test_prepare_failure_raises_and_nothing_listens(self) -> None:
         self.store.prepare_error = RuntimeError("schema version 9 is newer than this server knows")
@@ -320,6 +346,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual((service.calls.ring_timeout, service.calls.max_duration), (5.0, 60.0))
         self.assertIsNone(service.recorder)
         self.assertTrue(service.handle_signals)
+        self.assertEqual(service.collector, CollectorTuning())  # the daemon's, on the real gc module
         self.assertEqual(service.reactor, self.reactor)
         # Nothing listens until the service starts.
         self.assertEqual(self.reactor.tcpServers, [])

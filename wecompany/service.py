@@ -46,13 +46,15 @@ class WeCompanyService(MultiService):
     :param calls: the CallService (ends every call on shutdown).
     :param threadpools: ``ThreadPool`` s for hashing and disk work.
     :param recorder: optional CallRecorder.
+    :param collector: optional :class:`~wecompany.runtime.CollectorTuning`
+        for the process's garbage collector (the daemon's, not in tests).
     """
 
     log = Logger()
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
-                 startup_warnings=(), signaling=None) -> None:
+                 startup_warnings=(), signaling=None, collector=None) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -65,6 +67,7 @@ class WeCompanyService(MultiService):
         self.handle_signals = handle_signals
         self.startup_warnings = list(startup_warnings)
         self.signaling = signaling
+        self.collector = collector
         self.ready: Deferred = Deferred()
         self.ports: dict[str, object] = {}
         self._pending: list[tuple[str, Deferred]] = []
@@ -79,6 +82,8 @@ class WeCompanyService(MultiService):
         self._prepared = True
         for warning in self.startup_warnings:
             self.log.warn("{warning}", warning=warning)
+        if self.collector is not None:
+            self.collector.at_start()
         prepare = getattr(self.store, "prepare", None)
         if prepare is not None:
             prepare()
@@ -125,6 +130,8 @@ class WeCompanyService(MultiService):
             self.ports[name] = await d
         if self._stopping:
             return
+        if self.collector is not None:
+            self.collector.when_ready()
         self.log.info("WeCompany is ready")
         self.ready.callback(None)
 

@@ -149,6 +149,7 @@ def build_service(config: Config, reactor):
     from wecompany.domain.recording import CallRecorder
     from wecompany.domain.sessions import SessionRegistry
     from wecompany.domain.tokens import TokenIssuer
+    from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
     from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
@@ -213,4 +214,5 @@ def build_service(config: Config, reactor):
                         "this daemon serves its own clients only")
     return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
                             threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
-                            handle_signals=True, startup_warnings=warnings, signaling=signaling)
+                            handle_signals=True, startup_warnings=warnings, signaling=signaling,
+                            collector=CollectorTuning())

@@ -638,3 +638,44 @@ class WireTests(SignalingTestCase):
             proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.api.rooms.room_count(), 0)
 
+
+class PingTimeoutTests(WireTests):
+    """Protocol-level pings on the injected clock: a silent client is dropped, a live one is not."""
+
+    def setUp(self):
+        super().setUp()
+        self.factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
+                                        chat=self.api.domain.chat, clock=self.api.clock, reactor=self.api.clock,
+                                        ping_interval=30, ping_timeout=60)
+
+    def pings(self, transport) -> list[bytes]:
+        frames = server_frames(transport.value())
+        transport.clear()
+        return [payload for opcode, payload in frames if opcode == 9]
+
+    def test_a_client_that_never_answers_is_dropped(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        alice, alice_wire = self.open("alice")
+        alice.dataReceived(client_frame(b'{"type":"join"}'))
+        bob, bob_wire = self.open("bob")
+        bob.dataReceived(client_frame(b'{"type":"join"}'))
+        alice_wire.clear(), bob_wire.clear()
+        bob_pings, dropped_at, alice_text = 0, None, []
+        for second in range(5, 125, 5):  # alice answers every ping; bob never does
+            self.api.clock.advance(5)
+            frames = server_frames(alice_wire.value())
+            alice_wire.clear()
+            alice_text += [json.loads(p)["type"] for op, p in frames if op == 1]
+            for payload in (p for op, p in frames if op == 9):
+                alice.dataReceived(client_frame(payload, opcode=0xA))
+            if dropped_at is None:
+                bob_pings += len(self.pings(bob_wire))
+                if bob_wire.disconnecting:
+                    dropped_at = second
+                    bob.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((bob_pings, dropped_at), (1, 90))  # pinged at 30 s, given up on 60 s later
+        self.assertFalse(alice_wire.disconnecting)
+        self.assertEqual(alice_text, ["user-left", "room-info"])
+        alice.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.api.rooms.room_count(), 0)

@@ -18,6 +18,7 @@ from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
+from txaio._common import _BatchedTimer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -331,6 +332,11 @@ class SignalingFactory(WebSocketServerFactory):
         self._origins = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         # Autobahn closes (1009) past its own limit; up to ours, a message is
         # answered with an error instead and the connection stays open.
+        if reactor is not None:
+            # Autobahn schedules pings, their timeouts and handshake timeouts
+            # through txaio's global reactor; here they run on the injected one.
+            self._batched_timer = _BatchedTimer(200.0, 1000, seconds_provider=reactor.seconds,
+                                                delayed_call_creator=reactor.callLater)
         self.setProtocolOptions(maxMessagePayloadSize=max_message * 4, maxFramePayloadSize=max_message * 4,
                                 autoPingInterval=ping_interval or None, autoPingTimeout=ping_timeout or None,
                                 openHandshakeTimeout=10)

@@ -79,8 +79,8 @@ class SQLiteStore(SQLStore):
     _path: str
     _reactor: IReactorCore | None = None
     # A commit costs an fsync and, on a busy server, a wait for the GIL for
-    # each statement: under a stream of chat, 500 commits/s are plenty.
-    commit_interval: float = attrs.field(default=0.002, kw_only=True)
+    # each statement: under a stream of chat, 200 commits/s are plenty.
+    commit_interval: float = attrs.field(default=0.005, kw_only=True)
 
     def _make_pool(self) -> ConnectionPool:
         return connection_pool(self._path, self._reactor)
