@@ -64,11 +64,20 @@ def tune_realtime(transport, buffer_size: int) -> None:
       media can add in a single reactor turn, so media was dropped to
       receivers that were keeping up (bench/bulk.py).
     """
+    no_delay(transport)
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = buffer_size
+
+
+def no_delay(transport) -> None:
+    """
+    ``TCP_NODELAY``, for connections whose small messages must not wait:
+    Nagle's algorithm holds a small write back while an earlier one is
+    unacknowledged, until the peer's delayed ACK (up to 40 ms on Linux).
+    """
     set_nodelay = getattr(transport, "setTcpNoDelay", None)
     if set_nodelay is not None:
         try:
             set_nodelay(True)
         except OSError:
             pass  # not a TCP socket (e.g. a UNIX endpoint)
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = buffer_size

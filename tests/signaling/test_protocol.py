@@ -572,10 +572,19 @@ class PeerConflictTests(SignalingTestCase):
         self.assertEqual([m.peer_id for m in self.api.rooms.rooms[self.meeting_id].members.values()], ["shared"])
 
 
-def client_frame(payload: bytes, opcode: int = 1, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
-    """A masked client frame, as RFC 6455 requires of clients."""
+def client_frame(payload: bytes, opcode: int = 1, mask: bytes = b"\x01\x02\x03\x04", fin: bool = True,
+                 masked: bool = True) -> bytes:
+    """A client frame, masked as RFC 6455 requires of clients (unless ``masked`` is false)."""
     n = len(payload)
-    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    b0, bit = (0x80 if fin else 0) | opcode, 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, bit | n))
+    elif n < 65536:
+        head = bytes((b0, bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((b0, bit | 127)) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -598,12 +607,22 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 class WireTests(SignalingTestCase):
     """The real protocol on a StringTransport: handshake bytes in, WebSocket frames out."""
 
-    def open(self, name: str):
+    def open(self, name: str, protocol=None):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
         self.rest_join(name)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-        transport = StringTransport()
+        if protocol is not None:
+            proto = protocol()
+            proto.factory = self.factory
+
+        class TCPTransport(StringTransport):
+            no_delay = False
+
+            def setTcpNoDelay(self, enabled):
+                self.no_delay = enabled
+
+        transport = TCPTransport()
         proto.makeConnection(transport)
         query = (f"meeting_id={self.meeting_id}&user_id={self.uid(name)}&peer_id=peer-{name}"
                  f"&token={self.token(name)}")
@@ -611,6 +630,7 @@ class WireTests(SignalingTestCase):
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                            f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:200])
+        self.assertTrue(transport.no_delay)  # small messages must not wait for the peer's delayed ACK
         transport.clear()
         return proto, transport
 
@@ -637,6 +657,69 @@ class WireTests(SignalingTestCase):
         for proto in (alice, bob):
             proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.api.rooms.room_count(), 0)
+
+
+class RecordingProtocol(SignalingProtocol):
+    """The real receiving path, with the messages it delivers recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.got: list[tuple[bytes, bool]] = []
+
+    def onMessage(self, payload, isBinary):
+        self.got.append((payload, isBinary))
+
+
+class ReceivingTests(WireTests):
+    """
+    Whole text frames are taken by the protocol itself, everything else by
+    Autobahn: every mix of the two must deliver every message, in order.
+    """
+
+    def payloads(self):
+        # Every length modulo 4 (the mask), the 7-bit/16-bit boundary, non-ASCII text.
+        sizes = [0, 1, 2, 3, 4, 5, 7, 8, 124, 125, 126, 127, 128, 1000, 65535]
+        return [("é€" * size)[:size].encode()[:size].decode("utf-8", "ignore").encode() for size in sizes]
+
+    def test_text_frames_of_every_length(self):
+        proto, wire = self.open("alice", RecordingProtocol)
+        payloads = self.payloads()
+        frames = [client_frame(p, mask=bytes((i, 255 - i, 7, i * 3 % 256))) for i, p in enumerate(payloads)]
+        proto.dataReceived(b"".join(frames))  # all at once
+        for frame in frames:  # one at a time
+            proto.dataReceived(frame)
+        for frame in frames[:4] + frames[-2:]:  # byte by byte
+            for byte in frame:
+                proto.dataReceived(bytes((byte,)))
+        self.assertEqual(proto.got, [(p, False) for p in payloads + payloads + payloads[:4] + payloads[-2:]])
+        self.assertFalse(wire.disconnecting)
+
+    def test_mixed_with_what_autobahn_handles(self):
+        proto, wire = self.open("alice", RecordingProtocol)
+        big = b"x" * 70_000  # a 64-bit length
+        stream = (client_frame(b"one") + client_frame(b"ping!", opcode=9) + client_frame(b"two")
+                  + client_frame(b"frag", fin=False) + client_frame(b"ment", opcode=0)
+                  + client_frame(b"three") + client_frame(b"\x00\x01", opcode=2) + client_frame(big)
+                  + client_frame(b"four"))
+        proto.dataReceived(stream[:7])  # a partial first frame: Autobahn holds it ...
+        proto.dataReceived(stream[7:])  # ... and the rest
+        proto.dataReceived(client_frame(b"five"))  # its buffer empty again: the fast path
+        self.assertEqual(proto.got, [(b"one", False), (b"two", False), (b"fragment", False), (b"three", False),
+                                     (b"\x00\x01", True), (big, False), (b"four", False), (b"five", False)])
+        self.assertEqual([(op, p) for op, p in server_frames(wire.value())], [(10, b"ping!")])  # the pong
+
+    def test_invalid_utf8_fails_the_connection(self):
+        proto, wire = self.open("alice", RecordingProtocol)
+        proto.dataReceived(client_frame(b"fine") + client_frame(b"\xff\xfe bad") + client_frame(b"never"))
+        self.assertEqual(proto.got, [(b"fine", False)])
+        # Autobahn fails the connection (by dropping it, its default for a server).
+        self.assertTrue(wire.disconnecting)
+
+    def test_unmasked_client_frame_is_a_protocol_violation(self):
+        proto, wire = self.open("alice", RecordingProtocol)
+        proto.dataReceived(client_frame(b"unmasked", masked=False))
+        self.assertEqual(proto.got, [])
+        self.assertTrue(wire.disconnecting)
 
 
 class PingTimeoutTests(WireTests):
