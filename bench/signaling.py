@@ -581,21 +581,9 @@ def _gc_cb(phase, info):
         _gc_t0[0] = _time.monotonic()
     else:
         _d = _time.monotonic() - _gc_t0[0]
-        if info["generation"] == 2:
-            _gc_log.write(f"# objects {{len(_gc.get_objects())}} frozen {{_gc.get_freeze_count()}}\\n")
         if _d >= 0.002 or info["generation"] == 2:
             _gc_log.write(f"{{_gc_t0[0]:.4f}} {{info['generation']}} {{_d * 1000:.2f}} {{info['collected']}}\\n")
 _gc.callbacks.append(_gc_cb)
-import os as _os
-if _os.environ.get("SWI"):
-    import sys as _sys
-    _sys.setswitchinterval(float(_os.environ["SWI"]))
-if _os.environ.get("GCX"):
-    _a, _b, _c, _f = map(int, _os.environ["GCX"].split(","))
-    _gc.set_threshold(_a, _b, _c)
-    if _f:
-        from twisted.internet import reactor as _r
-        _r.callWhenRunning(lambda: _r.callLater(1.0, lambda: (_gc.collect(), _gc.freeze())))
 '''
 
 
@@ -606,8 +594,6 @@ def gc_report(path: str, start: float, end: float) -> str:
             rows = [line.split() for line in f]
     except FileNotFoundError:
         return "(no GC log)"
-    print("GC objects:", [r for r in rows if r[0] == "#"])
-    rows = [r for r in rows if r[0] != "#"]
     pauses = [(float(t) - start, int(g), float(ms)) for t, g, ms, _ in rows if start <= float(t) <= end]
     by_gen = {g: [ms for _, gg, ms in pauses if gg == g] for g in (0, 1, 2)}
     parts = [f"gen{g}: {len(v)} x, max {max(v, default=0):.0f} ms, total {sum(v):.0f} ms" for g, v in by_gen.items()]
