@@ -114,6 +114,46 @@ class SignalingEndToEndTests(DaemonTestCase):
         states = {p["username"]: p["status"] for p in body["data"]["list"]}
         self.assertEqual(states["bob"], "left")
 
+    async def test_chat_survives_a_crash_and_the_room_follows_its_meeting(self) -> None:
+        daemon = await self.start_daemon()
+        http = Http(self, daemon)
+        people = {}
+        for name in ("alice", "bob"):
+            await http.register(name)
+            data = await http.login(name)
+            people[name] = (data["user"]["id"], data["token"])
+        code, body = await http.call("POST", "/api/v1/meetings", {"title": "durable"}, token=people["alice"][1])
+        mid = body["data"]["meeting"]["id"]
+        for name in people:
+            await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=people[name][1])
+        bob = await ws_connect(self, daemon.http_port, mid, people["bob"][0], "peer-bob", people["bob"][1])
+        bob.send({"type": "join"})
+        await next_message(bob, "room-info")
+        sent = [f"message {i}" for i in range(20)]
+        for text in sent:  # without waiting: they are committed in groups
+            bob.send({"type": "chat", "payload": {"content": text}})
+        echoed = [(await next_message(bob, "chat"))["payload"]["content"] for _ in sent]
+        self.assertEqual(echoed, sent)
+        # Echoed means committed: not even SIGKILL right after loses one.
+        await daemon.kill()
+        await daemon.start()
+        http = Http(self, daemon)
+        code, body = await http.call("GET", f"/api/v1/meetings/{mid}/messages?page_size=50", token=people["bob"][1])
+        self.assertEqual([m["content"] for m in body["data"]["list"]], sent)
+
+        clients = {}
+        for name, (uid, token) in people.items():
+            clients[name] = await ws_connect(self, daemon.http_port, mid, uid, f"peer-{name}", token)
+            clients[name].send({"type": "join"})
+            await next_message(clients[name], "room-info")
+        code, body = await http.call("POST", f"/api/v1/meetings/{mid}/end", {}, token=people["alice"][1])
+        self.assertEqual(code, 200, body)
+        for client in clients.values():
+            error = await next_message(client, "error")
+            self.assertEqual(error["payload"]["details"]["error_code"], 2002)
+            code, _ = await client.closed
+            self.assertEqual(code, 4003)
+
     async def test_handshake_rejected_before_upgrade(self) -> None:
         daemon = await self.start_daemon()
         http = Http(self, daemon)
