@@ -431,18 +431,17 @@ class Daemon:
         return self.proc.returncode
 
 
-class Forwarder:
-    """The baseline relay, ``bench/forwarder.py``, as a subprocess (see its docstring)."""
+class Baseline:
+    """A baseline server of this folder (``forwarder.py``, ``ws_broadcast.py``) as a subprocess."""
 
-    def __init__(self, keyed: bool = False) -> None:
+    def __init__(self, script: str, *args: str) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "forwarder.py"), str(self.port)]
-                                     + (["--keyed"] if keyed else []), env=clean_env(), stdout=subprocess.PIPE,
-                                     preexec_fn=_raise_child_nofile)
+        self.proc = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, script), str(self.port), *args],
+                                     env=clean_env(), stdout=subprocess.PIPE, preexec_fn=_raise_child_nofile)
         line = self.proc.stdout.readline()  # bounded: the process prints "ready" or exits
         if line.strip() != b"ready":
             self.stop()
-            raise RuntimeError("baseline forwarder did not start")
+            raise RuntimeError(f"baseline {script} did not start")
         self.pid = self.proc.pid
 
     def rss_kib(self) -> int:
@@ -458,6 +457,12 @@ class Forwarder:
                 self.proc.wait(10)
         self.proc.stdout.close()
 
+
+class Forwarder(Baseline):
+    """The baseline relay, ``bench/forwarder.py`` (see its docstring)."""
+
+    def __init__(self, keyed: bool = False) -> None:
+        super().__init__("forwarder.py", *(["--keyed"] if keyed else []))
 
 
 # Experiments, not the product: small patches applied to the daemon at start

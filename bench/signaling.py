@@ -651,6 +651,98 @@ async def wait_ready(ready_q, procs, n, timeout):
     return ready == n
 
 
+async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, profile_path=None):
+    """
+    The chat load against the server on ``port`` (process ``pid``): connect and
+    join every client, chat for ``args.duration`` s, collect. -> the figures.
+    """
+    n_chat = len(chat_specs)
+    ready_q, result_q = ctx.Queue(), ctx.Queue()
+    start_value = ctx.Value("d", 0.0)
+    cfg = {"duration": args.duration, "concurrency": max(1, args.concurrency // args.procs),
+           "drain": args.drain, "interval": args.interval}
+    by_proc = [[] for _ in range(args.procs)]
+    for r in range(len(chat_rooms)):  # whole rooms per process
+        by_proc[r % args.procs].extend(chat_specs[r * args.room_size:(r + 1) * args.room_size])
+    print(f"chat: {n_chat} clients in {len(chat_rooms)} rooms connect and join "
+          f"({args.procs} client processes) ...", flush=True)
+    t_conn = time.monotonic()
+    procs = [common.worker_process(chat_worker, w, port, by_proc[w], n_chat, cfg, ready_q, start_value, result_q)
+             for w in range(args.procs)]
+    profile = None
+    try:
+        if not await wait_ready(ready_q, procs, args.procs, 300):
+            raise RuntimeError("chat client processes did not get ready")
+        connect_s = time.monotonic() - t_conn
+        await asyncio.sleep(2.0)  # the last room-info refreshes
+        rss_all = common.rss_kib(pid)
+        start_at = time.monotonic() + 0.5
+        start_value.value = start_at
+        print(f"all connected in {connect_s:.1f} s; every client chats every {args.interval:g} s for "
+              f"{args.duration:g} s ...", flush=True)
+        await asyncio.sleep(max(0.0, start_at + WARMUP - time.monotonic()))
+        cpu = common.CpuMeter(pid)
+        cpu.start()
+        reactor0 = common.task_cpu_seconds(pid, pid)
+        if profile_path is not None:
+            profile = common.Profile(pid, args.duration - WARMUP - 1, profile_path)
+        rss_samples = []
+        end = start_at + args.duration
+        while time.monotonic() < end:
+            rss_samples.append(common.rss_kib(pid))
+            await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        cpu.stop()
+        reactor_pct = 100 * (common.task_cpu_seconds(pid, pid) - reactor0) / cpu.wall
+        rss_end = common.rss_kib(pid)
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, collect, result_q, args.procs, args.drain + 120)
+        for p in procs:
+            p.join(10)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    profile_text = None
+    if profile is not None:
+        profile.finish()
+        profile_text = profile.summary()
+    failed = [r["error"] for r in results if "error" in r]
+    if failed or len(results) < args.procs:
+        raise RuntimeError(f"chat client process failures: {failed or 'missing results'}")
+    lat, lat_sent = array.array("q"), array.array("q")
+    for r in results:
+        lat.frombytes(r["lat"])
+        lat_sent.frombytes(r["lat_sent"])
+    per_second: dict[int, int] = {}
+    for r in results:
+        for sec, n in r["per_second"].items():
+            per_second[sec] = per_second.get(sec, 0) + n
+    client_s = sum(r["cpu_s"] for r in results)
+    return {
+        "connected": sum(r["connected"] for r in results), "connect_s": connect_s,
+        "setup_lat": [x for r in results for x in r["setup_lat"]],
+        "failures": {k: sum(r["failures"].get(k, 0) for r in results) for r in results for k in r["failures"]},
+        "samples": [x for r in results for x in r["samples"]][:3],
+        "sent": sum(r["sent"] for r in results), "echoes": sum(r["echoes"] for r in results),
+        "expected": sum(r["expected"] for r in results), "delivered": sum(r["delivered"] for r in results),
+        "delivered_in_run": sum(r["delivered_in_run"] for r in results),
+        "per_second": [per_second.get(sec, 0) for sec in range(1, int(args.duration))],
+        "lat": lat, "timeline": timeline(lat, lat_sent), "lateness": [x for r in results for x in r["lateness_ms"]],
+        "loop_lag": [x for r in results for x in r["loop_lag_ms"]],
+        "client_cpu": 100 * sum(r["cpu_send_s"] for r in results) / args.duration,
+        "errors": sum(r["errors"] for r in results),
+        "error_samples": [x for r in results for x in r["error_samples"]][:3],
+        "unexpected": sum(r["unexpected"] for r in results),
+        "unexpected_samples": [x for r in results for x in r["unexpected_samples"]][:3],
+        "disconnected": sum(r["disconnected"] for r in results),
+        "close_codes": sorted({c for r in results for c in r["close_codes"]}),
+        "pings": sum(r["pings"] for r in results),
+        "cpu": cpu, "reactor_pct": reactor_pct, "noise": cpu.noise(client_s * cpu.wall / (args.duration + 1)),
+        "rss": (rss_all, rss_end, max(rss_samples, default=rss_end)),
+        "start_at": start_at, "profile_text": profile_text,
+    }
+
+
 async def main(args) -> int:
     limit = common.raise_nofile_limit()
     if limit < args.rooms * args.room_size + args.storm + 200:
@@ -660,7 +752,7 @@ async def main(args) -> int:
     common.wait_for_quiet(args.max_wait)
     ws = common.Workspace("signaling", keep=args.keep)
     daemon = None
-    chat = storm = None
+    chat = storm = baseline = None
     profile_text = None
     data_dir, chat_mids = None, []
     try:
@@ -689,92 +781,23 @@ async def main(args) -> int:
         chat_specs = specs_for(chat_rooms, chat_mids, ids, tokens)
         storm_specs = specs_for(storm_rooms, storm_mids, ids, tokens, first_index=n_chat)
         await asyncio.sleep(2.0)
-        rss_before = daemon.rss_kib()
 
-        # -- chat load ---------------------------------------------------------------------
+        # -- chat load: the baseline first, then the daemon ----------------------------------
         ctx = common.mp_context()
-        ready_q, result_q = ctx.Queue(), ctx.Queue()
-        start_value = ctx.Value("d", 0.0)
-        cfg = {"duration": args.duration, "concurrency": max(1, args.concurrency // args.procs),
-               "drain": args.drain, "interval": args.interval}
-        by_proc = [[] for _ in range(args.procs)]
-        for r in range(len(chat_rooms)):  # whole rooms per process
-            by_proc[r % args.procs].extend(chat_specs[r * args.room_size:(r + 1) * args.room_size])
-        print(f"chat: {n_chat} clients in {len(chat_rooms)} rooms connect and join "
-              f"({args.procs} client processes) ...", flush=True)
-        t_conn = time.monotonic()
-        procs = [common.worker_process(chat_worker, w, daemon.http_port, by_proc[w], n_chat, cfg, ready_q,
-                                       start_value, result_q) for w in range(args.procs)]
-        try:
-            if not await wait_ready(ready_q, procs, args.procs, 300):
-                raise RuntimeError("chat client processes did not get ready")
-            connect_s = time.monotonic() - t_conn
-            await asyncio.sleep(2.0)  # the last room-info refreshes
-            rss_all = daemon.rss_kib()
-            start_at = time.monotonic() + 0.5
-            start_value.value = start_at
-            print(f"all connected in {connect_s:.1f} s; every client chats every {args.interval:g} s for "
-                  f"{args.duration:g} s ...", flush=True)
-            await asyncio.sleep(max(0.0, start_at + WARMUP - time.monotonic()))
-            cpu = common.CpuMeter(daemon.pid)
-            cpu.start()
-            reactor0 = common.task_cpu_seconds(daemon.pid, daemon.pid)
-            profile = common.Profile(daemon.pid, args.duration - WARMUP - 1, os.path.join(ws.path, "profile.txt")) \
-                if args.profile else None
-            rss_samples = []
-            end = start_at + args.duration
-            while time.monotonic() < end:
-                rss_samples.append(daemon.rss_kib())
-                await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
-            cpu.stop()
-            reactor_pct = 100 * (common.task_cpu_seconds(daemon.pid, daemon.pid) - reactor0) / cpu.wall
-            rss_end = daemon.rss_kib()
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(None, collect, result_q, args.procs, args.drain + 120)
-            for p in procs:
-                p.join(10)
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-        if profile is not None:
-            profile.finish()
-            profile_text = profile.summary()
-        failed = [r["error"] for r in results if "error" in r]
-        if failed or len(results) < args.procs:
-            raise RuntimeError(f"chat client process failures: {failed or 'missing results'}")
-        lat, lat_sent = array.array("q"), array.array("q")
-        for r in results:
-            lat.frombytes(r["lat"])
-            lat_sent.frombytes(r["lat_sent"])
-        per_second: dict[int, int] = {}
-        for r in results:
-            for s, n in r["per_second"].items():
-                per_second[s] = per_second.get(s, 0) + n
-        client_s = sum(r["cpu_s"] for r in results)
-        chat = {
-            "connected": sum(r["connected"] for r in results), "connect_s": connect_s,
-            "setup_lat": [x for r in results for x in r["setup_lat"]],
-            "failures": {k: sum(r["failures"].get(k, 0) for r in results) for r in results for k in r["failures"]},
-            "samples": [s for r in results for s in r["samples"]][:3],
-            "sent": sum(r["sent"] for r in results), "echoes": sum(r["echoes"] for r in results),
-            "expected": sum(r["expected"] for r in results), "delivered": sum(r["delivered"] for r in results),
-            "delivered_in_run": sum(r["delivered_in_run"] for r in results),
-            "per_second": [per_second.get(s, 0) for s in range(1, int(args.duration))],
-            "lat": lat, "timeline": timeline(lat, lat_sent), "lateness": [x for r in results for x in r["lateness_ms"]],
-            "loop_lag": [x for r in results for x in r["loop_lag_ms"]],
-            "client_cpu": 100 * sum(r["cpu_send_s"] for r in results) / args.duration,
-            "errors": sum(r["errors"] for r in results),
-            "error_samples": [s for r in results for s in r["error_samples"]][:3],
-            "unexpected": sum(r["unexpected"] for r in results),
-            "unexpected_samples": [s for r in results for s in r["unexpected_samples"]][:3],
-            "disconnected": sum(r["disconnected"] for r in results),
-            "close_codes": sorted({c for r in results for c in r["close_codes"]}),
-            "pings": sum(r["pings"] for r in results),
-            "cpu": cpu, "reactor_pct": reactor_pct, "noise": cpu.noise(client_s * cpu.wall / (args.duration + 1)),
-            "rss": (rss_before, rss_all, rss_end, max(rss_samples, default=rss_end)),
-            "gc": gc_report(gc_path, start_at, start_at + args.duration) if args.gc_log else None,
-        }
+        if args.baseline:
+            base = common.Baseline("ws_broadcast.py")
+            try:
+                print(f"baseline (bench/ws_broadcast.py, pid {base.pid}): the same chat load ...", flush=True)
+                baseline = await chat_phase(ctx, base.port, base.pid, chat_specs, chat_rooms, args)
+            finally:
+                base.stop()
+            await asyncio.sleep(2.0)
+        rss_before = daemon.rss_kib()
+        chat = await chat_phase(ctx, daemon.http_port, daemon.pid, chat_specs, chat_rooms, args,
+                                profile_path=os.path.join(ws.path, "profile.txt") if args.profile else None)
+        profile_text = chat.pop("profile_text")
+        chat["rss"] = (rss_before, *chat["rss"])
+        chat["gc"] = gc_report(gc_path, chat["start_at"], chat["start_at"] + args.duration) if args.gc_log else None
         print("chat done; waiting for the daemon to settle before the join storm ...", flush=True)
         await asyncio.sleep(3.0)
         # A daemon that fell behind is still working through its backlog (bounded wait).
@@ -848,6 +871,22 @@ async def main(args) -> int:
     ps = chat["per_second"]
     fails = sum(chat["failures"].values())
     undelivered = chat["expected"] - chat["delivered"]
+    if baseline is not None:
+        b50, b99, b999, bmx = common.summarize_ms(baseline["lat"])
+        print()
+        print(table([
+            ("figure", "value"),
+            ("clients connected and joined", f"{baseline['connected']} / {n_chat}"),
+            ("deliveries / expected", f"{baseline['delivered']:,} / {baseline['expected']:,}"),
+            ("fan-out latency p50 / p99", f"{fmt(b50)} / {fmt(b99)} ms"),
+            ("fan-out latency p99.9 / max", f"{fmt(b999)} / {fmt(bmx)} ms"),
+            ("server CPU (process)", f"{baseline['cpu'].server_pct:.0f} %"),
+            ("server CPU per chat message", f"{baseline['cpu'].server_pct / 100 * d / max(1, baseline['sent']) * 1e6:.0f} us"),
+            ("client CPU (both processes, while sending)", f"{baseline['client_cpu']:.0f} %"),
+            ("machine noise during the chat", baseline["noise"]),
+        ], title="Baseline in the same run: bench/ws_broadcast.py (Autobahn broadcast, no auth, no storage, "
+                 "no limits) under the same chat load"))
+        print(f"baseline fan-out latency over time: {baseline['timeline']}")
     print()
     print(table([
         ("figure", "value", "target", "verdict"),
@@ -871,6 +910,8 @@ async def main(args) -> int:
         ("fan-out latency p50 / p99", f"{fmt(p50)} / {fmt(p99)} ms", f"p99 < {TARGET_P99_MS:g} ms",
          verdict(p99 < TARGET_P99_MS)),
         ("fan-out latency p99.9 / max", f"{fmt(p999)} / {fmt(mx)} ms ({len(chat['lat']):,} samples)", "", ""),
+        ("  p99 against the baseline's in this run", f"{fmt(p99)} / {fmt(b99)} ms" if baseline else "(no baseline)",
+         "", ""),
         ("server RSS before connecting / all joined", f"{rss_before / 1024:.1f} / {rss_all / 1024:.1f} MiB", "", ""),
         ("server RSS per connection", f"{per_conn:.1f} KiB", "(reported)", ""),
         ("server RSS end of chat (max) / after close", f"{rss_end / 1024:.1f} ({rss_max / 1024:.1f}) / "
@@ -954,6 +995,8 @@ def parse(argv=None):
     p.add_argument("--drain", type=float, default=15.0, help="at most this many seconds to wait for late deliveries")
     p.add_argument("--settle-max", type=float, default=300.0,
                    help="at most this many seconds to wait, after the chat, for the daemon to finish its backlog")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the baseline (bench/ws_broadcast.py under the same chat load first)")
     p.add_argument("--storm", type=int, default=500, help="clients in the join storm (0: none)")
     p.add_argument("--storm-window", type=float, default=5.0, help="seconds over which the storm's clients start")
     p.add_argument("--quick", action="store_true", help="smoke test: 200 clients, 5 s; storm of 100 over 2 s")
