@@ -881,7 +881,8 @@ async def main(args) -> int:
             ("fan-out latency p50 / p99", f"{fmt(b50)} / {fmt(b99)} ms"),
             ("fan-out latency p99.9 / max", f"{fmt(b999)} / {fmt(bmx)} ms"),
             ("server CPU (process)", f"{baseline['cpu'].server_pct:.0f} %"),
-            ("server CPU per chat message", f"{baseline['cpu'].server_pct / 100 * d / max(1, baseline['sent']) * 1e6:.0f} us"),
+            ("server CPU per chat message",
+             f"{baseline['cpu'].server_pct / 100 * d / max(1, baseline['sent']) * 1e6:.0f} us"),
             ("client CPU (both processes, while sending)", f"{baseline['client_cpu']:.0f} %"),
             ("machine noise during the chat", baseline["noise"]),
         ], title="Baseline in the same run: bench/ws_broadcast.py (Autobahn broadcast, no auth, no storage, "

@@ -103,7 +103,7 @@ class SignalingEndToEndTests(DaemonTestCase):
         await next_message(bob, 12)
         alice.send({"type": "nonsense"})
         self.assertEqual((await next_message(alice, "error"))["payload"]["code"], 400)
-        code, body = await http.call("GET", f"/api/v1/stats/rooms", token=people["alice"][1])
+        code, body = await http.call("GET", "/api/v1/stats/rooms", token=people["alice"][1])
         self.assertEqual(body["data"]["rooms"][0]["participant_count"], 2)
         bob.send({"type": 5})  # leave
         left = await next_message(alice, "user-left")

@@ -3,7 +3,7 @@
 import json
 
 from treq.testing import StubTreq
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import FakeClient

@@ -18,7 +18,7 @@ import secrets
 from twisted.logger import Logger
 
 from wecompany.errors import (
-    Conflict, Forbidden, InvalidInput, MeetingEnded, MeetingNotFound, NotFound, WrongMeetingPassword,
+    Forbidden, InvalidInput, MeetingEnded, MeetingNotFound, NotFound, WrongMeetingPassword,
 )
 
 HOST, MODERATOR, PARTICIPANT = "host", "moderator", "participant"

@@ -16,7 +16,6 @@ import secrets
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-
 from zope.interface import implementer
 
 from wecompany.domain.interfaces import IMeetingListener
