@@ -172,12 +172,12 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.factory = RecordingFactory(self.events, self.clock, self.calls)
         self.endpoints = [FakeEndpoint("tcp", self.events), FakeEndpoint("http", self.events)]
 
-    def make_service(self, store=None, collector=None) -> WeCompanyService:
+    def make_service(self, store=None, collector=None, files=None) -> WeCompanyService:
         return WeCompanyService(
             store=store or self.store,
             listeners=[Listener(e.name, e, Factory()) for e in self.endpoints],
             tcp_factory=self.factory, calls=self.calls, threadpools=[FakePool(self.events)],
-            reactor=self.clock, shutdown_grace=3.0, collector=collector)
+            reactor=self.clock, shutdown_grace=3.0, collector=collector, files=files)
 
     def start(self, service) -> None:
         """As twistd does: privileged start, then start."""
@@ -210,6 +210,34 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.store.gate.callback(None)
         self.successResultOf(service.ready)
         self.assertEqual(self.events[-2:], ["gc collect", "gc freeze"])
+
+    def test_interrupted_uploads_removed_once_the_store_runs(self) -> None:
+        events = self.events
+
+        class Files:
+            async def remove_interrupted(self, started_at):
+                events.append(f"remove uploads begun before {started_at}")
+                return 0
+
+        self.clock.advance(1000)
+        service = self.make_service(files=Files())
+        self.start(service)
+        self.clock.advance(5)  # the store takes a while to start
+        self.assertNotIn("remove uploads begun before 1000.0", self.events)
+        self.store.gate.callback(None)
+        self.successResultOf(service.ready)
+        self.assertEqual(self.events[-1], "remove uploads begun before 1000.0")
+
+    def test_failing_housekeeping_does_not_stop_the_start(self) -> None:
+        class Files:
+            async def remove_interrupted(self, started_at):
+                raise OSError("media directory unreadable")
+
+        service = self.make_service(files=Files())
+        self.start(service)
+        self.store.gate.callback(None)
+        self.successResultOf(service.ready)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_prepare_failure_raises_and_nothing_listens(self) -> None:
         self.store.prepare_error = RuntimeError("schema version 9 is newer than this server knows")
@@ -347,6 +375,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIsNone(service.recorder)
         self.assertTrue(service.handle_signals)
         self.assertEqual(service.collector, CollectorTuning())  # the daemon's, on the real gc module
+        self.assertIsNotNone(service.files)
         self.assertEqual(service.reactor, self.reactor)
         # Nothing listens until the service starts.
         self.assertEqual(self.reactor.tcpServers, [])

@@ -48,13 +48,15 @@ class WeCompanyService(MultiService):
     :param recorder: optional CallRecorder.
     :param collector: optional :class:`~wecompany.runtime.CollectorTuning`
         for the process's garbage collector (the daemon's, not in tests).
+    :param files: optional FileService; uploads an earlier run left
+        unfinished are removed once the store has started.
     """
 
     log = Logger()
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
-                 startup_warnings=(), signaling=None, collector=None) -> None:
+                 startup_warnings=(), signaling=None, collector=None, files=None) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -68,6 +70,7 @@ class WeCompanyService(MultiService):
         self.startup_warnings = list(startup_warnings)
         self.signaling = signaling
         self.collector = collector
+        self.files = files
         self.ready: Deferred = Deferred()
         self.ports: dict[str, object] = {}
         self._pending: list[tuple[str, Deferred]] = []
@@ -122,9 +125,15 @@ class WeCompanyService(MultiService):
         self._starting.addErrback(self._start_failed)
 
     async def _start(self) -> None:
+        started_at = self.reactor.seconds()
         for pool in self.threadpools:
             pool.start()
         await self.store.start()
+        if self.files is not None:
+            try:
+                await self.files.remove_interrupted(started_at)
+            except Exception:  # housekeeping: never a reason not to serve
+                self.log.failure("removing interrupted uploads failed")
         while self._pending and not self._stopping:
             name, d = self._pending.pop(0)
             self.ports[name] = await d

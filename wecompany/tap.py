@@ -215,4 +215,4 @@ def build_service(config: Config, reactor):
     return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
                             threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning())
+                            collector=CollectorTuning(), files=files)

@@ -349,6 +349,17 @@ class StoreBehaviour:
         for change in (self.store.complete_file, self.store.mark_file_delivered, self.store.delete_file):
             self.assertIsNone(await change(record.id))
 
+    async def test_delete_incomplete_files(self):
+        stale = await self.store.create_file(1, "half.bin", 100, "00" * 32, "00/half", NOW - 60, recipient_id=2)
+        done = await self.store.create_file(1, "done.bin", 5, "11" * 32, "11/done", NOW - 60, recipient_id=2)
+        await self.store.complete_file(done.id)
+        fresh = await self.store.create_file(1, "new.bin", 100, "22" * 32, "22/new", NOW, recipient_id=2)
+        self.assertEqual(await self.store.delete_incomplete_files(NOW), [stale])
+        self.assertIsNone(await self.store.get_file(stale.id))
+        self.assertEqual((await self.store.get_file(done.id)).status, "complete")  # complete files stay
+        self.assertEqual(await self.store.get_file(fresh.id), fresh)  # an upload begun since stays
+        self.assertEqual(await self.store.delete_incomplete_files(NOW), [])
+
     async def test_undelivered_files_oldest_first(self):
         made = []
         for recipient_id, name in [(2, "one"), (3, "other"), (2, "two"), (2, "three"), (None, "public")]:

@@ -173,6 +173,19 @@ class FileService:
         await self._run(_unlink, os.path.join(self.media_dir, record.path))
         await self.store.delete_file(record.id)
 
+    async def remove_interrupted(self, started_at: float) -> int:
+        """
+        At start-up: uploads left unfinished by an earlier run (it stopped or
+        crashed mid-transfer) can never complete; remove their rows and bytes.
+        Uploads begun since ``started_at`` are not touched. -> how many.
+        """
+        stale = await self.store.delete_incomplete_files(started_at)
+        for record in stale:
+            await self._run(_unlink, os.path.join(self.media_dir, record.path))
+        if stale:
+            self.log.info("removed {count} uploads interrupted by an earlier stop", count=len(stale))
+        return len(stale)
+
     # -- delivering to the recipient ----------------------------------------------
     async def deliver_pending(self, client) -> None:
         """After login: queue every complete file addressed to this user and not yet delivered."""

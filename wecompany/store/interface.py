@@ -93,6 +93,13 @@ class IStore(Interface):
     def undelivered_files_for(recipient_id):
         """Complete files addressed to recipient_id and not yet delivered, oldest first."""
 
+    def delete_incomplete_files(created_before):
+        """
+        Remove every file row still 'receiving' that was created before
+        ``created_before`` (uploads a stopped server can no longer finish).
+        -> the removed FileRecords, oldest first (the caller removes the bytes).
+        """
+
     def mark_file_delivered(file_id):
         """-> None"""
 

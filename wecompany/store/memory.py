@@ -329,6 +329,13 @@ class MemoryStore:
         self._files.pop(file_id, None)
 
     @_fired
+    def delete_incomplete_files(self, created_before: float) -> list[FileRecord]:
+        stale = [f for f in self._files.values() if f.status == FILE_RECEIVING and f.created_at < created_before]
+        for record in stale:
+            del self._files[record.id]
+        return sorted(stale, key=lambda f: f.id)
+
+    @_fired
     def get_file(self, file_id: int) -> FileRecord | None:
         return self._files.get(file_id)
 

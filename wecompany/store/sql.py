@@ -656,6 +656,15 @@ class SQLStore:
         )
         return [_file(row) for row in rows]
 
+    def delete_incomplete_files(self, created_before: float) -> Deferred[list[FileRecord]]:
+        return self._write(self._delete_incomplete_files_txn, created_before)
+
+    def _delete_incomplete_files_txn(self, txn: Any, created_before: float) -> list[FileRecord]:
+        where = "status = ? AND created_at < ?"
+        rows = self._all(txn, f"{_SELECT_FILE} WHERE {where} ORDER BY id", (FILE_RECEIVING, created_before))
+        self._execute(txn, f"DELETE FROM files WHERE {where}", (FILE_RECEIVING, created_before))
+        return [_file(row) for row in rows]
+
     # -- meetings -------------------------------------------------------------
     def create_meeting(self, title: str, description: str, creator_id: int, start_time: float,
                        end_time: float | None, max_participants: int, meeting_type: str,
