@@ -18,6 +18,7 @@ Only loopback traffic; every wait is bounded by a timeout.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
@@ -979,6 +980,23 @@ def worker_process(target, *args):
     p = ctx.Process(target=target, args=args, daemon=True)
     p.start()
     return p
+
+
+def worker_arrays(results: list[dict], expected: int, what: str, *keys: str) -> list[array.array]:
+    """
+    The results of ``expected`` worker processes: raise if one failed or sent
+    none; -> for each of ``keys``, its int64 arrays (sent as bytes) joined.
+    """
+    failed = [r["error"] for r in results if "error" in r]
+    if failed or len(results) < expected:
+        raise RuntimeError(f"{what} failures: {failed or 'missing results'}")
+    joined = []
+    for key in keys:
+        values = array.array("q")
+        for r in results:
+            values.frombytes(r[key])
+        joined.append(values)
+    return joined
 
 
 def mp_context():

@@ -174,13 +174,7 @@ def measure(args, relay, mode, pairs, profile_path=None) -> dict:
         for p in procs:
             if p.is_alive():
                 p.kill()
-    failed = [r["error"] for r in results if "error" in r]
-    if failed or len(results) < args.procs:
-        raise RuntimeError(f"client process failures: {failed or 'missing results'}")
-    lat, at = array.array("q"), array.array("q")
-    for r in results:
-        lat.frombytes(r["lat"])
-        at.frombytes(r["at"])
+    lat, at = common.worker_arrays(results, args.procs, "client process", "lat", "at")
     client_cpu = sum(r["cpu_s"] for r in results) / args.duration * 100
     f = {
         "lat_ms": common.summarize_ms(lat),

@@ -706,13 +706,7 @@ async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, pro
     if profile is not None:
         profile.finish()
         profile_text = profile.summary()
-    failed = [r["error"] for r in results if "error" in r]
-    if failed or len(results) < args.procs:
-        raise RuntimeError(f"chat client process failures: {failed or 'missing results'}")
-    lat, lat_sent = array.array("q"), array.array("q")
-    for r in results:
-        lat.frombytes(r["lat"])
-        lat_sent.frombytes(r["lat_sent"])
+    lat, lat_sent = common.worker_arrays(results, args.procs, "chat client process", "lat", "lat_sent")
     per_second: dict[int, int] = {}
     for r in results:
         for sec, n in r["per_second"].items():

@@ -63,20 +63,27 @@ async def next_message(client, kind: str) -> dict:
 
 
 class SignalingEndToEndTests(DaemonTestCase):
-    async def test_two_clients_exchange_every_message_type(self) -> None:
-        daemon = await self.start_daemon()
-        http = Http(self, daemon)
+    async def meeting_of(self, http, title: str, names=("alice", "bob")):
+        """Register and log in ``names``, the first creates a meeting, all join it over REST.
+        -> ({name: (user_id, token)}, meeting_id)"""
         people = {}
-        for name in ("alice", "bob"):
+        for name in names:
             await http.register(name)
             data = await http.login(name)
             people[name] = (data["user"]["id"], data["token"])
-        code, body = await http.call("POST", "/api/v1/meetings", {"title": "signal"}, token=people["alice"][1])
+        code, body = await http.call("POST", "/api/v1/meetings", {"title": title}, token=people[names[0]][1])
         mid = body["data"]["meeting"]["id"]
-        clients = {}
-        for name, (uid, token) in people.items():
+        for _, token in people.values():
             code, body = await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=token)
             self.assertEqual(code, 200, body)
+        return people, mid
+
+    async def test_two_clients_exchange_every_message_type(self) -> None:
+        daemon = await self.start_daemon()
+        http = Http(self, daemon)
+        people, mid = await self.meeting_of(http, "signal")
+        clients = {}
+        for name, (uid, token) in people.items():
             clients[name] = await ws_connect(self, daemon.http_port, mid, uid, f"peer-{name}", token)
         alice, bob = clients["alice"], clients["bob"]
         alice.send({"type": "join"})
@@ -117,15 +124,7 @@ class SignalingEndToEndTests(DaemonTestCase):
     async def test_chat_survives_a_crash_and_the_room_follows_its_meeting(self) -> None:
         daemon = await self.start_daemon()
         http = Http(self, daemon)
-        people = {}
-        for name in ("alice", "bob"):
-            await http.register(name)
-            data = await http.login(name)
-            people[name] = (data["user"]["id"], data["token"])
-        code, body = await http.call("POST", "/api/v1/meetings", {"title": "durable"}, token=people["alice"][1])
-        mid = body["data"]["meeting"]["id"]
-        for name in people:
-            await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=people[name][1])
+        people, mid = await self.meeting_of(http, "durable")
         bob = await ws_connect(self, daemon.http_port, mid, people["bob"][0], "peer-bob", people["bob"][1])
         bob.send({"type": "join"})
         await next_message(bob, "room-info")

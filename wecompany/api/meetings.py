@@ -5,7 +5,8 @@ from __future__ import annotations
 from wecompany.api.routing import Call, endpoint
 from wecompany.api.validation import PAGE, Field
 from wecompany.api.views import (
-    CHAT_MESSAGE_SCHEMA, JOIN_SCHEMA, MEETING_SCHEMA, MESSAGE_SCHEMA, PARTICIPANT_SCHEMA, chat_message_view, meeting_view, page_schema, page_view, participant_view,
+    CHAT_MESSAGE_SCHEMA, JOIN_SCHEMA, MEETING_SCHEMA, MESSAGE_SCHEMA, PARTICIPANT_SCHEMA,
+    chat_message_view, meeting_view, page_schema, page_view, participant_view,
 )
 from wecompany.domain.meetings import MAX_CAPACITY, MAX_DESCRIPTION, MAX_MESSAGE, MAX_PASSWORD, MAX_TITLE, STATUSES
 from wecompany.domain.meetings import SETTINGS_DEFAULTS

@@ -151,6 +151,9 @@ class MeetingService:
         self._require_open(meeting)
         if meeting.status == ONGOING:
             return meeting
+        return await self._begin(meeting)
+
+    async def _begin(self, meeting):
         now = self.clock.seconds()
         return self._changed(await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now}, now))
 
@@ -182,9 +185,7 @@ class MeetingService:
         role = existing.role if existing is not None else PARTICIPANT
         participant, _ = await self.store.join_meeting(meeting.id, user.id, role, self.clock.seconds())
         if meeting.status == SCHEDULED:
-            now = self.clock.seconds()
-            meeting = self._changed(await self.store.update_meeting(meeting.id, {"status": ONGOING, "started_at": now},
-                                                                    now))
+            meeting = await self._begin(meeting)
         return meeting, participant
 
     async def leave(self, user, meeting_id: int):

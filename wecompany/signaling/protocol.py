@@ -18,8 +18,8 @@ from autobahn.util import wildcards2patterns
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from txaio._common import _BatchedTimer
 from twisted.logger import Logger
+from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from wecompany.api.envelope import rfc3339

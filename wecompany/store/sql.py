@@ -912,8 +912,8 @@ class SQLStore:
         """
         Insert each message whose meeting and user exist; the others get their
         error (MeetingNotFound, NotFound 1003) in their place and the rest are
-        still committed. A handful of statements per batch, whatever its size:
-        on a busy server each one waits for the GIL.
+        still committed. Two lookups and one INSERT per 100 messages, however
+        large the batch.
         """
         meetings = set(self._by_ids_txn(txn, "SELECT id FROM meetings", "id",
                                         list(self._chunks(item[0] for item in batch)), tuple))
