@@ -15,6 +15,7 @@ from wecompany.config import (
     ConfigError,
     RedisAddress,
     load_or_create_secret,
+    split_endpoint,
 )
 
 EXAMPLE_CONF = FilePath(__file__).parent().sibling("etc").child("wecompany.conf.example")
@@ -363,3 +364,31 @@ class SignalingOptionTests(SynchronousTestCase):
         for key, value in (("allowed_origins", "evil"), ("stun_servers", "turn:x"), ("turn_servers", "stun:x"),
                            ("ws_rate", "0"), ("ws_ping_timeout", "-1"), ("turn_secret", "short")):
             self.assertRaises(ConfigError, Config.from_sources, {key: value}, {}, None)
+
+
+class SplitEndpointTests(SynchronousTestCase):
+    """Twisted's endpoint syntax, as :func:`split_endpoint` reads it (no private endpoint attributes)."""
+
+    def test_positional_and_keyword(self) -> None:
+        self.assertEqual(split_endpoint("tcp:8888:interface=127.0.0.1"),
+                         ("tcp", ["8888"], {"interface": "127.0.0.1"}))
+        self.assertEqual(split_endpoint("tcp:port=80"), ("tcp", [], {"port": "80"}))
+        self.assertEqual(split_endpoint("unix:/tmp/wc.sock"), ("unix", ["/tmp/wc.sock"], {}))
+
+    def test_escapes(self) -> None:
+        self.assertEqual(split_endpoint(r"ssl:8443:privateKey=C\:\\keys\\k.pem:extraCertChain=a\=b"),
+                         ("ssl", ["8443"], {"privateKey": r"C:\keys\k.pem", "extraCertChain": "a=b"}))
+        self.assertEqual(split_endpoint(r"tcp:host\=x:1"), ("tcp", ["host=x", "1"], {}))
+
+    def test_keyword_port_checked(self) -> None:
+        self.assertEqual(Config(port="tcp:port=9000").port, "tcp:port=9000")
+        with self.assertRaises(ConfigError):
+            Config(port="tcp:port=70000")
+
+    def test_no_private_endpoint_attributes_or_testing_reactor(self) -> None:
+        import inspect
+
+        import wecompany.config
+        source = inspect.getsource(wecompany.config)
+        for forbidden in ("._port", "._host", "MemoryReactor", "twisted.internet.testing"):
+            self.assertNotIn(forbidden, source)

@@ -12,8 +12,9 @@ Every option can come from four places; the first that sets it wins:
 Values are parsed and checked once, here, so a typo is a
 :class:`ConfigError` naming the option before anything listens. Nothing in
 this module touches the network or the global reactor: endpoint strings are
-checked by building (not listening on) an endpoint against a
-``MemoryReactor``.
+checked by building (not listening on) an endpoint, with a stand-in for the
+reactor that building never uses, and their port numbers are read with
+:func:`split_endpoint`, which follows Twisted's documented endpoint syntax.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.endpoints import serverFromString
 
 ENV_PREFIX = "WECOMPANY_"
 CONFIG_ENV = "WECOMPANY_CONFIG"
@@ -72,6 +72,59 @@ def _text(name: str, value: object, expected: str) -> str:
     return value.strip()
 
 
+_PORT_KINDS = ("tcp", "tcp6", "ssl")
+
+
+class _NoReactor:
+    """
+    What endpoint parsing is given as its reactor: building an endpoint only
+    stores it (listening would use it), so a string is checked without
+    importing, or starting, any reactor.
+    """
+
+
+def split_endpoint(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    ``"tcp:8888:interface=127.0.0.1"`` -> ``("tcp", ["8888"], {"interface": "127.0.0.1"})``.
+
+    Twisted's endpoint syntax: arguments are separated by colons, ``name=value``
+    ones are keyword arguments, and a backslash makes the next character
+    (a colon, an equals sign, a backslash) literal.
+    """
+    pieces: list[tuple[str, int]] = []  # (text, position of its first unescaped "=" or -1)
+    current: list[str] = []
+    equals = -1
+    escaped = False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            pieces.append(("".join(current), equals))
+            current, equals = [], -1
+        else:
+            if char == "=" and equals < 0:
+                equals = len(current)
+            current.append(char)
+    pieces.append(("".join(current), equals))
+    kind = pieces[0][0]
+    args, kwargs = [], {}
+    for piece, equals in pieces[1:]:
+        if equals >= 0:
+            kwargs[piece[:equals]] = piece[equals + 1:]
+        else:
+            args.append(piece)
+    return kind, args, kwargs
+
+
+def _port_number(text: str | None) -> int | None:
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text)
+
+
 # -- parsers: (option name, raw value) -> checked value -------------------------
 # Each accepts its own output unchanged, so a value can be parsed twice
 # (once with its source named in errors, once by the Config converter).
@@ -88,12 +141,14 @@ def parse_endpoint(name: str, value: object) -> str:
     try:
         # Building an endpoint parses the description (and loads TLS keys)
         # but does not listen.
-        endpoint = serverFromString(MemoryReactor(), text)
+        serverFromString(_NoReactor(), text)
     except Exception as error:
         raise ConfigError(f"{option_label(name)}: {value!r} is not a valid endpoint ({error})") from None
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 <= port <= 65535:
-        raise _fail(name, value, "an endpoint with a port between 0 and 65535")
+    kind, args, kwargs = split_endpoint(text)
+    if kind in _PORT_KINDS:
+        port = _port_number(kwargs.get("port", args[0] if args else None))
+        if port is None or not 0 <= port <= 65535:
+            raise _fail(name, value, "an endpoint with a port between 0 and 65535")
     return text
 
 
@@ -200,8 +255,12 @@ def parse_redis(name: str, value: object) -> RedisAddress:
                 password=parts.password,
             )
         elif text.startswith("tcp:"):
-            endpoint = clientFromString(MemoryReactor(), text)
-            address = RedisAddress(host=endpoint._host, port=endpoint._port)
+            _, args, kwargs = split_endpoint(text)
+            host = kwargs.get("host", args[0] if args else "")
+            port = _port_number(kwargs.get("port", args[1] if len(args) > 1 else None))
+            if port is None:
+                raise ValueError("no port")
+            address = RedisAddress(host=host, port=port)
         else:
             raise ValueError("unknown scheme")
     except (TypeError, ValueError, AttributeError):
