@@ -1,8 +1,16 @@
 """The envelope's helpers: RFC 3339 time stamps both ways."""
 
+import datetime
+import math
+
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from wecompany.api.envelope import parse_rfc3339, rfc3339
+from wecompany.api.envelope import MAX_TIME, MIN_TIME, parse_rfc3339, rfc3339
+
+UTC = datetime.timezone.utc
+ZONES = st.builds(lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes)),
+                  st.integers(-23 * 60 - 59, 23 * 60 + 59))
 
 
 class Rfc3339Tests(SynchronousTestCase):
@@ -24,3 +32,46 @@ class Rfc3339Tests(SynchronousTestCase):
         self.assertEqual(parse_rfc3339(rfc3339(1_700_000_000)), 1_700_000_000)
         self.assertEqual(parse_rfc3339("2023-11-14T23:13:20+01:00"), 1_700_000_000)
         self.assertRaises(ValueError, parse_rfc3339, "2023-11-14T22:13:20")
+
+
+class BoundedTimeTests(SynchronousTestCase):
+    """Times are bounded when they come in, and writing one can never fail."""
+
+    def test_input_range(self):
+        self.assertEqual(parse_rfc3339("1970-01-01T00:00:00Z"), MIN_TIME)
+        self.assertEqual(parse_rfc3339("9999-12-31T23:59:59Z"), MAX_TIME)
+        for outside in ("9999-12-31T23:59:59-23:59", "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+23:59"):
+            self.assertRaises(ValueError, parse_rfc3339, outside)
+
+    def test_writing_never_fails(self):
+        self.assertEqual(rfc3339(MAX_TIME + 86400), "9999-12-31T23:59:59Z")
+        self.assertEqual(rfc3339(1e300), "9999-12-31T23:59:59Z")
+        self.assertEqual(rfc3339(math.inf), "9999-12-31T23:59:59Z")
+        self.assertEqual(rfc3339(-1e300), "0001-01-01T00:00:00Z")
+        self.assertIsNone(rfc3339(math.nan))
+
+    @settings(max_examples=300)
+    @given(st.floats(allow_nan=True, allow_infinity=True))
+    def test_any_number_is_written(self, seconds):
+        text = rfc3339(seconds)
+        if seconds != seconds:
+            self.assertIsNone(text)
+        else:
+            self.assertRegex(text, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    @settings(max_examples=300)
+    @given(st.text(max_size=45))
+    def test_any_text_parses_into_the_range_or_is_refused(self, text):
+        try:
+            seconds = parse_rfc3339(text)
+        except ValueError:
+            return
+        self.assertTrue(MIN_TIME <= seconds <= MAX_TIME, (text, seconds))
+
+    @settings(max_examples=300)
+    @given(st.datetimes(min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(9999, 12, 30),
+                        timezones=ZONES))
+    def test_any_zone_round_trips(self, moment):
+        seconds = parse_rfc3339(moment.isoformat())
+        self.assertEqual(seconds, moment.timestamp())
+        self.assertEqual(parse_rfc3339(rfc3339(seconds)), math.floor(seconds))

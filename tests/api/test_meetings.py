@@ -229,6 +229,29 @@ class CreateMeetingTests(MeetingCase):
         meeting = self.create(start_time=rfc3339(local).replace("Z", "+00:00"))
         self.assertEqual(meeting["start_time"], rfc3339(local))
 
+    def test_times_outside_the_writable_range(self):
+        # Year 10000 in UTC (the offset pushes it over), and before 1970: 400, nothing stored.
+        for bad in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+00:01", "1969-12-31T23:59:59Z"):
+            self._rejected({"start_time": bad}, "between 1970-01-01 and 9999-12-31")
+            self._rejected({"end_time": bad}, "between 1970-01-01 and 9999-12-31")
+            code, reply = self.call("PUT", f"{MEETINGS}/{self.create()['id']}", {"end_time": bad}, token=self.host)
+            self.assertError((code, reply), 400, text="end_time")
+        # The last writable second is fine.
+        self.assertEqual(self.create(end_time="9999-12-31T23:59:59Z")["end_time"], "9999-12-31T23:59:59Z")
+
+    def test_a_stored_time_that_cannot_be_written_breaks_no_read(self):
+        # As a database written before times were bounded may hold.
+        meeting = self.create()
+        self.store.update_meeting(meeting["id"], {"end_time": 1e300, "start_time": 253402300800.0},
+                                  self.api.clock.seconds()).result
+        for path in (MEETINGS, f"{MEETINGS}/{meeting['id']}", "/api/v1/my/meetings",
+                     "/api/v1/my/meetings/upcoming"):
+            code, reply = self.call("GET", path, token=self.host)
+            self.assertEqual(code, 200, (path, reply))
+        code, reply = self.call("GET", f"{MEETINGS}/{meeting['id']}", token=self.host)
+        self.assertEqual((reply["data"]["start_time"], reply["data"]["end_time"]),
+                         ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"))
+
     def test_settings_rules(self):
         self._rejected({"settings": {"enable_chat": "yes"}}, "settings.enable_chat must be true or false")
         self._rejected({"settings": {"mute_on_join": 1}}, "settings.mute_on_join")

@@ -54,7 +54,8 @@ class Field:
                 try:
                     return parse_rfc3339(value)
                 except ValueError:
-                    raise InvalidInput(f"{name} must be an RFC 3339 date-time such as 2025-10-02T10:00:00Z") from None
+                    raise InvalidInput(f"{name} must be an RFC 3339 date-time such as 2025-10-02T10:00:00Z, "
+                                       "between 1970-01-01 and 9999-12-31 (UTC)") from None
             if self.strip:
                 value = value.strip()
             if self.min_length is not None and len(value) < self.min_length:
