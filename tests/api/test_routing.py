@@ -107,3 +107,47 @@ class RobustnessTests(SynchronousTestCase):
             code, body, _ = api.request("POST", "/api/v1/users/upload-avatar", raw=raw, token=token,
                                         headers={"Content-Type": ctype})
             self.assertEqual((code, body["code"]), (400, 400), raw)
+
+    def test_json_the_server_could_not_use_is_400(self):
+        # Each of these once answered 500 with a critical traceback in the log.
+        api = Api(self)
+        token = api.user("alice")
+        json_header = {"Content-Type": "application/json"}
+        for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"username":' + b"[" * 40 + b"]" * 40 + b"}",
+                    b'{"username":"bob_1","email":"b@x.io","password":"Secret-pass1","nickname":"\\ud800"}',
+                    b'{"username":"bob_1","email":"b@x.io","password":"Secret-pass1","nickname":NaN}'):
+            code, body, _ = api.request("POST", "/api/v1/auth/register", raw=raw, headers=json_header)
+            self.assertEqual((code, body["code"]), (400, 400), raw[:80])
+        self.assertIsNone(api.domain.store.get_user_by_username("bob_1").result)
+        code, body, _ = api.request("POST", "/api/v1/meetings", raw=b'{"title":"t","settings":' + b"[" * 50
+                                    + b"]" * 50 + b"}", token=token, headers=json_header)
+        self.assertEqual(code, 400, body)
+
+    def test_integers_no_database_stores_are_400(self):
+        api = Api(self)
+        token = api.user("alice")
+        code, body, _ = api.request("POST", "/api/v1/meetings", {"title": "t"}, token=token)
+        meeting_id = body["data"]["meeting"]["id"]
+        for user_id in (2**63, 2**64 + 5, -(2**63)):
+            code, body, _ = api.request("POST", f"/api/v1/meetings/{meeting_id}/participants",
+                                        {"user_id": user_id}, token=token)
+            self.assertEqual(code, 400, (user_id, body))
+        code, body, _ = api.request("POST", f"/api/v1/meetings/{meeting_id}/participants",
+                                    {"user_id": 2**63 - 1}, token=token)
+        self.assertEqual((code, body["error_code"]), (404, 1003))
+        code, body, _ = api.request("GET", "/api/v1/meetings?page=" + "9" * 30, token=token)
+        self.assertEqual(code, 400)
+
+    def test_odd_headers_are_answered_normally(self):
+        api = Api(self)
+        token = api.user("alice")
+        for big in ({"X-Filler": "a" * 8192}, {"X-Request-ID": "r" * 8192}, {"User-Agent": "u" * 8192}):
+            code, body, response = api.request("GET", "/api/v1/users/profile", token=token, headers=big)
+            self.assertEqual(code, 200, big.keys())
+            self.assertEqual(len(body["request_id"]), 32)  # a fresh one: 8 KiB is too long to echo
+        for odd in ("caf\u00e9".encode().decode("latin-1"), "\u00ff\u00fe", "a\tb"):
+            code, body, response = api.request("GET", "/api/v1/users/profile", token=token,
+                                               headers={"X-Request-ID": odd})
+            self.assertEqual(code, 200, odd)
+            self.assertEqual(response.headers.getRawHeaders("x-request-id"), [body["request_id"]])
+            self.assertRegex(body["request_id"], "^[0-9a-f]{32}$")

@@ -410,6 +410,20 @@ class BadInputTests(SignalingTestCase):
         alice.send({"type": "join"})
         self.assertEqual([m["type"] for m in alice.take()], ["room-info", "error"])
 
+    def test_json_the_server_could_not_use_is_an_error(self):
+        # Each of these once raised out of the decoder or the encoder of the reply.
+        alice = self.connect("alice")
+        alice.take()
+        for raw in (b"[" * 100_000 + b"]" * 100_000,
+                    b'{"type":"media-state","payload":{"audio_enabled":true,"x":' + b"[" * 40 + b"]" * 40 + b"}}",
+                    b'{"type":"chat","payload":{"content":"\ud800"}}',
+                    b'{"type":"media-state","payload":{"audio_enabled":true,"n":NaN}}'):
+            alice.onMessage(raw, False)
+            got = alice.take()
+            self.assertEqual([(m["type"], m["payload"]["code"]) for m in got], [("error", 400)], raw[:60])
+        self.assertIsNone(alice.closed)
+        self.assertEqual(self.api.domain.store.list_meeting_messages(self.meeting_id, 0, 10).result[0], 0)
+
     def test_oversized_message_is_an_error(self):
         self.factory.max_message = 100
         alice = self.connect("alice")

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
-from wecompany.errors import Conflict, Unavailable
+from wecompany.errors import Conflict, InvalidInput, Unavailable
 from wecompany.store.dialect import SQLITE
 from wecompany.store.records import StoredMessage
 from wecompany.store.schema import SchemaTooNew, load_migrations, migrate
@@ -48,6 +48,15 @@ class SQLiteOnlyTests(TestCase):
         self.addCleanup(store.stop)
         await store.start()
         return store
+
+    async def test_a_number_no_column_holds_is_invalid_input(self):
+        # The transports bound ids; this is the backstop for one that slips through.
+        store = await self.open_store()
+        for call in (lambda: store.get_user(2**63), lambda: store.get_file(2**64 + 1),
+                     lambda: store.get_participant(1, -(2**63) - 1)):
+            with self.assertRaises(InvalidInput):
+                await call()
+        self.assertIsNone(await store.get_user(2**63 - 1))
 
     async def test_connection_settings(self):
         store = await self.open_store(self.mktemp())

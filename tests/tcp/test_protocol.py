@@ -671,6 +671,16 @@ class FileTests(ProtocolTestCase):
                 done = True
         return info, data, done
 
+    def test_fetch_of_an_id_no_database_holds_is_malformed(self):
+        alice, _ = self.login("alice")
+        alice.send(b"\x01\x04" + codec.u64(2**63) + codec.u64(0))
+        code, message, offending = error_of(alice.frames()[0])
+        self.assertEqual((code, offending), (400, MsgType.FILE))
+        self.assertIn("out of range", message)
+        alice.send(b"\x01\x04" + codec.u64(2**63 - 1) + codec.u64(0))
+        self.assertEqual(error_of(alice.frames()[0])[:2], (404, "no such file"))
+        self.assertFalse(alice.closed)
+
     def test_online_transfer(self):
         alice, alice_id = self.login("alice")
         bob, _ = self.login("bob")

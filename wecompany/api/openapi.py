@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 
 from wecompany import __version__
-from wecompany.api.routing import MAX_ID, PUBLIC, endpoints_of
+from wecompany.api.routing import PUBLIC, endpoints_of
+from wecompany.domain.ids import MAX_ID
 from wecompany.api.validation import object_schema
 
 _PARAM = re.compile(r"<(?:([a-z]+):)?([a-z_]+)>")

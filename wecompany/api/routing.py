@@ -21,10 +21,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 
 from wecompany.api import envelope
 from wecompany.api.validation import parse_json, parse_query
+from wecompany.domain.ids import MAX_ID
 from wecompany.errors import InternalError, NotFound, WeCompanyError
 
 PUBLIC, USER, ADMIN = "public", "user", "admin"
-MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every database
 
 log = Logger()
 

@@ -8,13 +8,14 @@ OpenAPI document, so the two cannot disagree.
 
 from __future__ import annotations
 
-import json
 import math
 
 import attrs
 
 from wecompany.api.envelope import parse_rfc3339
+from wecompany.domain.ids import MAX_ID
 from wecompany.errors import InvalidInput
+from wecompany.jsontext import decode_json
 
 MISSING = object()
 
@@ -67,6 +68,8 @@ class Field:
         elif kind == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInput(f"{name} must be an integer")
+            if not -MAX_ID <= value <= MAX_ID:  # no database stores it, no id is that large
+                raise InvalidInput(f"{name} is out of range (at most {MAX_ID})")
         elif kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InvalidInput(f"{name} must be a number")
@@ -138,14 +141,8 @@ def object_schema(fields: dict) -> dict:
 
 
 def parse_json(raw: bytes, fields: dict) -> dict:
-    """Decode a JSON object body and validate it."""
-    if not raw.strip():
-        document = {}
-    else:
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidInput("request body is not valid JSON", detail=str(e)[:200]) from None
+    """Decode a JSON object body (:func:`~wecompany.jsontext.decode_json`) and validate it."""
+    document = decode_json(raw) if raw.strip() else {}
     if not isinstance(document, dict):
         raise InvalidInput("request body must be a JSON object")
     return parse_fields(fields, document)

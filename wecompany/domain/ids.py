@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import secrets
 
+#: The largest id: every id (users, meetings, messages, files...) is a signed
+#: 64-bit integer in every database, so a larger number names nothing.
+MAX_ID = 2**63 - 1
+
 # 2020-01-01T00:00:00Z: ids stay 63-bit positive for ~69 years from here.
 _EPOCH_MS = 1577836800000
 

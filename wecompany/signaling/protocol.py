@@ -28,6 +28,7 @@ from wecompany.domain.interfaces import IClient
 from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard
 from wecompany.domain.rooms import SIGNALS, SignalEvent
 from wecompany.domain.sessions import Identity
+from wecompany.jsontext import decode_json
 from wecompany.errors import (
     Forbidden, InternalError, InvalidInput, RateLimited, TooLarge, Unauthenticated, WeCompanyError,
 )
@@ -174,10 +175,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             raise InvalidInput("binary messages are not supported: send JSON text")
         if len(payload) > self.factory.max_message:
             raise TooLarge(f"message larger than {self.factory.max_message} bytes")
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("message is not valid JSON") from None
+        obj = decode_json(payload, "message")
         if not isinstance(obj, dict):
             raise InvalidInput("message must be a JSON object")
         t = obj.get("type")

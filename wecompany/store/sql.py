@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wecompany.errors import Conflict, MeetingFull, MeetingNotFound, Unavailable
+from wecompany.errors import Conflict, InvalidInput, MeetingFull, MeetingNotFound, Unavailable
 from wecompany.store.common import (
     FILE_COMPLETE,
     FILE_RECEIVING,
@@ -314,7 +314,12 @@ class SQLStore:
     def _transaction(self, txn: Any, write: bool, interaction: Callable[..., Any], *args: object) -> Any:
         # adbapi commits when the interaction returns and rolls back when it raises.
         self._dialect.begin(txn, write)
-        return interaction(txn, *args)
+        try:
+            return interaction(txn, *args)
+        except OverflowError:
+            # A number no column can hold (the sqlite3 module refuses to bind
+            # it): what a client sent, checked too late, but still its error.
+            raise InvalidInput("a number is out of the range the database stores") from None
 
     def _execute(self, txn: Any, query: str, params: Sequence[object] = ()) -> Any:
         return self._dialect.execute(txn, query, params)

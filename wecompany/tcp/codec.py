@@ -14,6 +14,7 @@ import struct
 
 import attrs
 
+from wecompany.domain.ids import MAX_ID
 from wecompany.errors import MalformedMessage
 
 _U16 = struct.Struct(">H")
@@ -83,6 +84,13 @@ class Reader:
 
     def u64(self, what: str = "u64") -> int:
         return _U64.unpack(self._take(8, what))[0]
+
+    def id(self, what: str = "id") -> int:
+        """A u64 that names something the server made: at most :data:`MAX_ID` (ids are 63-bit)."""
+        value = self.u64(what)
+        if value > MAX_ID:
+            raise MalformedMessage(f"{what} out of range: ids are at most {MAX_ID}")
+        return value
 
     def qstr(self, what: str = "string") -> str:
         n = self.u32(what)
@@ -446,7 +454,7 @@ def decode_file(body: bytes):
     elif op == FILE_CANCEL:
         msg = FileCancel(r.qstr("transfer id"))
     elif op == FILE_FETCH:
-        msg = FileFetch(r.u64("file id"), r.u64("offset"))
+        msg = FileFetch(r.id("file id"), r.u64("offset"))
     else:
         raise MalformedMessage(f"unknown file operation 0x{op:02x}")
     r.end()
