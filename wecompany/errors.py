@@ -168,3 +168,20 @@ class WrongMeetingPassword(WeCompanyError):
     code = 403
     error_code = MEETING_WRONG_PASSWORD
     default_message = "wrong meeting password"
+
+
+class UsernameTaken(InvalidInput):
+    """
+    The username belongs to another account. A 400, not a 409: the API spec
+    gives 409 only where it says so, and its clients read the business code.
+    """
+
+    error_code = USERNAME_EXISTS
+    default_message = "username already exists"
+
+
+class EmailTaken(InvalidInput):
+    """The email belongs to another account (400, for the reason above)."""
+
+    error_code = EMAIL_EXISTS
+    default_message = "email already exists"

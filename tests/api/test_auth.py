@@ -46,10 +46,10 @@ class RegisterTests(SynchronousTestCase):
         self.api.register("alice", "a@example.com")
         code, body, _ = self.api.request("POST", "/api/v1/auth/register",
                                          {"username": "ALICE", "email": "b@example.com", "password": PASSWORD})
-        self.assertEqual((code, body["error_code"]), (409, 1001))
+        self.assertEqual((code, body["code"], body["error_code"]), (400, 400, 1001))
         code, body, _ = self.api.request("POST", "/api/v1/auth/register",
                                          {"username": "bob", "email": "A@example.com", "password": PASSWORD})
-        self.assertEqual((code, body["error_code"]), (409, 1002))
+        self.assertEqual((code, body["code"], body["error_code"]), (400, 400, 1002))
 
     def test_malformed_json(self):
         for raw in (b"{not json", b"[1,2]", b'"text"', b"\xff\xfe"):

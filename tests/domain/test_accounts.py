@@ -9,7 +9,9 @@ from wecompany.domain.ids import IdGenerator
 from wecompany.domain.passwords import PasswordHasher, PasswordPolicy, check_email, check_username
 from wecompany.domain.ratelimit import FailureLimiter, TokenBucket
 from wecompany.domain.tokens import TokenIssuer
-from wecompany.errors import Conflict, Forbidden, InvalidCredentials, InvalidInput, RateLimited, Unauthenticated
+from wecompany.errors import (
+    EmailTaken, Forbidden, InvalidCredentials, InvalidInput, RateLimited, Unauthenticated, UsernameTaken,
+)
 
 GOOD = "Secret-pass1"
 
@@ -30,10 +32,10 @@ class AccountsTests(SynchronousTestCase):
 
     def test_register_conflicts(self):
         self.successResultOf(run(self.accounts.register("alice", GOOD, "a@example.com")))
-        f = self.failureResultOf(run(self.accounts.register("ALICE", GOOD)), Conflict)
-        self.assertEqual(f.value.error_code, 1001)
-        f = self.failureResultOf(run(self.accounts.register("alice2", GOOD, "A@example.com")), Conflict)
-        self.assertEqual(f.value.error_code, 1002)
+        f = self.failureResultOf(run(self.accounts.register("ALICE", GOOD)), UsernameTaken)
+        self.assertEqual((f.value.code, f.value.error_code), (400, 1001))
+        f = self.failureResultOf(run(self.accounts.register("alice2", GOOD, "A@example.com")), EmailTaken)
+        self.assertEqual((f.value.code, f.value.error_code), (400, 1002))
 
     def test_login_by_name_or_email(self):
         user = self.successResultOf(run(self.accounts.register("alice", GOOD, "a@example.com")))

@@ -14,7 +14,9 @@ from typing import Any
 import attrs
 from zope.interface.verify import verifyObject
 
-from wecompany.errors import Conflict, InvalidInput, MeetingFull, MeetingNotFound, NotFound, Unavailable
+from wecompany.errors import (
+    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, Unavailable, UsernameTaken,
+)
 from wecompany.store.interface import IMeetingStore, IStore
 from wecompany.store.records import (
     FileRecord,
@@ -157,9 +159,9 @@ class StoreBehaviour:
     async def test_username_clash(self):
         alice = await self.make_user("Alice", email="alice@example.com")
         error = await self.assertFails(
-            self.store.create_user("aLiCe", "h", "other@example.com", None, NOW), Conflict
+            self.store.create_user("aLiCe", "h", "other@example.com", None, NOW), UsernameTaken
         )
-        self.assertEqual((error.code, error.error_code, error.message), (409, 1001, "username already exists"))
+        self.assertEqual((error.code, error.error_code, error.message), (400, 1001, "username already exists"))
         await self.assertNothingWritten(1)
         self.assertEqual(await self.store.get_user_by_username("alice"), alice)
         self.assertIsNone(await self.store.get_user_by_login("other@example.com"))
@@ -169,16 +171,16 @@ class StoreBehaviour:
     async def test_email_clash(self):
         await self.make_user("alice", email="alice@example.com")
         error = await self.assertFails(
-            self.store.create_user("bob", "h", "ALICE@example.com", None, NOW), Conflict
+            self.store.create_user("bob", "h", "ALICE@example.com", None, NOW), EmailTaken
         )
-        self.assertEqual((error.code, error.error_code, error.message), (409, 1002, "email already exists"))
+        self.assertEqual((error.code, error.error_code, error.message), (400, 1002, "email already exists"))
         await self.assertNothingWritten(1)
         self.assertIsNone(await self.store.get_user_by_username("bob"))
 
     async def test_username_clash_is_reported_before_email_clash(self):
         await self.make_user("alice", email="alice@example.com")
         error = await self.assertFails(
-            self.store.create_user("ALICE", "h", "alice@example.com", None, NOW), Conflict
+            self.store.create_user("ALICE", "h", "alice@example.com", None, NOW), UsernameTaken
         )
         self.assertEqual(error.error_code, 1001)
 
@@ -404,8 +406,8 @@ class StoreBehaviour:
             ({"email": "Alice@Example.com", "status": "banned"}, 1002),
             ({"username": "Alice", "email": "alice@example.com"}, 1001),
         ]:
-            error = await self.assertFails(self.store.update_user(bob.id, changes), Conflict)
-            self.assertEqual((error.code, error.error_code), (409, error_code))
+            error = await self.assertFails(self.store.update_user(bob.id, changes), InvalidInput)
+            self.assertEqual((error.code, error.error_code), (400, error_code))
             self.assertEqual(await self.store.get_user(bob.id), bob)
         self.assertEqual(await self.store.get_user(alice.id), alice)
 

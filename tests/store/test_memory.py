@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.store.behaviour import StoreBehaviour
-from wecompany.errors import Conflict, Unavailable
+from wecompany.errors import Unavailable, UsernameTaken
 from wecompany.store.memory import MemoryStore
 
 
@@ -26,6 +26,6 @@ class FiredDeferredTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(store.start()))
         alice = self.successResultOf(store.create_user("alice", "h", None, None, 1.0))
         self.assertEqual(self.successResultOf(store.get_user_by_login("ALICE")), alice)
-        failure = self.failureResultOf(store.create_user("Alice", "h", None, None, 2.0), Conflict)
+        failure = self.failureResultOf(store.create_user("Alice", "h", None, None, 2.0), UsernameTaken)
         self.assertEqual(failure.value.error_code, 1001)
         self.assertIsNone(self.successResultOf(store.stop()))

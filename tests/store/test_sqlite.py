@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
-from wecompany.errors import Conflict, InvalidInput, Unavailable
+from wecompany.errors import InvalidInput, Unavailable
 from wecompany.store.dialect import SQLITE
 from wecompany.store.records import StoredMessage
 from wecompany.store.schema import SchemaTooNew, load_migrations, migrate
@@ -174,7 +174,7 @@ class SQLiteOnlyTests(TestCase):
         store = await self.open_store(store_type=_ClashBlindStore)
         await store.create_user("alice", "h", "alice@example.com", None, NOW)
         for username, email, error_code in [("ALICE", None, 1001), ("bob", "Alice@Example.com", 1002)]:
-            error = await self.assertFailure(store.create_user(username, "h", email, None, NOW), Conflict)
+            error = await self.assertFailure(store.create_user(username, "h", email, None, NOW), InvalidInput)
             self.assertEqual(error.error_code, error_code)
         self.assertEqual(await query(store, "SELECT COUNT(*) FROM users"), [(1,)])
         self.assertEqual(await query(store, "SELECT COUNT(*) FROM profiles"), [(1,)])
@@ -237,7 +237,7 @@ class SQLiteOnlyTests(TestCase):
         alice = await store.create_user("alice", "h", "alice@example.com", None, NOW)
         bob = await store.create_user("bob", "h", "bob@example.com", None, NOW)
         for changes, error_code in [({"username": "ALICE"}, 1001), ({"email": "Alice@Example.com"}, 1002)]:
-            error = await self.assertFailure(store.update_user(bob.id, changes), Conflict)
+            error = await self.assertFailure(store.update_user(bob.id, changes), InvalidInput)
             self.assertEqual(error.error_code, error_code)
         self.assertEqual(await store.get_user(bob.id), bob)
         self.assertEqual(await store.get_user(alice.id), alice)

@@ -47,7 +47,7 @@ class AdminRoutes:
                     "status": Field("string", choices=("active", "banned")),
                     "email": Field("string", min_length=3, max_length=254),
                     "nickname": Field("string", min_length=1, max_length=64)},
-              data=USER_SCHEMA, errors=(400, 404, 409))
+              data=USER_SCHEMA, errors=(400, 404))
     async def admin_update_user(self, call: Call):
         user = await self._target(call)
         changes = {k: call.body[k] for k in ("role", "status", "email") if k in call.body}

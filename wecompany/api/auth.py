@@ -18,7 +18,7 @@ class AuthRoutes:
                     "email": Field("string", required=True, min_length=1, max_length=254),
                     "password": PASSWORD,
                     "nickname": Field("string", max_length=64)},
-              data=USER_SCHEMA, errors=(400, 409, 503), rate_limited=True)
+              data=USER_SCHEMA, errors=(400, 503), rate_limited=True)
     async def register(self, call: Call):
         b = call.body
         user = await self.accounts.register(b["username"], b["password"], b["email"], b.get("nickname") or None)

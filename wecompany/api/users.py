@@ -46,7 +46,7 @@ class UserRoutes:
                     "email": Field("string", min_length=3, max_length=254),
                     "phone": Field("string", max_length=32),
                     "avatar": Field("string", max_length=512)},
-              data=USER_SCHEMA, errors=(400, 401, 409))
+              data=USER_SCHEMA, errors=(400, 401))
     async def update_profile(self, call: Call):
         b = call.body
         user = call.user

@@ -8,8 +8,8 @@ import secrets
 from twisted.logger import Logger
 
 from wecompany.errors import (
-    USER_NOT_FOUND, USERNAME_EXISTS, WRONG_PASSWORD, Conflict, Forbidden, InvalidCredentials,
-    InvalidInput, Unauthenticated,
+    USER_NOT_FOUND, WRONG_PASSWORD, Forbidden, InvalidCredentials, InvalidInput, Unauthenticated,
+    UsernameTaken,
 )
 from wecompany.domain.passwords import PasswordPolicy, check_email, check_username
 
@@ -43,7 +43,7 @@ class Accounts:
         # Fail fast on a taken name before paying for a hash; the store checks
         # again inside its transaction.
         if await self.store.get_user_by_username(username) is not None:
-            raise Conflict("username already exists", error_code=USERNAME_EXISTS)
+            raise UsernameTaken()
         password_hash = await self.hasher.hash(password)
         user = await self.store.create_user(username, password_hash, email, nickname,
                                             self.clock.seconds())

@@ -13,13 +13,13 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from wecompany.errors import (
-    EMAIL_EXISTS,
     USER_NOT_FOUND,
-    USERNAME_EXISTS,
     Conflict,
+    EmailTaken,
     InvalidInput,
     NotFound,
     Unavailable,
+    UsernameTaken,
 )
 
 USER_ACTIVE = "active"
@@ -129,12 +129,12 @@ def check_page(offset: int, limit: int) -> None:
         raise InvalidInput("offset and limit must not be negative")
 
 
-def username_exists() -> Conflict:
-    return Conflict("username already exists", error_code=USERNAME_EXISTS)
+def username_exists() -> UsernameTaken:
+    return UsernameTaken()
 
 
-def email_exists() -> Conflict:
-    return Conflict("email already exists", error_code=EMAIL_EXISTS)
+def email_exists() -> EmailTaken:
+    return EmailTaken()
 
 
 def room_exists() -> Conflict:

@@ -28,8 +28,9 @@ class IStore(Interface):
         """
         Insert a user and its profile in one transaction -> UserRecord.
 
-        Raises :class:`wecompany.errors.Conflict` with error_code 1001 when the
-        username exists (case-insensitively) or 1002 when the email exists.
+        Raises :class:`wecompany.errors.UsernameTaken` (1001) when the
+        username exists (case-insensitively) or :class:`~wecompany.errors.EmailTaken`
+        (1002) when the email exists.
         """
 
     def get_user(user_id):
@@ -131,7 +132,7 @@ class IMeetingStore(Interface):
     def update_user(user_id, changes):
         """
         Keys: email, role, status, username. -> UserRecord, or None if no such user.
-        Email/username clashes raise Conflict 1002/1001 and change nothing.
+        Email/username clashes raise EmailTaken (1002) / UsernameTaken (1001) and change nothing.
         """
 
     def update_profile(user_id, changes, now):

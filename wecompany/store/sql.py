@@ -22,7 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wecompany.errors import Conflict, InvalidInput, MeetingFull, MeetingNotFound, Unavailable
+from wecompany.errors import (
+    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, Unavailable, UsernameTaken,
+)
 from wecompany.store.common import (
     FILE_COMPLETE,
     FILE_RECEIVING,
@@ -182,7 +184,7 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _conflict_from(error: Exception) -> Conflict | None:
+def _conflict_from(error: Exception) -> UsernameTaken | EmailTaken | None:
     """Which unique column a driver's IntegrityError names (SQLite: ``users.email``)."""
     text = str(error).lower()
     if "unique" not in text:  # NOT NULL, a foreign key...
@@ -438,7 +440,7 @@ class SQLStore:
         return user
 
     def _find_clash(self, txn: Any, username: str | None, email: str | None,
-                    user_id: int | None = None) -> Conflict | None:
+                    user_id: int | None = None) -> UsernameTaken | EmailTaken | None:
         """The Conflict if another user than ``user_id`` has ``username`` or ``email`` (None: unchanged)."""
         wanted = [("username", username, username_exists), ("email", email, email_exists)]
         for column, value, conflict in wanted:
