@@ -118,7 +118,7 @@ class SignalingEndToEndTests(DaemonTestCase):
         code, body = await http.call("GET", f"/api/v1/meetings/{mid}/messages", token=people["bob"][1])
         self.assertEqual([m["content"] for m in body["data"]["list"]], ["hello"])
         code, body = await http.call("GET", f"/api/v1/meetings/{mid}/participants", token=people["alice"][1])
-        states = {p["username"]: p["status"] for p in body["data"]["list"]}
+        states = {p["username"]: p["status"] for p in body["data"]}
         self.assertEqual(states["bob"], "left")
 
     async def test_chat_survives_a_crash_and_the_room_follows_its_meeting(self) -> None:

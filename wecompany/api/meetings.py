@@ -27,7 +27,12 @@ _MEETING_FIELDS = {
 CREATE_FIELDS = {**_MEETING_FIELDS,
                  "title": Field("string", required=True, min_length=1, max_length=MAX_TITLE, strip=True)}
 LIST_QUERY = {**PAGE, "status": Field("string", choices=STATUSES), "keyword": Field("string", max_length=100)}
-PARTICIPANTS_QUERY = {**PAGE, "page_size": Field("integer", minimum=1, maximum=MAX_CAPACITY, default=100)}
+# Optional here: without them the whole list (at most MAX_CAPACITY) comes back.
+PARTICIPANTS_QUERY = {
+    "page": Field("integer", minimum=1, maximum=1_000_000, description="page number, from 1 (optional)"),
+    "page_size": Field("integer", minimum=1, maximum=MAX_CAPACITY,
+                       description="participants per page (optional; default: all of them)"),
+}
 MEETING_PAGE = page_schema(MEETING_SCHEMA)
 
 
@@ -95,14 +100,20 @@ class MeetingRoutes:
     async def leave_meeting(self, call: Call):
         return participant_view(await self.meetings.leave(call.user, call.params["meeting_id"]))
 
-    @endpoint("GET", MEETING + "/participants", summary="Participants (members only)", tag="participants",
-              query=PARTICIPANTS_QUERY, data=page_schema(PARTICIPANT_SCHEMA), errors=(400, 401, 403, 404))
+    @endpoint("GET", MEETING + "/participants",
+              summary="Participants (members only), as a bare array: the clients of this family count "
+                      "len(data). X-Total-Count gives the number of them when a page is asked for.",
+              tag="participants", query=PARTICIPANTS_QUERY, data={"type": "array", "items": PARTICIPANT_SCHEMA},
+              errors=(400, 401, 403, 404))
     async def list_participants(self, call: Call):
         _, participants = await self.meetings.participants(call.user, call.params["meeting_id"])
         q = call.query
-        start = (q["page"] - 1) * q["page_size"]
-        return page_view([participant_view(p) for p in participants[start:start + q["page_size"]]],
-                         len(participants), q["page"], q["page_size"])
+        call.request.setHeader(b"x-total-count", str(len(participants)).encode())
+        if "page" in q or "page_size" in q:
+            size = q.get("page_size", 100)
+            start = (q.get("page", 1) - 1) * size
+            participants = participants[start:start + size]
+        return [participant_view(p) for p in participants]
 
     @endpoint("POST", MEETING + "/participants", summary="Invite a user (host or moderator)", tag="participants",
               body={"user_id": Field("integer", required=True, minimum=1),
