@@ -132,6 +132,16 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(code, 401)
 
 
+    def test_logout_leaves_another_users_refresh_token_alone(self):
+        victim = self.api.login("alice")
+        self.api.register("mallory", "m@example.com")
+        mallory = self.api.login("mallory")
+        code, _, _ = self.api.request("POST", "/api/v1/auth/logout", {"refresh_token": victim["refresh_token"]},
+                                      token=mallory["token"])
+        self.assertEqual(code, 200)  # says nothing about whose token it was
+        code, body, _ = self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": victim["refresh_token"]})
+        self.assertEqual(code, 200, body)
+
 class ResetTests(SynchronousTestCase):
     def setUp(self):
         self.api = Api(self)

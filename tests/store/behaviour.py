@@ -951,13 +951,17 @@ class StoreBehaviour:
         alice = await self.make_user("alice")
         token = await self.store.add_refresh_token("t", alice.id, "f", NOW, NOW + HOUR)
         await self.store.add_refresh_token("expired", alice.id, "f", NOW - HOUR, NOW)
-        self.assertIs(await self.store.revoke_refresh_token("t", NOW + 1), True)
+        bob = await self.make_user("bob")
+        # Only its owner's logout revokes a token.
+        self.assertIs(await self.store.revoke_refresh_token("t", bob.id, NOW + 1), False)
+        self.assertEqual(await self.store.get_refresh_token("t"), token)
+        self.assertIs(await self.store.revoke_refresh_token("t", alice.id, NOW + 1), True)
         self.assertEqual(await self.store.get_refresh_token("t"), attrs.evolve(token, revoked_at=NOW + 1))
         # Already revoked: the first time stays.
-        self.assertIs(await self.store.revoke_refresh_token("t", NOW + 2), False)
+        self.assertIs(await self.store.revoke_refresh_token("t", alice.id, NOW + 2), False)
         self.assertEqual((await self.store.get_refresh_token("t")).revoked_at, NOW + 1)
-        self.assertIs(await self.store.revoke_refresh_token("expired", NOW + 2), False)
-        self.assertIs(await self.store.revoke_refresh_token("unknown", NOW), False)
+        self.assertIs(await self.store.revoke_refresh_token("expired", alice.id, NOW + 2), False)
+        self.assertIs(await self.store.revoke_refresh_token("unknown", alice.id, NOW), False)
 
     # -- password resets ------------------------------------------------------
     async def test_password_reset_is_single_use(self):

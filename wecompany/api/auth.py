@@ -48,10 +48,10 @@ class AuthRoutes:
         user, access, refresh = await self.credentials.refresh(call.body["refresh_token"])
         return await self._tokens_view(user, access, refresh)
 
-    @endpoint("POST", "/v1/auth/logout", summary="Revoke a refresh token", tag="auth",
+    @endpoint("POST", "/v1/auth/logout", summary="Revoke one of the caller's refresh tokens", tag="auth",
               body={"refresh_token": Field("string", max_length=512)}, data=MESSAGE_SCHEMA, errors=(400, 401))
     async def logout(self, call: Call):
-        await self.credentials.logout(call.body.get("refresh_token", ""))
+        await self.credentials.logout(call.user, call.body.get("refresh_token", ""))
         return {"message": "logged out"}
 
     @endpoint("POST", "/v1/auth/forgot-password", summary="Mail a single-use password reset token",

@@ -151,9 +151,10 @@ class Credentials:
         self.accounts._check_active(user)
         return user, self.accounts.issue_token(user), new_value
 
-    async def logout(self, refresh_token: str) -> None:
+    async def logout(self, user, refresh_token: str) -> None:
+        """Revoke ``refresh_token`` if it is one of ``user``'s (anyone else's is left alone)."""
         if isinstance(refresh_token, str) and refresh_token:
-            await self.store.revoke_refresh_token(_digest(refresh_token), self.clock.seconds())
+            await self.store.revoke_refresh_token(_digest(refresh_token), user.id, self.clock.seconds())
 
     async def change_password(self, user, old_password: str, new_password: str) -> None:
         """Verify the old password, set the new one, revoke every refresh token."""

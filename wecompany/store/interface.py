@@ -241,8 +241,11 @@ class IMeetingStore(Interface):
     def revoke_refresh_tokens(user_id, now):
         """Revoke every live refresh token of the user. -> int (how many)."""
 
-    def revoke_refresh_token(token_hash, now):
-        """Revoke one token (logout). -> bool, whether it was live."""
+    def revoke_refresh_token(token_hash, user_id, now):
+        """
+        Revoke one token of ``user_id`` (logout). -> bool, whether it was live
+        and that user's; a token of another user is left alone.
+        """
 
     # -- password resets ----------------------------------------------------
     def add_password_reset(token_hash, user_id, now, expires_at):

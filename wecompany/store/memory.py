@@ -559,8 +559,8 @@ class MemoryStore:
         return self._revoke(lambda token: token.user_id == user_id, now)
 
     @_fired
-    def revoke_refresh_token(self, token_hash: str, now: float) -> bool:
-        return self._revoke(lambda token: token.token_hash == token_hash, now) > 0
+    def revoke_refresh_token(self, token_hash: str, user_id: int, now: float) -> bool:
+        return self._revoke(lambda token: token.token_hash == token_hash and token.user_id == user_id, now) > 0
 
     def _revoke(self, chosen: Callable[[RefreshTokenRecord], bool], now: float) -> int:
         """Revoke the live tokens ``chosen`` picks -> how many."""

@@ -992,22 +992,23 @@ class SQLStore:
             return None
         if old.revoked_at is not None:
             # Returning (not raising) commits the revocation.
-            self._revoke_txn(txn, "family_id", old.family_id, now)
+            self._revoke_txn(txn, "family_id = ?", (old.family_id,), now)
             return None
         replaced = {"revoked_at": now, "replaced_by": new_hash}
         self._set(txn, "refresh_tokens", replaced, "token_hash = ?", (old_hash,))
         return self._add_refresh_token_txn(txn, new_hash, old.user_id, old.family_id, now, expires_at)
 
     def revoke_refresh_tokens(self, user_id: int, now: float) -> Deferred[int]:
-        return self._write(self._revoke_txn, "user_id", user_id, now)
+        return self._write(self._revoke_txn, "user_id = ?", (user_id,), now)
 
-    def revoke_refresh_token(self, token_hash: str, now: float) -> Deferred[bool]:
-        return self._write(self._revoke_txn, "token_hash", token_hash, now).addCallback(bool)
+    def revoke_refresh_token(self, token_hash: str, user_id: int, now: float) -> Deferred[bool]:
+        return self._write(self._revoke_txn, "token_hash = ? AND user_id = ?", (token_hash, user_id),
+                           now).addCallback(bool)
 
-    def _revoke_txn(self, txn: Any, column: str, value: object, now: float) -> int:
-        """Revoke the live tokens whose ``column`` is ``value`` -> how many."""
-        return self._set(txn, "refresh_tokens", {"revoked_at": now}, f"{column} = ? AND {_LIVE_TOKEN}",
-                         (value, now)).rowcount
+    def _revoke_txn(self, txn: Any, where: str, params: Sequence[object], now: float) -> int:
+        """Revoke the live tokens ``where`` selects -> how many."""
+        return self._set(txn, "refresh_tokens", {"revoked_at": now}, f"{where} AND {_LIVE_TOKEN}",
+                         (*params, now)).rowcount
 
     # -- password resets ------------------------------------------------------
     def add_password_reset(self, token_hash: str, user_id: int, now: float,
