@@ -103,9 +103,9 @@ class SignalingEndToEndTests(DaemonTestCase):
         for client, kind in ((alice, "chat"), (bob, 8)):
             self.assertEqual((await next_message(client, kind))["payload"]["content"], "hello")
         alice.send({"type": "media-state", "payload": {"audio_enabled": False}})
-        self.assertEqual((await next_message(bob, 10))["payload"], {"audio_enabled": False})
+        self.assertEqual((await next_message(bob, 10))["payload"], {"audio_enabled": False, "video_enabled": True})
         alice.send({"type": "screen-share", "payload": {"enabled": True}})
-        self.assertEqual((await next_message(bob, 9))["payload"], {"enabled": True})
+        self.assertEqual((await next_message(bob, 9))["payload"], {"enabled": True, "sharing": True})
         bob.send({"type": 11})
         await next_message(bob, 12)
         alice.send({"type": "nonsense"})

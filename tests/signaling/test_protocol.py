@@ -235,6 +235,26 @@ class RoomTests(SignalingTestCase):
         alice.send({"type": "chat", "payload": {"content": "   "}})
         self.assertEqual(alice.take()[0]["type"], "error")
 
+    def test_the_room_gets_only_what_the_protocol_defines(self):
+        # Whatever else a sender adds is not relayed: not made-up identities, not padding.
+        alice, bob = self.connect("alice"), self.connect("bob")
+        alice.take(), bob.take()
+        forged = {"user_id": 999, "username": "root", "nickname": "System", "is_system": True, "pad": "x" * 500_000}
+        alice.onMessage(json.dumps({"type": "chat", "payload": {"content": "hi", **forged}}).encode(), False)
+        alice.send({"type": "media-state", "payload": {"video_enabled": False, **forged}})
+        alice.send({"type": "screen-share", "payload": {"sharing": True, **forged}})
+        chat, media, screen = bob.take()
+        alice_id = self.uid("alice")
+        self.assertEqual(set(chat["payload"]), {"message_id", "content", "message_type", "user_id", "username",
+                                                "nickname", "created_at"})
+        self.assertEqual((chat["payload"]["user_id"], chat["payload"]["username"], chat["payload"]["nickname"],
+                          chat["payload"]["content"], chat["payload"]["message_type"]),
+                         (alice_id, "alice", "alice", "hi", "text"))
+        self.assertEqual(media["payload"], {"audio_enabled": True, "video_enabled": False})
+        self.assertEqual(screen["payload"], {"enabled": True, "sharing": True})
+        for message in (chat, media, screen):
+            self.assertEqual(message["from_user_id"], alice_id)
+
     def test_media_state_and_screen_share(self):
         alice, bob = self.connect("alice"), self.connect("bob")
         alice.take(), bob.take()

@@ -229,12 +229,15 @@ class RoomService:
         if not meeting.settings.get("enable_chat", True):
             raise Forbidden("chat is disabled in this meeting")
         d = self.store.add_meeting_message(member.meeting_id, member.user_id, content, "text", self.clock.seconds())
-        return d.addCallback(self._chat_stored, member, payload, content)
+        return d.addCallback(self._chat_stored, member)
 
-    def _chat_stored(self, record, member: Member, payload, content: str) -> SignalEvent:
-        body = dict(payload) if isinstance(payload, dict) else {}
-        body.update(content=content, message_id=record.id, username=member.username,
-                    created_at=self.format_time(record.created_at))
+    def _chat_stored(self, record, member: Member) -> SignalEvent:
+        # Built from the stored record alone: nothing else the sender put in
+        # its payload (a made-up user_id or is_system, a padding field) goes
+        # to the room.
+        body = {"message_id": record.id, "content": record.content, "message_type": record.message_type,
+                "user_id": record.user_id, "username": record.username, "nickname": record.nickname,
+                "created_at": self.format_time(record.created_at)}
         event = self._event("chat", member, body)
         room = self.rooms.get(member.meeting_id)
         if room is not None:
@@ -257,7 +260,8 @@ class RoomService:
             raise InvalidInput("media-state needs audio_enabled and/or video_enabled")
         for key, value in changes.items():
             setattr(member, key, value)
-        self._to_others(self.rooms[member.meeting_id], member, self._event("media-state", member, payload))
+        state = {"audio_enabled": member.audio_enabled, "video_enabled": member.video_enabled}
+        self._to_others(self.rooms[member.meeting_id], member, self._event("media-state", member, state))
         self._record(member.meeting_id, member.user_id, changes)
 
     def screen_share(self, client, payload) -> None:
@@ -266,7 +270,8 @@ class RoomService:
         if not isinstance(sharing, bool):
             raise InvalidInput("screen-share payload needs enabled: true or false")
         member.screen_sharing = sharing
-        self._to_others(self.rooms[member.meeting_id], member, self._event("screen-share", member, payload))
+        self._to_others(self.rooms[member.meeting_id], member,
+                        self._event("screen-share", member, {"enabled": sharing, "sharing": sharing}))
 
     def pong(self, client, payload) -> None:
         member = self._by_client.get(client)
