@@ -375,6 +375,28 @@ class MalformedTests(ProtocolTestCase):
         self.assertTrue(conn.closed)
         self.assertIn("rate limit", error_of(conn.frames()[-1])[1])
 
+    def test_file_fetches_offers_and_cancels_are_rate_limited(self):
+        # 20,000 FILE_FETCH frames once each cost a database query.
+        for op_frame in (b"\x01\x04" + codec.u64(12345) + codec.u64(0), b"\x01\x03" + q("nope"),
+                         b"\x01\x01" + q("t") + q("nobody") + q("f") + codec.u64(1) + b"\0" * 32):
+            conn, _ = self.login("alice")
+            conn.send(*([op_frame] * 20_000))
+            answers = conn.frames()
+            self.assertTrue(conn.closed)
+            self.assertIn("rate limit", error_of(answers[-1])[1])
+            self.assertLess(len(answers), 210)  # the burst (200, less the login) and the 429s
+
+    def test_chunks_of_no_upload_are_charged(self):
+        conn, _ = self.login("alice")
+        conn.send(*([b"\x01\x02" + q("no-such-upload") + codec.u64(0) + b"data"] * 20_000))
+        self.assertTrue(conn.closed)
+        self.assertLess(len(conn.frames()), 410)
+
+    def test_file_frames_before_login_are_rate_limited(self):
+        conn = self.connect()
+        conn.send(*([b"\x01\x02" + q("t") + codec.u64(0) + b"data"] * 20_000))
+        self.assertTrue(conn.closed)
+
     def test_file_chunks_are_not_rate_limited(self):
         alice, _ = self.login("alice")
         self.login("bob")

@@ -37,6 +37,7 @@ _U32 = struct.Struct(">I")
 FORWARD_OVERHEAD = 512
 MAX_ANONYMOUS_ID = 64
 FILE_TYPE = MsgType.FILE
+_FILE_CHUNK = bytes((codec.FILE_CHUNK,))
 MEDIA_TYPE = MsgType.MEDIA_DATA
 AUTH_TYPES = (MsgType.LOGIN, MsgType.REGISTER, MsgType.AUTH_TOKEN)
 
@@ -193,7 +194,11 @@ class WeCompanyProtocol(Int32StringReceiver):
         if t == MEDIA_TYPE and self.identity is not None:
             self._media(frame)
             return
-        if t != FILE_TYPE:  # FILE is exempt: its chunks are paced by the pause while each is written
+        # Only the chunks of a logged-in client's uploads are exempt: each is
+        # paced by the pause while it is written, and one that belongs to no
+        # upload is charged when it fails (_file_op). Every other frame,
+        # FILE offers, fetches and cancels included, draws on the budget.
+        if t != FILE_TYPE or self.identity is None or frame[1:2] != _FILE_CHUNK:
             verdict = self._flood.check()
             if verdict != ALLOW:
                 self._flooding(t, verdict)
@@ -264,6 +269,10 @@ class WeCompanyProtocol(Int32StringReceiver):
                 return
         except WeCompanyError as e:
             self.send_body(codec.encode_file_failed(msg.transfer_id, e.message))
+            if isinstance(msg, codec.FileChunkIn):
+                verdict = self._flood.check()  # a chunk of no upload costs what any frame does
+                if verdict != ALLOW:
+                    self._flooding(FILE_TYPE, verdict)
             return
         if result is not None:
             record, delivering = result
