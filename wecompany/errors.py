@@ -185,3 +185,9 @@ class EmailTaken(InvalidInput):
 
     error_code = EMAIL_EXISTS
     default_message = "email already exists"
+
+
+class ParticipantRemoved(Forbidden):
+    """A host or moderator removed the user from the meeting; only they can add the user back."""
+
+    default_message = "you were removed from this meeting: a host or moderator can add you back"

@@ -936,6 +936,22 @@ class RemoveParticipantTests(MeetingCase):
         self.assertError(self.call("GET", f"{MEETINGS}/{self.mid}/participants", token=self.guest), 403)
         self.assertError(self.call("DELETE", self.path(self.guest_id), token=self.host), 404)
 
+    def test_a_removed_user_cannot_join_again_until_added_back(self):
+        self.assertEqual(self.call("DELETE", self.path(self.guest_id), token=self.host)[0], 200)
+        self.assertIn("removed", self.join(self.mid, self.guest, expect=403)["message"])
+        self.assertNotIn(self.guest_id, self.participants(self.mid))
+        code, reply = self.call("GET", "/api/v1/my/meetings", token=self.guest)
+        self.assertEqual(reply["data"]["total"], 0)
+        # With a password the bar holds too: knowing it is not being let back in.
+        protected = self.create(password="door-code")["id"]
+        self.join(protected, self.guest, "door-code")
+        self.call("DELETE", f"{MEETINGS}/{protected}/participants/{self.guest_id}", token=self.host)
+        self.join(protected, self.guest, "door-code", expect=403)
+        # A moderator adds the user back; then joining works again.
+        added = self.invite(self.mid, self.guest_id, token=self.moderator)
+        self.assertEqual((added["user_id"], added["status"]), (self.guest_id, "invited"))
+        self.assertEqual(self.join(self.mid, self.guest)["data"]["participant"]["status"], "joined")
+
     def test_moderator_removes_participant(self):
         code, _ = self.call("DELETE", self.path(self.guest_id), token=self.moderator)
         self.assertEqual(code, 200)

@@ -15,7 +15,8 @@ import attrs
 from zope.interface.verify import verifyObject
 
 from wecompany.errors import (
-    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, Unavailable, UsernameTaken,
+    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, ParticipantRemoved, Unavailable,
+    UsernameTaken,
 )
 from wecompany.store.interface import IMeetingStore, IStore
 from wecompany.store.records import (
@@ -707,10 +708,12 @@ class StoreBehaviour:
         self.assertEqual((error.code, error.error_code), (403, 2003))
         self.assertIsNone(await self.store.get_participant(meeting.id, carol.id))
         self.assertEqual(await self.count_rows("participants"), 2)
-        # Room again once a row goes.
-        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), True)
+        # Room again once a participant is removed (a removed row takes no seat).
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id, NOW), True)
         _, created = await self.store.join_meeting(meeting.id, carol.id, "participant", NOW)
         self.assertIs(created, True)
+        # Adding the removed user back needs a seat like anyone else.
+        await self.assertFails(self.store.add_participant(meeting.id, bob.id, "participant", NOW), MeetingFull)
 
     async def test_meeting_of_one(self):
         alice, bob = await self.make_user("alice"), await self.make_user("bob")
@@ -785,10 +788,34 @@ class StoreBehaviour:
         meeting = await self.make_meeting(alice)
         host = await self.store.get_participant(meeting.id, alice.id)
         await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
-        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), True)
-        self.assertIs(await self.store.remove_participant(meeting.id, bob.id), False)
-        self.assertIs(await self.store.remove_participant(meeting.id + 1, alice.id), False)
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id, NOW + 1), True)
+        self.assertIs(await self.store.remove_participant(meeting.id, bob.id, NOW + 2), False)
+        self.assertIs(await self.store.remove_participant(meeting.id + 1, alice.id, NOW), False)
         self.assertEqual(await self.store.list_participants(meeting.id), [host])
+
+    async def test_a_removed_user_is_barred_until_added_back(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        await self.store.join_meeting(meeting.id, bob.id, "participant", NOW)
+        await self.store.remove_participant(meeting.id, bob.id, NOW + 1)
+        # No participant to any read...
+        self.assertIsNone(await self.store.get_participant(meeting.id, bob.id))
+        self.assertIsNone(await self.store.update_participant(meeting.id, bob.id, {"status": "joined"}))
+        self.assertEqual(await self.store.list_meetings(0, 10, member_id=bob.id), (0, []))
+        # ... and the row stays, so joining again is refused and changes nothing.
+        self.assertEqual(await self.count_rows("participants"), 2)
+        error = await self.assertFails(self.store.join_meeting(meeting.id, bob.id, "participant", NOW + 2),
+                                       ParticipantRemoved)
+        self.assertEqual(error.code, 403)
+        self.assertIsNone(await self.store.get_participant(meeting.id, bob.id))
+        # Added back by a host or moderator: invited again, with the role given, and may join.
+        back = await self.store.add_participant(meeting.id, bob.id, "moderator", NOW + 3)
+        self.assertEqual((back.user_id, back.role, back.status, back.joined_at, back.left_at),
+                         (bob.id, "moderator", "invited", None, None))
+        await self.assertFails(self.store.add_participant(meeting.id, bob.id, "participant", NOW + 4), Conflict)
+        joined, created = await self.store.join_meeting(meeting.id, bob.id, "participant", NOW + 5)
+        self.assertEqual((joined.status, joined.role, created), ("joined", "moderator", False))
+        self.assertEqual(await self.count_rows("participants"), 2)
 
     async def test_participants_carry_current_names(self):
         alice, bob = await self.make_user("alice"), await self.make_user("bob")

@@ -225,7 +225,8 @@ class MeetingService:
         if target.role == MODERATOR and manager != HOST and target_id != user.id:
             # Otherwise a moderator could demote another by removing and re-inviting.
             raise Forbidden("only the host may remove a moderator")
-        await self.store.remove_participant(meeting.id, target_id)
+        # Kept as removed, so that the user cannot simply join again.
+        await self.store.remove_participant(meeting.id, target_id, self.clock.seconds())
         self._tell("participant_left", meeting.id, target_id, "removed")
 
     async def set_role(self, user, meeting_id: int, target_id: int, role: str):

@@ -29,6 +29,9 @@ MEETING_SCHEDULED = "scheduled"
 ROLE_HOST = "host"
 PARTICIPANT_INVITED = "invited"
 PARTICIPANT_JOINED = "joined"
+# Kept, not deleted, so that the user cannot simply join again; such a row
+# is invisible to every read but join_meeting and add_participant.
+PARTICIPANT_REMOVED = "removed"
 
 # What each update method may change (IMeetingStore's ``changes`` keys).
 USER_CHANGES = frozenset({"email", "role", "status", "username"})

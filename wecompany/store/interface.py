@@ -176,7 +176,7 @@ class IMeetingStore(Interface):
         ``statuses``: a collection of statuses to keep (None = all).
         ``keyword``: case-insensitive substring of title or description.
         ``member_id``: only meetings where this user is the creator or has a
-        participant row. ``start_from``/``start_until``: bounds on start_time
+        participant row that is not removed. ``start_from``/``start_until``: bounds on start_time
         (inclusive). Ordered by start_time then id, ascending, or descending
         when ``newest_first``.
         """
@@ -185,34 +185,42 @@ class IMeetingStore(Interface):
     def join_meeting(meeting_id, user_id, role, now):
         """
         Atomically: if the user has a row, set status 'joined', joined_at=now,
-        left_at=None (role unchanged) -> (ParticipantRecord, False). Otherwise,
-        if the meeting already has max_participants rows (every status counts,
-        the host included) raise :class:`wecompany.errors.MeetingFull`; else
-        insert with ``role``, status 'joined' -> (ParticipantRecord, True).
-        Raises MeetingNotFound when the meeting does not exist.
+        left_at=None (role unchanged) -> (ParticipantRecord, False). A row the
+        user was removed by raises :class:`wecompany.errors.ParticipantRemoved`
+        and changes nothing. Otherwise, if the meeting already has
+        max_participants rows (every status but removed counts, the host
+        included) raise :class:`wecompany.errors.MeetingFull`; else insert
+        with ``role``, status 'joined' -> (ParticipantRecord, True). Raises
+        MeetingNotFound when the meeting does not exist.
         """
 
     def add_participant(meeting_id, user_id, role, now):
         """
         Invite: insert with status 'invited' -> ParticipantRecord, capacity
-        checked as in join_meeting. Raises Conflict if the user already has a
-        row, MeetingNotFound if the meeting does not exist.
+        checked as in join_meeting; a removed user's row is made 'invited'
+        again with ``role`` (the bar is lifted). Raises Conflict if the user
+        already has a row that is not removed, MeetingNotFound if the meeting
+        does not exist.
         """
 
     def get_participant(meeting_id, user_id):
-        """-> ParticipantRecord or None."""
+        """-> ParticipantRecord or None (also None for a removed user)."""
 
     def list_participants(meeting_id):
-        """-> [ParticipantRecord] ordered by id."""
+        """-> [ParticipantRecord] ordered by id, removed users left out."""
 
     def update_participant(meeting_id, user_id, changes):
         """
         Keys: role, status, audio_enabled, video_enabled, joined_at, left_at.
-        -> ParticipantRecord or None.
+        -> ParticipantRecord or None (a removed user's row is not changed).
         """
 
-    def remove_participant(meeting_id, user_id):
-        """-> bool"""
+    def remove_participant(meeting_id, user_id, now):
+        """
+        Mark the row 'removed' (left_at=now): from then on the user is no
+        participant to any read, and join_meeting refuses them until
+        add_participant adds them back. -> bool, whether a row was removed.
+        """
 
     # -- meeting chat -------------------------------------------------------
     def add_meeting_message(meeting_id, user_id, content, message_type, now):

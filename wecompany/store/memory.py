@@ -17,7 +17,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import implementer
 
-from wecompany.errors import Conflict, MeetingFull, MeetingNotFound
+from wecompany.errors import Conflict, MeetingFull, MeetingNotFound, ParticipantRemoved
 from wecompany.store.common import (
     FILE_COMPLETE,
     FILE_RECEIVING,
@@ -27,6 +27,7 @@ from wecompany.store.common import (
     PARTICIPANT_CHANGES,
     PARTICIPANT_INVITED,
     PARTICIPANT_JOINED,
+    PARTICIPANT_REMOVED,
     PROFILE_CHANGES,
     ROLE_HOST,
     TIME_CHANGES,
@@ -408,7 +409,8 @@ class MemoryStore:
                       start_from: float | None = None, start_until: float | None = None,
                       newest_first: bool = False) -> tuple[int, list[MeetingRecord]]:
         wanted = None if statuses is None else set(statuses)
-        members = {row.meeting_id for row in self._participants.values() if row.user_id == member_id}
+        members = {row.meeting_id for row in self._participants.values()
+                   if row.user_id == member_id and row.status != PARTICIPANT_REMOVED}
         meetings = [
             meeting for meeting in self._meetings.values()
             if (wanted is None or meeting.status in wanted)
@@ -426,8 +428,10 @@ class MemoryStore:
     def join_meeting(self, meeting_id: int, user_id: int, role: str,
                      now: float) -> tuple[ParticipantRecord, bool]:
         meeting = self._require_meeting(meeting_id)
-        participant = self._find_participant(meeting_id, user_id)
+        participant = self._find_participant(meeting_id, user_id, removed=True)
         if participant is not None:
+            if participant.status == PARTICIPANT_REMOVED:
+                raise ParticipantRemoved()
             changes = {"status": PARTICIPANT_JOINED, "joined_at": float(now), "left_at": None}
             return self._change_participant(participant, changes), False
         return self._admit(meeting, user_id, role, PARTICIPANT_JOINED, float(now)), True
@@ -435,17 +439,27 @@ class MemoryStore:
     @_fired
     def add_participant(self, meeting_id: int, user_id: int, role: str, now: float) -> ParticipantRecord:
         meeting = self._require_meeting(meeting_id)
-        if self._find_participant(meeting_id, user_id) is not None:
+        participant = self._find_participant(meeting_id, user_id, removed=True)
+        if participant is None:
+            return self._admit(meeting, user_id, role, PARTICIPANT_INVITED, None)
+        if participant.status != PARTICIPANT_REMOVED:
             raise already_participant()
-        return self._admit(meeting, user_id, role, PARTICIPANT_INVITED, None)
+        # Added back: the bar is lifted, and the seat counts again.
+        self._check_capacity(meeting)
+        changes = {"role": role, "status": PARTICIPANT_INVITED, "joined_at": None, "left_at": None}
+        return self._change_participant(participant, changes)
+
+    def _check_capacity(self, meeting: MeetingRecord) -> None:
+        seats = sum(1 for participant in self._participants.values()
+                    if participant.meeting_id == meeting.id and participant.status != PARTICIPANT_REMOVED)
+        if seats >= meeting.max_participants:
+            raise MeetingFull()
 
     def _admit(self, meeting: MeetingRecord, user_id: int, role: str, status: str,
                joined_at: float | None) -> ParticipantRecord:
         """Add a new participant if the user exists and the meeting has room."""
         self._require_users(user_id)
-        rows = sum(1 for participant in self._participants.values() if participant.meeting_id == meeting.id)
-        if rows >= meeting.max_participants:
-            raise MeetingFull()
+        self._check_capacity(meeting)
         return self._insert_participant(meeting.id, user_id, role, status, joined_at)
 
     def _insert_participant(self, meeting_id: int, user_id: int, role: str, status: str,
@@ -462,10 +476,11 @@ class MemoryStore:
         username = self._users[record.user_id].username
         return attrs.evolve(record, username=username, nickname=self._profiles[record.user_id].nickname)
 
-    def _find_participant(self, meeting_id: int, user_id: int) -> ParticipantRecord | None:
+    def _find_participant(self, meeting_id: int, user_id: int, removed: bool = False) -> ParticipantRecord | None:
+        """The user's row in the meeting; a removed one only when ``removed`` is asked for."""
         for participant in self._participants.values():
             if participant.meeting_id == meeting_id and participant.user_id == user_id:
-                return participant
+                return participant if removed or participant.status != PARTICIPANT_REMOVED else None
         return None
 
     def _change_participant(self, participant: ParticipantRecord, changes: dict[str, Any]) -> ParticipantRecord:
@@ -481,7 +496,7 @@ class MemoryStore:
     def list_participants(self, meeting_id: int) -> list[ParticipantRecord]:
         return [
             self._named(participant) for participant in self._participants.values()
-            if participant.meeting_id == meeting_id
+            if participant.meeting_id == meeting_id and participant.status != PARTICIPANT_REMOVED
         ]
 
     @_fired
@@ -492,11 +507,11 @@ class MemoryStore:
         return None if participant is None else self._change_participant(participant, checked)
 
     @_fired
-    def remove_participant(self, meeting_id: int, user_id: int) -> bool:
+    def remove_participant(self, meeting_id: int, user_id: int, now: float) -> bool:
         participant = self._find_participant(meeting_id, user_id)
         if participant is None:
             return False
-        del self._participants[participant.id]
+        self._change_participant(participant, {"status": PARTICIPANT_REMOVED, "left_at": float(now)})
         return True
 
     # -- meeting chat ---------------------------------------------------------

@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wecompany.errors import (
-    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, Unavailable, UsernameTaken,
+    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, ParticipantRemoved, Unavailable,
+    UsernameTaken,
 )
 from wecompany.store.common import (
     FILE_COMPLETE,
@@ -35,6 +36,7 @@ from wecompany.store.common import (
     PARTICIPANT_CHANGES,
     PARTICIPANT_INVITED,
     PARTICIPANT_JOINED,
+    PARTICIPANT_REMOVED,
     PROFILE_CHANGES,
     ROLE_HOST,
     USER_ACTIVE,
@@ -753,9 +755,9 @@ class SQLStore:
             params += [like_pattern(keyword)] * 2
         if member_id is not None:
             conditions.append(
-                "(creator_id = ? OR id IN (SELECT meeting_id FROM participants WHERE user_id = ?))"
+                "(creator_id = ? OR id IN (SELECT meeting_id FROM participants WHERE user_id = ? AND status != ?))"
             )
-            params += [member_id, member_id]
+            params += [member_id, member_id, PARTICIPANT_REMOVED]
         if start_from is not None:
             conditions.append("start_time >= ?")
             params.append(start_from)
@@ -775,10 +777,12 @@ class SQLStore:
         capacity = self._require_meeting_txn(txn, meeting_id, lock=True)
         rejoined = self._set(
             txn, "participants", {"status": PARTICIPANT_JOINED, "joined_at": now, "left_at": None},
-            "meeting_id = ? AND user_id = ?", (meeting_id, user_id),
+            "meeting_id = ? AND user_id = ? AND status != ?", (meeting_id, user_id, PARTICIPANT_REMOVED),
         )
         if rejoined.rowcount > 0:
             return self._participant_txn(txn, meeting_id, user_id), False
+        if self._removed_txn(txn, meeting_id, user_id):
+            raise ParticipantRemoved()
         admitted = self._admit_txn(txn, meeting_id, capacity, user_id, role, PARTICIPANT_JOINED, now, now)
         return admitted, True
 
@@ -791,15 +795,30 @@ class SQLStore:
         capacity = self._require_meeting_txn(txn, meeting_id, lock=True)
         if self._participant_txn(txn, meeting_id, user_id) is not None:
             raise already_participant()
+        if self._removed_txn(txn, meeting_id, user_id):
+            # Added back: the bar is lifted, and the seat counts again.
+            self._check_capacity_txn(txn, meeting_id, capacity)
+            self._set(txn, "participants",
+                      {"role": role, "status": PARTICIPANT_INVITED, "joined_at": None, "left_at": None},
+                      "meeting_id = ? AND user_id = ?", (meeting_id, user_id))
+            return self._participant_txn(txn, meeting_id, user_id)
         return self._admit_txn(txn, meeting_id, capacity, user_id, role, PARTICIPANT_INVITED, None, now)
+
+    def _removed_txn(self, txn: Any, meeting_id: int, user_id: int) -> bool:
+        return self._one(txn, "SELECT 1 FROM participants WHERE meeting_id = ? AND user_id = ? AND status = ?",
+                         (meeting_id, user_id, PARTICIPANT_REMOVED)) is not None
+
+    def _check_capacity_txn(self, txn: Any, meeting_id: int, capacity: int) -> None:
+        (count,) = self._one(txn, "SELECT COUNT(*) FROM participants WHERE meeting_id = ? AND status != ?",
+                             (meeting_id, PARTICIPANT_REMOVED))
+        if count >= capacity:
+            raise MeetingFull()
 
     def _admit_txn(self, txn: Any, meeting_id: int, capacity: int, user_id: int, role: str, status: str,
                    joined_at: float | None, now: float) -> ParticipantRecord:
         """Insert a new participant row if the user exists and the meeting has room."""
         self._require_users(txn, [user_id])
-        (count,) = self._one(txn, "SELECT COUNT(*) FROM participants WHERE meeting_id = ?", (meeting_id,))
-        if count >= capacity:
-            raise MeetingFull()
+        self._check_capacity_txn(txn, meeting_id, capacity)
         return self._insert_participant_txn(txn, meeting_id, user_id, role, status, joined_at, now)
 
     def _insert_participant_txn(self, txn: Any, meeting_id: int, user_id: int, role: str, status: str,
@@ -816,7 +835,8 @@ class SQLStore:
 
     def _participant_txn(self, txn: Any, meeting_id: int, user_id: int) -> ParticipantRecord | None:
         row = self._one(
-            txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? AND p.user_id = ?", (meeting_id, user_id)
+            txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? AND p.user_id = ? AND p.status != ?",
+            (meeting_id, user_id, PARTICIPANT_REMOVED),
         )
         return None if row is None else _participant(row)
 
@@ -824,7 +844,8 @@ class SQLStore:
         return self._read(self._list_participants_txn, meeting_id)
 
     def _list_participants_txn(self, txn: Any, meeting_id: int) -> list[ParticipantRecord]:
-        rows = self._all(txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? ORDER BY p.id", (meeting_id,))
+        rows = self._all(txn, f"{_SELECT_PARTICIPANT} WHERE p.meeting_id = ? AND p.status != ? ORDER BY p.id",
+                         (meeting_id, PARTICIPANT_REMOVED))
         return [_participant(row) for row in rows]
 
     def update_participant(self, meeting_id: int, user_id: int,
@@ -837,13 +858,18 @@ class SQLStore:
         for flag in FLAG_CHANGES & checked.keys():
             checked[flag] = int(bool(checked[flag]))
         if checked:
-            self._set(txn, "participants", checked, "meeting_id = ? AND user_id = ?", (meeting_id, user_id))
+            self._set(txn, "participants", checked, "meeting_id = ? AND user_id = ? AND status != ?",
+                      (meeting_id, user_id, PARTICIPANT_REMOVED))
         return self._participant_txn(txn, meeting_id, user_id)
 
-    def remove_participant(self, meeting_id: int, user_id: int) -> Deferred[bool]:
-        return self._write(
-            self._delete_where_txn, "participants", "meeting_id = ? AND user_id = ?", (meeting_id, user_id)
-        )
+    def remove_participant(self, meeting_id: int, user_id: int, now: float) -> Deferred[bool]:
+        return self._write(self._remove_participant_txn, meeting_id, user_id, now)
+
+    def _remove_participant_txn(self, txn: Any, meeting_id: int, user_id: int, now: float) -> bool:
+        removed = self._set(txn, "participants", {"status": PARTICIPANT_REMOVED, "left_at": now},
+                            "meeting_id = ? AND user_id = ? AND status != ?",
+                            (meeting_id, user_id, PARTICIPANT_REMOVED))
+        return removed.rowcount > 0
 
     # -- meeting chat ---------------------------------------------------------
     def add_meeting_message(self, meeting_id: int, user_id: int, content: str, message_type: str,
