@@ -7,6 +7,7 @@ threads, no wall time (``MemoryReactorClock``).
 from __future__ import annotations
 
 import os
+import stat
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -380,6 +381,27 @@ class BuildServiceTests(SynchronousTestCase):
         # Nothing listens until the service starts.
         self.assertEqual(self.reactor.tcpServers, [])
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))
+
+    def test_a_fresh_data_directory_is_private_whatever_the_umask(self) -> None:
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        service = self.build()
+        self.assertEqual(stat.S_IMODE(os.stat(self.data_dir).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.data_dir, "jwt.secret")).st_mode), 0o600)
+        self.assertEqual(service.startup_warnings, [])
+
+    def test_a_data_directory_open_to_others_is_warned_about(self) -> None:
+        os.makedirs(self.data_dir)
+        os.chmod(self.data_dir, 0o755)
+        database = os.path.join(self.data_dir, "wecompany.sqlite3")
+        with open(database, "wb"):
+            pass
+        os.chmod(database, 0o644)
+        warnings = self.build().startup_warnings
+        self.assertEqual(len(warnings), 2, warnings)
+        self.assertIn(f"{self.data_dir} is open to other local users (mode 0755)", warnings[0])
+        self.assertIn(f"chmod 600 {database}", warnings[1])
+        self.assertEqual(stat.S_IMODE(os.stat(self.data_dir).st_mode), 0o755)  # warned about, not changed
 
     def test_listening_uses_the_injected_reactor(self) -> None:
         service = self.build()

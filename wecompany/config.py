@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import attrs
 from twisted.internet.endpoints import serverFromString
 
+from wecompany.privatefs import make_private_dir
+
 ENV_PREFIX = "WECOMPANY_"
 CONFIG_ENV = "WECOMPANY_CONFIG"
 FILE_SECTION = "wecompany"
@@ -526,7 +528,7 @@ def load_or_create_secret(data_dir: str) -> bytes:
 
     :raises ConfigError: if the file exists but is too short to be a secret.
     """
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    make_private_dir(data_dir)
     path = os.path.join(data_dir, SECRET_FILE_NAME)
     if not os.path.exists(path):
         _create_secret_file(path)

@@ -103,6 +103,10 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    # What the daemon writes is private whatever umask it was started with
+    # (its own files are made 0600/0700 explicitly; this covers the log file
+    # twistd opens next). twistd applies an explicit --umask after this.
+    os.umask(0o077)
     return build_service(options.config, reactor)
 
 
@@ -157,8 +161,12 @@ def build_service(config: Config, reactor):
 
     if config.database_kind != "sqlite":
         raise usage.UsageError("--database: only SQLite is supported so far")
-    os.makedirs(config.data_dir, exist_ok=True)
+    from wecompany.privatefs import exposure_warnings, make_private_dir
+
+    make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
+    media_dir, avatar_dir = os.path.join(config.data_dir, "media"), os.path.join(config.data_dir, "avatars")
+    sqlite_path = config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3")
 
     # Hashing is CPU-bound: one thread per core is enough. Disk work for
     # files gets its own small pool so a burst of logins cannot starve it.
@@ -167,15 +175,14 @@ def build_service(config: Config, reactor):
     in_hash_pool = partial(deferToThreadPool, reactor, hash_pool)
     in_disk_pool = partial(deferToThreadPool, reactor, disk_pool)
 
-    store = SQLiteStore(config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3"),
-                        reactor=reactor)
+    store = SQLiteStore(sqlite_path, reactor=reactor)
     tokens = TokenIssuer(secret, reactor, ttl=config.token_ttl)
     accounts = Accounts(store, PasswordHasher(in_hash_pool), tokens, reactor)
     recorder = CallRecorder(config.record_calls, reactor) if config.record_calls else None
     registry = SessionRegistry()
     calls = CallService(reactor, config.ring_timeout, config.max_call, recorder=recorder)
     chat = ChatService(store, registry, calls, IdGenerator(reactor), reactor)
-    files = FileService(store, chat, os.path.join(config.data_dir, "media"), in_disk_pool, reactor,
+    files = FileService(store, chat, media_dir, in_disk_pool, reactor,
                         chunk_size=file_chunk_size(config.max_frame))
     chat.files = files
 
@@ -195,7 +202,7 @@ def build_service(config: Config, reactor):
                    ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,
                    address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
                    login_limiter=login_limiter, run_in_thread=in_disk_pool,
-                   avatar_dir=os.path.join(config.data_dir, "avatars"))
+                   avatar_dir=avatar_dir)
     signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor,
                                  max_message=config.ws_max_message, message_rate=config.ws_rate,
                                  message_burst=config.ws_burst, ping_interval=config.ws_ping_interval,
@@ -208,7 +215,9 @@ def build_service(config: Config, reactor):
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), site)]
 
-    warnings = []
+    warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
+                                  os.path.join(config.data_dir, "jwt.secret"), media_dir, avatar_dir,
+                                  *([config.record_calls] if config.record_calls else [])])
     if config.redis is not None:
         warnings.append("--redis is set, but mirroring sessions to Redis is not implemented yet: "
                         "this daemon serves its own clients only")

@@ -9,6 +9,8 @@ every wait is for an event, with a timeout that fails with the evidence.
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -230,6 +232,28 @@ class LifecycleTests(DaemonTestCase):
             self.assertLess(party.received.index(end), party.received.index(error))
         log = daemon.log_text()
         self.assertIn("WeCompany stopped", log)
+
+    async def test_what_it_writes_is_private_under_a_lax_umask(self) -> None:
+        """Started under umask 022, the data directory is 0700 and the database, its WAL and the log 0600."""
+        daemon = Daemon(self)
+        previous = os.umask(0o022)
+        try:
+            started = Deferred.fromCoroutine(daemon.start())  # spawned at once: the child inherits the umask
+        finally:
+            os.umask(previous)
+        await started
+        alice = await self.user(daemon, "alice")  # a write: the WAL and its index exist now
+        database = os.path.join(daemon.data_dir, "wecompany.sqlite3")
+        modes = {path: stat.S_IMODE(os.stat(path).st_mode)
+                 for path in (daemon.data_dir, database, database + "-wal", database + "-shm", daemon.log_path,
+                              os.path.join(daemon.data_dir, "jwt.secret"))}
+        self.assertEqual(modes, {path: 0o700 if path == daemon.data_dir else 0o600 for path in modes})
+        self.assertNotIn("open to other local users", daemon.log_text())
+        # An existing directory left open to others is warned about at the next start.
+        await daemon.stop()
+        os.chmod(daemon.data_dir, 0o755)
+        await daemon.start()
+        self.assertIn(f"{daemon.data_dir} is open to other local users (mode 0755)", daemon.log_text())
 
     async def test_health_over_http(self) -> None:
         """GET /health on the HTTP port answers 200 with JSON status ok."""

@@ -8,6 +8,9 @@ reactor; nothing here waits on wall time.
 
 from __future__ import annotations
 
+import os
+import stat
+
 import attrs
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -57,6 +60,16 @@ class SQLiteOnlyTests(TestCase):
             with self.assertRaises(InvalidInput):
                 await call()
         self.assertIsNone(await store.get_user(2**63 - 1))
+
+    async def test_database_files_are_private_whatever_the_umask(self):
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        path = os.path.abspath(self.mktemp())
+        SQLiteStore(path, reactor).prepare()  # start-up's synchronous migration creates the file
+        store = await self.open_store(path)
+        await store.create_user("alice", "h", None, None, NOW)
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            self.assertEqual(stat.S_IMODE(os.stat(name).st_mode), 0o600, name)
 
     async def test_connection_settings(self):
         store = await self.open_store(self.mktemp())

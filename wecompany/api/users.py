@@ -11,6 +11,7 @@ from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, USER_SCHEMA, user_view
 from wecompany.domain.passwords import check_email
 from wecompany.errors import InvalidInput, NotFound, TooLarge, Unauthenticated
+from wecompany.privatefs import make_private_dir, write_private
 
 MAX_AVATAR = 2 << 20
 
@@ -113,11 +114,8 @@ class UserRoutes:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    make_private_dir(os.path.dirname(path))
+    write_private(path, data)
 
 
 def _read_file(path: str) -> bytes | None:

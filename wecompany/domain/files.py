@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from wecompany.domain.events import FileChunk, FileDone, FileOffered
 from wecompany.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, WeCompanyError
+from wecompany.privatefs import make_private_dir, open_private
 
 MAX_TRANSFER_ID = 64
 MAX_NAME = 255
@@ -272,8 +273,8 @@ class FileService:
 # Disk work, run in a thread.
 
 def _open_new(path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return open(path, "xb")
+    make_private_dir(os.path.dirname(path))
+    return open_private(path, "xb")
 
 
 def _append(handle, digest, data: bytes) -> None:

@@ -20,6 +20,8 @@ import threading
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from wecompany.privatefs import make_private_dir, open_private
+
 _HEADER = struct.Struct(">QI")
 _CLOSE = object()
 _STOP = object()
@@ -30,7 +32,7 @@ class CallRecorder:
 
     def __init__(self, directory: str, reactor, max_queue: int = 4096, start_thread: bool = True) -> None:
         self.directory = os.path.abspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dir(self.directory)
         self._reactor = reactor
         self._queue: queue.Queue = queue.Queue(max_queue)
         self._files: dict[tuple[str, str], tuple[object, float]] = {}
@@ -105,7 +107,7 @@ class CallRecorder:
         call_id, direction, when, data = item
         entry = self._files.get((call_id, direction))
         if entry is None:
-            entry = (open(self.path_for(call_id, direction), "ab"), when)
+            entry = (open_private(self.path_for(call_id, direction), "ab"), when)
             self._files[(call_id, direction)] = entry
         fh, start = entry
         fh.write(_HEADER.pack(max(0, int((when - start) * 1000)), len(data)))

@@ -17,6 +17,7 @@ from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.interfaces import IReactorCore
 from zope.interface import implementer
 
+from wecompany.privatefs import create_private_file
 from wecompany.store.dialect import SQLITE, Dialect
 from wecompany.store.interface import IMeetingStore, IStore
 from wecompany.store.schema import load_migrations, migrate_now
@@ -45,8 +46,16 @@ def _configure(connection: sqlite3.Connection) -> None:
         connection.execute(pragma)
 
 
+def _create_private(path: str) -> None:
+    # SQLite creates a database 0644 less the umask, and its -wal and -shm
+    # files with the database's mode: made 0600 first, all three are private.
+    if path != ":memory:" and not path.startswith("file:"):
+        create_private_file(path)
+
+
 def connection_pool(path: str, reactor: IReactorCore | None = None) -> ConnectionPool:
-    """An adbapi pool of one SQLite connection to ``path`` (or ``":memory:"``)."""
+    """An adbapi pool of one SQLite connection to ``path`` (or ``":memory:"``), created 0600."""
+    _create_private(path)
     if sqlite3.sqlite_version_info < MINIMUM_SQLITE:
         raise RuntimeError(
             f"SQLite {sqlite3.sqlite_version} is too old; the store needs"
@@ -96,6 +105,7 @@ class SQLiteStore(SQLStore):
         error can stop the daemon before it listens. ``start()`` afterwards
         finds nothing left to migrate.
         """
+        _create_private(self._path)
         connection = sqlite3.connect(self._path)
         try:
             _configure(connection)
