@@ -62,7 +62,7 @@ class Domain:
         from wecompany.domain.files import FileService
         from wecompany.domain.ids import IdGenerator
         from wecompany.domain.passwords import PasswordHasher
-        from wecompany.domain.ratelimit import FailureLimiter
+        from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
         from wecompany.domain.sessions import SessionRegistry
         from wecompany.domain.tokens import TokenIssuer
         from wecompany.store.memory import MemoryStore
@@ -74,14 +74,15 @@ class Domain:
         # The cheapest argon2id parameters: the tests check behaviour, not strength.
         self.hasher = PasswordHasher(synchronous_runner, time_cost=1, memory_cost=8, parallelism=1)
         self.tokens = TokenIssuer(b"k" * 32, self.clock)
-        self.accounts = Accounts(self.store, self.hasher, self.tokens, self.clock)
+        self.guard = LoginGuard(self.clock, per_address=20, per_target=5, window=60)
+        self.auth_limiter = KeyedRateLimiter(self.clock, 1000, 1000)
+        self.accounts = Accounts(self.store, self.hasher, self.tokens, self.clock, self.guard)
         self.registry = SessionRegistry()
         self.calls = CallService(self.clock, ring_timeout, max_duration, recorder=recorder)
         self.chat = ChatService(self.store, self.registry, self.calls, IdGenerator(self.clock, node=1), self.clock)
         self.files = FileService(self.store, self.chat, media_dir, synchronous_runner, self.clock,
                                  chunk_size=chunk_size)
         self.chat.files = self.files
-        self.login_limiter = FailureLimiter(self.clock, max_failures=5, window=60)
 
     def make_user(self, username: str, password: str = "Secret-pass1") -> int:
         from twisted.internet.defer import Deferred

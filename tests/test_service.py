@@ -97,7 +97,7 @@ class RecordingCalls(CallService):
 
 class RecordingFactory(WeCompanyFactory):
     def __init__(self, events: list, clock, calls) -> None:
-        super().__init__(chat=None, accounts=None, calls=calls, login_limiter=None, clock=clock)
+        super().__init__(chat=None, accounts=None, calls=calls, auth_limiter=None, clock=clock)
         self.events = events
 
     def shutdown(self, grace: float = 3.0) -> Deferred:

@@ -209,6 +209,22 @@ def parse_rate(name: str, value: object) -> float:
     return _positive(name, value, "a positive number")
 
 
+def parse_count(name: str, value: object) -> int:
+    """A positive whole number."""
+    if isinstance(value, bool):
+        raise _fail(name, value, "a positive whole number")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        if not text.isdigit():
+            raise _fail(name, value, "a positive whole number")
+        number = int(text)
+    if number < 1:
+        raise _fail(name, value, "a positive whole number")
+    return number
+
+
 def parse_database(name: str, value: object) -> str:
     """``sqlite:PATH``, a path ending in .db/.sqlite/.sqlite3, or a ``postgresql://`` URL."""
     expected = "sqlite:PATH, a path ending in .db, .sqlite or .sqlite3, or a postgresql:// URL"
@@ -386,9 +402,18 @@ class Config:
                                        repr=False)
     token_ttl: float = _option(86400.0, parse_seconds, "lifetime of issued access tokens, in seconds")
     auth_rate: float = _option(1.0, parse_rate,
-                               "REST auth requests (login, register, refresh, password reset) per second "
-                               "allowed from one client address, sustained")
-    auth_burst: float = _option(20.0, parse_rate, "REST auth requests one client address may make in a burst")
+                               "auth requests (REST login, register, refresh and password reset, and TCP "
+                               "auth frames) per second allowed from one client address, sustained")
+    auth_burst: float = _option(20.0, parse_rate,
+                                "auth requests (REST and TCP together) one client address may make in a burst")
+    login_failures_per_address: int = _option(20, parse_count,
+                                              "wrong passwords (login, password change, meeting password) "
+                                              "one client address may give in a login-failure window")
+    login_failures_per_account: int = _option(5, parse_count,
+                                              "wrong passwords one account (or meeting) may be given in a "
+                                              "login-failure window, from every address together")
+    login_failure_window: float = _option(60.0, parse_seconds,
+                                          "seconds a wrong password counts, from the first of a run")
     ws_max_message: int = _option(MiB, parse_size,
                                   "largest WebSocket signaling message; larger ones get an error message")
     ws_rate: float = _option(50.0, parse_rate, "signaling messages per second one connection may send, sustained")

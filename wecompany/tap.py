@@ -149,7 +149,7 @@ def build_service(config: Config, reactor):
     from wecompany.domain.files import FileService, file_chunk_size
     from wecompany.domain.ids import IdGenerator
     from wecompany.domain.passwords import PasswordHasher
-    from wecompany.domain.ratelimit import FailureLimiter, KeyedRateLimiter
+    from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
     from wecompany.domain.recording import CallRecorder
     from wecompany.domain.sessions import SessionRegistry
     from wecompany.domain.tokens import TokenIssuer
@@ -177,7 +177,12 @@ def build_service(config: Config, reactor):
 
     store = SQLiteStore(sqlite_path, reactor=reactor)
     tokens = TokenIssuer(secret, reactor, ttl=config.token_ttl)
-    accounts = Accounts(store, PasswordHasher(in_hash_pool), tokens, reactor)
+    # One set of limits for every transport: guesses at a password (per
+    # address and per account or meeting), and auth requests per address.
+    guard = LoginGuard(reactor, per_address=config.login_failures_per_address,
+                       per_target=config.login_failures_per_account, window=config.login_failure_window)
+    auth_limiter = KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst)
+    accounts = Accounts(store, PasswordHasher(in_hash_pool), tokens, reactor, guard)
     recorder = CallRecorder(config.record_calls, reactor) if config.record_calls else None
     registry = SessionRegistry()
     calls = CallService(reactor, config.ring_timeout, config.max_call, recorder=recorder)
@@ -186,22 +191,19 @@ def build_service(config: Config, reactor):
                         chunk_size=file_chunk_size(config.max_frame))
     chat.files = files
 
-    # One failed-login counter per address for the TCP port and REST alike.
-    login_limiter = FailureLimiter(reactor)
     tcp_factory = WeCompanyFactory(
         chat=chat, accounts=accounts, calls=calls, files=files, clock=reactor,
-        login_limiter=login_limiter, max_frame=config.max_frame,
+        auth_limiter=auth_limiter, max_frame=config.max_frame,
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
         allow_anonymous=config.allow_anonymous)
     credentials = Credentials(accounts)
     ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, reactor, format_time=rfc3339)
-    meetings = MeetingService(store, accounts.hasher, reactor, listeners=[rooms])
+    meetings = MeetingService(store, accounts.hasher, reactor, guard, listeners=[rooms])
     lifecycle = AccountLifecycle(store, credentials, registry, meetings)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
                    ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,
-                   address_limiter=KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst),
-                   login_limiter=login_limiter, run_in_thread=in_disk_pool,
+                   address_limiter=auth_limiter, run_in_thread=in_disk_pool,
                    avatar_dir=avatar_dir)
     signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor,
                                  max_message=config.ws_max_message, message_rate=config.ws_rate,

@@ -15,7 +15,7 @@ from wecompany.domain.lifecycle import AccountLifecycle
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.rooms import RoomService
 from wecompany.api.envelope import rfc3339
-from wecompany.domain.ratelimit import FailureLimiter, KeyedRateLimiter
+from wecompany.domain.ratelimit import KeyedRateLimiter
 from wecompany.web.site import make_site
 
 PASSWORD = "Secret-pass1"
@@ -40,15 +40,16 @@ class Api:
         self.credentials = Credentials(d.accounts, self.mailer)
         self.ice = IceServers(d.clock)
         self.rooms = RoomService(d.store, self.ice, d.clock, format_time=rfc3339)
-        self.meetings = MeetingService(d.store, d.hasher, d.clock, listeners=[self.rooms])
+        self.meetings = MeetingService(d.store, d.hasher, d.clock, d.guard, listeners=[self.rooms])
         self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry, self.meetings)
         self.metrics = Metrics(d.registry, d.calls)
+        self.auth_limiter = KeyedRateLimiter(d.clock, address_rate, address_burst)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,
                             lifecycle=self.lifecycle, meetings=self.meetings,
                             ice_servers=self.ice, rooms=self.rooms, registry=d.registry, calls=d.calls,
                             clock=d.clock,
-                            address_limiter=KeyedRateLimiter(d.clock, address_rate, address_burst),
-                            login_limiter=FailureLimiter(d.clock), run_in_thread=synchronous_runner,
+                            address_limiter=self.auth_limiter,
+                            run_in_thread=synchronous_runner,
                             avatar_dir=test.mktemp())
         self.site = make_site(d.store, d.registry, d.calls, reactor=d.clock, api=self.rest, metrics=self.metrics,
                               body_limits=((b"/api/v1/users/upload-avatar", 3 << 20),))

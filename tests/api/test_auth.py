@@ -182,3 +182,49 @@ class ResetTests(SynchronousTestCase):
         code, body, _ = self.api.request("POST", "/api/v1/auth/reset-password",
                                          {"token": token, "new_password": "Another-pass2"})
         self.assertEqual((code, body["message"]), (400, "invalid or expired reset token"))
+
+
+class OneSetOfRulesTests(SynchronousTestCase):
+    """The TCP port and REST share the password guard and the auth budget of an address."""
+
+    CLIENT = "127.0.0.1"  # where the REST requests of these tests come from
+
+    def setUp(self):
+        from wecompany.tcp.protocol import WeCompanyFactory
+        self.api = Api(self, address_rate=1, address_burst=20)
+        self.api.register("alice", "a@example.com")
+        d = self.api.domain
+        self.tcp = WeCompanyFactory(chat=d.chat, accounts=d.accounts, calls=d.calls, clock=d.clock,
+                                    auth_limiter=self.api.auth_limiter)
+
+    def tcp_login(self, password: str) -> str:
+        """-> the AUTH_RESULT's text: "" for a success, else why not."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from wecompany.tcp import codec
+        address = IPv4Address("TCP", self.CLIENT, 40000)
+        proto = self.tcp.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        body = bytes((codec.MsgType.LOGIN,)) + codec.str16("alice") + codec.str16(password)
+        proto.dataReceived(len(body).to_bytes(4, "big") + body)
+        reader = codec.Reader(transport.value(), 4)
+        self.assertEqual(reader.u8(), codec.MsgType.AUTH_RESULT)
+        return "" if reader.u8() else reader.str16()
+
+    def rest_login(self, password: str) -> int:
+        return self.api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": password})[0]
+
+    def test_wrong_passwords_on_one_port_count_on_the_other(self):
+        self.assertEqual([self.tcp_login("Wrong-pass1") for _ in range(3)], ["invalid password"] * 3)
+        self.assertEqual([self.rest_login("Wrong-pass1") for _ in range(3)], [400, 400, 429])
+        self.assertIn("too many failed attempts", self.tcp_login(PASSWORD))
+
+    def test_the_auth_budget_is_one_for_both_ports(self):
+        for _ in range(10):
+            self.assertEqual(self.tcp_login(PASSWORD), "")
+        codes = [self.api.request("POST", "/api/v1/auth/refresh", {"refresh_token": "x" * 20})[0]
+                 for _ in range(11)]
+        # A burst of 20: the registration in setUp, ten TCP logins, nine refreshes.
+        self.assertEqual(codes, [401] * 9 + [429] * 2)

@@ -731,6 +731,17 @@ class JoinTests(MeetingCase):
         # Once in, a re-join needs no password.
         self.join(mid, guest)
 
+    def test_password_guesses_are_limited(self):
+        mid = self.create(password="open sesame")["id"]
+        guesser, _ = self.account("guesser")
+        codes = [self.call("POST", f"{MEETINGS}/{mid}/join", {"password": f"guess {i}"}, token=guesser)[0]
+                 for i in range(8)]
+        self.assertEqual(codes, [403] * 5 + [429] * 3)  # five wrong ones per meeting per window
+        self.assertError(self.call("POST", f"{MEETINGS}/{mid}/join", {"password": "open sesame"}, token=guesser),
+                         429)
+        self.api.clock.advance(60)
+        self.assertEqual(self.join(mid, guesser, password="open sesame")["data"]["role"], "participant")
+
     def test_host_and_invited_need_no_password(self):
         mid = self.create(password="open sesame")["id"]
         invited, invited_id = self.account("invited")

@@ -67,6 +67,15 @@ class ProfileTests(SynchronousTestCase):
         self.assertEqual(code, 401)
         self.api.login("alice", "Another-pass2")
 
+    def test_old_password_guesses_are_limited(self):
+        # Someone holding a stolen access token must not learn the password here.
+        codes = [self.api.request("POST", "/api/v1/users/change-password",
+                                  {"old_password": f"Guess-{i}-pass", "new_password": "Another-pass2"},
+                                  token=self.token)[0] for i in range(7)]
+        self.assertEqual(codes, [400] * 5 + [429] * 2)
+        code, _, _ = self.api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": PASSWORD})
+        self.assertEqual(code, 429)  # the same account budget as logins
+
     def test_avatar_upload_and_serve(self):
         raw, headers = multipart("avatar", "me.png", PNG)
         code, body, _ = self.api.request("POST", "/api/v1/users/upload-avatar", raw=raw, headers=headers,

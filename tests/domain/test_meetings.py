@@ -16,7 +16,7 @@ class MeetingServiceCase(SynchronousTestCase):
     def setUp(self):
         self.d = Domain(self.mktemp())
         self.store = self.d.store
-        self.service = MeetingService(self.d.store, self.d.hasher, self.d.clock)
+        self.service = MeetingService(self.d.store, self.d.hasher, self.d.clock, self.d.guard)
         self.host = self.user("hostuser")
 
     def user(self, name: str):

@@ -97,7 +97,7 @@ class ProtocolTestCase(SynchronousTestCase):
                        message_burst=200, auth_fail_delay=1.0)
         options.update(self.factory_options)
         self.factory = WeCompanyFactory(chat=d.chat, accounts=d.accounts, calls=d.calls, files=d.files,
-                                        login_limiter=d.login_limiter, clock=self.clock, **options)
+                                        auth_limiter=d.auth_limiter, clock=self.clock, **options)
         self._hosts = iter(f"10.0.0.{i}" for i in range(1, 250))
 
     def connect(self, host=None) -> Conn:
@@ -255,20 +255,42 @@ class AuthTests(ProtocolTestCase):
         conn.send(b"\x0b" + s16(token))
         self.assertEqual(auth_result(conn.frames()[0]), (False, "token expired"))
 
-    def test_failed_logins_rate_limited_per_address(self):
+    def test_failed_logins_are_limited_per_account_and_address(self):
         self.domain.make_user("alice")
+        self.domain.make_user("bob")
         for _ in range(5):
             conn = self.connect("10.9.9.9")
             conn.send(b"\x08" + s16("alice") + s16("Wrong-pass1"))
             self.assertEqual(auth_result(conn.frames()[0])[1], "invalid password")
-        conn = self.connect("10.9.9.9")
-        conn.send(b"\x08" + s16("alice") + s16(PASSWORD))
-        self.assertIn("too many failed attempts", auth_result(conn.frames()[0])[1])
-        # Another address is not affected, and the window passes.
-        self.login("alice")
+        # The account is locked for the window, from every address...
+        for host in ("10.9.9.9", "10.8.8.8"):
+            conn = self.connect(host)
+            conn.send(b"\x08" + s16("alice") + s16(PASSWORD))
+            self.assertIn("too many failed attempts", auth_result(conn.frames()[0])[1])
+        # ... another account is not, and a success from this address clears nothing for it.
+        self.login("bob")
         self.clock.advance(61)
         conn = self.connect("10.9.9.9")
         conn.send(b"\x08" + s16("alice") + s16(PASSWORD))
+        self.assertTrue(auth_result(conn.frames()[0])[0])
+
+    def test_register_is_rate_limited_per_address(self):
+        # Finding 5: 152 accounts in 15 s from one address, with no limit at all.
+        from wecompany.domain.ratelimit import KeyedRateLimiter
+        self.factory.auth_limiter = KeyedRateLimiter(self.clock, rate=1.0, burst=20)
+        made = 0
+        for i in range(150):
+            if i % 10 == 0:
+                self.clock.advance(1)  # 150 attempts over 15 s
+            conn = self.connect("10.5.5.5")
+            conn.send(b"\x09" + s16(f"bot{i}") + s16(PASSWORD))
+            made += auth_result(conn.frames()[0])[0]
+        self.assertEqual(made, 20 + 14)  # the burst, then one a second
+        conn = self.connect("10.5.5.5")
+        conn.send(b"\x0b" + s16(self.domain.tokens.issue(1, "bot0")))
+        self.assertIn("too many requests", auth_result(conn.frames()[0])[1])  # token logins draw on it too
+        conn = self.connect("10.4.4.4")
+        conn.send(b"\x09" + s16("human") + s16(PASSWORD))
         self.assertTrue(auth_result(conn.frames()[0])[0])
 
     def test_messages_before_login_get_error_and_are_dropped(self):

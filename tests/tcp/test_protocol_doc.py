@@ -26,7 +26,6 @@ from wecompany.domain import chat as chat_module
 from wecompany.domain import files as files_module
 from wecompany.domain.calls import CallService
 from wecompany.domain.files import FileService
-from wecompany.domain.ratelimit import FailureLimiter
 from wecompany.domain.recording import CallRecorder
 from wecompany.domain.sessions import Identity
 from wecompany.domain.tokens import TokenIssuer
@@ -421,9 +420,13 @@ class LimitsTableTests(SynchronousTestCase):
         self.assertLimit("Malformed frames in a row before close", "10")
         self.assertEqual(default(factory, "auth_fail_delay"), 1.0)
         self.assertLimit("Close after a failed login", "1 s")
-        self.assertEqual((default(FailureLimiter.__init__, "max_failures"),
-                          default(FailureLimiter.__init__, "window")), (5, 60.0))
-        self.assertLimit("Failed logins per address", "5 in 60 s")
+        self.assertEqual((config_default("auth_burst"), config_default("auth_rate")), (20.0, 1.0))
+        self.assertLimit("Auth frames per address (with REST)", "20 at once, then 1 per second")
+        self.assertEqual((config_default("login_failures_per_address"), config_default("login_failure_window")),
+                         (20, 60.0))
+        self.assertLimit("Wrong passwords per address", "20 in 60 s")
+        self.assertEqual(config_default("login_failures_per_account"), 5)
+        self.assertLimit("Wrong passwords per account", "5 in 60 s")
         self.assertEqual(protocol_module.FORWARD_OVERHEAD, 512)
         self.assertLimit("Forwarding overhead kept free", "512 bytes")
         self.assertLimit("Media packet", "``--max-frame`` − 512")
@@ -440,7 +443,7 @@ class LimitsTableTests(SynchronousTestCase):
         self.assertLimit("Shutdown grace", "3 s")
 
     def test_send_buffer(self):
-        factory = WeCompanyFactory(chat=None, accounts=None, calls=None, login_limiter=None, clock=None)
+        factory = WeCompanyFactory(chat=None, accounts=None, calls=None, auth_limiter=None, clock=None)
         self.assertEqual(factory.max_send_buffer, 4 << 20)
         self.assertLimit("Queued bytes to a blocked connection", "4194304 bytes")
 

@@ -32,7 +32,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
     app = Klein()
 
     def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, rooms, registry, calls,
-                 clock, address_limiter, login_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
+                 clock, address_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
         self.store = store
         self.accounts = accounts
         self.credentials = credentials
@@ -44,7 +44,6 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.rooms = rooms
         self.clock = clock
         self.address_limiter = address_limiter
-        self.login_limiter = login_limiter
         self.run_in_thread = run_in_thread
         self.avatar_dir = avatar_dir
         self._openapi = openapi

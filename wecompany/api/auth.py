@@ -30,15 +30,12 @@ class AuthRoutes:
                     "password": PASSWORD},
               data=TOKENS_SCHEMA, errors=(400, 403, 503), rate_limited=True)
     async def login(self, call: Call):
-        address = self.client_address(call.request)
-        self.login_limiter.check(address)
         try:
-            user, access, refresh = await self.credentials.login(call.body["username"], call.body["password"])
+            user, access, refresh = await self.credentials.login(call.body["username"], call.body["password"],
+                                                                 self.client_address(call.request))
         except InvalidCredentials as e:
-            self.login_limiter.failed(address)
             # The client family expects 400 with the reason for bad credentials.
             raise InvalidInput(e.message, error_code=e.error_code) from None
-        self.login_limiter.succeeded(address)
         return await self._tokens_view(user, access, refresh)
 
     @endpoint("POST", "/v1/auth/refresh", summary="Rotate a refresh token", tag="auth", auth=PUBLIC,

@@ -86,10 +86,10 @@ class MeetingRoutes:
 
     @endpoint("POST", MEETING + "/join", summary="Join a meeting", tag="meetings",
               body={"password": Field("string", max_length=MAX_PASSWORD, nullable=True)},
-              data=JOIN_SCHEMA, errors=(400, 401, 403, 404))
+              data=JOIN_SCHEMA, errors=(400, 401, 403, 404, 429))
     async def join_meeting(self, call: Call):
         meeting, participant = await self.meetings.join(call.user, call.params["meeting_id"],
-                                                        call.body.get("password"))
+                                                        call.body.get("password"), self.client_address(call.request))
         return {"meeting_id": meeting.id, "room_id": meeting.room_id, "participant_id": participant.id,
                 "role": participant.role, "meeting": meeting_view(meeting),
                 "participant": participant_view(participant),

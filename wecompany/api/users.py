@@ -64,11 +64,11 @@ class UserRoutes:
     @endpoint("POST", "/v1/users/change-password", summary="Change the password (revokes refresh tokens)",
               tag="users", body={"old_password": Field("string", required=True, max_length=1024),
                                  "new_password": Field("string", required=True, max_length=1024)},
-              data=MESSAGE_SCHEMA, errors=(400, 401))
+              data=MESSAGE_SCHEMA, errors=(400, 401, 429, 503))
     async def change_password(self, call: Call):
         try:
             await self.credentials.change_password(call.user, call.body["old_password"],
-                                                   call.body["new_password"])
+                                                   call.body["new_password"], self.client_address(call.request))
         except Unauthenticated as e:
             raise InvalidInput(e.message, error_code=e.error_code) from None
         return {"message": "password changed; other sessions must log in again"}

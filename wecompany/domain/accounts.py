@@ -22,15 +22,18 @@ class Accounts:
     :param hasher: a :class:`~wecompany.domain.passwords.PasswordHasher`.
     :param tokens: a :class:`~wecompany.domain.tokens.TokenIssuer`.
     :param clock: an ``IReactorTime``.
+    :param guard: the :class:`~wecompany.domain.ratelimit.LoginGuard` every
+        password check goes through (one for all transports).
     """
 
     log = Logger()
 
-    def __init__(self, store, hasher, tokens, clock, policy: PasswordPolicy | None = None) -> None:
+    def __init__(self, store, hasher, tokens, clock, guard, policy: PasswordPolicy | None = None) -> None:
         self.store = store
         self.hasher = hasher
         self.tokens = tokens
         self.clock = clock
+        self.guard = guard
         self.policy = policy or PasswordPolicy()
 
     async def register(self, username: str, password: str, email: str | None = None,
@@ -50,23 +53,35 @@ class Accounts:
         self.log.info("registered user {user_id} ({username})", user_id=user.id, username=user.username)
         return user
 
-    async def authenticate(self, login: str, password: str):
+    async def authenticate(self, login: str, password: str, address: str):
         """
-        Username (or email) and password -> UserRecord.
+        Username (or email) and password, from client ``address`` -> UserRecord.
 
         Raises :class:`InvalidCredentials` with error_code 1003 (no such user)
-        or 1004 (wrong password); the hash is verified in both cases so the
-        answer takes the same time.
+        or 1004 (wrong password). Both cost the same: a hash is verified
+        either way (against a dummy for an unknown user), and both count as a
+        failure against the address and the account (an unknown name counts
+        against the name) in :attr:`guard`, whose slot is taken before the
+        hash; past its limits the answer is :class:`RateLimited`.
         """
-        if not isinstance(login, str) or not isinstance(password, str) or not login:
-            raise InvalidCredentials("user not found", error_code=USER_NOT_FOUND)
-        user = await self.store.get_user_by_login(login)
+        if not isinstance(login, str) or not isinstance(password, str):
+            raise InvalidInput("username and password must be strings")
+        self.guard.check_address(address)
+        user = await self.store.get_user_by_login(login) if login else None
         usable = user is not None and user.status != "deleted"
-        ok = await self.hasher.verify(user.password_hash if usable else None, password)
+        attempt = self.guard.attempt(address, f"user:{user.id}" if usable else f"name:{login.strip().lower()}")
+        try:
+            ok = await self.hasher.verify(user.password_hash if usable else None, password)
+        except BaseException:
+            attempt.abandoned()  # not decided (the hash queue is full): nothing to count
+            raise
         if not usable:
+            attempt.failed()
             raise InvalidCredentials("user not found", error_code=USER_NOT_FOUND)
         if not ok:
+            attempt.failed()
             raise InvalidCredentials("invalid password", error_code=WRONG_PASSWORD)
+        attempt.succeeded()
         self._check_active(user)
         if self.hasher.needs_rehash(user.password_hash):
             await self.store.set_password_hash(user.id, await self.hasher.hash(password))
@@ -126,9 +141,9 @@ class Credentials:
         self.reset_ttl = reset_ttl
         self.reset_url = reset_url
 
-    async def login(self, login: str, password: str) -> tuple:
+    async def login(self, login: str, password: str, address: str) -> tuple:
         """-> (user, access_token, refresh_token)"""
-        user = await self.accounts.authenticate(login, password)
+        user = await self.accounts.authenticate(login, password, address)
         return user, self.accounts.issue_token(user), await self._new_refresh(user.id)
 
     async def issue(self, user) -> tuple[str, str]:
@@ -156,10 +171,22 @@ class Credentials:
         if isinstance(refresh_token, str) and refresh_token:
             await self.store.revoke_refresh_token(_digest(refresh_token), user.id, self.clock.seconds())
 
-    async def change_password(self, user, old_password: str, new_password: str) -> None:
-        """Verify the old password, set the new one, revoke every refresh token."""
-        if not await self.accounts.hasher.verify(user.password_hash, old_password):
+    async def change_password(self, user, old_password: str, new_password: str, address: str) -> None:
+        """
+        Verify the old password, set the new one, revoke every refresh token.
+        The old password is a guess like a login's (someone holding a stolen
+        token could try them here), so it goes through the same guard.
+        """
+        attempt = self.accounts.guard.attempt(address, f"user:{user.id}")
+        try:
+            ok = await self.accounts.hasher.verify(user.password_hash, old_password)
+        except BaseException:
+            attempt.abandoned()
+            raise
+        if not ok:
+            attempt.failed()
             raise InvalidCredentials("invalid password", error_code=WRONG_PASSWORD)
+        attempt.succeeded()
         await self._set_password(user, new_password)
 
     async def forgot_password(self, email: str) -> None:

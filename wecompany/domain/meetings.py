@@ -54,14 +54,18 @@ class MeetingService:
     :param clock: ``IReactorTime``.
     :param listeners: :class:`~wecompany.domain.interfaces.IMeetingListener` s
         told of every change once it is stored (the signaling rooms).
+    :param guard: the :class:`~wecompany.domain.ratelimit.LoginGuard`: a
+        meeting password is guessed like an account's, so wrong ones count
+        per client address and per meeting.
     """
 
     log = Logger()
 
-    def __init__(self, store, hasher, clock, listeners=()) -> None:
+    def __init__(self, store, hasher, clock, guard, listeners=()) -> None:
         self.store = store
         self.hasher = hasher
         self.clock = clock
+        self.guard = guard
         self.listeners = list(listeners)
 
     # -- meetings -------------------------------------------------------------
@@ -173,15 +177,17 @@ class MeetingService:
         return self._changed(await self.store.update_meeting(meeting.id, {"status": status, "ended_at": now}, now))
 
     # -- membership -----------------------------------------------------------
-    async def join(self, user, meeting_id: int, password: str | None = None):
-        """-> (MeetingRecord, ParticipantRecord); a second join reuses the row."""
+    async def join(self, user, meeting_id: int, password: str | None = None, address: str = ""):
+        """
+        -> (MeetingRecord, ParticipantRecord); a second join reuses the row.
+        ``address`` is the client's, for the password guard.
+        """
         meeting = await self.get(meeting_id)
         self._require_open(meeting)
         existing = await self.store.get_participant(meeting.id, user.id)
         # The host and those already in the meeting (invited or re-joining) need no password.
         if meeting.password_hash is not None and existing is None and meeting.creator_id != user.id:
-            if not password or not await self.hasher.verify(meeting.password_hash, password):
-                raise WrongMeetingPassword()
+            await self._check_password(meeting, password, address)
         role = existing.role if existing is not None else PARTICIPANT
         participant, _ = await self.store.join_meeting(meeting.id, user.id, role, self.clock.seconds())
         if meeting.status == SCHEDULED:
@@ -242,6 +248,20 @@ class MeetingService:
         if manager != HOST and target.role == MODERATOR and role != MODERATOR:
             raise Forbidden("only the host may demote a moderator")
         return await self.store.update_participant(meeting.id, target_id, {"role": role})
+
+    async def _check_password(self, meeting, password: str | None, address: str) -> None:
+        if not password:
+            raise WrongMeetingPassword()
+        attempt = self.guard.attempt(address, f"meeting:{meeting.id}")
+        try:
+            ok = await self.hasher.verify(meeting.password_hash, password)
+        except BaseException:
+            attempt.abandoned()
+            raise
+        if not ok:
+            attempt.failed()
+            raise WrongMeetingPassword()
+        attempt.succeeded()
 
     # -- chat -----------------------------------------------------------------
     async def post_message(self, user, meeting_id: int, content: str, message_type: str = "text"):

@@ -7,49 +7,139 @@ from collections import OrderedDict
 from wecompany.errors import RateLimited
 
 
-class FailureLimiter:
+class FailureCounter:
     """
-    Counts failures per key inside a sliding window and refuses a key that
-    failed ``max_failures`` times until the window has passed since its
-    first counted failure.
+    Failed attempts per key inside a window, and the attempts under way.
 
-    Memory is bounded: at most ``max_keys`` keys are remembered; the oldest
-    are forgotten first (which can only make the limiter more lenient).
+    A key is refused once its failures plus its attempts under way reach
+    ``max_failures``, until ``window`` seconds have passed since its first
+    counted failure. An attempt takes its slot (:meth:`reserve`) before the
+    work that decides it, so a burst of parallel attempts cannot all pass the
+    check before the first of them fails.
+
+    Memory is bounded: at most ``max_keys`` keys are remembered; the least
+    recently touched go first (which can only make the counter more lenient).
     """
 
-    def __init__(self, clock, max_failures: int = 5, window: float = 60.0,
-                 max_keys: int = 100_000) -> None:
+    def __init__(self, clock, max_failures: int = 5, window: float = 60.0, max_keys: int = 100_000) -> None:
         self._clock = clock
         self.max_failures = max_failures
         self.window = window
         self._max_keys = max_keys
-        self._entries: OrderedDict[str, list] = OrderedDict()  # key -> [first_failure_at, count]
+        self._entries: OrderedDict[str, list] = OrderedDict()  # key -> [first failure at or None, failures, pending]
 
     def check(self, key: str) -> None:
-        """Raise :class:`RateLimited` when ``key`` is over its budget."""
-        entry = self._live_entry(key)
-        if entry is not None and entry[1] >= self.max_failures:
-            retry = max(1.0, entry[0] + self.window - self._clock.seconds())
+        """Raise :class:`RateLimited` when ``key`` has no attempt left."""
+        entry = self._entry(key, create=False)
+        if entry is not None and entry[1] + entry[2] >= self.max_failures:
+            first = entry[0] if entry[0] is not None else self._clock.seconds()
+            retry = max(1.0, first + self.window - self._clock.seconds())
             raise RateLimited("too many failed attempts, try again later", retry_after=retry)
 
-    def failed(self, key: str) -> None:
-        entry = self._live_entry(key)
-        if entry is None:
-            self._entries[key] = [self._clock.seconds(), 1]
+    def reserve(self, key: str) -> None:
+        """:meth:`check`, then hold one attempt for ``key`` until :meth:`settle`."""
+        self.check(key)
+        self._entry(key, create=True)[2] += 1
+
+    def settle(self, key: str, failed: bool) -> None:
+        """The attempt :meth:`reserve` held is over; count it when it ``failed``."""
+        entry = self._entry(key, create=True)
+        entry[2] = max(0, entry[2] - 1)
+        if failed:
+            if entry[1] == 0:
+                entry[0] = self._clock.seconds()
+            entry[1] += 1
+        self._forget_if_idle(key, entry)
+
+    def forgive(self, key: str) -> None:
+        """Forget ``key``'s failures (its attempts under way still count)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry[0], entry[1] = None, 0
+            self._forget_if_idle(key, entry)
+
+    def _entry(self, key: str, create: bool):
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            if entry[0] is not None and self._clock.seconds() - entry[0] >= self.window:
+                entry[0], entry[1] = None, 0  # the window has passed: failures forgotten
+        elif create:
+            entry = self._entries[key] = [None, 0, 0]
             while len(self._entries) > self._max_keys:
                 self._entries.popitem(last=False)
-        else:
-            entry[1] += 1
-
-    def succeeded(self, key: str) -> None:
-        self._entries.pop(key, None)
-
-    def _live_entry(self, key: str):
-        entry = self._entries.get(key)
-        if entry is not None and self._clock.seconds() - entry[0] >= self.window:
-            del self._entries[key]
-            return None
         return entry
+
+    def _forget_if_idle(self, key: str, entry: list) -> None:
+        if entry[1] == 0 and entry[2] == 0:
+            self._entries.pop(key, None)
+
+
+class LoginGuard:
+    """
+    The limits on guessing a secret (a password, a meeting's password), one
+    set of rules for every transport.
+
+    Failures are counted per client address and per target (an account, or
+    a meeting): each attempt takes a slot on both before the slow hash, and a
+    failure is kept on both for ``window`` seconds. A success forgives the
+    target's own failures, and never the address's: a login to one's own
+    account must not buy more guesses at someone else's.
+
+    :param per_address: failures one address may have in the window.
+    :param per_target: failures one target may have in the window, from
+        anywhere (so many addresses cannot share out the guesses).
+    """
+
+    def __init__(self, clock, per_address: int = 20, per_target: int = 5, window: float = 60.0,
+                 max_keys: int = 100_000) -> None:
+        self.addresses = FailureCounter(clock, per_address, window, max_keys)
+        self.targets = FailureCounter(clock, per_target, window, max_keys)
+
+    def check_address(self, address: str) -> None:
+        """Refuse an address with no attempt left before anything is looked up for it."""
+        self.addresses.check(address)
+
+    def attempt(self, address: str, target: str) -> "GuessAttempt":
+        """Take a slot on ``address`` and ``target`` (or raise :class:`RateLimited`)."""
+        self.addresses.reserve(address)
+        try:
+            self.targets.reserve(target)
+        except RateLimited:
+            self.addresses.settle(address, failed=False)
+            raise
+        return GuessAttempt(self, address, target)
+
+
+class GuessAttempt:
+    """One attempt under way; exactly one of its three endings is called."""
+
+    __slots__ = ("_guard", "_address", "_target", "_over")
+
+    def __init__(self, guard: LoginGuard, address: str, target: str) -> None:
+        self._guard = guard
+        self._address = address
+        self._target = target
+        self._over = False
+
+    def failed(self) -> None:
+        self._end(failed=True)
+
+    def succeeded(self) -> None:
+        if self._end(failed=False):
+            self._guard.targets.forgive(self._target)
+
+    def abandoned(self) -> None:
+        """Not decided (the hash queue was full, the store failed): nothing is counted."""
+        self._end(failed=False)
+
+    def _end(self, failed: bool) -> bool:
+        if self._over:
+            return False
+        self._over = True
+        self._guard.addresses.settle(self._address, failed)
+        self._guard.targets.settle(self._target, failed)
+        return True
 
 
 class TokenBucket:

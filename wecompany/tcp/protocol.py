@@ -292,9 +292,11 @@ class WeCompanyProtocol(Int32StringReceiver):
         accounts = self.factory.accounts
         address = self._peer_host()
         try:
-            self.factory.login_limiter.check(address)
+            # The REST auth routes' budget, shared with them: one address
+            # gets the same number of auth requests whichever port it uses.
+            self.factory.auth_limiter.hit(address)
             if isinstance(msg, codec.Login):
-                user = await accounts.authenticate(msg.username, msg.password)
+                user = await accounts.authenticate(msg.username, msg.password, address)
             elif isinstance(msg, codec.Register):
                 user = await accounts.register(msg.username, msg.password)
             else:
@@ -305,8 +307,6 @@ class WeCompanyProtocol(Int32StringReceiver):
             else:
                 self._log.failure("authentication failed unexpectedly")
                 text = InternalError.default_message
-            if not isinstance(e, RateLimited):
-                self.factory.login_limiter.failed(address)
             self.send_body(codec.encode_auth_failed(text))
             # The original client only retries on a fresh connection; give it a
             # moment to read the answer, then close.
@@ -335,7 +335,6 @@ class WeCompanyProtocol(Int32StringReceiver):
         if self._closing:
             return
         self.identity = identity
-        self.factory.login_limiter.succeeded(self._peer_host())
         if self._login_call is not None and self._login_call.active():
             self._login_call.cancel()
         self._login_call = None
@@ -479,12 +478,14 @@ class WeCompanyFactory(ServerFactory):
 
     Limits and timeouts come from the :class:`~wecompany.config.Config` via
     the composition root; ``connections`` is every live protocol (for
-    shutdown and metrics).
+    shutdown and metrics). ``auth_limiter`` is the per-address budget of
+    auth requests (a :class:`~wecompany.domain.ratelimit.KeyedRateLimiter`)
+    that the REST auth routes share.
     """
 
     _log = Logger()
 
-    def __init__(self, *, chat, accounts, calls, login_limiter, clock, files=None,
+    def __init__(self, *, chat, accounts, calls, auth_limiter, clock, files=None,
                  max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,
                  allow_anonymous: bool = False, max_malformed: int = 10,
                  message_rate: float = 100.0, message_burst: float = 200.0,
@@ -494,7 +495,7 @@ class WeCompanyFactory(ServerFactory):
         self.accounts = accounts
         self.calls = calls
         self.files = files
-        self.login_limiter = login_limiter
+        self.auth_limiter = auth_limiter
         self.clock = clock
         self.max_frame = max_frame
         self.login_timeout = login_timeout
