@@ -196,11 +196,11 @@ def build_service(config: Config, reactor):
         auth_limiter=auth_limiter, max_frame=config.max_frame,
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
         allow_anonymous=config.allow_anonymous)
-    credentials = Credentials(accounts)
     ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, reactor, format_time=rfc3339)
     meetings = MeetingService(store, accounts.hasher, reactor, guard, listeners=[rooms])
-    lifecycle = AccountLifecycle(store, credentials, registry, meetings)
+    lifecycle = AccountLifecycle(store, registry, reactor, meetings)
+    credentials = Credentials(accounts, lifecycle)
     rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
                    ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,
                    address_limiter=auth_limiter, run_in_thread=in_disk_pool,

@@ -37,11 +37,11 @@ class Api:
         self.domain = d = Domain(test.mktemp())
         self.clock = d.clock
         self.mailer = RecordingMailer()
-        self.credentials = Credentials(d.accounts, self.mailer)
         self.ice = IceServers(d.clock)
         self.rooms = RoomService(d.store, self.ice, d.clock, format_time=rfc3339)
         self.meetings = MeetingService(d.store, d.hasher, d.clock, d.guard, listeners=[self.rooms])
-        self.lifecycle = AccountLifecycle(d.store, self.credentials, d.registry, self.meetings)
+        self.lifecycle = AccountLifecycle(d.store, d.registry, d.clock, self.meetings)
+        self.credentials = Credentials(d.accounts, self.lifecycle, self.mailer)
         self.metrics = Metrics(d.registry, d.calls)
         self.auth_limiter = KeyedRateLimiter(d.clock, address_rate, address_burst)
         self.rest = RestAPI(store=d.store, accounts=d.accounts, credentials=self.credentials,

@@ -62,7 +62,9 @@ async def next_message(client, kind: str) -> dict:
             return message
 
 
-class SignalingEndToEndTests(DaemonTestCase):
+class MeetingPeople:
+    """Mixin of daemon test cases: people in a meeting."""
+
     async def meeting_of(self, http, title: str, names=("alice", "bob")):
         """Register and log in ``names``, the first creates a meeting, all join it over REST.
         -> ({name: (user_id, token)}, meeting_id)"""
@@ -77,6 +79,9 @@ class SignalingEndToEndTests(DaemonTestCase):
             code, body = await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=token)
             self.assertEqual(code, 200, body)
         return people, mid
+
+
+class SignalingEndToEndTests(MeetingPeople, DaemonTestCase):
 
     async def test_two_clients_exchange_every_message_type(self) -> None:
         daemon = await self.start_daemon()
@@ -240,3 +245,38 @@ class SignalingLimitsEndToEndTests(DaemonTestCase):
         # A ping frame (opcode 0x9) reached the client before it was dropped.
         self.assertIn(b"\x89", silent.received.split(b"\r\n\r\n", 1)[1])
         self.assertLess(elapsed, 5.0)
+
+
+class SignOutEndToEndTests(MeetingPeople, DaemonTestCase):
+    async def test_a_password_change_ends_every_token_and_session_at_once(self) -> None:
+        """The user's live TCP and WebSocket sessions close, and its old access token stops working."""
+        from tests.e2e.client import PASSWORD as TCP_PASSWORD
+        from wecompany.tcp import codec
+        from wecompany.tcp.codec import MsgType
+
+        daemon = await self.start_daemon()
+        http = Http(self, daemon)
+        people, mid = await self.meeting_of(http, "sign-out")
+        alice_id, old_token = people["alice"]
+        ws = await ws_connect(self, daemon.http_port, mid, alice_id, "peer-alice", old_token)
+        ws.send({"type": "join"})
+        await next_message(ws, "room-info")
+        tcp = await self.connect(daemon, "alice-desktop")
+        await tcp.login_token(old_token)
+        code, body = await http.call("POST", "/api/v1/users/change-password",
+                                     {"old_password": TCP_PASSWORD, "new_password": "Another-pass2"}, token=old_token)
+        self.assertEqual(code, 200, body)
+        error = await tcp.expect_error(401)
+        self.assertIn("password was changed", error["message"])
+        await tcp.wait_closed()
+        code, _ = await ws.closed
+        self.assertEqual(code, 4003)
+        self.assertEqual((await http.call("GET", "/api/v1/users/profile", token=old_token))[0], 401)
+        again = await self.connect(daemon, "alice-again")
+        again.send(codec.u8(MsgType.AUTH_TOKEN) + codec.str16(old_token))
+        result = await again.expect(MsgType.AUTH_RESULT)
+        self.assertEqual((result["ok"], result["error"]), (False, "token revoked: log in again"))
+        # The tokens the answer carried work at once, on both ports.
+        fresh = body["data"]["token"]
+        self.assertEqual((await http.call("GET", "/api/v1/users/profile", token=fresh))[0], 200)
+        await (await self.connect(daemon, "alice-new")).login_token(fresh)

@@ -952,7 +952,7 @@ class StoreBehaviour:
         await self.assertFails(self.store.rotate_refresh_token("old", "taken", NOW, NOW + HOUR), Conflict)
         self.assertEqual(await self.store.get_refresh_token("old"), old)
 
-    async def test_revoke_refresh_tokens(self):
+    async def test_revoke_all_tokens(self):
         alice, bob = await self.make_user("alice"), await self.make_user("bob")
         live = [
             await self.store.add_refresh_token(f"a{n}", alice.id, f"f{n}", NOW, NOW + HOUR) for n in range(2)
@@ -962,7 +962,9 @@ class StoreBehaviour:
         await self.store.rotate_refresh_token("a-rotated", "a-current", NOW, NOW + HOUR)
         bobs = await self.store.add_refresh_token("b", bob.id, "fb", NOW, NOW + HOUR)
         # Two live, and the one "a-rotated" was replaced by; not the expired or the revoked one.
-        self.assertEqual(await self.store.revoke_refresh_tokens(alice.id, NOW + 5), 3)
+        self.assertEqual((alice.token_version, bob.token_version), (0, 0))
+        self.assertEqual(await self.store.revoke_all_tokens(alice.id, NOW + 5), 3)
+        self.assertEqual((await self.store.get_user(alice.id)).token_version, 1)
         for token in live:
             self.assertEqual(
                 await self.store.get_refresh_token(token.token_hash), attrs.evolve(token, revoked_at=NOW + 5)
@@ -971,8 +973,11 @@ class StoreBehaviour:
         self.assertEqual(await self.store.get_refresh_token("a-old"), expired)
         self.assertEqual((await self.store.get_refresh_token("a-rotated")).revoked_at, NOW)
         self.assertEqual(await self.store.get_refresh_token("b"), bobs)
-        self.assertEqual(await self.store.revoke_refresh_tokens(alice.id, NOW + 6), 0)
-        self.assertEqual(await self.store.revoke_refresh_tokens(99, NOW), 0)
+        self.assertEqual(await self.store.revoke_all_tokens(alice.id, NOW + 6), 0)
+        # Every call raises the version again, and only this user's.
+        self.assertEqual([u.token_version for u in (await self.store.list_users_by_ids([alice.id, bob.id])).values()],
+                         [2, 0])
+        self.assertEqual(await self.store.revoke_all_tokens(99, NOW), 0)
 
     async def test_revoke_refresh_token(self):
         alice = await self.make_user("alice")

@@ -125,7 +125,7 @@ class SQLiteOnlyTests(TestCase):
         store = await self.open_store(path)
         self.assertEqual(
             await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "meetings")],
+            [(1, "initial"), (2, "meetings"), (3, "token_version")],
         )
         self.assertEqual(await store.get_user(alice.id), alice)
 
@@ -146,13 +146,13 @@ class SQLiteOnlyTests(TestCase):
         store = await self.open_store(path)
         self.assertEqual(
             await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "meetings")],
+            [(1, "initial"), (2, "meetings"), (3, "token_version")],
         )
         tables = {name for (name,) in await query(store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
         added = {"meetings", "participants", "meeting_messages", "refresh_tokens", "password_resets"}
         self.assertLessEqual({"users", *added}, tables)
         alice = await store.get_user_by_login("A@EXAMPLE.COM")
-        self.assertEqual((alice.id, alice.username, alice.created_at), (1, "alice", NOW))
+        self.assertEqual((alice.id, alice.username, alice.created_at, alice.token_version), (1, "alice", NOW, 0))
         meeting, host = await store.create_meeting(
             "t", "", alice.id, NOW, None, 2, "video", None, SETTINGS, "room", NOW
         )
@@ -167,7 +167,7 @@ class SQLiteOnlyTests(TestCase):
 
         newer = SQLiteStore(path, reactor)
         error = await self.assertFailure(newer.start(), SchemaTooNew)
-        self.assertIn("database schema version 99 is newer than this server knows (up to 2)", str(error))
+        self.assertIn("database schema version 99 is newer than this server knows (up to 3)", str(error))
         await self.assertFailure(newer.get_user(1), Unavailable)
         self.assertIsNone(await newer.stop())
 
@@ -391,7 +391,7 @@ class PrepareTests(TestCase):
         store.prepare()
         with sqlite3.connect(path) as connection:
             versions = [v for (v,) in connection.execute("SELECT version FROM schema_version ORDER BY version")]
-        self.assertEqual(versions, [1, 2])
+        self.assertEqual(versions, [1, 2, 3])
         store.prepare()  # idempotent
         d = store.start()
         d.addCallback(lambda _: store.stop())

@@ -7,7 +7,7 @@ from wecompany.api.validation import PAGE, Field
 from wecompany.api.views import MEETING_SCHEMA, MESSAGE_SCHEMA, USER_SCHEMA, meeting_view, page_schema, page_view, user_view
 
 from wecompany.domain.meetings import STATUSES
-from wecompany.errors import Forbidden, InvalidInput, NotFound
+from wecompany.errors import InvalidInput, NotFound
 
 USER = "/v1/admin/users/<int:user_id>"
 
@@ -50,34 +50,37 @@ class AdminRoutes:
               data=USER_SCHEMA, errors=(400, 404))
     async def admin_update_user(self, call: Call):
         user = await self._target(call)
-        changes = {k: call.body[k] for k in ("role", "status", "email") if k in call.body}
-        if user.id == call.user.id and (changes.get("role", "admin") != "admin" or changes.get("status") == "banned"):
+        changes = {k: call.body[k] for k in ("role", "email") if k in call.body}
+        status = call.body.get("status")
+        if user.id == call.user.id and (changes.get("role", "admin") != "admin" or status == "banned"):
             raise InvalidInput("administrators cannot demote or ban themselves")
         if changes:
             user = await self.store.update_user(user.id, changes)
-        if changes.get("status") == "banned":
-            await self._cut_off(user.id)
+        # A ban signs the user out everywhere: the domain's one path for it.
+        if status == "banned" and user.status != "banned":
+            user = await self.lifecycle.ban(user)
+        elif status == "active" and user.status != "active":
+            user = await self.lifecycle.unban(user)
         profile = await self.store.get_profile(user.id)
         if "nickname" in call.body:
             profile = await self.store.update_profile(user.id, {"nickname": call.body["nickname"]},
                                                       self.clock.seconds())
         return user_view(user, profile)
 
-    @endpoint("POST", USER + "/ban", summary="Ban a user (revokes tokens, closes sessions)", tag="admin",
+    @endpoint("POST", USER + "/ban", summary="Ban a user (signs the user out everywhere: tokens, sessions)",
+              tag="admin",
               auth=ADMIN, data=USER_SCHEMA, errors=(400, 404))
     async def admin_ban_user(self, call: Call):
         user = await self._target(call)
         if user.id == call.user.id:
             raise InvalidInput("administrators cannot ban themselves")
-        user = await self.store.update_user(user.id, {"status": "banned"})
-        await self._cut_off(user.id)
+        user = await self.lifecycle.ban(user)
         return user_view(user, await self.store.get_profile(user.id))
 
     @endpoint("POST", USER + "/unban", summary="Lift a ban", tag="admin", auth=ADMIN, data=USER_SCHEMA,
-              errors=(404,))
+              errors=(400, 404))
     async def admin_unban_user(self, call: Call):
-        user = await self._target(call)
-        user = await self.store.update_user(user.id, {"status": "active"})
+        user = await self.lifecycle.unban(await self._target(call))
         return user_view(user, await self.store.get_profile(user.id))
 
     @endpoint("DELETE", USER, summary="Delete a user's account", tag="admin", auth=ADMIN, data=MESSAGE_SCHEMA,
@@ -125,10 +128,5 @@ class AdminRoutes:
         if user is None:
             raise NotFound("no such user", error_code=1003)
         return user
-
-    async def _cut_off(self, user_id: int) -> None:
-        await self.credentials.revoke_all(user_id)
-        for client in self.registry.sessions_of(str(user_id)):
-            client.disconnect(Forbidden("account is disabled"))  # as token login answers
 
 

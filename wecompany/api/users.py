@@ -8,7 +8,7 @@ import secrets
 from wecompany.api.multipart import parse_form
 from wecompany.api.routing import PUBLIC, Call, endpoint, read_body
 from wecompany.api.validation import Field
-from wecompany.api.views import MESSAGE_SCHEMA, USER_SCHEMA, user_view
+from wecompany.api.views import MESSAGE_SCHEMA, PASSWORD_CHANGED_SCHEMA, USER_SCHEMA, user_view
 from wecompany.domain.passwords import check_email
 from wecompany.errors import InvalidInput, NotFound, TooLarge, Unauthenticated
 from wecompany.privatefs import make_private_dir, write_private
@@ -61,17 +61,21 @@ class UserRoutes:
             else await self.store.get_profile(user.id)
         return user_view(user, profile)
 
-    @endpoint("POST", "/v1/users/change-password", summary="Change the password (revokes refresh tokens)",
+    @endpoint("POST", "/v1/users/change-password",
+              summary="Change the password. Every token and live session of the account ends (this "
+                      "request's too); the answer carries fresh tokens for the caller.",
               tag="users", body={"old_password": Field("string", required=True, max_length=1024),
                                  "new_password": Field("string", required=True, max_length=1024)},
-              data=MESSAGE_SCHEMA, errors=(400, 401, 429, 503))
+              data=PASSWORD_CHANGED_SCHEMA, errors=(400, 401, 429, 503))
     async def change_password(self, call: Call):
         try:
-            await self.credentials.change_password(call.user, call.body["old_password"],
-                                                   call.body["new_password"], self.client_address(call.request))
+            user, access, refresh = await self.credentials.change_password(
+                call.user, call.body["old_password"], call.body["new_password"], self.client_address(call.request))
         except Unauthenticated as e:
             raise InvalidInput(e.message, error_code=e.error_code) from None
-        return {"message": "password changed; other sessions must log in again"}
+        return {"message": "password changed; every other session must log in again", "token": access,
+                "access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                "expires_in": int(self.accounts.tokens.ttl)}
 
     @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
               tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")

@@ -59,6 +59,13 @@ TOKENS_SCHEMA = {
 
 MESSAGE_SCHEMA = {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}
 
+PASSWORD_CHANGED_SCHEMA = {
+    "type": "object",
+    "required": ["message", "token", "access_token", "refresh_token", "token_type", "expires_in"],
+    "properties": {"message": {"type": "string"},
+                   **{k: v for k, v in TOKENS_SCHEMA["properties"].items() if k != "user"}},
+}
+
 
 def page_schema(item: dict) -> dict:
     return {

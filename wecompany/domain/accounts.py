@@ -89,16 +89,25 @@ class Accounts:
         return user
 
     async def authenticate_token(self, token: str):
-        """A valid access token of an existing, active user -> UserRecord."""
+        """
+        A valid access token of an existing, active user -> UserRecord.
+
+        The token must name the user's current token version: raising it
+        (:meth:`~wecompany.store.interface.IMeetingStore.revoke_all_tokens`)
+        ends every token issued before at once. The user's row is read for
+        each token checked anyway, so this costs nothing more.
+        """
         claims = self.tokens.verify(token)
         user = await self.store.get_user(claims["user_id"])
         if user is None or user.status == "deleted":
             raise Unauthenticated("invalid token")
-        self._check_active(user)
+        self._check_active(user)  # a banned user hears why (403), not just that the token is old
+        if claims.get("ver", 0) != user.token_version:
+            raise Unauthenticated("token revoked: log in again")
         return user
 
     def issue_token(self, user) -> str:
-        return self.tokens.issue(user.id, user.username, user.email)
+        return self.tokens.issue(user.id, user.username, user.email, user.token_version)
 
     @staticmethod
     def _check_active(user) -> None:
@@ -126,14 +135,16 @@ class Credentials:
     Refresh tokens are random (256 bits), handed out once and stored only as
     their SHA-256; each use rotates them, and a replayed rotated token revokes
     its whole family (someone stole it). Reset tokens are single use and
-    expire after ``reset_ttl``.
+    expire after ``reset_ttl``. A new password signs the user out everywhere
+    through ``lifecycle`` (:class:`~wecompany.domain.lifecycle.AccountLifecycle`).
     """
 
     log = Logger()
 
-    def __init__(self, accounts: Accounts, mailer=None, refresh_ttl: float = 30 * 86400,
+    def __init__(self, accounts: Accounts, lifecycle, mailer=None, refresh_ttl: float = 30 * 86400,
                  reset_ttl: float = 3600, reset_url: str = "/reset-password?token={token}") -> None:
         self.accounts = accounts
+        self.lifecycle = lifecycle
         self.store = accounts.store
         self.clock = accounts.clock
         self.mailer = mailer or LogMailer()
@@ -171,11 +182,13 @@ class Credentials:
         if isinstance(refresh_token, str) and refresh_token:
             await self.store.revoke_refresh_token(_digest(refresh_token), user.id, self.clock.seconds())
 
-    async def change_password(self, user, old_password: str, new_password: str, address: str) -> None:
+    async def change_password(self, user, old_password: str, new_password: str, address: str) -> tuple:
         """
-        Verify the old password, set the new one, revoke every refresh token.
-        The old password is a guess like a login's (someone holding a stolen
-        token could try them here), so it goes through the same guard.
+        Verify the old password and set the new one, which signs the user out
+        everywhere; -> (user, access_token, refresh_token), fresh ones for
+        the caller. The old password is a guess like a login's (someone
+        holding a stolen token could try them here), so it goes through the
+        same guard.
         """
         attempt = self.accounts.guard.attempt(address, f"user:{user.id}")
         try:
@@ -188,6 +201,8 @@ class Credentials:
             raise InvalidCredentials("invalid password", error_code=WRONG_PASSWORD)
         attempt.succeeded()
         await self._set_password(user, new_password)
+        user = await self.store.get_user(user.id)
+        return user, self.accounts.issue_token(user), await self._new_refresh(user.id)
 
     async def forgot_password(self, email: str) -> None:
         """
@@ -216,15 +231,11 @@ class Credentials:
             raise InvalidInput("invalid or expired reset token")
         await self._set_password(user, new_password)
 
-    async def revoke_all(self, user_id: int) -> int:
-        return await self.store.revoke_refresh_tokens(user_id, self.clock.seconds())
-
     async def _set_password(self, user, new_password: str) -> None:
         self.accounts.policy.check(new_password, user.username)
         await self.store.set_password_hash(user.id, await self.accounts.hasher.hash(new_password))
-        revoked = await self.revoke_all(user.id)
-        self.log.info("password of user {user_id} changed; {revoked} refresh tokens revoked",
-                      user_id=user.id, revoked=revoked)
+        await self.lifecycle.sign_out_everywhere(user.id, PasswordChanged())
+        self.log.info("password of user {user_id} changed", user_id=user.id)
 
     async def _new_refresh(self, user_id: int) -> str:
         value = secrets.token_urlsafe(32)
@@ -232,6 +243,10 @@ class Credentials:
         await self.store.add_refresh_token(_digest(value), user_id, secrets.token_hex(8), now,
                                            now + self.refresh_ttl)
         return value
+
+
+class PasswordChanged(Unauthenticated):
+    default_message = "the password was changed: log in again"
 
 
 def _digest(token: str) -> str:

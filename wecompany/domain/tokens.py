@@ -27,7 +27,11 @@ class TokenIssuer:
         self.ttl = ttl
         self._leeway = leeway
 
-    def issue(self, user_id: int, username: str, email: str | None = None) -> str:
+    def issue(self, user_id: int, username: str, email: str | None = None, version: int = 0) -> str:
+        """
+        A token for the user; ``version`` is the user's token version, which
+        the token must still name to be accepted (see :class:`~wecompany.domain.accounts.Accounts`).
+        """
         now = int(self._clock.seconds())
         claims = {
             "user_id": user_id,
@@ -40,6 +44,7 @@ class TokenIssuer:
             "exp": now + int(self.ttl),
             "jti": secrets.token_hex(8),
             "typ": "access",
+            "ver": version,
         }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 

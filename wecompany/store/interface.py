@@ -246,8 +246,13 @@ class IMeetingStore(Interface):
           new in the same family -> the new RefreshTokenRecord.
         """
 
-    def revoke_refresh_tokens(user_id, now):
-        """Revoke every live refresh token of the user. -> int (how many)."""
+    def revoke_all_tokens(user_id, now):
+        """
+        Every token of the user stops working, in one transaction: the
+        user's ``token_version`` goes up by one (access tokens issued before
+        name the old one) and every live refresh token is revoked.
+        -> int, how many refresh tokens were live (0 for an unknown user).
+        """
 
     def revoke_refresh_token(token_hash, user_id, now):
         """

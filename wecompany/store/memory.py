@@ -570,7 +570,10 @@ class MemoryStore:
         return self._add_refresh_token(new_hash, old.user_id, old.family_id, now, expires_at)
 
     @_fired
-    def revoke_refresh_tokens(self, user_id: int, now: float) -> int:
+    def revoke_all_tokens(self, user_id: int, now: float) -> int:
+        user = self._users.get(user_id)
+        if user is not None:
+            self._users[user_id] = attrs.evolve(user, token_version=user.token_version + 1)
         return self._revoke(lambda token: token.user_id == user_id, now)
 
     @_fired

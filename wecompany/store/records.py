@@ -22,6 +22,8 @@ class UserRecord:
     status: str  # "active" | "banned" | "deleted"
     created_at: float
     last_login: float | None = None
+    #: Access tokens name it (claim ``ver``); raising it revokes every one issued before.
+    token_version: int = 0
 
 
 @attrs.frozen

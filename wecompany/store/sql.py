@@ -75,7 +75,7 @@ log = Logger()
 _T = TypeVar("_T")
 
 # Column lists in the order of the record's fields.
-_USER = "id, username, email, password_hash, role, status, created_at, last_login"
+_USER = "id, username, email, password_hash, role, status, created_at, last_login, token_version"
 _PROFILE = "user_id, nickname, avatar, phone, updated_at"
 _MESSAGE = "id, sender_id, recipient_id, text, sent_at"
 _FILE = "id, owner_id, name, size, sha256, path, status, created_at, recipient_id, delivered, content_type"
@@ -1024,8 +1024,12 @@ class SQLStore:
         self._set(txn, "refresh_tokens", replaced, "token_hash = ?", (old_hash,))
         return self._add_refresh_token_txn(txn, new_hash, old.user_id, old.family_id, now, expires_at)
 
-    def revoke_refresh_tokens(self, user_id: int, now: float) -> Deferred[int]:
-        return self._write(self._revoke_txn, "user_id = ?", (user_id,), now)
+    def revoke_all_tokens(self, user_id: int, now: float) -> Deferred[int]:
+        return self._write(self._revoke_all_txn, user_id, now)
+
+    def _revoke_all_txn(self, txn: Any, user_id: int, now: float) -> int:
+        self._execute(txn, "UPDATE users SET token_version = token_version + 1 WHERE id = ?", (user_id,))
+        return self._revoke_txn(txn, "user_id = ?", (user_id,), now)
 
     def revoke_refresh_token(self, token_hash: str, user_id: int, now: float) -> Deferred[bool]:
         return self._write(self._revoke_txn, "token_hash = ? AND user_id = ?", (token_hash, user_id),
