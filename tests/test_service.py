@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from tests.helpers import FakeClient
 from wecompany.config import Config
+from wecompany.connections import CappedFactory
 from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
 from wecompany.errors import Unavailable
@@ -367,7 +368,10 @@ class BuildServiceTests(SynchronousTestCase):
             self.assertIs(listener_.endpoint._reactor, self.reactor)
         self.assertIs(tcp.factory, service.tcp_factory)
         self.assertIsInstance(tcp.factory, WeCompanyFactory)
-        self.assertIsInstance(http.factory, Site)
+        self.assertIsInstance(http.factory, CappedFactory)  # connections per address counted
+        self.assertIsInstance(http.factory.wrappedFactory, Site)
+        self.assertEqual((http.factory.counter.limit, tcp.factory.connection_cap.limit), (256, 256))
+        self.assertEqual(http.factory.wrappedFactory.timeouts.header_timeout, 20.0)
         factory = service.tcp_factory
         self.assertEqual((factory.max_frame, factory.login_timeout, factory.idle_timeout),
                          (64 * 1024, 2.0, 30.0))

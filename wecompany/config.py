@@ -414,6 +414,16 @@ class Config:
                                               "login-failure window, from every address together")
     login_failure_window: float = _option(60.0, parse_seconds,
                                           "seconds a wrong password counts, from the first of a run")
+    http_header_timeout: float = _option(20.0, parse_seconds,
+                                         "seconds an HTTP client has to send a request's line and headers")
+    http_body_timeout: float = _option(30.0, parse_seconds,
+                                       "seconds an HTTP request body may take, plus one for every 4 KiB "
+                                       "that arrives (a slow honest upload finishes; a trickle does not)")
+    http_idle_timeout: float = _option(75.0, parse_seconds,
+                                       "seconds a kept-alive HTTP connection may wait for its next request")
+    max_connections_per_address: int = _option(256, parse_count,
+                                               "connections one client address (an IPv6 /64) may hold open "
+                                               "on each port; more are refused")
     ws_max_message: int = _option(MiB, parse_size,
                                   "largest WebSocket signaling message; larger ones get an error message")
     ws_rate: float = _option(50.0, parse_rate, "signaling messages per second one connection may send, sustained")

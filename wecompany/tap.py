@@ -157,7 +157,9 @@ def build_service(config: Config, reactor):
     from wecompany.service import Listener, WeCompanyService
     from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
-    from wecompany.web.site import make_site
+    from wecompany.connections import AddressCounter, CappedFactory
+    from wecompany.web.channel import TimeoutPolicy
+    from wecompany.web.site import TOO_MANY_CONNECTIONS, make_site
 
     if config.database_kind != "sqlite":
         raise usage.UsageError("--database: only SQLite is supported so far")
@@ -195,7 +197,8 @@ def build_service(config: Config, reactor):
         chat=chat, accounts=accounts, calls=calls, files=files, clock=reactor,
         auth_limiter=auth_limiter, max_frame=config.max_frame,
         login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
-        allow_anonymous=config.allow_anonymous)
+        allow_anonymous=config.allow_anonymous,
+        connection_cap=AddressCounter(config.max_connections_per_address))
     ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, reactor, format_time=rfc3339)
     meetings = MeetingService(store, accounts.hasher, reactor, guard, listeners=[rooms])
@@ -212,10 +215,14 @@ def build_service(config: Config, reactor):
     metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
     site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
-                     signaling=signaling)
+                     signaling=signaling,
+                     timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
+                                            body_timeout=config.http_body_timeout,
+                                            idle_timeout=config.http_idle_timeout))
+    http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address), TOO_MANY_CONNECTIONS)
 
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
-                 Listener("http", serverFromString(reactor, with_backlog(config.http_port)), site)]
+                 Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
 
     warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
                                   os.path.join(config.data_dir, "jwt.secret"), media_dir, avatar_dir,

@@ -113,7 +113,7 @@ class RobustnessTests(SynchronousTestCase):
         api = Api(self)
         token = api.user("alice")
         json_header = {"Content-Type": "application/json"}
-        for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"username":' + b"[" * 40 + b"]" * 40 + b"}",
+        for raw in (b"[" * 30_000 + b"]" * 30_000, b"{\"username\":" + b"[" * 40 + b"]" * 40 + b"}",
                     b'{"username":"bob_1","email":"b@x.io","password":"Secret-pass1","nickname":"\\ud800"}',
                     b'{"username":"bob_1","email":"b@x.io","password":"Secret-pass1","nickname":NaN}'):
             code, body, _ = api.request("POST", "/api/v1/auth/register", raw=raw, headers=json_header)

@@ -30,7 +30,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 _TCP_PORT = re.compile(r"WeCompanyFactory starting on (\d+)")
-_HTTP_PORT = re.compile(r"Site starting on (\d+)")
+_HTTP_PORT = re.compile(r"WeCompanySite (?:\(\w+\) )?starting on (\d+)")  # the site, maybe wrapped
 _READY = "WeCompany is ready"
 
 # Both listen on a free loopback port; the log says which.

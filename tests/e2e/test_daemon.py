@@ -12,9 +12,10 @@ import json
 import os
 import stat
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.trial.unittest import TestCase
 
 from tests.e2e.client import Client, connect
@@ -334,3 +335,66 @@ class ProtocolTests(DaemonTestCase):
         bob = await self.user(daemon, "bob")
         bob.send(codec.u8(MsgType.HEARTBEAT))
         await bob.expect(MsgType.HEARTBEAT)
+
+
+class Raw(Protocol):
+    """A client that records what it gets and when it is closed."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(self.received)
+
+
+async def raw_connection(testcase, port: int, source: str) -> Raw:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
+    proto = await connectProtocol(endpoint, Raw())
+    testcase.addCleanup(lambda: proto.transport.abortConnection() if not proto.closed.called else None)
+    return proto
+
+
+class SlowAndManyClientsTests(DaemonTestCase):
+    async def test_one_address_cannot_hold_every_connection(self) -> None:
+        """
+        From 127.0.0.2, forty connections to each port: twenty are kept, the
+        rest told 503 and closed, and the kept HTTP ones, trickling header
+        lines, are cut off with 408. Meanwhile 127.0.0.1 logs in and is
+        served as usual.
+        """
+        import treq
+
+        daemon = await self.start_daemon("--max-connections-per-address", "20", "--http-header-timeout", "2")
+        tcp = [await raw_connection(self, daemon.tcp_port, "127.0.0.2") for _ in range(40)]
+        http = [await raw_connection(self, daemon.http_port, "127.0.0.2") for _ in range(40)]
+        for conn in http:
+            conn.transport.write(b"GET /health HTTP/1.1\r\n")
+        started = reactor.seconds()
+        refused_tcp = [await conn.closed for conn in tcp[20:]]
+        refused_http = [await conn.closed for conn in http[20:]]
+        why = "too many connections from your address"
+        self.assertTrue(all(why.encode("utf-16-be") in r for r in refused_tcp))  # an ERROR frame's text
+        self.assertTrue(all(why.encode() in r for r in refused_http))
+        self.assertTrue(all(r.startswith(b"HTTP/1.1 503") for r in refused_http))
+        self.assertFalse(any(conn.closed.called for conn in tcp[:20] + http[:20]))
+
+        # Another address is served as usual.
+        alice = await self.user(daemon, "alice")
+        alice.send(codec.u8(MsgType.HEARTBEAT))
+        await alice.expect(MsgType.HEARTBEAT)
+        response = await treq.get(f"http://127.0.0.1:{daemon.http_port}/health", timeout=5, persistent=False)
+        self.assertEqual(response.code, 200)
+        await response.content()
+
+        # The trickling ones are cut off at their header deadline.
+        trickle = task.LoopingCall(lambda: [c.transport.write(b"X-Slow: 1\r\n") for c in http[:20]
+                                            if not c.closed.called])
+        trickle.start(0.5)
+        self.addCleanup(lambda: trickle.running and trickle.stop())
+        answers = [await conn.closed for conn in http[:20]]
+        self.assertLess(reactor.seconds() - started, 10)
+        self.assertTrue(all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:1])

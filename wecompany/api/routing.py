@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from wecompany.api import envelope
 from wecompany.api.validation import parse_json, parse_query
 from wecompany.domain.ids import MAX_ID
-from wecompany.errors import InternalError, NotFound, WeCompanyError
+from wecompany.errors import InternalError, InvalidInput, NotFound, WeCompanyError
 
 PUBLIC, USER, ADMIN = "public", "user", "admin"
 
@@ -138,6 +138,8 @@ def _wrap(handler, ep: Endpoint):
 
 def read_body(request) -> bytes:
     """The whole request body (stored by the Site before rendering)."""
+    if getattr(request, "form", None) is not None:
+        raise InvalidInput("this endpoint takes a JSON body, not multipart/form-data")
     content = request.content
     if content is None:
         return b""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from wecompany.api.multipart import parse_form
-from wecompany.api.routing import PUBLIC, Call, endpoint, read_body
+from wecompany.api.routing import PUBLIC, Call, endpoint
 from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, PASSWORD_CHANGED_SCHEMA, USER_SCHEMA, user_view
 from wecompany.domain.passwords import check_email
@@ -80,7 +79,9 @@ class UserRoutes:
     @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
               tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")
     async def upload_avatar(self, call: Call):
-        form = parse_form(call.request.getHeader(b"content-type"), read_body(call.request))
+        form = call.request.form  # parsed as it arrived, within bounds (wecompany.web.multipart)
+        if form is None:
+            raise InvalidInput("send multipart/form-data with a boundary")
         parts = form.get("avatar") or form.get("file")
         if not parts:
             raise InvalidInput("send the image as multipart/form-data field 'avatar'")

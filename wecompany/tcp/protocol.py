@@ -18,6 +18,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from zope.interface import implementer
 
 from wecompany.backpressure import SendGate, tune_realtime
+from wecompany.connections import AddressCounter, Refusal, address_key
 from wecompany.domain import events as ev
 from wecompany.domain.calls import NOT_IN_CALL
 from wecompany.domain.interfaces import IClient
@@ -31,6 +32,10 @@ from wecompany.tcp import codec
 from wecompany.tcp.codec import MsgType
 
 _U32 = struct.Struct(">I")
+
+
+def _frame(body: bytes) -> bytes:
+    return _U32.pack(len(body)) + body
 
 # Room left in a frame for the headers the server adds when it forwards a
 # client's payload (sender id, message id, call id...).
@@ -60,6 +65,7 @@ class WeCompanyProtocol(Int32StringReceiver):
     _log = Logger()
 
     identity: Identity | None = None
+    address_key = ""  # what the factory's connection cap counts this connection by
     _closing = False
     _lost = False
     _login_call = None
@@ -480,7 +486,9 @@ class WeCompanyFactory(ServerFactory):
     the composition root; ``connections`` is every live protocol (for
     shutdown and metrics). ``auth_limiter`` is the per-address budget of
     auth requests (a :class:`~wecompany.domain.ratelimit.KeyedRateLimiter`)
-    that the REST auth routes share.
+    that the REST auth routes share. ``connection_cap`` (an
+    :class:`~wecompany.connections.AddressCounter`) bounds the connections
+    of one address: one more is sent ERROR 503 and closed.
     """
 
     _log = Logger()
@@ -490,7 +498,7 @@ class WeCompanyFactory(ServerFactory):
                  allow_anonymous: bool = False, max_malformed: int = 10,
                  message_rate: float = 100.0, message_burst: float = 200.0,
                  max_send_buffer: int | None = None, auth_fail_delay: float = 1.0,
-                 media_buffer: int = 256 << 10) -> None:
+                 media_buffer: int = 256 << 10, connection_cap: AddressCounter | None = None) -> None:
         self.chat = chat
         self.accounts = accounts
         self.calls = calls
@@ -507,15 +515,23 @@ class WeCompanyFactory(ServerFactory):
         self.max_send_buffer = max_send_buffer or max(4 * max_frame, 4 << 20)
         self.auth_fail_delay = auth_fail_delay
         self.media_buffer = media_buffer
+        self.connection_cap = connection_cap
         self.connections: set[WeCompanyProtocol] = set()
         self.shutting_down = False
         self.malformed_frames = 0
         self._all_closed: list[Deferred] = []
 
-    def buildProtocol(self, addr) -> WeCompanyProtocol:
-        return WeCompanyProtocol(self)
+    def buildProtocol(self, addr):
+        key = address_key(addr)
+        if self.connection_cap is not None and not self.connection_cap.acquire(key):
+            return Refusal(_frame(codec.encode_error(Unavailable.code, "too many connections from your address")))
+        proto = WeCompanyProtocol(self)
+        proto.address_key = key
+        return proto
 
     def connection_closed(self, proto) -> None:
+        if self.connection_cap is not None:
+            self.connection_cap.release(proto.address_key)
         if not self.connections:
             waiters, self._all_closed = self._all_closed, []
             for d in waiters:

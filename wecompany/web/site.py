@@ -14,6 +14,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from wecompany import __version__
+from wecompany.web.channel import DeadlineChannel, TimeoutPolicy
+from wecompany.web.multipart import FormLimits
 from wecompany.web.request import DEFAULT_MAX_BODY, LimitedRequest
 
 
@@ -87,18 +89,26 @@ class MetricsResource(Resource):
 
 class WeCompanySite(Site):
     """
-    The one HTTP site: bodies limited per path before they are stored
+    The one HTTP site: deadlines for each phase of a request
+    (:class:`~wecompany.web.channel.DeadlineChannel`), bodies limited per path
+    before they are stored and forms parsed as they arrive
     (:class:`~wecompany.web.request.LimitedRequest`), every finished request
     counted by route, and an access log without query strings (they can
     carry tokens).
     """
 
-    def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY):
+    protocol = DeadlineChannel
+
+    def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY,
+                 timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None):
         # Bodies are parsed by the API, which answers malformed ones in its
         # envelope (Twisted would send a bare 400 and drop the connection).
-        super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor, parsePOSTFormSubmission=False)
+        super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor, parsePOSTFormSubmission=False,
+                         timeout=None)
         self.displayTracebacks = False
         self.metrics = metrics
+        self.timeouts = timeouts or TimeoutPolicy()
+        self.form_limits = form_limits or FormLimits()
         self._body_limits = tuple(body_limits)  # (path prefix bytes, limit)
         self._max_body = max_body
 
@@ -127,6 +137,13 @@ class WeCompanySite(Site):
     _access_log = Logger(namespace="wecompany.access")
 
 
+_REFUSED = b'{"code":503,"message":"too many connections from your address","error":"too many connections"}'
+#: What a connection over the per-address cap is sent (it is then closed).
+TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 10\r\n"
+                        b"Content-Type: application/json; charset=utf-8\r\n"
+                        b"Content-Length: " + str(len(_REFUSED)).encode() + b"\r\n\r\n" + _REFUSED)
+
+
 def _static_route(path: bytes) -> str:
     # Unmatched paths are folded into one label so clients cannot grow the label set.
     for known in (b"/health", b"/metrics"):
@@ -136,7 +153,7 @@ def _static_route(path: bytes) -> str:
 
 
 def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=None,
-              body_limits=(), signaling=None) -> Site:
+              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
     and ``/ws/signaling`` when a signaling factory is.
@@ -157,4 +174,4 @@ def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=
         root.putChild(b"ws", ws)
         # A Site does not start the factories of the resources it serves.
         signaling.startFactory()
-    return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits)
+    return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts)

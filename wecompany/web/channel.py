@@ -1,0 +1,146 @@
+"""
+The HTTP channel of the site: Twisted's ``HTTPChannel`` with the deadlines a
+public server needs, and the request path known before the body arrives.
+
+Twisted's own timeout restarts with every byte received, so a client that
+sends one header line, or one byte of body, every few seconds holds its
+connection (and a file descriptor) for ever. This channel gives each phase
+of a request a deadline of its own:
+
+* **head**: the request line and headers must be complete within
+  ``header_timeout`` seconds (counted from the connection for its first
+  request, from the request's first byte after that);
+* **body**: a body gets ``body_timeout`` seconds, plus one more for every
+  ``min_body_rate`` bytes that arrive, so a large upload over a slow but
+  honest link finishes and a trickle does not;
+* **idle**: a kept-alive connection may wait ``idle_timeout`` seconds for
+  its next request.
+
+A request that runs out of time is answered 408 and the connection closed;
+an idle one is just closed. While a request is being handled nothing is
+timed here, and once a WebSocket has taken the connection over (the
+transport is no longer the channel's) the deadlines stop.
+
+Timers run on the site's reactor (``callLater``), so tests drive them with a
+fake clock.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http import HTTPChannel
+
+from wecompany.api.envelope import dumps, rfc3339
+
+NEW, IDLE, HEAD, BODY, BUSY = "new", "idle", "head", "body", "busy"
+
+
+class TimeoutPolicy:
+    """The deadlines of :class:`DeadlineChannel` (seconds, and bytes per second)."""
+
+    def __init__(self, header_timeout: float = 20.0, body_timeout: float = 30.0, idle_timeout: float = 75.0,
+                 min_body_rate: float = 4096.0) -> None:
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
+        self.min_body_rate = min_body_rate
+
+
+class DeadlineChannel(HTTPChannel):
+    """
+    ``site.timeouts`` (a :class:`TimeoutPolicy`) gives the deadlines.
+    ``request_path`` is the path of the request being received, from its
+    request line (the request itself learns it only once its body is in).
+    """
+
+    request_path: bytes = b""
+    _phase = NEW
+    _deadline = None
+    _body_started = 0.0
+    _body_received = 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.setTimeout(None)  # Twisted's restarts with every byte: these deadlines replace it
+        self._arm(self._policy().header_timeout)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._phase in (NEW, IDLE) and line:
+            # The first line of a request (Twisted ignores one empty line before it).
+            if self._phase == IDLE:
+                self._arm(self._policy().header_timeout)
+            self._phase = HEAD
+            self.request_path = _path_of(line)
+        super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self.length != 0 and self._phase == HEAD:
+            self._phase = BODY
+            self._body_started = self._now()
+            self._body_received = 0
+            self._arm(self._policy().body_timeout)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._phase == BODY:
+            self._body_received += len(data)
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._phase = BUSY
+        self._cancel()
+        super().allContentReceived()
+
+    def requestDone(self, request) -> None:
+        # Set before Twisted goes on to any pipelined request it buffered.
+        self._phase = IDLE
+        self._arm(self._policy().idle_timeout)
+        super().requestDone(request)
+
+    def connectionLost(self, reason) -> None:
+        self._cancel()
+        super().connectionLost(reason)
+
+    # -- deadlines --------------------------------------------------------------
+    def _policy(self) -> TimeoutPolicy:
+        return getattr(self.site, "timeouts", None) or _DEFAULT_POLICY
+
+    def _now(self) -> float:
+        return self.site.reactor.seconds()
+
+    def _arm(self, delay: float) -> None:
+        self._cancel()
+        self._deadline = self.callLater(delay, self._expired)
+
+    def _cancel(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport is None or self._phase == BUSY:
+            return  # a WebSocket took the connection over, or a request is being handled
+        if self._phase == BODY:
+            policy = self._policy()
+            allowed = self._body_started + policy.body_timeout + self._body_received / policy.min_body_rate
+            if allowed > self._now():  # the body is still arriving fast enough
+                self._arm(allowed - self._now())
+                return
+        if self._phase in (HEAD, BODY):
+            what = "headers" if self._phase == HEAD else "body"
+            message = f"request {what} not received in time"
+            body = dumps({"code": 408, "message": message, "error": message,
+                          "timestamp": rfc3339(self._now()), "request_id": ""})
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                 b"Content-Type: application/json; charset=utf-8\r\n"
+                                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.timeoutConnection()  # closes, and aborts a client that does not let go
+
+
+_DEFAULT_POLICY = TimeoutPolicy()
+
+
+def _path_of(request_line: bytes) -> bytes:
+    parts = request_line.split(b" ")
+    target = parts[1] if len(parts) > 1 else b""
+    return target.split(b"?", 1)[0]
