@@ -473,6 +473,27 @@ class RateLimitTests(SignalingTestCase):
         self.assertEqual(alice.closed[0], 4029)
 
 
+class ByteCostTests(SignalingTestCase):
+    factory_options = {"message_rate": 50, "message_burst": 100}
+
+    def test_large_messages_cost_in_proportion_to_their_size(self):
+        # 1 MiB at 50 messages a second was 50 MiB/s of JSON for the reactor to decode.
+        alice = self.connect("alice")
+        alice.take()
+        big = {"type": "ping", "payload": "x" * (256 << 10)}  # 256 KiB: 17 messages' worth
+        for _ in range(6):
+            alice.send(big)
+        self.assertEqual(alice.kinds(), ["pong"] * 5 + ["error"])  # 5 x 17 of the 99 tokens left; then 429
+        self.api.clock.advance(1)  # 50 tokens back: three more of these, not fifty
+        for _ in range(5):
+            alice.send(big)
+        self.assertEqual([m["type"] for m in alice.take()].count("pong"), 3)
+        alice.send({"type": "ping"})  # small messages still cost one
+        self.api.clock.advance(0.1)
+        alice.send({"type": "ping"})
+        self.assertIn("pong", alice.kinds())
+
+
 class ShutdownAndPresenceTests(SignalingTestCase):
     def test_shutdown_closes_with_going_away(self):
         alice = self.connect("alice")

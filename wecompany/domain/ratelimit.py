@@ -216,11 +216,17 @@ class FloodGuard:
         self._drops = TokenBucket(clock, rate, burst)
         self._warned = -1e18
 
-    def check(self) -> str:
-        """ALLOW the message; DROP it silently; WARN (drop and tell); or CLOSE the connection."""
-        if self._messages.allow():
+    def check(self, cost: float = 1.0) -> str:
+        """
+        ALLOW the message; DROP it silently; WARN (drop and tell); or CLOSE
+        the connection. A message may ``cost`` more than one (a large one:
+        what it takes to handle grows with its size); one costing more than
+        the whole burst is charged the burst.
+        """
+        cost = min(cost, self._messages.burst)
+        if self._messages.allow(cost):
             return ALLOW
-        if not self._drops.allow():
+        if not self._drops.allow(cost):
             return CLOSE
         now = self._clock.seconds()
         if now - self._warned >= 1.0:

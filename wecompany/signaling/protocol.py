@@ -40,6 +40,8 @@ NUMBERS = {"offer": 1, "answer": 2, "ice-candidate": 3, "join": 4, "leave": 5, "
 KINDS = {number: kind for kind, number in NUMBERS.items()}
 CLIENT_KINDS = {"offer", "answer", "ice-candidate", "join", "leave", "chat", "screen-share", "media-state", "ping"}
 
+MESSAGE_COST_BYTES = 16 << 10  # each this many bytes of a message cost one more message of the rate limit
+
 # Close codes (4000-4999 are the application's).
 CLOSE_FLOOD = 4029
 CLOSE_REPLACED = 4009
@@ -143,7 +145,9 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         factory = self.factory
-        verdict = self._flood.check()
+        # A large message costs more: decoding it on the reactor thread takes
+        # time in proportion to its size (one token per 16 KiB).
+        verdict = self._flood.check(1 + len(payload) // MESSAGE_COST_BYTES)
         if verdict != ALLOW:
             self._flooding(verdict)
             return
