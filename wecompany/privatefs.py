@@ -8,13 +8,22 @@ umask, so each is set again explicitly). :func:`too_open` finds what an
 older run, or an operator, left readable by others, for a warning at start.
 
 These do blocking file system calls: use them at start-up, or on a disk
-thread.
+thread. :func:`storage_errors_unavailable` wraps the runner of that thread
+so a full or failing disk is told to clients as such (503), not as an
+internal error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+
+from wecompany.errors import Unavailable
+
+# The disk, not the request, is at fault: the client may try again later.
+_STORAGE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "file system read-only", errno.EIO: "disk I/O error"}
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -93,3 +102,22 @@ def too_open(path: str) -> int | None:
     except FileNotFoundError:
         return None
     return mode if mode & 0o077 else None
+
+
+def storage_errors_unavailable(run_in_thread):
+    """
+    ``run_in_thread`` (``f(callable, *args) -> Deferred``) whose OSErrors of
+    a full or failing disk become :class:`Unavailable` (503).
+    """
+
+    def run(f, *args, **kwargs):
+        def failed(failure):
+            error = failure.value
+            problem = _STORAGE_ERRNOS.get(getattr(error, "errno", None)) if isinstance(error, OSError) else None
+            if problem is None:
+                return failure
+            raise Unavailable(f"the server cannot store data right now ({problem}): try again later")
+
+        return run_in_thread(f, *args, **kwargs).addErrback(failed)
+
+    return run

@@ -153,17 +153,17 @@ def build_service(config: Config, reactor):
     from wecompany.domain.recording import CallRecorder
     from wecompany.domain.sessions import SessionRegistry
     from wecompany.domain.tokens import TokenIssuer
+    from wecompany.privatefs import exposure_warnings, make_private_dir, storage_errors_unavailable
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
     from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.connections import AddressCounter, CappedFactory
     from wecompany.web.channel import TimeoutPolicy
-    from wecompany.web.site import TOO_MANY_CONNECTIONS, make_site
+    from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
     if config.database_kind != "sqlite":
         raise usage.UsageError("--database: only SQLite is supported so far")
-    from wecompany.privatefs import exposure_warnings, make_private_dir
 
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
@@ -175,7 +175,7 @@ def build_service(config: Config, reactor):
     hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     in_hash_pool = partial(deferToThreadPool, reactor, hash_pool)
-    in_disk_pool = partial(deferToThreadPool, reactor, disk_pool)
+    in_disk_pool = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
     store = SQLiteStore(sqlite_path, reactor=reactor)
     tokens = TokenIssuer(secret, reactor, ttl=config.token_ttl)
@@ -214,6 +214,7 @@ def build_service(config: Config, reactor):
                                  ping_timeout=config.ws_ping_timeout, allowed_origins=config.allowed_origins)
     metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
     site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
+                     free_space=partial(in_disk_pool, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
                      signaling=signaling,
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,

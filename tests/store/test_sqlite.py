@@ -71,6 +71,26 @@ class SQLiteOnlyTests(TestCase):
         for name in (path, f"{path}-wal", f"{path}-shm"):
             self.assertEqual(stat.S_IMODE(os.stat(name).st_mode), 0o600, name)
 
+    async def test_a_full_disk_is_unavailable_not_an_internal_error(self):
+        # SQLite's own SQLITE_FULL, as a full disk gives it: the database may not grow.
+        store = await self.open_store(self.mktemp())
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting("t", "", alice.id, NOW, None, 5, "video", None, SETTINGS, "r", NOW)
+        [(pages,)] = await query(store, "PRAGMA page_count")
+        await query(store, f"PRAGMA max_page_count = {pages}")
+        self.assertIsNone(store.storage_problem)
+        error = await self.assertFailure(store.add_meeting_message(meeting.id, alice.id, "x" * 5000, "text", NOW),
+                                         Unavailable)
+        self.assertIn("disk full", error.message)
+        await self.assertFailure(store.store_offline_message(StoredMessage(1, alice.id, alice.id, "y" * 9000, NOW)),
+                                 Unavailable)
+        self.assertEqual(store.storage_problem, "disk full")
+        self.assertEqual((await store.get_user(alice.id)).username, "alice")  # reads still work
+        self.assertTrue(await store.ping())
+        await query(store, f"PRAGMA max_page_count = {pages + 1000}")  # room again
+        await store.add_meeting_message(meeting.id, alice.id, "fits now", "text", NOW)
+        self.assertIsNone(store.storage_problem)
+
     async def test_connection_settings(self):
         store = await self.open_store(self.mktemp())
         settings = [

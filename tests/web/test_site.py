@@ -3,7 +3,7 @@
 import json
 
 from treq.testing import StubTreq
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import FakeClient
@@ -58,3 +58,58 @@ class HealthTests(SynchronousTestCase):
         treq = StubTreq(make_site(store).resource)
         response = self.successResultOf(treq.get("http://localhost/nope"))
         self.assertEqual(response.code, 404)
+
+
+class StorageHealthTests(SynchronousTestCase):
+    """With the disk full, /health must not say ok."""
+
+    def check(self, store, free_space=None):
+        from wecompany.web.site import HealthResource
+        return self.successResultOf(Deferred.fromCoroutine(HealthResource(store, free_space=free_space)._check()))
+
+    def started(self):
+        store = MemoryStore()
+        store.start()
+        return store
+
+    def test_a_store_that_cannot_write_is_503(self):
+        store = self.started()
+        store.storage_problem = "disk full"
+        status, body = self.check(store)
+        self.assertEqual((status, body["status"], body["database"], body["storage"]),
+                         (503, "unavailable", "ok", "disk full"))
+
+    def test_low_free_space_is_503(self):
+        from wecompany.web.site import MIN_FREE_BYTES
+        status, body = self.check(self.started(), lambda: succeed(MIN_FREE_BYTES - 1))
+        self.assertEqual((status, body["storage"], body["free_bytes"]), (503, "low", MIN_FREE_BYTES - 1))
+        status, body = self.check(self.started(), lambda: succeed(MIN_FREE_BYTES))
+        self.assertEqual((status, body["storage"]), (200, "ok"))
+
+    def test_a_failing_space_check_is_logged_not_fatal(self):
+        status, body = self.check(self.started(), lambda: fail(OSError("statvfs failed")))
+        self.assertEqual((status, body["storage"]), (200, "ok"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_free_bytes_of_a_real_directory(self):
+        from wecompany.web.site import free_bytes
+        self.assertGreater(free_bytes("."), 0)
+
+
+class DiskErrorTests(SynchronousTestCase):
+    def test_a_full_disk_is_unavailable(self):
+        import errno
+
+        from tests.helpers import synchronous_runner
+        from wecompany.errors import Unavailable
+        from wecompany.privatefs import storage_errors_unavailable
+        run = storage_errors_unavailable(synchronous_runner)
+
+        def write(error):
+            raise error
+
+        for number, text in ((errno.ENOSPC, "disk full"), (errno.EDQUOT, "quota"), (errno.EIO, "I/O")):
+            failure = self.failureResultOf(run(write, OSError(number, "no")), Unavailable)
+            self.assertIn(text, failure.value.message)
+        self.failureResultOf(run(write, FileNotFoundError(errno.ENOENT, "gone")), FileNotFoundError)
+        self.assertEqual(self.successResultOf(run(lambda: 5)), 5)

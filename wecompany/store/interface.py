@@ -8,11 +8,19 @@ PostgreSQL for clusters; both must pass the same ``tests/store`` suite.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IStore(Interface):
-    """Accounts, profiles, contacts, offline messages and files."""
+    """
+    Accounts, profiles, contacts, offline messages and files.
+
+    A write that fails because the storage is full or failing raises
+    :class:`wecompany.errors.Unavailable` (503), not the driver's error.
+    """
+
+    storage_problem = Attribute(
+        "Why the last write failed for want of storage (``'disk full'``...), until a write succeeds; or None.")
 
     def start():
         """Open the database and apply pending schema migrations. Deferred fires when ready."""

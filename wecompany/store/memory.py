@@ -131,6 +131,7 @@ class MemoryStore:
     _meetings: dict[int, MeetingRecord] = attrs.field(factory=dict, init=False)
     # By id. The names in these records are left empty: they are filled in
     # from _users and _profiles when read, as the SQL store's join does.
+    storage_problem: str | None = attrs.field(default=None, init=False)  # memory is never full
     _participants: dict[int, ParticipantRecord] = attrs.field(factory=dict, init=False)
     _meeting_messages: dict[int, MeetingMessageRecord] = attrs.field(factory=dict, init=False)
     _refresh_tokens: dict[str, RefreshTokenRecord] = attrs.field(factory=dict, init=False)

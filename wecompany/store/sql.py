@@ -211,6 +211,8 @@ class SQLStore:
     _close_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
 
     _start_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
+    #: Why the last write failed for want of storage ("disk full"...), until one succeeds; for /health.
+    storage_problem: str | None = attrs.field(default=None, init=False)
 
     #: Meeting messages waiting for the next group commit, at most this many;
     #: past it add_meeting_message answers Unavailable (503) at once.
@@ -313,7 +315,34 @@ class SQLStore:
         if self._messages_pending:
             # Messages asked for before this keep their place in the queue.
             self._flush_messages()
-        return self._pool.runInteraction(self._transaction, write, interaction, *args)
+        return self._watch_storage(self._pool.runInteraction(self._transaction, write, interaction, *args), write)
+
+    def _watch_storage(self, d: Deferred[Any], write: bool) -> Deferred[Any]:
+        """
+        A database whose disk is full, or failing, is unavailable (503), not
+        an internal error: say so to the caller, and keep it in
+        :attr:`storage_problem` (for ``/health``) until a write succeeds.
+        """
+        def succeeded(result: Any) -> Any:
+            if write and self.storage_problem is not None:
+                log.info("The database accepts writes again (after: {problem})", problem=self.storage_problem)
+                self.storage_problem = None
+            return result
+
+        def failed(failure: Failure) -> Failure:
+            problem = self._storage_problem_of(failure.value)
+            if problem is None:
+                return failure
+            if self.storage_problem is None:
+                log.error("The database cannot write: {problem}", problem=problem)
+            self.storage_problem = problem
+            raise Unavailable(f"the server cannot store data right now ({problem}): try again later")
+
+        return d.addCallbacks(succeeded, failed)
+
+    def _storage_problem_of(self, error: BaseException) -> str | None:
+        """What is wrong with the storage when ``error`` says so (per driver), else None."""
+        return None
 
     def _transaction(self, txn: Any, write: bool, interaction: Callable[..., Any], *args: object) -> Any:
         # adbapi commits when the interaction returns and rolls back when it raises.
@@ -926,7 +955,7 @@ class SQLStore:
         assert self._pool is not None
         d = self._pool.runInteraction(self._transaction, True, self._add_meeting_messages_txn,
                                       [item for item, _ in batch])
-        d.addBoth(self._messages_committed, [waiter for _, waiter in batch])
+        self._watch_storage(d, write=True).addBoth(self._messages_committed, [waiter for _, waiter in batch])
 
     def _messages_committed(self, outcome: list[Any] | Failure, waiters: list[Deferred[Any]]) -> None:
         self._message_batches -= 1

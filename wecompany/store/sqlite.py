@@ -95,6 +95,14 @@ class SQLiteStore(SQLStore):
     def _make_pool(self) -> ConnectionPool:
         return connection_pool(self._path, self._reactor)
 
+    def _storage_problem_of(self, error: BaseException) -> str | None:
+        name = getattr(error, "sqlite_errorname", "") if isinstance(error, sqlite3.Error) else ""
+        if name == "SQLITE_FULL":
+            return "disk full"
+        if name.startswith("SQLITE_IOERR"):
+            return "disk I/O error"
+        return None
+
     def _clock(self):
         return self._reactor
 

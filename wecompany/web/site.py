@@ -7,6 +7,7 @@ beside each other; ``/health`` is here from the start.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -19,21 +20,35 @@ from wecompany.web.multipart import FormLimits
 from wecompany.web.request import DEFAULT_MAX_BODY, LimitedRequest
 
 
+#: Below this much free space where the data lives, /health reports the storage as low (503).
+MIN_FREE_BYTES = 64 << 20
+
+
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged process may still write on ``path``'s file system (blocking: run in a thread)."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
 class HealthResource(Resource):
     """
-    ``GET /health``: 200 when the database answers, 503 otherwise; JSON body
-    ``{"status": "ok"|"unavailable", "database": ..., "version": ...,
-    "online_users": N, "active_calls": N}``.
+    ``GET /health``: 200 when the database answers and can store, 503
+    otherwise; JSON body ``{"status": "ok"|"unavailable", "database": ...,
+    "storage": "ok"|"full"|"low"|..., "version": ..., "online_users": N,
+    "active_calls": N}`` (and ``free_bytes`` where the data lives, when a
+    ``free_space`` check is given: a callable -> Deferred of bytes free).
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, store, registry=None, calls=None) -> None:
+    def __init__(self, store, registry=None, calls=None, free_space=None, min_free: int = MIN_FREE_BYTES) -> None:
         super().__init__()
         self.store = store
         self.registry = registry
         self.calls = calls
+        self.free_space = free_space
+        self.min_free = min_free
 
     def render_GET(self, request):
         gone: list = []
@@ -50,16 +65,31 @@ class HealthResource(Resource):
             db_ok = bool(await self.store.ping())
         except Exception:
             db_ok = False
+        # A database that answers reads may still be unable to write (disk full).
+        storage = getattr(self.store, "storage_problem", None) or "ok"
+        free = None
+        if self.free_space is not None:
+            try:
+                free = await self.free_space()
+            except Exception:
+                self.log.failure("checking free disk space failed")
+            else:
+                if free < self.min_free and storage == "ok":
+                    storage = "low"
+        ok = db_ok and storage == "ok"
         body = {
-            "status": "ok" if db_ok else "unavailable",
+            "status": "ok" if ok else "unavailable",
             "database": "ok" if db_ok else "unavailable",
+            "storage": storage,
             "version": __version__,
         }
+        if free is not None:
+            body["free_bytes"] = free
         if self.registry is not None:
             body["online_users"] = self.registry.online_count
         if self.calls is not None:
             body["active_calls"] = self.calls.active_count
-        return (200 if db_ok else 503), body
+        return (200 if ok else 503), body
 
     def _respond(self, result, request, gone) -> None:
         status, body = result
@@ -153,7 +183,7 @@ def _static_route(path: bytes) -> str:
 
 
 def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=None,
-              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None) -> Site:
+              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
     and ``/ws/signaling`` when a signaling factory is.
@@ -162,7 +192,7 @@ def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=
         from twisted.internet.task import Clock
         reactor = Clock()
     root = Resource()
-    root.putChild(b"health", HealthResource(store, registry, calls))
+    root.putChild(b"health", HealthResource(store, registry, calls, free_space))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
     if api is not None:
