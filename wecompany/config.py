@@ -431,6 +431,10 @@ class Config:
     ws_ping_interval: float = _option(30.0, parse_seconds, "seconds between WebSocket pings the server sends")
     ws_ping_timeout: float = _option(60.0, parse_seconds,
                                      "seconds a WebSocket client has to answer a ping before it is dropped")
+    ws_fast_path: bool = _option(True, parse_bool,
+                                 "take whole WebSocket text frames and write prepared ones without Autobahn's "
+                                 "per-frame machinery (relies on Autobahn internals, checked at start; "
+                                 "--no-ws-fast-path serves plain Autobahn)")
     allowed_origins: tuple = _option("*", parse_origins,
                                      "comma-separated origins allowed to open signaling connections "
                                      "(* for any; wildcards such as https://*.example.com)")

@@ -107,6 +107,10 @@ def makeService(options, reactor=None):
     # (its own files are made 0600/0700 explicitly; this covers the log file
     # twistd opens next). twistd applies an explicit --umask after this.
     os.umask(0o077)
+    # Autobahn schedules its timers (pings, handshake timeouts) through
+    # txaio's loop: the daemon's reactor, set the way txaio documents.
+    import txaio
+    txaio.config.loop = reactor
     return build_service(options.config, reactor)
 
 
@@ -211,7 +215,8 @@ def build_service(config: Config, reactor):
     signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor,
                                  max_message=config.ws_max_message, message_rate=config.ws_rate,
                                  message_burst=config.ws_burst, ping_interval=config.ws_ping_interval,
-                                 ping_timeout=config.ws_ping_timeout, allowed_origins=config.allowed_origins)
+                                 ping_timeout=config.ws_ping_timeout, allowed_origins=config.allowed_origins,
+                                 fast_path=config.ws_fast_path)
     metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
     site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
                      free_space=partial(in_disk_pool, free_bytes, config.data_dir),

@@ -31,9 +31,10 @@ class DaemonTestCase(TestCase):
     """Helpers shared by the end-to-end tests."""
 
     timeout = 60
+    daemon_args: tuple[str, ...] = ()  # options every daemon of the test case gets
 
     async def start_daemon(self, *extra_args: str) -> Daemon:
-        return await Daemon(self, *extra_args).start()
+        return await Daemon(self, *self.daemon_args, *extra_args).start()
 
     async def connect(self, daemon: Daemon, name: str) -> Client:
         return await connect(self, daemon.tcp_port, name)

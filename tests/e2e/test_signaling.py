@@ -125,6 +125,7 @@ class SignalingEndToEndTests(MeetingPeople, DaemonTestCase):
         code, body = await http.call("GET", f"/api/v1/meetings/{mid}/participants", token=people["alice"][1])
         states = {p["username"]: p["status"] for p in body["data"]}
         self.assertEqual(states["bob"], "left")
+        self.assertNotIn("fast path off", daemon.log_text())  # its checks passed on this Autobahn
 
     async def test_chat_survives_a_crash_and_the_room_follows_its_meeting(self) -> None:
         daemon = await self.start_daemon()
@@ -280,3 +281,9 @@ class SignOutEndToEndTests(MeetingPeople, DaemonTestCase):
         fresh = body["data"]["token"]
         self.assertEqual((await http.call("GET", "/api/v1/users/profile", token=fresh))[0], 200)
         await (await self.connect(daemon, "alice-new")).login_token(fresh)
+
+
+class PlainAutobahnEndToEndTests(SignalingEndToEndTests):
+    """The same, with the signaling fast path off: plain Autobahn serves."""
+
+    daemon_args = ("--no-ws-fast-path",)

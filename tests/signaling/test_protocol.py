@@ -662,14 +662,13 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 class WireTests(SignalingTestCase):
     """The real protocol on a StringTransport: handshake bytes in, WebSocket frames out."""
 
-    def open(self, name: str, protocol=None):
+    def open(self, name: str, record: bool = False):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
         self.rest_join(name)
         proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-        if protocol is not None:
-            proto = protocol()
-            proto.factory = self.factory
+        if record:
+            recording(proto)
 
         class TCPTransport(StringTransport):
             no_delay = False
@@ -714,15 +713,11 @@ class WireTests(SignalingTestCase):
         self.assertEqual(self.api.rooms.room_count(), 0)
 
 
-class RecordingProtocol(SignalingProtocol):
-    """The real receiving path, with the messages it delivers recorded."""
-
-    def __init__(self):
-        super().__init__()
-        self.got: list[tuple[bytes, bool]] = []
-
-    def onMessage(self, payload, isBinary):
-        self.got.append((payload, isBinary))
+def recording(proto):
+    """The real receiving path of ``proto``, with the messages it delivers recorded in ``proto.got``."""
+    proto.got = []
+    proto.onMessage = lambda payload, isBinary: proto.got.append((payload, isBinary))
+    return proto
 
 
 class ReceivingTests(WireTests):
@@ -737,7 +732,7 @@ class ReceivingTests(WireTests):
         return [("é€" * size)[:size].encode()[:size].decode("utf-8", "ignore").encode() for size in sizes]
 
     def test_text_frames_of_every_length(self):
-        proto, wire = self.open("alice", RecordingProtocol)
+        proto, wire = self.open("alice", record=True)
         payloads = self.payloads()
         frames = [client_frame(p, mask=bytes((i, 255 - i, 7, i * 3 % 256))) for i, p in enumerate(payloads)]
         proto.dataReceived(b"".join(frames))  # all at once
@@ -750,7 +745,7 @@ class ReceivingTests(WireTests):
         self.assertFalse(wire.disconnecting)
 
     def test_mixed_with_what_autobahn_handles(self):
-        proto, wire = self.open("alice", RecordingProtocol)
+        proto, wire = self.open("alice", record=True)
         big = b"x" * 70_000  # a 64-bit length
         stream = (client_frame(b"one") + client_frame(b"ping!", opcode=9) + client_frame(b"two")
                   + client_frame(b"frag", fin=False) + client_frame(b"ment", opcode=0)
@@ -764,14 +759,14 @@ class ReceivingTests(WireTests):
         self.assertEqual([(op, p) for op, p in server_frames(wire.value())], [(10, b"ping!")])  # the pong
 
     def test_invalid_utf8_fails_the_connection(self):
-        proto, wire = self.open("alice", RecordingProtocol)
+        proto, wire = self.open("alice", record=True)
         proto.dataReceived(client_frame(b"fine") + client_frame(b"\xff\xfe bad") + client_frame(b"never"))
         self.assertEqual(proto.got, [(b"fine", False)])
         # Autobahn fails the connection (by dropping it, its default for a server).
         self.assertTrue(wire.disconnecting)
 
     def test_unmasked_client_frame_is_a_protocol_violation(self):
-        proto, wire = self.open("alice", RecordingProtocol)
+        proto, wire = self.open("alice", record=True)
         proto.dataReceived(client_frame(b"unmasked", masked=False))
         self.assertEqual(proto.got, [])
         self.assertTrue(wire.disconnecting)
@@ -781,10 +776,14 @@ class PingTimeoutTests(WireTests):
     """Protocol-level pings on the injected clock: a silent client is dropped, a live one is not."""
 
     def setUp(self):
+        import txaio
         super().setUp()
+        # Autobahn's timers run on txaio's loop: the daemon sets its reactor there, this test its clock.
+        previous, txaio.config.loop = txaio.config.loop, self.api.clock
+        self.addCleanup(setattr, txaio.config, "loop", previous)
         self.factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
                                         chat=self.api.domain.chat, clock=self.api.clock, reactor=self.api.clock,
-                                        ping_interval=30, ping_timeout=60)
+                                        ping_interval=30, ping_timeout=60, **self.factory_options)
 
     def pings(self, transport) -> list[bytes]:
         frames = server_frames(transport.value())
@@ -817,3 +816,33 @@ class PingTimeoutTests(WireTests):
         self.assertEqual(alice_text, ["user-left", "room-info"])
         alice.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.api.rooms.room_count(), 0)
+
+
+class PlainAutobahnReceivingTests(ReceivingTests):
+    """The same, with the fast path off: Autobahn's public path alone."""
+
+    factory_options = {"fast_path": False}
+
+
+class PlainAutobahnPingTimeoutTests(PingTimeoutTests):
+    factory_options = {"fast_path": False}
+
+
+class FastPathTakenTests(WireTests):
+    """The fast path is really taken when it is on, and never when it is off."""
+
+    def autobahn_calls(self):
+        proto, wire = self.open("alice", record=True)
+        calls = []
+        real = proto._dataReceived
+        proto._dataReceived = lambda data: (calls.append(data), real(data))
+        proto.dataReceived(client_frame(b'{"type":"ping"}') + client_frame(b'{"type":"ping"}'))
+        self.assertEqual(len(proto.got), 2)
+        return calls
+
+    def test_whole_text_frames_skip_autobahn(self):
+        self.assertEqual(self.autobahn_calls(), [])
+
+    def test_with_it_off_autobahn_parses_everything(self):
+        self.factory.fast_path = False
+        self.assertEqual(len(self.autobahn_calls()), 1)

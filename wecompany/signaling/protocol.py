@@ -19,7 +19,6 @@ from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from txaio._common import _BatchedTimer
 from zope.interface import implementer
 
 from wecompany.api.envelope import rfc3339
@@ -250,66 +249,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         return message
 
     def _send_prepared(self, message: PreparedMessage) -> None:
-        # Straight to the transport when Autobahn has nothing queued of its
-        # own: its sendPreparedMessage -> sendData formats debug-log arguments
-        # on every call, logged or not (11.5 us a message against 0.4 us for
-        # the write; a chat to a room of 10 is 10 of them).
-        if self.send_queue or self._perMessageCompress is not None:
-            self.sendPreparedMessage(message)
-        else:
-            self.transport.write(message.payloadHybi)
-
-    def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own formats a debug-log line's arguments on every call,
-        # logged or not (a third of the cost of a message), and then parses
-        # each frame through a dozen calls and a native masker made for it.
-        # Whole single-frame text messages -- nearly everything signaling
-        # clients send -- are taken here when Autobahn holds nothing of its
-        # own; anything else (control frames, fragments, partial frames,
-        # large or invalid ones) goes to Autobahn, which applies the RFC.
-        if (self.state == self.STATE_OPEN and not self.data and self.current_frame is None
-                and not self.inside_message and self._perMessageCompress is None):
-            pos = self._take_text_frames(data)
-            if pos:
-                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                    self._cancelAutoPingTimeoutCall()  # any traffic shows the peer is alive
-                data = data[pos:]
-                if not data or self.state == self.STATE_CLOSED:
-                    return
-        self._dataReceived(data)
-
-    def _take_text_frames(self, data: bytes) -> int:
-        """Deliver the whole, valid, masked text frames at the start of ``data``; -> bytes used."""
-        pos, end = 0, len(data)
-        limit = min(n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize, 0xFFFF) if n)
-        while end - pos >= 6 and data[pos] == 0x81 and data[pos + 1] & 0x80 and self.state == self.STATE_OPEN:
-            length, head = data[pos + 1] & 0x7F, pos + 2
-            if length == 126:
-                length, head = int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
-                if length < 126:
-                    break  # not the minimal encoding: a violation for Autobahn to fail
-            elif length == 127:
-                break
-            start = head + 4
-            if length > limit or start + length > end:
-                break
-            key = int.from_bytes(data[head:start] * ((length + 3) // 4), "big") >> (8 * (-length % 4))
-            payload = (int.from_bytes(data[start:start + length], "big") ^ key).to_bytes(length, "big")
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                break  # Autobahn fails the connection (1007), as the RFC asks
-            pos = start + length
-            self.onMessage(payload, False)
-        return pos
-
-    def onMessageEnd(self) -> None:
-        # Autobahn's own also fires its "message" observers (this protocol
-        # has none) through a txaio Deferred per message, about a sixth of
-        # the daemon's time in a busy room. What it does besides is this.
-        if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None
+        self.sendPreparedMessage(message)
 
     def send_media(self, call_id, data) -> bool:
         return False  # media goes peer to peer (WebRTC), not through signaling
@@ -351,15 +291,28 @@ class SignalingFactory(WebSocketServerFactory):
     """
     :param accounts: token check. :param rooms: RoomService. :param chat:
     ChatService (presence: a signaling user is online). Limits from config.
+    :param fast_path: serve :class:`~wecompany.signaling.fastpath.FastPathProtocol`,
+        which relies on Autobahn internals, while its checks hold; otherwise
+        (or when they fail) plain, public Autobahn serves.
+
+    Autobahn's timers (pings, their timeouts, handshake timeouts) run on
+    txaio's loop, which the composition root sets (``txaio.config.loop``).
     """
 
     protocol = SignalingProtocol
+    log = Logger()
 
     def __init__(self, *, accounts, rooms, chat, clock, max_message: int = 1 << 20,
                  message_rate: float = 50.0, message_burst: float = 100.0, ping_interval: float = 30.0,
                  ping_timeout: float = 60.0, allowed_origins=("*",), max_send_buffer: int | None = None,
-                 reactor=None) -> None:
+                 reactor=None, fast_path: bool = True) -> None:
         super().__init__(reactor=reactor)
+        self.fast_path = fast_path
+        self.fast_path_checked = False
+        if fast_path:
+            from wecompany.signaling import fastpath  # it builds on this module
+            self.protocol = fastpath.FastPathProtocol
+            fastpath.check_at_start(self)
         self.accounts = accounts
         self.rooms = rooms
         self.chat = chat
@@ -374,14 +327,16 @@ class SignalingFactory(WebSocketServerFactory):
         self._origins = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         # Autobahn closes (1009) past its own limit; up to ours, a message is
         # answered with an error instead and the connection stays open.
-        if reactor is not None:
-            # Autobahn schedules pings, their timeouts and handshake timeouts
-            # through txaio's global reactor; here they run on the injected one.
-            self._batched_timer = _BatchedTimer(200.0, 1000, seconds_provider=reactor.seconds,
-                                                delayed_call_creator=reactor.callLater)
         self.setProtocolOptions(maxMessagePayloadSize=max_message * 4, maxFramePayloadSize=max_message * 4,
                                 autoPingInterval=ping_interval or None, autoPingTimeout=ping_timeout or None,
                                 openHandshakeTimeout=10)
+
+    def disable_fast_path(self, problems: list[str]) -> None:
+        """An Autobahn internal the fast path uses has changed: serve plain Autobahn from now on."""
+        if self.fast_path:
+            self.fast_path = False
+            self.log.error("signaling fast path off, plain Autobahn serves instead: {problems}",
+                           problems="; ".join(problems))
 
     def origin_allowed(self, origin: str | None) -> bool:
         """
