@@ -103,9 +103,9 @@ class ProtocolTestCase(SynchronousTestCase):
     def connect(self, host=None) -> Conn:
         return Conn(self.factory, host or next(self._hosts))
 
-    def login(self, username: str, register: bool = True) -> tuple[Conn, str]:
+    def login(self, username: str, register: bool = True, host: str | None = None) -> tuple[Conn, str]:
         """A logged-in connection and its user id (registering the account on first use)."""
-        conn = self.connect()
+        conn = self.connect(host)
         exists = self.domain.registry.find_online(username) is not None or \
             self.domain.store.get_user_by_username(username).result is not None
         t = MsgType.LOGIN if exists or not register else MsgType.REGISTER
@@ -838,3 +838,35 @@ class RealtimeTuningTests(ProtocolTestCase):
         proto.makeConnection(transport)
         self.assertTrue(transport.nodelay)
         self.assertEqual(transport.bufferSize, 256 << 10)
+
+
+class FuzzTests(ProtocolTestCase):
+    """
+    Random frames at a logged-in connection (and one that is not): nothing
+    escapes the protocol, every answer is a whole frame, and a connection
+    is at worst closed, never left inconsistent.
+    """
+
+    def test_random_frames(self):
+        from hypothesis import given, settings, strategies as st
+
+        types = st.sampled_from(list(range(0x00, 0x12)) + [0x20, 0xFF])
+        frames = st.lists(st.tuples(types, st.binary(max_size=80)), min_size=1, max_size=6)
+
+        @settings(max_examples=300)
+        @given(frames, st.booleans(), st.sampled_from([1, 5, 1000]))
+        def check(bodies, logged_in, cut):
+            n = next(self._names)
+            host = f"10.{n // 250 + 1}.{n % 250}.9"
+            conn = self.login(f"fuzz{n}", host=host)[0] if logged_in else self.connect(host)
+            data = b"".join(frame(bytes((t,)) + rest) for t, rest in bodies)
+            for start in range(0, len(data), cut):
+                conn.proto.dataReceived(data[start:start + cut])
+            parse_frames(conn.transport.value())  # asserts every answer is a whole frame
+            self.clock.advance(2)  # a close after a failed login comes a moment later
+            if conn.closed:
+                conn.proto.connectionLost(None)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+        self._names = iter(range(10**6))
+        check()
