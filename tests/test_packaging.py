@@ -50,3 +50,13 @@ class ReadmeTests(SynchronousTestCase):
         self.assertIn("twisted.trial tests", command)
         self.assertIn(f"    {command}\n", REPO_ROOT.child("README.rst").getContent().decode("utf-8"))
         self.assertTrue(os.access(REPO_ROOT.child(".ci").child("run").path, os.X_OK))
+
+
+class ReadmeOptionsTests(SynchronousTestCase):
+    def test_the_options_table_lists_every_option(self):
+        import attrs
+
+        from wecompany.config import Config
+        readme = REPO_ROOT.child("README.rst").getContent().decode("utf-8")
+        listed = {line.split()[0][2:] for line in readme.splitlines() if line.startswith("    --")}
+        self.assertEqual(listed, {field.name.replace("_", "-") for field in attrs.fields(Config)})
