@@ -354,6 +354,10 @@ def _raise_child_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# Every client of a benchmark is 127.0.0.1: lift the per-address connection cap.
+LOOPBACK_CLIENTS = ("--max-connections-per-address", "1000000")
+
+
 class Daemon:
     """
     The real daemon: ``twistd -n wecompany`` on free loopback ports.
@@ -383,7 +387,7 @@ class Daemon:
                "-n", "--pidfile=", f"--logfile={self.logfile}", "wecompany",
                "--port", f"tcp:{self.port}:interface=127.0.0.1{self.port_options}",
                "--http-port", f"tcp:{self.http_port}:interface=127.0.0.1",
-               "--data-dir", self.data_dir, *self.args]
+               "--data-dir", self.data_dir, *LOOPBACK_CLIENTS, *self.args]
         self.proc = subprocess.Popen(cmd, env=clean_env(), cwd=self.data_dir, preexec_fn=_raise_child_nofile,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

@@ -4,8 +4,9 @@ REST benchmark: cheap authenticated routes, quiet and while logins hash.
 ``--users`` accounts (one shared argon2id hash of the bench password, made
 before the daemon starts) and ``--meetings`` meetings (created through
 ``POST /api/v1/meetings`` once it runs). The daemon is started with
-``--auth-rate 100000 --auth-burst 100000``: the auth routes are rate-limited
-per client address, and every client here is 127.0.0.1.
+``--auth-rate 100000 --auth-burst 100000 --login-failures-per-address 100000``:
+auth requests, and password checks under way or failed, are limited per
+client address, and every client here is 127.0.0.1.
 
 ``--concurrency`` (50) keep-alive connections, each a closed loop (next request
 when the answer arrives, like ``wrk``), run ``GET /api/v1/meetings?page=1&page_size=10``
@@ -54,7 +55,7 @@ ROUTES = {
     "meetings": "/api/v1/meetings?page=1&page_size=10",
     "profile": "/api/v1/users/profile",
 }
-DAEMON_ARGS = ("--auth-rate", "100000", "--auth-burst", "100000")
+DAEMON_ARGS = ("--auth-rate", "100000", "--auth-burst", "100000", "--login-failures-per-address", "100000")
 
 
 # -- the login client (a process of its own) ---------------------------------------------------

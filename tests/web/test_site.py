@@ -91,6 +91,18 @@ class StorageHealthTests(SynchronousTestCase):
         self.assertEqual((status, body["storage"]), (200, "ok"))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
+    def test_the_disk_is_looked_at_at_most_once_a_second(self):
+        from twisted.internet.task import Clock
+
+        from wecompany.web.site import HealthResource
+        clock, looks = Clock(), []
+        health = HealthResource(self.started(), free_space=lambda: looks.append(1) or succeed(10**12), clock=clock)
+        for _ in range(50):  # a flood of checks
+            self.successResultOf(Deferred.fromCoroutine(health._check()))
+        clock.advance(1)
+        self.successResultOf(Deferred.fromCoroutine(health._check()))
+        self.assertEqual(len(looks), 2)
+
     def test_free_bytes_of_a_real_directory(self):
         from wecompany.web.site import free_bytes
         self.assertGreater(free_bytes("."), 0)

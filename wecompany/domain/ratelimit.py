@@ -31,10 +31,13 @@ class FailureCounter:
     def check(self, key: str) -> None:
         """Raise :class:`RateLimited` when ``key`` has no attempt left."""
         entry = self._entry(key, create=False)
-        if entry is not None and entry[1] + entry[2] >= self.max_failures:
-            first = entry[0] if entry[0] is not None else self._clock.seconds()
-            retry = max(1.0, first + self.window - self._clock.seconds())
-            raise RateLimited("too many failed attempts, try again later", retry_after=retry)
+        if entry is None or entry[1] + entry[2] < self.max_failures:
+            return
+        if entry[1] < self.max_failures:
+            # Not failures yet, only attempts under way that could all become one.
+            raise RateLimited("too many attempts under way, try again shortly", retry_after=1.0)
+        retry = max(1.0, entry[0] + self.window - self._clock.seconds())
+        raise RateLimited("too many failed attempts, try again later", retry_after=retry)
 
     def reserve(self, key: str) -> None:
         """:meth:`check`, then hold one attempt for ``key`` until :meth:`settle`."""

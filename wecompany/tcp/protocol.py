@@ -33,10 +33,6 @@ from wecompany.tcp.codec import MsgType
 
 _U32 = struct.Struct(">I")
 
-
-def _frame(body: bytes) -> bytes:
-    return _U32.pack(len(body)) + body
-
 # Room left in a frame for the headers the server adds when it forwards a
 # client's payload (sender id, message id, call id...).
 FORWARD_OVERHEAD = 512
@@ -45,6 +41,11 @@ FILE_TYPE = MsgType.FILE
 _FILE_CHUNK = bytes((codec.FILE_CHUNK,))
 MEDIA_TYPE = MsgType.MEDIA_DATA
 AUTH_TYPES = (MsgType.LOGIN, MsgType.REGISTER, MsgType.AUTH_TOKEN)
+
+
+def _frame(body: bytes) -> bytes:
+    """``body`` with its u32 length prefix, as it goes on the wire."""
+    return _U32.pack(len(body)) + body
 
 
 class LoginTimeout(Unauthenticated):
@@ -168,7 +169,7 @@ class WeCompanyProtocol(Int32StringReceiver):
             self._closing = True
             self.transport.abortConnection()
             return False
-        self.transport.write(_U32.pack(len(body)) + body)
+        self.transport.write(_frame(body))
         return True
 
     def send_error(self, error: WeCompanyError, offending_type: int = codec.NO_TYPE) -> None:
