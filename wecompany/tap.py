@@ -138,7 +138,7 @@ def build_service(config: Config, reactor):
     from twisted.python.threadpool import ThreadPool
 
     from wecompany.api.app import RestAPI
-    from wecompany.api.envelope import rfc3339
+    from wecompany.times import rfc3339
     from wecompany.api.metrics import Metrics
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret

@@ -14,7 +14,7 @@ from wecompany.domain.ice import IceServers
 from wecompany.domain.lifecycle import AccountLifecycle
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.rooms import RoomService
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 from wecompany.domain.ratelimit import KeyedRateLimiter
 from wecompany.web.site import make_site
 

@@ -3,7 +3,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import Api
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 
 
 class MeetingFlowTests(SynchronousTestCase):

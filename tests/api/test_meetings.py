@@ -11,7 +11,7 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import Api
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 
 MEETINGS = "/api/v1/meetings"
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

@@ -16,7 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.e2e.daemon import Daemon, daemon_environment
 from tests.e2e.test_daemon import DaemonTestCase
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 
 PASSWORD = "Secret-pass1"
 # A fixed seed: the same inputs every run, so a CI failure can be replayed.

@@ -12,7 +12,7 @@ import math
 
 import attrs
 
-from wecompany.api.envelope import parse_rfc3339
+from wecompany.times import parse_rfc3339
 from wecompany.domain.ids import MAX_ID
 from wecompany.errors import InvalidInput
 from wecompany.jsontext import decode_json

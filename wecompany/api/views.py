@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 
 
 def user_view(user, profile=None) -> dict:

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wecompany.api.envelope import rfc3339
+from wecompany.times import rfc3339
 from wecompany.backpressure import SendGate, no_delay
 from wecompany.domain.interfaces import IClient
 from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from twisted.web.http import HTTPChannel
 
-from wecompany.api.envelope import dumps, rfc3339
+from wecompany.api.envelope import dumps
+from wecompany.times import rfc3339
 
 NEW, IDLE, HEAD, BODY, BUSY = "new", "idle", "head", "body", "busy"
 

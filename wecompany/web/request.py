@@ -21,7 +21,8 @@ from io import BytesIO
 from twisted.web.http import RESPONSES
 from twisted.web.server import Request
 
-from wecompany.api.envelope import dumps, request_id_for, rfc3339
+from wecompany.api.envelope import dumps, request_id_for
+from wecompany.times import rfc3339
 from wecompany.errors import TooLarge, WeCompanyError
 from wecompany.web.multipart import FormLimits, StreamingForm, boundary_of
 

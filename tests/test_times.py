@@ -1,4 +1,4 @@
-"""The envelope's helpers: RFC 3339 time stamps both ways."""
+"""RFC 3339 time stamps both ways (wecompany.times)."""
 
 import datetime
 import math
@@ -6,7 +6,7 @@ import math
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from wecompany.api.envelope import MAX_TIME, MIN_TIME, parse_rfc3339, rfc3339
+from wecompany.times import MAX_TIME, MIN_TIME, parse_rfc3339, rfc3339
 
 UTC = datetime.timezone.utc
 ZONES = st.builds(lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes)),
