@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from zope.interface import implementer
 
+from wecompany.domain.core import HashCost
 from wecompany.domain.interfaces import IClient
 from wecompany.domain.sessions import Identity
 
@@ -46,45 +47,38 @@ def synchronous_runner(f, *args, **kwargs):
     return defer.maybeDeferred(f, *args, **kwargs)
 
 
-class Domain:
+TEST_SECRET = b"k" * 32
+# The cheapest argon2id parameters: the tests check behaviour, not strength.
+CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def make_domain(test, clock=None, mailer=None, **options):
     """
-    The whole domain wired as the composition root wires it, on a fake clock
-    and the in-memory store, with hashing and disk work run in place.
+    The daemon's domain, built by the daemon's own :func:`build_domain`, on
+    a fake clock (at 2023-11-14), the in-memory store and runners that do
+    their thread work in place. ``options`` are :class:`Config` fields; the
+    per-address auth budget is lifted unless given (many tests log in from
+    one address).
     """
+    from twisted.internet.task import Clock
 
-    def __init__(self, media_dir: str, clock=None, ring_timeout=30.0, max_duration=3600.0,
-                 chunk_size=16, recorder=None):
-        from twisted.internet.task import Clock
+    from wecompany.config import Config
+    from wecompany.domain.core import build_domain
+    from wecompany.store.memory import MemoryStore
 
-        from wecompany.domain.accounts import Accounts
-        from wecompany.domain.calls import CallService
-        from wecompany.domain.chat import ChatService
-        from wecompany.domain.files import FileService
-        from wecompany.domain.ids import IdGenerator
-        from wecompany.domain.passwords import PasswordHasher
-        from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
-        from wecompany.domain.sessions import SessionRegistry
-        from wecompany.domain.tokens import TokenIssuer
-        from wecompany.store.memory import MemoryStore
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+    options = {"auth_rate": 1000, "auth_burst": 1000, **options}
+    store = MemoryStore()
+    store.start()
+    return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
+                        run_hash=synchronous_runner, run_disk=synchronous_runner, hash_cost=CHEAP_HASH,
+                        mailer=mailer, id_node=1)
 
-        self.clock = clock or Clock()
-        self.clock.advance(1_700_000_000)
-        self.store = MemoryStore()
-        self.store.start()
-        # The cheapest argon2id parameters: the tests check behaviour, not strength.
-        self.hasher = PasswordHasher(synchronous_runner, time_cost=1, memory_cost=8, parallelism=1)
-        self.tokens = TokenIssuer(b"k" * 32, self.clock)
-        self.guard = LoginGuard(self.clock, per_address=20, per_target=5, window=60)
-        self.auth_limiter = KeyedRateLimiter(self.clock, 1000, 1000)
-        self.accounts = Accounts(self.store, self.hasher, self.tokens, self.clock, self.guard)
-        self.registry = SessionRegistry()
-        self.calls = CallService(self.clock, ring_timeout, max_duration, recorder=recorder)
-        self.chat = ChatService(self.store, self.registry, self.calls, IdGenerator(self.clock, node=1), self.clock)
-        self.files = FileService(self.store, self.chat, media_dir, synchronous_runner, self.clock,
-                                 chunk_size=chunk_size)
-        self.chat.files = self.files
 
-    def make_user(self, username: str, password: str = "Secret-pass1") -> int:
-        from twisted.internet.defer import Deferred
-        d = Deferred.fromCoroutine(self.accounts.register(username, password))
-        return d.result.id
+def make_user(domain, username: str, password: str = "Secret-pass1") -> int:
+    """Register ``username`` (at once: everything runs in place) -> its id."""
+    from twisted.internet.defer import Deferred
+    d = Deferred.fromCoroutine(domain.accounts.register(username, password))
+    return d.result.id

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain
+from tests.helpers import make_domain
 from wecompany.connections import AddressCounter, CappedFactory, address_key
 from wecompany.tcp import codec
 from wecompany.tcp.protocol import WeCompanyFactory
@@ -87,9 +87,8 @@ class CappedFactoryTests(SynchronousTestCase):
 
 class TcpCapTests(SynchronousTestCase):
     def test_the_tcp_port_refuses_with_an_error_frame(self):
-        d = Domain(self.mktemp())
-        factory = WeCompanyFactory(chat=d.chat, accounts=d.accounts, calls=d.calls, clock=d.clock,
-                                   auth_limiter=d.auth_limiter, connection_cap=AddressCounter(2))
+        d = make_domain(self)
+        factory = WeCompanyFactory(d, connection_cap=AddressCounter(2))
         kept = [connect(factory, "10.0.0.1") for _ in range(2)]
         _, transport = connect(factory, "10.0.0.1")
         (length,) = struct.unpack(">I", transport.value()[:4])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -98,7 +99,9 @@ class RecordingCalls(CallService):
 
 class RecordingFactory(WeCompanyFactory):
     def __init__(self, events: list, clock, calls) -> None:
-        super().__init__(chat=None, accounts=None, calls=calls, auth_limiter=None, clock=clock)
+        # Only the calls and the clock of a domain take part in a shutdown.
+        super().__init__(SimpleNamespace(chat=None, accounts=None, calls=calls, files=None, auth_limiter=None,
+                                         clock=clock))
         self.events = events
 
     def shutdown(self, grace: float = 3.0) -> Deferred:
@@ -362,10 +365,12 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, WeCompanyService)
         self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
         tcp, http = service.listeners
+        self.assertEqual(self.reactor.tcpServers, [])  # nothing listens until the service starts
         for listener_, port, interface in ((tcp, 7001, "127.0.0.1"), (http, 7002, "")):
             self.assertIsInstance(listener_.endpoint, TCP4ServerEndpoint)
-            self.assertEqual((listener_.endpoint._port, listener_.endpoint._interface), (port, interface))
-            self.assertIs(listener_.endpoint._reactor, self.reactor)
+            # Listening shows where, and on which reactor (nothing listened before this).
+            listener_.endpoint.listen(listener_.factory)
+            self.assertEqual(self.reactor.tcpServers[-1][0::3], (port, interface))
         self.assertIs(tcp.factory, service.tcp_factory)
         self.assertIsInstance(tcp.factory, WeCompanyFactory)
         self.assertIsInstance(http.factory, CappedFactory)  # connections per address counted
@@ -382,8 +387,6 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(service.collector, CollectorTuning())  # the daemon's, on the real gc module
         self.assertIsNotNone(service.files)
         self.assertEqual(service.reactor, self.reactor)
-        # Nothing listens until the service starts.
-        self.assertEqual(self.reactor.tcpServers, [])
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))
 
     def test_a_fresh_data_directory_is_private_whatever_the_umask(self) -> None:
@@ -425,7 +428,8 @@ class BuildServiceTests(SynchronousTestCase):
         this must be accepted (it is how tests run the daemon on free ports).
         """
         service = self.build(port="tcp:0", http_port="tcp:0")
-        self.assertEqual([listener_.endpoint._port for listener_ in service.listeners], [0, 0])
+        service.privilegedStartService()
+        self.assertEqual([port for port, _, _, _ in self.reactor.tcpServers], [0, 0])
 
     def test_postgresql_is_a_usage_error(self) -> None:
         error = self.assertRaises(usage.UsageError, self.build, database="postgresql://wc:secret@db/wecompany")

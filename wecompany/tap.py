@@ -138,31 +138,17 @@ def build_service(config: Config, reactor):
     from twisted.python.threadpool import ThreadPool
 
     from wecompany.api.app import RestAPI
-    from wecompany.times import rfc3339
     from wecompany.api.metrics import Metrics
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
-    from wecompany.domain.accounts import Accounts, Credentials
-    from wecompany.domain.ice import IceServers
-    from wecompany.domain.lifecycle import AccountLifecycle
-    from wecompany.domain.meetings import MeetingService
-    from wecompany.domain.rooms import RoomService
-    from wecompany.signaling.protocol import SignalingFactory
-    from wecompany.domain.calls import CallService
-    from wecompany.domain.chat import ChatService
-    from wecompany.domain.files import FileService, file_chunk_size
-    from wecompany.domain.ids import IdGenerator
-    from wecompany.domain.passwords import PasswordHasher
-    from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
-    from wecompany.domain.recording import CallRecorder
-    from wecompany.domain.sessions import SessionRegistry
-    from wecompany.domain.tokens import TokenIssuer
+    from wecompany.connections import AddressCounter, CappedFactory
+    from wecompany.domain.core import build_domain
     from wecompany.privatefs import exposure_warnings, make_private_dir, storage_errors_unavailable
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
+    from wecompany.signaling.protocol import SignalingFactory
     from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
-    from wecompany.connections import AddressCounter, CappedFactory
     from wecompany.web.channel import TimeoutPolicy
     from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
@@ -171,57 +157,28 @@ def build_service(config: Config, reactor):
 
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
-    media_dir, avatar_dir = os.path.join(config.data_dir, "media"), os.path.join(config.data_dir, "avatars")
     sqlite_path = config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3")
 
     # Hashing is CPU-bound: one thread per core is enough. Disk work for
     # files gets its own small pool so a burst of logins cannot starve it.
     hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
-    in_hash_pool = partial(deferToThreadPool, reactor, hash_pool)
-    in_disk_pool = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
+    run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
-    store = SQLiteStore(sqlite_path, reactor=reactor)
-    tokens = TokenIssuer(secret, reactor, ttl=config.token_ttl)
-    # One set of limits for every transport: guesses at a password (per
-    # address and per account or meeting), and auth requests per address.
-    guard = LoginGuard(reactor, per_address=config.login_failures_per_address,
-                       per_target=config.login_failures_per_account, window=config.login_failure_window)
-    auth_limiter = KeyedRateLimiter(reactor, config.auth_rate, config.auth_burst)
-    accounts = Accounts(store, PasswordHasher(in_hash_pool), tokens, reactor, guard)
-    recorder = CallRecorder(config.record_calls, reactor) if config.record_calls else None
-    registry = SessionRegistry()
-    calls = CallService(reactor, config.ring_timeout, config.max_call, recorder=recorder)
-    chat = ChatService(store, registry, calls, IdGenerator(reactor), reactor)
-    files = FileService(store, chat, media_dir, in_disk_pool, reactor,
-                        chunk_size=file_chunk_size(config.max_frame))
-    chat.files = files
+    domain = build_domain(config, reactor, SQLiteStore(sqlite_path, reactor=reactor), secret=secret,
+                          run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk)
 
     tcp_factory = WeCompanyFactory(
-        chat=chat, accounts=accounts, calls=calls, files=files, clock=reactor,
-        auth_limiter=auth_limiter, max_frame=config.max_frame,
-        login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
-        allow_anonymous=config.allow_anonymous,
-        connection_cap=AddressCounter(config.max_connections_per_address))
-    ice = IceServers(reactor, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
-    rooms = RoomService(store, ice, reactor, format_time=rfc3339)
-    meetings = MeetingService(store, accounts.hasher, reactor, guard, listeners=[rooms])
-    lifecycle = AccountLifecycle(store, registry, reactor, meetings)
-    credentials = Credentials(accounts, lifecycle)
-    rest = RestAPI(store=store, accounts=accounts, credentials=credentials, lifecycle=lifecycle, meetings=meetings,
-                   ice_servers=ice, rooms=rooms, registry=registry, calls=calls, clock=reactor,
-                   address_limiter=auth_limiter, run_in_thread=in_disk_pool,
-                   avatar_dir=avatar_dir)
-    signaling = SignalingFactory(accounts=accounts, rooms=rooms, chat=chat, clock=reactor, reactor=reactor,
-                                 max_message=config.ws_max_message, message_rate=config.ws_rate,
-                                 message_burst=config.ws_burst, ping_interval=config.ws_ping_interval,
-                                 ping_timeout=config.ws_ping_timeout, allowed_origins=config.allowed_origins,
-                                 fast_path=config.ws_fast_path)
-    metrics = Metrics(registry, calls, tcp_factory, rooms=rooms.room_count)
-    site = make_site(store, registry, calls, reactor=reactor, api=rest, metrics=metrics,
-                     free_space=partial(in_disk_pool, free_bytes, config.data_dir),
+        domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
+        allow_anonymous=config.allow_anonymous, connection_cap=AddressCounter(config.max_connections_per_address))
+    signaling = SignalingFactory(domain, reactor=reactor, max_message=config.ws_max_message,
+                                 message_rate=config.ws_rate, message_burst=config.ws_burst,
+                                 ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
+                                 allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path)
+    site = make_site(domain.store, domain.registry, domain.calls, reactor=reactor, api=RestAPI(domain),
+                     metrics=Metrics(domain, tcp_factory), signaling=signaling,
+                     free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
-                     signaling=signaling,
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
                                             idle_timeout=config.http_idle_timeout))
@@ -231,12 +188,12 @@ def build_service(config: Config, reactor):
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
 
     warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
-                                  os.path.join(config.data_dir, "jwt.secret"), media_dir, avatar_dir,
-                                  *([config.record_calls] if config.record_calls else [])])
+                                  os.path.join(config.data_dir, "jwt.secret"), domain.files.media_dir,
+                                  domain.avatar_dir, *([config.record_calls] if config.record_calls else [])])
     if config.redis is not None:
         warnings.append("--redis is set, but mirroring sessions to Redis is not implemented yet: "
                         "this daemon serves its own clients only")
-    return WeCompanyService(store=store, listeners=listeners, tcp_factory=tcp_factory, calls=calls,
-                            threadpools=(hash_pool, disk_pool), recorder=recorder, reactor=reactor,
+    return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
+                            threadpools=(hash_pool, disk_pool), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning(), files=files)
+                            collector=CollectorTuning(), files=domain.files)

@@ -194,8 +194,7 @@ class OneSetOfRulesTests(SynchronousTestCase):
         self.api = Api(self, address_rate=1, address_burst=20)
         self.api.register("alice", "a@example.com")
         d = self.api.domain
-        self.tcp = WeCompanyFactory(chat=d.chat, accounts=d.accounts, calls=d.calls, clock=d.clock,
-                                    auth_limiter=self.api.auth_limiter)
+        self.tcp = WeCompanyFactory(d)
 
     def tcp_login(self, password: str) -> str:
         """-> the AUTH_RESULT's text: "" for a success, else why not."""

@@ -4,13 +4,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain, synchronous_runner
+from tests.helpers import make_domain, synchronous_runner
 from wecompany.domain.ids import IdGenerator
 from wecompany.domain.passwords import PasswordHasher, PasswordPolicy, check_email, check_username
 from wecompany.domain.ratelimit import TokenBucket
 from wecompany.domain.tokens import TokenIssuer
 from wecompany.errors import (
-    EmailTaken, Forbidden, InvalidCredentials, InvalidInput, RateLimited, Unauthenticated, UsernameTaken,
+    EmailTaken, Forbidden, InvalidCredentials, InvalidInput, Unauthenticated, UsernameTaken,
 )
 
 GOOD = "Secret-pass1"
@@ -22,7 +22,7 @@ def run(coro):
 
 class AccountsTests(SynchronousTestCase):
     def setUp(self):
-        self.d = Domain(self.mktemp())
+        self.d = make_domain(self)
         self.accounts = self.d.accounts
 
     def test_register_hashes_with_argon2id(self):

@@ -3,7 +3,7 @@
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain, FakeClient
+from tests.helpers import FakeClient, make_domain, make_user
 from wecompany.domain.chat import DELIVERED, STORED, SessionReplaced
 from wecompany.domain.events import CallEnded, PresenceChanged, TextMessage
 from wecompany.errors import Conflict, NotFound
@@ -32,10 +32,10 @@ def run(coro):
 
 class ChatTests(SynchronousTestCase):
     def setUp(self):
-        self.d = Domain(self.mktemp())
+        self.d = make_domain(self)
         self.chat = self.d.chat
-        self.alice_id = self.d.make_user("alice")
-        self.bob_id = self.d.make_user("bob")
+        self.alice_id = make_user(self.d, "alice")
+        self.bob_id = make_user(self.d, "bob")
         self.alice = FakeClient(str(self.alice_id), "alice")
         self.bob = FakeClient(str(self.bob_id), "bob")
 
@@ -78,7 +78,7 @@ class ChatTests(SynchronousTestCase):
             self.failureResultOf(run(self.chat.send_text(self.alice, to, "x")), NotFound)
 
     def test_presence_to_watchers_only(self):
-        carol = FakeClient(str(self.d.make_user("carol")), "carol")
+        carol = FakeClient(str(make_user(self.d, "carol")), "carol")
         self.d.store.add_contact(self.alice_id, self.bob_id, 0)
         self.chat.open_session(self.alice)
         self.chat.open_session(carol)

@@ -5,15 +5,15 @@ import os
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain
+from tests.helpers import make_domain, make_user
 
 
 class InterruptedUploadTests(SynchronousTestCase):
     def setUp(self):
         self.media = self.mktemp()
-        self.d = Domain(self.media)
+        self.d = make_domain(self)
         self.files = self.d.files
-        self.alice, self.bob = self.d.make_user("alice"), self.d.make_user("bob")
+        self.alice, self.bob = make_user(self.d, "alice"), make_user(self.d, "bob")
 
     def upload(self, name: str, at: float):
         """A 'receiving' row and its partial bytes on disk, as a stopped run leaves them."""

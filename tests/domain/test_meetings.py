@@ -3,7 +3,7 @@
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain
+from tests.helpers import make_domain, make_user
 from wecompany.domain.meetings import CLOCK_SKEW, SETTINGS_DEFAULTS, MeetingService, check_settings
 from wecompany.errors import Forbidden, InvalidInput, MeetingEnded, MeetingFull, WrongMeetingPassword
 
@@ -14,13 +14,13 @@ def run(coro):
 
 class MeetingServiceCase(SynchronousTestCase):
     def setUp(self):
-        self.d = Domain(self.mktemp())
+        self.d = make_domain(self)
         self.store = self.d.store
         self.service = MeetingService(self.d.store, self.d.hasher, self.d.clock, self.d.guard)
         self.host = self.user("hostuser")
 
     def user(self, name: str):
-        return self.store.get_user(self.d.make_user(name)).result
+        return self.store.get_user(make_user(self.d, name)).result
 
     def ok(self, coro):
         return self.successResultOf(run(coro))

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain
+from tests.helpers import make_domain, make_user
 from wecompany.domain.passwords import PasswordHasher
 from wecompany.domain.ratelimit import FailureCounter, LoginGuard
 from wecompany.errors import InvalidCredentials, RateLimited, Unavailable
@@ -86,10 +86,10 @@ class GatedRunner:
 
 class LoginGuardTests(SynchronousTestCase):
     def setUp(self):
-        self.d = Domain(self.mktemp())
+        self.d = make_domain(self)
         self.accounts = self.d.accounts
-        self.alice = self.d.make_user("alice")
-        self.d.make_user("mallory")
+        self.alice = make_user(self.d, "alice")
+        make_user(self.d, "mallory")
 
     def login(self, name, password, address="10.6.6.6"):
         return run(self.accounts.authenticate(name, password, address))
@@ -108,7 +108,7 @@ class LoginGuardTests(SynchronousTestCase):
 
     def test_the_address_limit_holds_across_accounts(self):
         for i in range(12):
-            self.d.make_user(f"user{i}")
+            make_user(self.d, f"user{i}")
         answers = [self.login(f"user{i % 12}", WRONG) for i in range(30)]
         refused = [a for a in answers if self.failureResultOf(a, InvalidCredentials, RateLimited).check(RateLimited)]
         self.assertEqual(len(refused), 10)  # 20 wrong passwords per address per window
@@ -154,7 +154,7 @@ class LoginGuardTests(SynchronousTestCase):
         for _ in range(5):  # the account has its five again...
             self.failureResultOf(self.login("alice", WRONG, "10.2.2.2"), InvalidCredentials)
         for i in range(15):  # ... while 10.1.1.1 keeps its four failures: 16 more, not 20
-            self.d.make_user(f"other{i}")
+            make_user(self.d, f"other{i}")
         answers = [self.login(f"other{i}", WRONG, "10.1.1.1") for i in range(15)]
         answers += [self.login("mallory", WRONG, "10.1.1.1") for _ in range(2)]
         kinds = [self.failureResultOf(a, InvalidCredentials, RateLimited).type for a in answers]

@@ -244,7 +244,7 @@ class LifecycleTests(DaemonTestCase):
         finally:
             os.umask(previous)
         await started
-        alice = await self.user(daemon, "alice")  # a write: the WAL and its index exist now
+        await self.user(daemon, "alice")  # a write: the WAL and its index exist now
         database = os.path.join(daemon.data_dir, "wecompany.sqlite3")
         modes = {path: stat.S_IMODE(os.stat(path).st_mode)
                  for path in (daemon.data_dir, database, database + "-wal", database + "-shm", daemon.log_path,

@@ -22,9 +22,7 @@ SETUP_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 
 class InternalsTests(SignalingTestCase):
     def open_protocol(self, fast_path: bool = True):
-        factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
-                                   chat=self.api.domain.chat, clock=self.api.clock, ping_interval=0,
-                                   ping_timeout=0, fast_path=fast_path)
+        factory = SignalingFactory(self.api.domain, ping_interval=0, ping_timeout=0, fast_path=fast_path)
         self.rest_join("alice")
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         transport = StringTransport()

@@ -48,9 +48,7 @@ class SignalingTestCase(SynchronousTestCase):
 
     def setUp(self):
         self.api = Api(self)
-        self.factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
-                                        chat=self.api.domain.chat, clock=self.api.clock,
-                                        ping_interval=0, ping_timeout=0, **self.factory_options)
+        self.factory = SignalingFactory(self.api.domain, ping_interval=0, ping_timeout=0, **self.factory_options)
         self.users: dict[str, tuple[int, str]] = {}
         self.host_token = self.token("host")
         code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "standup", "max_participants": 5},
@@ -781,9 +779,8 @@ class PingTimeoutTests(WireTests):
         # Autobahn's timers run on txaio's loop: the daemon sets its reactor there, this test its clock.
         previous, txaio.config.loop = txaio.config.loop, self.api.clock
         self.addCleanup(setattr, txaio.config, "loop", previous)
-        self.factory = SignalingFactory(accounts=self.api.domain.accounts, rooms=self.api.rooms,
-                                        chat=self.api.domain.chat, clock=self.api.clock, reactor=self.api.clock,
-                                        ping_interval=30, ping_timeout=60, **self.factory_options)
+        self.factory = SignalingFactory(self.api.domain, reactor=self.api.clock, ping_interval=30, ping_timeout=60,
+                                        **self.factory_options)
 
     def pings(self, transport) -> list[bytes]:
         frames = server_frames(transport.value())

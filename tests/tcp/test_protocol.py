@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import Domain
+from tests.helpers import make_domain, make_user
 from wecompany.tcp import codec
 from wecompany.tcp.codec import MsgType
 from wecompany.tcp.protocol import WeCompanyFactory
@@ -90,14 +90,12 @@ class ProtocolTestCase(SynchronousTestCase):
     factory_options: dict = {}
 
     def setUp(self):
-        self.domain = Domain(self.mktemp())
-        self.clock = self.domain.clock
-        d = self.domain
         options = dict(max_frame=4096, login_timeout=10, idle_timeout=90, message_rate=100,
                        message_burst=200, auth_fail_delay=1.0)
         options.update(self.factory_options)
-        self.factory = WeCompanyFactory(chat=d.chat, accounts=d.accounts, calls=d.calls, files=d.files,
-                                        auth_limiter=d.auth_limiter, clock=self.clock, **options)
+        self.domain = make_domain(self, max_frame=options["max_frame"])
+        self.clock = self.domain.clock
+        self.factory = WeCompanyFactory(self.domain, **options)
         self._hosts = iter(f"10.0.0.{i}" for i in range(1, 250))
 
     def connect(self, host=None) -> Conn:
@@ -126,7 +124,7 @@ class FramingTests(ProtocolTestCase):
         self.assertEqual(conn.frames(), [b"\x07"] * 5)
 
     def test_login_bytewise(self):
-        self.domain.make_user("alice")
+        make_user(self.domain, "alice")
         conn = self.connect()
         conn.send_bytewise(b"\x08" + s16("alice") + s16(PASSWORD), b"\x07")
         frames = conn.frames()
@@ -194,7 +192,7 @@ class AuthTests(ProtocolTestCase):
         self.assertEqual(auth_result(third.frames()[0])[2], user_id)
 
     def test_register_refusals(self):
-        self.domain.make_user("alice")
+        make_user(self.domain, "alice")
         cases = [("alice", PASSWORD, "username already exists"),
                  ("al", PASSWORD, "username must be"),
                  ("bobby", "short1A", "at least 8"),
@@ -208,7 +206,7 @@ class AuthTests(ProtocolTestCase):
             self.assertIn(text, result[1])
 
     def test_failed_login_closes_after_delay(self):
-        self.domain.make_user("alice")
+        make_user(self.domain, "alice")
         conn = self.connect()
         conn.send(b"\x08" + s16("alice") + s16("Wrong-pass1"))
         self.assertEqual(auth_result(conn.frames()[0]), (False, "invalid password"))
@@ -248,7 +246,7 @@ class AuthTests(ProtocolTestCase):
             self.assertEqual(auth_result(conn.frames()[0]), (False, "invalid token"))
 
     def test_expired_token(self):
-        uid = self.domain.make_user("alice")
+        uid = make_user(self.domain, "alice")
         token = self.domain.tokens.issue(uid, "alice")
         self.clock.advance(86400 + 31)
         conn = self.connect()
@@ -256,8 +254,8 @@ class AuthTests(ProtocolTestCase):
         self.assertEqual(auth_result(conn.frames()[0]), (False, "token expired"))
 
     def test_failed_logins_are_limited_per_account_and_address(self):
-        self.domain.make_user("alice")
-        self.domain.make_user("bob")
+        make_user(self.domain, "alice")
+        make_user(self.domain, "bob")
         for _ in range(5):
             conn = self.connect("10.9.9.9")
             conn.send(b"\x08" + s16("alice") + s16("Wrong-pass1"))
@@ -469,7 +467,7 @@ class TextTests(ProtocolTestCase):
             self.assertEqual(r.u8(), codec.TEXT_FLAG_BROADCAST)
 
     def test_offline_delivery_in_order_after_login(self):
-        bob_id = self.domain.make_user("bob")
+        bob_id = make_user(self.domain, "bob")
         alice, _ = self.login("alice")
         for i in range(150):  # more than one drain batch
             alice.send(b"\x00" + q("bob") + q(f"m{i}"))
@@ -497,7 +495,7 @@ class TextTests(ProtocolTestCase):
 class PresenceTests(ProtocolTestCase):
     def test_contacts_presence_and_list(self):
         alice, alice_id = self.login("alice")
-        bob_id = str(self.domain.make_user("bob"))
+        bob_id = str(make_user(self.domain, "bob"))
         alice.send(b"\x11\x01" + q("bob"))
         self.assertEqual(alice.frames(), [codec.encode_contact(1, bob_id, "bob", False)])
         bob, _ = self.login("bob")
@@ -578,7 +576,7 @@ class CallTests(ProtocolTestCase):
     def test_busy_offline_unknown_self(self):
         self.ring()
         carol, _ = self.login("carol")
-        self.domain.make_user("dave")
+        make_user(self.domain, "dave")
         for callee, reason in (("bob", "busy"), ("alice", "busy"), ("dave", "offline"),
                                ("nobody", "not_found"), ("carol", "self")):
             carol.send(b"\x02" + q(callee) + b"\x00")
@@ -671,7 +669,7 @@ class AnonymousTests(ProtocolTestCase):
         self.assertFalse(first.closed)
 
     def test_anonymous_cannot_claim_accounts(self):
-        self.domain.make_user("bob")
+        make_user(self.domain, "bob")
         for claimed in ("bob", "12", ""):
             anon = self.connect()
             anon.send(b"\x07" + q(claimed))
@@ -740,7 +738,7 @@ class FileTests(ProtocolTestCase):
 
     def test_offline_recipient_gets_it_after_login(self):
         alice, _ = self.login("alice")
-        self.domain.make_user("bob")
+        make_user(self.domain, "bob")
         data = b"hello file" * 7
         file_id = self.offer(alice, "bob", data)
         self.chunks(alice, data)
@@ -792,14 +790,16 @@ class FileTests(ProtocolTestCase):
         alice, _ = self.login("alice")
         bob, _ = self.login("bob")
         bob.transport.producer.pauseProducing()
-        data = b"z" * 64
+        data = b"z" * (5 * self.domain.files.chunk_size)  # five chunks to deliver
         self.offer(alice, "bob", data)
-        self.chunks(alice, data)
+        self.chunks(alice, data, size=1000)
         # The offer notice and one chunk at most went out; the rest waits.
-        self.assertLessEqual(len(bob.frames()), 2)
+        before = bob.frames()
+        self.assertLessEqual(len(before), 2)
+        bob.pending = before
         bob.transport.producer.resumeProducing()
-        frames = bob.transport.value()
-        self.assertGreater(len(frames), 0)
+        info, got, done = self.received(bob)
+        self.assertEqual((got, done), (data, True))  # and then all of it
 
 
 class ShutdownTests(ProtocolTestCase):

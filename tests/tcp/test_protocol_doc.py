@@ -19,6 +19,7 @@ import re
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import make_domain
 from wecompany import errors
 from wecompany.config import Config
 from wecompany.domain import calls as calls_module
@@ -443,7 +444,7 @@ class LimitsTableTests(SynchronousTestCase):
         self.assertLimit("Shutdown grace", "3 s")
 
     def test_send_buffer(self):
-        factory = WeCompanyFactory(chat=None, accounts=None, calls=None, auth_limiter=None, clock=None)
+        factory = WeCompanyFactory(make_domain(self))
         self.assertEqual(factory.max_send_buffer, 4 << 20)
         self.assertLimit("Queued bytes to a blocked connection", "4194304 bytes")
 

@@ -23,30 +23,28 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 @install
 class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes):
     """
-    Everything under ``/api``. Collaborators are given once here and only
-    called by the routes.
-
-    :param run_in_thread: ``f(callable, *args) -> Deferred`` for file work.
+    Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
+    whose services the routes call (and nothing else).
     """
 
     app = Klein()
 
-    def __init__(self, *, store, accounts, credentials, lifecycle, meetings, ice_servers, rooms, registry, calls,
-                 clock, address_limiter, run_in_thread, avatar_dir: str, openapi=None) -> None:
-        self.store = store
-        self.accounts = accounts
-        self.credentials = credentials
-        self.lifecycle = lifecycle
-        self.meetings = meetings
-        self.ice_servers = ice_servers
-        self.registry = registry
-        self.calls = calls
-        self.rooms = rooms
-        self.clock = clock
-        self.address_limiter = address_limiter
-        self.run_in_thread = run_in_thread
-        self.avatar_dir = avatar_dir
-        self._openapi = openapi
+    def __init__(self, domain) -> None:
+        self.domain = domain
+        self.store = domain.store
+        self.accounts = domain.accounts
+        self.credentials = domain.credentials
+        self.lifecycle = domain.lifecycle
+        self.meetings = domain.meetings
+        self.ice_servers = domain.ice
+        self.registry = domain.registry
+        self.calls = domain.calls
+        self.rooms = domain.rooms
+        self.clock = domain.clock
+        self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
+        self.run_in_thread = domain.run_disk
+        self.avatar_dir = domain.avatar_dir
+        self._openapi = None
 
     def resource(self):
         return self.app.resource()

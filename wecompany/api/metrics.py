@@ -46,11 +46,13 @@ class _LiveState:
 
 
 class Metrics:
-    def __init__(self, registry_state=None, calls=None, tcp_factory=None, rooms=None) -> None:
-        self.registry_state = registry_state
-        self.calls = calls
+    """The site's metrics: its requests, and gauges read from ``domain`` (and the TCP factory) when scraped."""
+
+    def __init__(self, domain=None, tcp_factory=None) -> None:
+        self.registry_state = domain.registry if domain is not None else None
+        self.calls = domain.calls if domain is not None else None
         self.tcp_factory = tcp_factory
-        self.rooms = rooms
+        self.rooms = domain.rooms.room_count if domain is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("wecompany_http_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)

@@ -54,20 +54,24 @@ class ChatService:
     """
     :param store: :class:`~wecompany.store.interface.IStore`.
     :param registry: :class:`~wecompany.domain.sessions.SessionRegistry`.
+    :param directory: :class:`~wecompany.domain.sessions.UserDirectory`.
     :param calls: :class:`~wecompany.domain.calls.CallService`.
     :param ids: :class:`~wecompany.domain.ids.IdGenerator`.
     :param clock: ``IReactorTime``.
+    :param listeners: :class:`~wecompany.domain.interfaces.ISessionListener` s
+        told when a session opens and closes (file transfers).
     """
 
     log = Logger()
 
-    def __init__(self, store, registry, calls, ids, clock) -> None:
+    def __init__(self, store, registry, directory, calls, ids, clock, listeners=()) -> None:
         self.store = store
         self.registry = registry
+        self.directory = directory
         self.calls = calls
         self.ids = ids
         self.clock = clock
-        self.files = None  # set by the composition root when file transfer is on
+        self.listeners = tuple(listeners)
         self._draining: dict[str, _Drain] = {}
         self._inflight: Counter[str] = Counter()
 
@@ -86,8 +90,8 @@ class ChatService:
             self._background(self._announce(client.identity, True))
         if client.kind == "tcp" and client.identity.account_id is not None:
             self._kick_drain(client.identity.user_id)
-            if self.files is not None:
-                self._background(self.files.deliver_pending(client))
+        for listener in self.listeners:
+            listener.session_opened(client)
 
     def close_session(self, client, reason: str = "disconnected") -> None:
         """``client`` is gone (or replaced). Idempotent."""
@@ -95,28 +99,10 @@ class ChatService:
         if not attached:
             return
         self.calls.session_closed(client, reason)
-        if self.files is not None:
-            self.files.session_closed(client)
+        for listener in self.listeners:
+            listener.session_closed(client)
         if offline:
             self._background(self._announce(client.identity, False))
-
-    # -- users --------------------------------------------------------------
-    async def resolve_user(self, name_or_id: str) -> Identity | None:
-        """An online user, or an account, by user id or username; None if unknown."""
-        if not name_or_id:
-            return None
-        ident = self.registry.find_online(name_or_id)
-        if ident is not None:
-            return ident
-        if name_or_id.isdigit() and len(name_or_id) < 19:
-            user = await self.store.get_user(int(name_or_id))
-        elif name_or_id.isascii():
-            user = await self.store.get_user_by_username(name_or_id)
-        else:
-            user = None
-        if user is None or user.status == "deleted":
-            return None
-        return Identity.of_user(user)
 
     # -- text ---------------------------------------------------------------
     async def send_text(self, client, to: str, text: str) -> TextAck:
@@ -131,7 +117,7 @@ class ChatService:
                     other.send_event(event)
                     count += 1
             return TextAck(message_id, BROADCAST, DELIVERED, count)
-        recipient = await self.resolve_user(to)
+        recipient = await self.directory.resolve_user(to)
         if recipient is None:
             raise NotFound(f"unknown user {to!r}")
         uid = recipient.user_id
@@ -219,7 +205,7 @@ class ChatService:
 
     async def add_contact(self, client, name_or_id: str) -> tuple[Identity, bool]:
         me = self._account_of(client)
-        other = await self.resolve_user(name_or_id)
+        other = await self.directory.resolve_user(name_or_id)
         if other is None or other.account_id is None:
             raise NotFound(f"unknown user {name_or_id!r}")
         if other.account_id == me:
@@ -229,7 +215,7 @@ class ChatService:
 
     async def remove_contact(self, client, name_or_id: str) -> Identity:
         me = self._account_of(client)
-        other = await self.resolve_user(name_or_id)
+        other = await self.directory.resolve_user(name_or_id)
         if other is None or other.account_id is None or not await self.store.remove_contact(me, other.account_id):
             raise NotFound(f"{name_or_id!r} is not a contact")
         return other
@@ -250,7 +236,7 @@ class ChatService:
 
     # -- calls --------------------------------------------------------------
     async def place_call(self, client, callee: str, is_video: bool):
-        target = await self.resolve_user(callee)
+        target = await self.directory.resolve_user(callee)
         callee_client = self.registry.chat_client(target.user_id) if target is not None else None
         return self.calls.place(client, target, callee_client, is_video)
 

@@ -20,8 +20,10 @@ from collections import deque
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from wecompany.domain.events import FileChunk, FileDone, FileOffered
+from wecompany.domain.interfaces import ISessionListener
 from wecompany.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, WeCompanyError
 from wecompany.privatefs import make_private_dir, open_private
 
@@ -63,10 +65,12 @@ def safe_name(name: str) -> str:
     return name[:MAX_NAME]
 
 
+@implementer(ISessionListener)
 class FileService:
     """
     :param store: :class:`IStore`.
-    :param chat: the :class:`~wecompany.domain.chat.ChatService` (user lookup, online clients).
+    :param directory: the :class:`~wecompany.domain.sessions.UserDirectory` (recipients).
+    :param registry: the :class:`~wecompany.domain.sessions.SessionRegistry` (recipients online).
     :param media_dir: where files live (``<data dir>/media``); paths in the
         store are relative to it and always chosen here.
     :param run_in_thread: ``f(callable, *args) -> Deferred`` for disk work.
@@ -74,11 +78,12 @@ class FileService:
 
     log = Logger()
 
-    def __init__(self, store, chat, media_dir: str, run_in_thread, clock,
+    def __init__(self, store, directory, registry, media_dir: str, run_in_thread, clock,
                  max_file_size: int = 256 << 20, chunk_size: int = 64 << 10,
                  max_uploads_per_client: int = 4) -> None:
         self.store = store
-        self.chat = chat
+        self.directory = directory
+        self.registry = registry
         self.media_dir = os.path.abspath(media_dir)
         self._run = run_in_thread
         self.clock = clock
@@ -103,7 +108,7 @@ class FileService:
         if size > self.max_file_size:
             raise TooLarge(f"file is larger than the limit of {self.max_file_size} bytes")
         name = safe_name(name)
-        recipient = await self.chat.resolve_user(to)
+        recipient = await self.directory.resolve_user(to)
         if recipient is None or recipient.account_id is None:
             raise NotFound(f"unknown user {to!r}")
         rel = os.path.join("transfers", secrets.token_hex(1), secrets.token_hex(12))
@@ -160,7 +165,7 @@ class FileService:
             raise TransferFailed(transfer_id, "SHA-256 mismatch: file discarded")
         await self.store.complete_file(record.id)
         record = attrs.evolve(record, status="complete")
-        target = self.chat.registry.chat_client(str(record.recipient_id))
+        target = self.registry.chat_client(str(record.recipient_id))
         if target is not None:
             self._enqueue(target, record, 0)
         return record, target is not None
@@ -188,6 +193,13 @@ class FileService:
         return len(stale)
 
     # -- delivering to the recipient ----------------------------------------------
+    # -- ISessionListener -------------------------------------------------------------
+    def session_opened(self, client) -> None:
+        """A desktop client logged in: files waiting for the user start to flow."""
+        if client.kind == "tcp" and client.identity.account_id is not None:
+            d = Deferred.fromCoroutine(self.deliver_pending(client))
+            d.addErrback(lambda f: self.log.failure("delivering waiting files failed", f))
+
     async def deliver_pending(self, client) -> None:
         """After login: queue every complete file addressed to this user and not yet delivered."""
         for record in await self.store.undelivered_files_for(client.identity.account_id):

@@ -54,3 +54,18 @@ class IMeetingListener(Interface):
 
     def participant_left(meeting_id, user_id, reason):
         """The user left the meeting (``"left"``) or was removed from it (``"removed"``)."""
+
+
+class ISessionListener(Interface):
+    """
+    Told by :class:`~wecompany.domain.chat.ChatService` when a client's
+    session opens (it has authenticated) and closes. File transfers listen:
+    they start delivering files waiting for the user, and drop a closed
+    session's uploads.
+    """
+
+    def session_opened(client):
+        """``client`` (an :class:`IClient`) is in."""
+
+    def session_closed(client):
+        """``client`` is gone, or replaced."""

@@ -108,3 +108,32 @@ class SessionRegistry:
     @property
     def session_count(self) -> int:
         return sum(len(s) for s in self._sessions.values())
+
+
+class UserDirectory:
+    """
+    Finds a user by id or username: online ones from the registry, the rest
+    from the store. Shared by the services that address users (text, calls,
+    contacts, file transfers).
+    """
+
+    def __init__(self, store, registry: SessionRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    async def resolve_user(self, name_or_id: str) -> Identity | None:
+        """An online user, or an account, by user id or username; None if unknown (or deleted)."""
+        if not name_or_id:
+            return None
+        ident = self.registry.find_online(name_or_id)
+        if ident is not None:
+            return ident
+        if name_or_id.isdigit() and len(name_or_id) < 19:
+            user = await self.store.get_user(int(name_or_id))
+        elif name_or_id.isascii():
+            user = await self.store.get_user_by_username(name_or_id)
+        else:
+            user = None
+        if user is None or user.status == "deleted":
+            return None
+        return Identity.of_user(user)

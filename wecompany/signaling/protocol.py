@@ -289,8 +289,9 @@ class SignalingProtocol(WebSocketServerProtocol):
 
 class SignalingFactory(WebSocketServerFactory):
     """
-    :param accounts: token check. :param rooms: RoomService. :param chat:
-    ChatService (presence: a signaling user is online). Limits from config.
+    :param domain: the :class:`~wecompany.domain.core.Domain`: its accounts
+        (the token check), rooms, and chat (presence: a signaling user is
+        online). Limits from config.
     :param fast_path: serve :class:`~wecompany.signaling.fastpath.FastPathProtocol`,
         which relies on Autobahn internals, while its checks hold; otherwise
         (or when they fail) plain, public Autobahn serves.
@@ -302,7 +303,7 @@ class SignalingFactory(WebSocketServerFactory):
     protocol = SignalingProtocol
     log = Logger()
 
-    def __init__(self, *, accounts, rooms, chat, clock, max_message: int = 1 << 20,
+    def __init__(self, domain, *, max_message: int = 1 << 20,
                  message_rate: float = 50.0, message_burst: float = 100.0, ping_interval: float = 30.0,
                  ping_timeout: float = 60.0, allowed_origins=("*",), max_send_buffer: int | None = None,
                  reactor=None, fast_path: bool = True) -> None:
@@ -313,10 +314,10 @@ class SignalingFactory(WebSocketServerFactory):
             from wecompany.signaling import fastpath  # it builds on this module
             self.protocol = fastpath.FastPathProtocol
             fastpath.check_at_start(self)
-        self.accounts = accounts
-        self.rooms = rooms
-        self.chat = chat
-        self.clock = clock
+        self.accounts = domain.accounts
+        self.rooms = domain.rooms
+        self.chat = domain.chat
+        self.clock = domain.clock
         self.max_message = max_message
         self.message_rate = message_rate
         self.message_burst = message_burst

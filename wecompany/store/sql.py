@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wecompany.errors import (
-    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, ParticipantRemoved, Unavailable,
+    EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, ParticipantRemoved, Unavailable,
     UsernameTaken,
 )
 from wecompany.store.common import (

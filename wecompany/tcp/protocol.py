@@ -481,31 +481,31 @@ _EVENT_ENCODERS = {
 
 class WeCompanyFactory(ServerFactory):
     """
-    Builds :class:`WeCompanyProtocol` s sharing one domain.
+    Builds :class:`WeCompanyProtocol` s sharing one
+    :class:`~wecompany.domain.core.Domain` (its chat, accounts, calls and
+    files, and the per-address budget of auth requests the REST auth routes
+    share).
 
     Limits and timeouts come from the :class:`~wecompany.config.Config` via
     the composition root; ``connections`` is every live protocol (for
-    shutdown and metrics). ``auth_limiter`` is the per-address budget of
-    auth requests (a :class:`~wecompany.domain.ratelimit.KeyedRateLimiter`)
-    that the REST auth routes share. ``connection_cap`` (an
+    shutdown and metrics). ``connection_cap`` (an
     :class:`~wecompany.connections.AddressCounter`) bounds the connections
     of one address: one more is sent ERROR 503 and closed.
     """
 
     _log = Logger()
 
-    def __init__(self, *, chat, accounts, calls, auth_limiter, clock, files=None,
-                 max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,
+    def __init__(self, domain, *, max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,
                  allow_anonymous: bool = False, max_malformed: int = 10,
                  message_rate: float = 100.0, message_burst: float = 200.0,
                  max_send_buffer: int | None = None, auth_fail_delay: float = 1.0,
                  media_buffer: int = 256 << 10, connection_cap: AddressCounter | None = None) -> None:
-        self.chat = chat
-        self.accounts = accounts
-        self.calls = calls
-        self.files = files
-        self.auth_limiter = auth_limiter
-        self.clock = clock
+        self.chat = domain.chat
+        self.accounts = domain.accounts
+        self.calls = domain.calls
+        self.files = domain.files
+        self.auth_limiter = domain.auth_limiter
+        self.clock = domain.clock
         self.max_frame = max_frame
         self.login_timeout = login_timeout
         self.idle_timeout = idle_timeout

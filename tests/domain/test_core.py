@@ -1,0 +1,44 @@
+"""build_domain: one domain, wired once, the same for the daemon and the tests."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import FakeClient, make_domain, make_user
+
+
+class BuildDomainTests(SynchronousTestCase):
+    def test_the_configuration_reaches_every_service(self):
+        d = make_domain(self, ring_timeout=5, max_call=60, token_ttl=600, login_failures_per_account=3,
+                        login_failures_per_address=7, login_failure_window=30, max_frame=4096,
+                        stun_servers="stun:stun.example.com:3478")
+        self.assertEqual((d.calls.ring_timeout, d.calls.max_duration, d.tokens.ttl), (5, 60, 600))
+        self.assertEqual((d.guard.targets.max_failures, d.guard.addresses.max_failures, d.guard.targets.window),
+                         (3, 7, 30))
+        self.assertEqual(d.files.chunk_size, 4096 - 64)
+        self.assertEqual(d.ice.stun_urls, ("stun:stun.example.com:3478",))
+        self.assertEqual(d.files.media_dir, os.path.join(d.config.data_dir, "media"))
+        self.assertEqual(d.avatar_dir, os.path.join(d.config.data_dir, "avatars"))
+        self.assertIsNone(d.recorder)
+
+    def test_one_of_each_shared(self):
+        d = make_domain(self)
+        self.assertIs(d.accounts.guard, d.guard)
+        self.assertIs(d.meetings.guard, d.guard)
+        self.assertIs(d.credentials.lifecycle, d.lifecycle)
+        self.assertIs(d.lifecycle.registry, d.registry)
+        self.assertIs(d.chat.registry, d.registry)
+        self.assertIs(d.files.directory, d.chat.directory)
+        self.assertEqual(d.meetings.listeners, [d.rooms])
+
+    def test_file_transfers_follow_sessions_as_a_listener(self):
+        # No collaborator set after construction: files learn of sessions as the chat's listener.
+        d = make_domain(self)
+        self.assertEqual(d.chat.listeners, (d.files,))
+        self.assertFalse(hasattr(d.chat, "files"))
+        alice = FakeClient(str(make_user(d, "alice")), "alice")
+        d.chat.open_session(alice)
+        d.chat.close_session(alice)  # the files' side of it ran without error
+        self.assertEqual(d.files.upload_count, 0)

@@ -1,0 +1,114 @@
+"""
+The domain, built once: every service the transports share.
+
+:func:`build_domain` makes it from the configuration, a clock, a store and
+the runners of the thread pools; the composition root (``wecompany.tap``)
+and the tests both call it, so what the tests exercise is wired exactly as
+the daemon is (Synapse builds its ``HomeServer`` the same way for both). No
+collaborator is set on a service after it is made: where two services need
+each other, one is the other's listener.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import attrs
+
+from wecompany.config import Config
+from wecompany.domain.accounts import Accounts, Credentials
+from wecompany.domain.calls import CallService
+from wecompany.domain.chat import ChatService
+from wecompany.domain.files import FileService, file_chunk_size
+from wecompany.domain.ice import IceServers
+from wecompany.domain.ids import IdGenerator
+from wecompany.domain.lifecycle import AccountLifecycle
+from wecompany.domain.meetings import MeetingService
+from wecompany.domain.passwords import PasswordHasher
+from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
+from wecompany.domain.recording import CallRecorder
+from wecompany.domain.rooms import RoomService
+from wecompany.domain.sessions import SessionRegistry, UserDirectory
+from wecompany.domain.tokens import TokenIssuer
+from wecompany.times import rfc3339
+
+Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
+
+
+@attrs.frozen
+class HashCost:
+    """argon2id parameters (the daemon's; tests pass cheap ones: they check behaviour, not strength)."""
+
+    time_cost: int = 3
+    memory_cost: int = 65536
+    parallelism: int = 4
+
+
+@attrs.define(eq=False)
+class Domain:
+    """Every domain service of one daemon, wired together; see :func:`build_domain`."""
+
+    config: Config
+    clock: object
+    store: object
+    run_disk: Runner
+    tokens: TokenIssuer
+    hasher: PasswordHasher
+    guard: LoginGuard
+    auth_limiter: KeyedRateLimiter
+    accounts: Accounts
+    registry: SessionRegistry
+    directory: UserDirectory
+    calls: CallService
+    files: FileService
+    chat: ChatService
+    ice: IceServers
+    rooms: RoomService
+    meetings: MeetingService
+    lifecycle: AccountLifecycle
+    credentials: Credentials
+    recorder: CallRecorder | None
+    #: Where avatars are kept.
+    avatar_dir: str
+
+
+def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
+                 hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None) -> Domain:
+    """
+    The domain of one daemon.
+
+    :param clock: ``IReactorTime`` (the reactor; a fake clock in tests).
+    :param store: the started-or-not :class:`~wecompany.store.interface.IStore`.
+    :param secret: the access tokens' signing secret.
+    :param run_hash: runs argon2 work in its thread pool.
+    :param run_disk: runs file work in its thread pool.
+    :param mailer: sends password-reset mail (default: the log).
+    :param id_node: the node number message ids carry (default: random).
+    """
+    tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
+    hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
+                            parallelism=hash_cost.parallelism)
+    # One set of limits for every transport: guesses at a password (per
+    # address and per account or meeting), and auth requests per address.
+    guard = LoginGuard(clock, per_address=config.login_failures_per_address,
+                       per_target=config.login_failures_per_account, window=config.login_failure_window)
+    auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst)
+    accounts = Accounts(store, hasher, tokens, clock, guard)
+    registry = SessionRegistry()
+    directory = UserDirectory(store, registry)
+    recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
+    calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder)
+    files = FileService(store, directory, registry, os.path.join(config.data_dir, "media"), run_disk, clock,
+                        chunk_size=file_chunk_size(config.max_frame))
+    chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files])
+    ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
+    rooms = RoomService(store, ice, clock, format_time=rfc3339)
+    meetings = MeetingService(store, hasher, clock, guard, listeners=[rooms])
+    lifecycle = AccountLifecycle(store, registry, clock, meetings)
+    credentials = Credentials(accounts, lifecycle, mailer)
+    return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,
+                  guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
+                  directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
+                  meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
+                  avatar_dir=os.path.join(config.data_dir, "avatars"))
