@@ -225,6 +225,22 @@ def parse_count(name: str, value: object) -> int:
     return number
 
 
+def parse_prefix(name: str, value: object) -> str:
+    """Printable text without spaces (a Redis key prefix)."""
+    text = _text(name, value, "a key prefix such as wecompany:")
+    if not re.fullmatch(r"[!-~]{1,64}", text):
+        raise _fail(name, value, "1-64 printable characters without spaces")
+    return text
+
+
+def parse_node_id(name: str, value: object) -> str:
+    """Letters, digits, dots, dashes and underscores."""
+    text = _text(name, value, "a node id such as node-1")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", text):
+        raise _fail(name, value, "1-64 letters, digits, dots, dashes or underscores")
+    return text
+
+
 def parse_database(name: str, value: object) -> str:
     """``sqlite:PATH``, a path ending in .db/.sqlite/.sqlite3, or a ``postgresql://`` URL."""
     expected = "sqlite:PATH, a path ending in .db, .sqlite or .sqlite3, or a postgresql:// URL"
@@ -386,6 +402,14 @@ class Config:
                                    repr=_hide_password)
     redis: RedisAddress | None = _option(None, optional(parse_redis),
                                          "redis://host:port/db or tcp:host:port of the Redis mirror (default: off)")
+    redis_prefix: str = _option("wecompany:", parse_prefix,
+                                "prefix of every Redis key and channel of the cluster (two clusters can share "
+                                "one Redis with different prefixes)")
+    node_id: str | None = _option(None, optional(parse_node_id),
+                                  "this node's id in the cluster (default: generated at each start)")
+    node_timeout: float = _option(15.0, parse_seconds,
+                                  "seconds after which a node whose heartbeat stopped counts as dead, and the "
+                                  "others end its calls and drop its sessions")
     max_frame: int = _option(MiB, parse_size,
                              "largest TCP frame accepted or sent, in bytes; K/KiB/M/MiB suffixes allowed "
                              "(1 KiB to 64 MiB)")

@@ -50,13 +50,16 @@ class WeCompanyService(MultiService):
         for the process's garbage collector (the daemon's, not in tests).
     :param files: optional FileService; uploads an earlier run left
         unfinished are removed once the store has started.
+    :param cluster_node: optional :class:`~wecompany.mirror.cluster.ClusterNode`,
+        started with the store and stopped (the node leaves the cluster)
+        once the clients are gone.
     """
 
     log = Logger()
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
-                 startup_warnings=(), signaling=None, collector=None, files=None) -> None:
+                 startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
@@ -71,6 +74,7 @@ class WeCompanyService(MultiService):
         self.signaling = signaling
         self.collector = collector
         self.files = files
+        self.cluster_node = cluster_node
         self.ready: Deferred = Deferred()
         self.ports: dict[str, object] = {}
         self._pending: list[tuple[str, Deferred]] = []
@@ -129,6 +133,8 @@ class WeCompanyService(MultiService):
         for pool in self.threadpools:
             pool.start()
         await self.store.start()
+        if self.cluster_node is not None:
+            self.cluster_node.start()
         if self.files is not None:
             try:
                 await self.files.remove_interrupted(started_at)
@@ -196,6 +202,9 @@ class WeCompanyService(MultiService):
         if self.signaling is not None:
             self.signaling.shutdown()
         await self.tcp_factory.shutdown(self.shutdown_grace)
+        if self.cluster_node is not None:
+            # After the clients are gone (their sessions left the cluster): then the node leaves.
+            await self.cluster_node.stop()
         if self.recorder is not None:
             await self.recorder.stop()
         await self.store.stop()

@@ -165,8 +165,17 @@ def build_service(config: Config, reactor):
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
+    redis_link = None
+    if config.redis is not None:
+        from wecompany.mirror.redis import RedisLink  # no Redis code runs without --redis
+        redis_link = RedisLink(reactor, config.redis)
     domain = build_domain(config, reactor, SQLiteStore(sqlite_path, reactor=reactor), secret=secret,
-                          run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk)
+                          run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
+                          redis_link=redis_link)
+    cluster_node = None
+    if redis_link is not None:
+        from wecompany.mirror.cluster import ClusterNode
+        cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls)
 
     tcp_factory = WeCompanyFactory(
         domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
@@ -175,7 +184,7 @@ def build_service(config: Config, reactor):
                                  message_rate=config.ws_rate, message_burst=config.ws_burst,
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path)
-    site = make_site(domain.store, domain.registry, domain.calls, reactor=reactor, api=RestAPI(domain),
+    site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
                      metrics=Metrics(domain, tcp_factory), signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
@@ -190,10 +199,7 @@ def build_service(config: Config, reactor):
     warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
                                   os.path.join(config.data_dir, "jwt.secret"), domain.files.media_dir,
                                   domain.avatar_dir, *([config.record_calls] if config.record_calls else [])])
-    if config.redis is not None:
-        warnings.append("--redis is set, but mirroring sessions to Redis is not implemented yet: "
-                        "this daemon serves its own clients only")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
                             threadpools=(hash_pool, disk_pool), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning(), files=domain.files)
+                            collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node)

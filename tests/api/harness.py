@@ -34,7 +34,7 @@ class Api:
         self.meetings, self.lifecycle = d.meetings, d.lifecycle
         self.metrics = Metrics(d)
         self.rest = RestAPI(d)
-        self.site = make_site(d.store, d.registry, d.calls, reactor=d.clock, api=self.rest, metrics=self.metrics,
+        self.site = make_site(d.store, d, reactor=d.clock, api=self.rest, metrics=self.metrics,
                               body_limits=((b"/api/v1/users/upload-avatar", 3 << 20),))
         # Through the site itself: its body limits, deadlines and metrics apply.
         self.treq, self.agent = site_client(self.site)

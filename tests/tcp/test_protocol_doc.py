@@ -332,9 +332,9 @@ class ConstantsTests(SynchronousTestCase):
         reasons = ("busy", "offline", "not_found", "timeout", "self", "rejected", "hangup",
                    "cancelled", "declined", "disconnected", "max_duration", "shutdown", "replaced")
         # Every identifier-like string literal of the call service is a reason,
-        # except the state names and the recording directions.
+        # except the state names, the recording directions and the operations.
         used = set(re.findall(r'"([a-z_]+)"', source)) - {
-            calls_module.RINGING, calls_module.ACTIVE, "caller", "callee"}
+            calls_module.RINGING, calls_module.ACTIVE, "caller", "callee", *calls_module.OPERATIONS}
         self.assertEqual(set(reasons) - {"replaced"}, used)
         # The chat service ends the old session's call with "replaced".
         self.assertIn('"replaced"', inspect.getsource(chat_module.ChatService.open_session))

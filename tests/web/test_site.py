@@ -6,9 +6,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import FakeClient
-from wecompany.domain.calls import CallService
-from wecompany.domain.sessions import SessionRegistry
+from tests.helpers import FakeClient, make_domain
 from wecompany.store.memory import MemoryStore
 from wecompany.web.site import make_site
 
@@ -19,18 +17,16 @@ class BrokenStore:
 
 
 class HealthTests(SynchronousTestCase):
-    def get(self, store, registry=None, calls=None, method="GET"):
-        treq = StubTreq(make_site(store, registry, calls).resource)
+    def get(self, store, live=None, method="GET"):
+        treq = StubTreq(make_site(store, live).resource)
         response = self.successResultOf(treq.request(method, "http://localhost/health"))
         body = self.successResultOf(response.content())
         return response, body
 
     def test_healthy(self):
-        store = MemoryStore()
-        store.start()
-        registry = SessionRegistry()
-        registry.attach(FakeClient("1"))
-        response, body = self.get(store, registry, CallService(None))
+        domain = make_domain(self)
+        domain.chat.open_session(FakeClient("1"))
+        response, body = self.get(domain.store, domain)
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
         data = json.loads(body)

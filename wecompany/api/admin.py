@@ -19,6 +19,7 @@ STATS_SCHEMA = {
         "active_calls": {"type": "integer"}, "calls": {"type": "integer"}, "rooms": {"type": "integer"},
         "meetings": {"type": "object", "properties": {s: {"type": "integer"} for s in STATUSES}},
         "users": {"type": "integer"},
+        "cluster": {"type": "object", "description": "admin only: this node, Redis, the live nodes"},
     },
 }
 
@@ -109,6 +110,7 @@ class AdminRoutes:
     async def admin_stats(self, call: Call):
         stats = await self._stats()
         stats["users"], _ = await self.store.list_users(0, 1)
+        stats["cluster"] = self.domain.cluster.status()
         return stats
 
     @endpoint("GET", "/v1/stats/overview", summary="Live statistics", tag="stats", data=STATS_SCHEMA)
@@ -119,9 +121,7 @@ class AdminRoutes:
         meetings = {}
         for status in STATUSES:
             meetings[status], _ = await self.store.list_meetings(0, 1, statuses=(status,))
-        return {"online_users": self.registry.online_count, "sessions": self.registry.session_count,
-                "active_calls": self.calls.active_count, "calls": self.calls.count,
-                "rooms": self.rooms.room_count(), "meetings": meetings}
+        return {**self.domain.live_counts(), "meetings": meetings}
 
     async def _target(self, call: Call):
         user = await self.store.get_user(call.params["user_id"])

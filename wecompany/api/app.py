@@ -37,8 +37,6 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.lifecycle = domain.lifecycle
         self.meetings = domain.meetings
         self.ice_servers = domain.ice
-        self.registry = domain.registry
-        self.calls = domain.calls
         self.rooms = domain.rooms
         self.clock = domain.clock
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port

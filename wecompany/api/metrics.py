@@ -14,13 +14,23 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 # Gauges read from the live services at scrape time: (name, help, source attribute, reading).
+# Each node reports its own (Prometheus sums over the nodes); the cluster's
+# totals are in /api/v1/admin/stats.
 _GAUGES = (
-    ("wecompany_online_users", "Users with at least one live session", "registry_state", lambda r: r.online_count),
-    ("wecompany_sessions", "Live sessions (TCP and WebSocket)", "registry_state", lambda r: r.session_count),
+    ("wecompany_online_users", "Users with at least one live session on this node", "registry_state",
+     lambda r: r.online_count),
+    ("wecompany_sessions", "Live sessions (TCP and WebSocket) on this node", "registry_state",
+     lambda r: r.session_count),
     ("wecompany_active_calls", "Calls in the active state", "calls", lambda c: c.active_count),
     ("wecompany_calls", "Calls ringing or active", "calls", lambda c: c.count),
     ("wecompany_rooms", "Meeting rooms with live participants", "rooms", lambda rooms: rooms()),
     ("wecompany_tcp_connections", "Open binary-protocol connections", "tcp_factory", lambda f: len(f.connections)),
+)
+
+# Only when clustered (--redis): (name, help, reading of Cluster.status()).
+_CLUSTER_GAUGES = (
+    ("wecompany_redis_up", "1 while this node is connected to Redis", lambda st: int(st["redis"] == "ok")),
+    ("wecompany_cluster_nodes", "Nodes this node sees alive (itself included)", lambda st: len(st["nodes"])),
 )
 
 
@@ -36,6 +46,13 @@ class _LiveState:
             if target is not None:
                 gauge = GaugeMetricFamily(name, text)
                 gauge.add_metric([], read(target))
+                yield gauge
+        cluster = self.m.cluster
+        if cluster is not None and cluster.enabled:
+            status = cluster.status()
+            for name, text, read in _CLUSTER_GAUGES:
+                gauge = GaugeMetricFamily(name, text)
+                gauge.add_metric([], read(status))
                 yield gauge
         calls = self.m.calls
         if calls is not None:
@@ -53,6 +70,7 @@ class Metrics:
         self.calls = domain.calls if domain is not None else None
         self.tcp_factory = tcp_factory
         self.rooms = domain.rooms.room_count if domain is not None else None
+        self.cluster = domain.cluster if domain is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("wecompany_http_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)

@@ -20,6 +20,10 @@ from wecompany.errors import Conflict, Forbidden, NotFound
 RINGING = "ringing"
 ACTIVE = "active"
 
+# What a party does to a call; another node's client does it through the cluster.
+ACCEPT, REJECT, END = "accept", "reject", "end"
+OPERATIONS = (ACCEPT, REJECT, END)
+
 # Results of CallService.relay
 RELAYED, DROPPED, NOT_IN_CALL = 0, 1, 2
 
@@ -52,12 +56,21 @@ class CallService:
 
     :param clock: ``IReactorTime`` used for the ring timeout and the maximum length.
     :param recorder: optional :class:`~wecompany.domain.recording.CallRecorder`.
+    :param cluster: the :class:`~wecompany.mirror.cluster.Cluster` (or
+        ``LocalCluster``). A call belongs to its caller's node, which keeps
+        its state and relays its media; the callee may be on another node,
+        whose client this service sees as a proxy. A local client in a call
+        another node owns acts on it through the cluster (``forward``), and
+        the cluster is told when a call finishes (its locks go).
     """
 
     log = Logger()
 
     def __init__(self, clock, ring_timeout: float = 30.0, max_duration: float = 3600.0,
-                 recorder=None, make_call_id=new_call_id) -> None:
+                 recorder=None, make_call_id=new_call_id, cluster=None) -> None:
+        from wecompany.mirror.cluster import LocalCluster
+
+        self.cluster = cluster if cluster is not None else LocalCluster()
         self.clock = clock
         self.ring_timeout = ring_timeout
         self.max_duration = max_duration
@@ -83,8 +96,11 @@ class CallService:
     def count(self) -> int:
         return len(self._calls)
 
+    def new_call_id(self) -> str:
+        return self._make_call_id()
+
     # -- transitions --------------------------------------------------------
-    def place(self, caller, target, callee_client, is_video: bool) -> Call | None:
+    def place(self, caller, target, callee_client, is_video: bool, call_id: str | None = None) -> Call | None:
         """
         ``caller`` calls the user ``target`` (an Identity, or None when no such
         user exists) whose chat client is ``callee_client`` (None if offline).
@@ -103,10 +119,11 @@ class CallService:
             reason = "offline"
         elif callee_client in self._by_client:
             reason = "busy"
+        call_id = call_id or self._make_call_id()
         if reason is not None:
-            caller.send_event(CallRejected(self._make_call_id(), reason))
+            caller.send_event(CallRejected(call_id, reason))
             return None
-        call = Call(self._make_call_id(), caller, callee_client, bool(is_video), self.clock.seconds())
+        call = Call(call_id, caller, callee_client, bool(is_video), self.clock.seconds())
         self._calls[call.call_id] = call
         self._by_client[caller] = call
         self._by_client[callee_client] = call
@@ -119,6 +136,8 @@ class CallService:
         return call
 
     def accept(self, client, call_id: str) -> None:
+        if call_id not in self._calls and self.cluster.forward(client, ACCEPT, call_id):
+            return
         call = self._party_call(client, call_id)
         if client is not call.callee:
             raise Forbidden("only the callee may accept a call")
@@ -133,6 +152,8 @@ class CallService:
         call.callee.send_event(event)
 
     def reject(self, client, call_id: str, reason: str = "") -> None:
+        if call_id not in self._calls and self.cluster.forward(client, REJECT, call_id, reason[:MAX_REASON]):
+            return
         call = self._party_call(client, call_id)
         if client is not call.callee:
             raise Forbidden("only the callee may reject a call; the caller ends it with CALL_END")
@@ -143,6 +164,8 @@ class CallService:
 
     def end(self, client, call_id: str) -> None:
         """Hang up an active call, or cancel (caller) / decline (callee) a ringing one."""
+        if call_id not in self._calls and self.cluster.forward(client, END, call_id):
+            return
         call = self._party_call(client, call_id)
         if call.state == RINGING:
             reason = "cancelled" if client is call.caller else "declined"
@@ -164,7 +187,10 @@ class CallService:
     def relay(self, client, data: bytes) -> int:
         """Forward one media packet to the other party of ``client``'s active call."""
         call = self._by_client.get(client)
-        if call is None or call.state != ACTIVE:
+        if call is None:
+            # In a call another node owns: the media goes there to be relayed.
+            return RELAYED if self.cluster.forward_media(client, data) else NOT_IN_CALL
+        if call.state != ACTIVE:
             return NOT_IN_CALL
         if client is call.caller:
             peer, direction = call.callee, "caller"
@@ -208,6 +234,7 @@ class CallService:
                 del self._by_client[party]
         if self.recorder is not None:
             self.recorder.close_call(call.call_id)
+        self.cluster.call_finished(call)
         self.log.info("call {call_id} finished: {event}, {relayed} packets relayed, {dropped} dropped",
                       call_id=call.call_id, event=type(event).__name__, relayed=call.relayed,
                       dropped=call.dropped)

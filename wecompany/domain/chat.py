@@ -17,9 +17,10 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from wecompany.domain.events import PresenceChanged, TextMessage
+from wecompany.domain.events import CallRejected, PresenceChanged, TextMessage
 from wecompany.domain.sessions import Identity
-from wecompany.errors import Conflict, InvalidInput, NotFound, WeCompanyError
+from wecompany.errors import Conflict, InvalidInput, NotFound, Unavailable, WeCompanyError
+from wecompany.mirror.cluster import LocalCluster
 from wecompany.store.records import StoredMessage
 
 DELIVERED = 0
@@ -60,11 +61,13 @@ class ChatService:
     :param clock: ``IReactorTime``.
     :param listeners: :class:`~wecompany.domain.interfaces.ISessionListener` s
         told when a session opens and closes (file transfers).
+    :param cluster: the :class:`~wecompany.mirror.cluster.Cluster` (or
+        ``LocalCluster``): where users on other nodes are, and how to reach them.
     """
 
     log = Logger()
 
-    def __init__(self, store, registry, directory, calls, ids, clock, listeners=()) -> None:
+    def __init__(self, store, registry, directory, calls, ids, clock, listeners=(), cluster=None) -> None:
         self.store = store
         self.registry = registry
         self.directory = directory
@@ -72,6 +75,7 @@ class ChatService:
         self.ids = ids
         self.clock = clock
         self.listeners = tuple(listeners)
+        self.cluster = cluster if cluster is not None else LocalCluster()
         self._draining: dict[str, _Drain] = {}
         self._inflight: Counter[str] = Counter()
 
@@ -86,10 +90,11 @@ class ChatService:
         if replaced is not None:
             self.close_session(replaced, "replaced")
             replaced.disconnect(SessionReplaced())
-        if first:
-            self._background(self._announce(client.identity, True))
+        # Online for the contacts once the user is online cluster-wide (an
+        # older chat session on another node is closed there).
+        self.cluster.session_opened(client, first).addCallback(self._announce_if, client.identity, True)
         if client.kind == "tcp" and client.identity.account_id is not None:
-            self._kick_drain(client.identity.user_id)
+            self.kick_drain(client.identity.user_id)
         for listener in self.listeners:
             listener.session_opened(client)
 
@@ -101,8 +106,15 @@ class ChatService:
         self.calls.session_closed(client, reason)
         for listener in self.listeners:
             listener.session_closed(client)
-        if offline:
-            self._background(self._announce(client.identity, False))
+        self.cluster.session_closed(client, offline).addCallback(self._announce_if, client.identity, False)
+
+    def _announce_if(self, changed: bool, ident: Identity, online: bool) -> None:
+        if changed:
+            self.announce_presence(ident, online)
+
+    def announce_presence(self, ident: Identity, online: bool) -> None:
+        """Tell the user's watchers, wherever they are, that the user came online or went offline."""
+        self._background(self._announce(ident, online))
 
     # -- text ---------------------------------------------------------------
     async def send_text(self, client, to: str, text: str) -> TextAck:
@@ -116,29 +128,56 @@ class ChatService:
                 if other is not client:
                     other.send_event(event)
                     count += 1
+            count += self.cluster.broadcast_text(event)
             return TextAck(message_id, BROADCAST, DELIVERED, count)
         recipient = await self.directory.resolve_user(to)
         if recipient is None:
             raise NotFound(f"unknown user {to!r}")
         uid = recipient.user_id
+        event = TextMessage(message_id, sender.user_id, sender.username, text, now)
         target = self.registry.chat_client(uid)
         if target is not None and uid not in self._draining:
-            target.send_event(TextMessage(message_id, sender.user_id, sender.username, text, now))
+            target.send_event(event)
             return TextAck(message_id, uid, DELIVERED, 1)
+        remote = self.cluster.chat_session(uid) if target is None else None
+        if remote is not None:
+            try:
+                # Its node delivers it, or stores it if the session went meanwhile.
+                status = await self.cluster.deliver_text(remote, event)
+                return TextAck(message_id, uid, status, 1)
+            except Unavailable:
+                pass  # no answer in time: stored here, so it is not lost (maybe delivered twice)
         if recipient.account_id is None or sender.account_id is None:
             raise Conflict("recipient is offline and messages of anonymous sessions are not stored")
+        status = await self.deliver_here(uid, event, recipient.account_id, sender.account_id)
+        return TextAck(message_id, uid, status, 1)
+
+    async def deliver_here(self, uid: str, event: TextMessage, recipient_account: int | None = None,
+                           sender_account: int | None = None) -> int:
+        """
+        Deliver ``event`` to ``uid``'s chat session on this node, or store it
+        for the user (also while stored messages are being drained, so it
+        cannot overtake them). -> DELIVERED or STORED. Another node asks this
+        of the node that holds the user's session.
+        """
+        target = self.registry.chat_client(uid)
+        if target is not None and uid not in self._draining:
+            target.send_event(event)
+            return DELIVERED
+        recipient_account = int(uid) if recipient_account is None else recipient_account
+        sender_account = int(event.sender_id) if sender_account is None else sender_account
         self._inflight[uid] += 1
         try:
             await self.store.store_offline_message(
-                StoredMessage(message_id, sender.account_id, recipient.account_id, text, now))
+                StoredMessage(event.message_id, sender_account, recipient_account, event.text, event.sent_at))
         finally:
             self._inflight[uid] -= 1
             if not self._inflight[uid]:
                 del self._inflight[uid]
-        self._kick_drain(uid)
-        return TextAck(message_id, uid, STORED, 1)
+        self.kick_drain(uid)
+        return STORED
 
-    def _kick_drain(self, uid: str) -> None:
+    def kick_drain(self, uid: str) -> None:
         """Deliver ``uid``'s stored messages if it is online (coalesces with a running drain)."""
         state = self._draining.get(uid)
         if state is not None:
@@ -189,9 +228,27 @@ class ChatService:
             del self._draining[uid]
 
     # -- presence and contacts ---------------------------------------------
+    def is_online(self, user_id: str) -> bool:
+        """Online on this node or on any other."""
+        return self.registry.is_online(user_id) or bool(self.cluster.remote_sessions(user_id))
+
     def online_users(self, offset: int = 0, limit: int = 100):
+        """A page of the users online in the whole cluster: this node's first, in the order they came."""
         _check_page(offset, limit)
-        return self.registry.online(offset, limit)
+        _, local = self.registry.online(0, self.registry.online_count)
+        seen = {ident.user_id for ident in local}
+        everyone = local + [ident for ident in self.cluster.remote_online() if ident.user_id not in seen]
+        return len(everyone), everyone[offset:offset + limit]
+
+    @property
+    def online_count(self) -> int:
+        """Users online in the whole cluster (each counted once)."""
+        elsewhere = sum(1 for uid in self.cluster.remote_user_ids() if not self.registry.is_online(uid))
+        return self.registry.online_count + elsewhere
+
+    @property
+    def session_count(self) -> int:
+        return self.registry.session_count + self.cluster.remote_session_count()
 
     async def _announce(self, ident: Identity, online: bool) -> None:
         if ident.account_id is None:
@@ -199,7 +256,7 @@ class ChatService:
         watchers = await self.store.watchers_of(ident.account_id)
         event = PresenceChanged(ident.user_id, ident.username, online)
         for watcher in watchers:
-            client = self.registry.chat_client(str(watcher))
+            client = self.registry.chat_client(str(watcher)) or self.cluster.chat_session(str(watcher))
             if client is not None:
                 client.send_event(event)
 
@@ -211,7 +268,7 @@ class ChatService:
         if other.account_id == me:
             raise InvalidInput("you cannot add yourself as a contact")
         await self.store.add_contact(me, other.account_id, self.clock.seconds())
-        return other, self.registry.is_online(other.user_id)
+        return other, self.is_online(other.user_id)
 
     async def remove_contact(self, client, name_or_id: str) -> Identity:
         me = self._account_of(client)
@@ -225,7 +282,7 @@ class ChatService:
         me = self._account_of(client)
         _check_page(offset, limit)
         total, users = await self.store.list_contacts(me, offset, limit)
-        page = [(Identity.of_user(u), self.registry.is_online(str(u.id))) for u in users]
+        page = [(Identity.of_user(u), self.is_online(str(u.id))) for u in users]
         return total, page
 
     @staticmethod
@@ -236,9 +293,27 @@ class ChatService:
 
     # -- calls --------------------------------------------------------------
     async def place_call(self, client, callee: str, is_video: bool):
+        """
+        Ring ``callee`` on whichever node holds its desktop session. One call
+        per user holds cluster-wide: both users' locks are taken first, so two
+        nodes ringing the same user at once cannot both succeed.
+        """
+        if self.calls.call_of(client) is not None or client in self.cluster.remote_calls_of():
+            raise Conflict("you are already in a call")
         target = await self.directory.resolve_user(callee)
-        callee_client = self.registry.chat_client(target.user_id) if target is not None else None
-        return self.calls.place(client, target, callee_client, is_video)
+        callee_client = None
+        if target is not None:
+            callee_client = self.registry.chat_client(target.user_id) or self.cluster.chat_session(target.user_id)
+        call_id = self.calls.new_call_id()
+        users = [client.identity.user_id] + ([target.user_id] if callee_client is not None else [])
+        if callee_client is not None and target.user_id != client.identity.user_id:
+            if not await self.cluster.reserve_call(call_id, users):
+                client.send_event(CallRejected(call_id, "busy"))
+                return None
+        call = self.calls.place(client, target, callee_client, is_video, call_id=call_id)
+        if call is None:
+            self.cluster.release_call(call_id, users)
+        return call
 
     # -- plumbing -----------------------------------------------------------
     def _background(self, coro) -> None:

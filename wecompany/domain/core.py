@@ -31,6 +31,7 @@ from wecompany.domain.recording import CallRecorder
 from wecompany.domain.rooms import RoomService
 from wecompany.domain.sessions import SessionRegistry, UserDirectory
 from wecompany.domain.tokens import TokenIssuer
+from wecompany.mirror.cluster import Cluster, LocalCluster
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -69,12 +70,27 @@ class Domain:
     lifecycle: AccountLifecycle
     credentials: Credentials
     recorder: CallRecorder | None
+    #: The cluster (``--redis``), or ``LocalCluster`` for a daemon on its own.
+    cluster: object
     #: Where avatars are kept.
     avatar_dir: str
 
+    def live_counts(self) -> dict:
+        """
+        What is live now, for the whole cluster when clustered: users and
+        sessions from the replica, the other nodes' calls as of their last
+        heartbeat. Rooms are this node's (a room lives on one node).
+        """
+        peers = self.cluster.peer_totals()
+        return {"online_users": self.chat.online_count, "sessions": self.chat.session_count,
+                "calls": self.calls.count + peers["calls"],
+                "active_calls": self.calls.active_count + peers["active_calls"],
+                "rooms": self.rooms.room_count()}
+
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
-                 hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None) -> Domain:
+                 hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None,
+                 redis_link=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -85,6 +101,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param run_disk: runs file work in its thread pool.
     :param mailer: sends password-reset mail (default: the log).
     :param id_node: the node number message ids carry (default: random).
+    :param redis_link: a :class:`~wecompany.mirror.redis.RedisLink` (or a
+        fake) when the daemon is clustered (``--redis``); None otherwise.
     """
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
@@ -97,18 +115,25 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     accounts = Accounts(store, hasher, tokens, clock, guard)
     registry = SessionRegistry()
     directory = UserDirectory(store, registry)
+    if redis_link is None:
+        cluster = LocalCluster()
+    else:
+        cluster = Cluster(redis_link, registry, clock, node_id=config.node_id, prefix=config.redis_prefix,
+                          node_timeout=config.node_timeout,
+                          call_lock_ttl=config.ring_timeout + config.max_call + 60)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
-    calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder)
+    calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
     files = FileService(store, directory, registry, os.path.join(config.data_dir, "media"), run_disk, clock,
                         chunk_size=file_chunk_size(config.max_frame))
-    chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files])
+    chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files],
+                       cluster=cluster)
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, clock, format_time=rfc3339)
     meetings = MeetingService(store, hasher, clock, guard, listeners=[rooms])
-    lifecycle = AccountLifecycle(store, registry, clock, meetings)
+    lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
     return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  avatar_dir=os.path.join(config.data_dir, "avatars"))
+                  cluster=cluster, avatar_dir=os.path.join(config.data_dir, "avatars"))

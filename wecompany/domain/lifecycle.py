@@ -38,11 +38,14 @@ class AccountLifecycle:
 
     log = Logger()
 
-    def __init__(self, store, registry, clock, meetings=None) -> None:
+    def __init__(self, store, registry, clock, meetings=None, cluster=None) -> None:
+        from wecompany.mirror.cluster import LocalCluster
+
         self.store = store
         self.registry = registry
         self.clock = clock
         self.meetings = meetings
+        self.cluster = cluster if cluster is not None else LocalCluster()
 
     async def sign_out_everywhere(self, user_id: int, error) -> int:
         """End every token and live session of the user; the sessions are told ``error``. -> refresh tokens revoked."""
@@ -50,6 +53,7 @@ class AccountLifecycle:
         sessions = self.registry.sessions_of(str(user_id))
         for client in sessions:
             client.disconnect(error)
+        self.cluster.sign_out_elsewhere(str(user_id), error)  # and on every other node
         self.log.info("user {user_id} signed out everywhere ({why}): {revoked} refresh tokens, {sessions} sessions",
                       user_id=user_id, why=error.message, revoked=revoked, sessions=len(sessions))
         return revoked

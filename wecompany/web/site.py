@@ -33,21 +33,26 @@ def free_bytes(path: str) -> int:
 class HealthResource(Resource):
     """
     ``GET /health``: 200 when the database answers and can store, 503
-    otherwise; JSON body ``{"status": "ok"|"unavailable", "database": ...,
-    "storage": "ok"|"full"|"low"|..., "version": ..., "online_users": N,
-    "active_calls": N}`` (and ``free_bytes`` where the data lives, when a
-    ``free_space`` check is given: a callable -> Deferred of bytes free).
+    otherwise; JSON body ``{"status": "ok"|"degraded"|"unavailable",
+    "database": ..., "storage": "ok"|"full"|"low"|..., "version": ...,
+    "online_users": N, "active_calls": N, "cluster": {...}}`` (and
+    ``free_bytes`` where the data lives, when a ``free_space`` check is
+    given: a callable -> Deferred of bytes free).
+
+    ``live`` is the :class:`~wecompany.domain.core.Domain` (its
+    ``live_counts()`` and ``cluster``). A clustered node that lost Redis
+    answers 200 with status ``degraded``: it still serves its own clients,
+    and a load balancer that took every such node out would take the whole
+    service down with Redis.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, store, registry=None, calls=None, free_space=None, min_free: int = MIN_FREE_BYTES,
-                 clock=None) -> None:
+    def __init__(self, store, live=None, free_space=None, min_free: int = MIN_FREE_BYTES, clock=None) -> None:
         super().__init__()
         self.store = store
-        self.registry = registry
-        self.calls = calls
+        self.live = live
         self.free_space = free_space
         self.min_free = min_free
         self.clock = clock
@@ -80,18 +85,20 @@ class HealthResource(Resource):
                 if free < self.min_free and storage == "ok":
                     storage = "low"
         ok = db_ok and storage == "ok"
+        cluster = self.live.cluster.status() if self.live is not None else {"enabled": False}
+        degraded = cluster.get("redis", "ok") != "ok"
         body = {
-            "status": "ok" if ok else "unavailable",
+            "status": ("degraded" if degraded else "ok") if ok else "unavailable",
             "database": "ok" if db_ok else "unavailable",
             "storage": storage,
             "version": __version__,
         }
         if free is not None:
             body["free_bytes"] = free
-        if self.registry is not None:
-            body["online_users"] = self.registry.online_count
-        if self.calls is not None:
-            body["active_calls"] = self.calls.active_count
+        if self.live is not None:
+            counts = self.live.live_counts()
+            body["online_users"], body["active_calls"] = counts["online_users"], counts["active_calls"]
+            body["cluster"] = cluster
         return (200 if ok else 503), body
 
     async def _free_space(self) -> int:
@@ -196,17 +203,18 @@ def _static_route(path: bytes) -> str:
     return "unmatched"
 
 
-def make_site(store, registry=None, calls=None, reactor=None, api=None, metrics=None,
+def make_site(store, live=None, reactor=None, api=None, metrics=None,
               body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
-    and ``/ws/signaling`` when a signaling factory is.
+    and ``/ws/signaling`` when a signaling factory is. ``live``: the
+    domain, whose live counts ``/health`` reports.
     """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
         reactor = Clock()
     root = Resource()
-    root.putChild(b"health", HealthResource(store, registry, calls, free_space, clock=reactor))
+    root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
     if api is not None:

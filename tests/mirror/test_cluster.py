@@ -1,0 +1,333 @@
+"""
+Several nodes in one process, over the fake Redis: what crosses nodes, and
+what happens when a node or Redis goes away. No sockets, no wall time.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import generate_latest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.helpers import FakeClient, make_domain, make_user
+from tests.mirror.fakeredis import FakeLink, FakeRedisServer
+from wecompany.api.metrics import Metrics
+from wecompany.domain import events as ev
+from wecompany.domain.chat import DELIVERED, STORED
+from wecompany.mirror.cluster import ClusterNode
+from wecompany.store.memory import MemoryStore
+from wecompany.web.site import make_site
+
+NODE_TIMEOUT = 15.0
+
+
+def run(coro):
+    return Deferred.fromCoroutine(coro)
+
+
+class Node:
+    def __init__(self, case, name: str):
+        self.name = name
+        self.link = FakeLink(case.server)
+        self.domain = make_domain(case, clock=case.clock, store=case.store, redis_link=self.link,
+                                  node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1)
+        self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls)
+        self.node.start()
+
+    @property
+    def chat(self):
+        return self.domain.chat
+
+
+class ClusterCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.server = FakeRedisServer(self.clock)
+        self.store = MemoryStore()
+        self.store.start()
+        self.nodes: list[Node] = []
+        self.users: dict[str, int] = {}
+
+    def node(self, name: str) -> Node:
+        node = Node(self, name)
+        self.nodes.append(node)
+        self.settle()
+        return node
+
+    def settle(self, seconds: float = 0.0) -> None:
+        """Let every message in flight arrive (and ``seconds`` pass)."""
+        for _ in range(1000):
+            due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            if not due:
+                break
+            self.clock.advance(0)
+        if seconds:
+            self.clock.advance(seconds)
+            self.settle()
+
+    def user(self, name: str) -> str:
+        if name not in self.users:
+            self.users[name] = make_user(self.nodes[0].domain, name)
+        return str(self.users[name])
+
+    def login(self, node: Node, name: str, kind: str = "tcp") -> FakeClient:
+        client = FakeClient(self.user(name), name, kind=kind)
+        node.chat.open_session(client)
+        self.settle()
+        return client
+
+    def logout(self, node: Node, client: FakeClient) -> None:
+        node.chat.close_session(client)
+        self.settle()
+
+    def call(self, node, caller, callee: str):
+        d = run(node.chat.place_call(caller, callee, True))
+        self.settle()
+        return self.successResultOf(d)
+
+    def send(self, node: Node, client, to: str, text: str):
+        d = run(node.chat.send_text(client, to, text))
+        self.settle()
+        return self.successResultOf(d)
+
+    def texts(self, client) -> list[str]:
+        return [e.text for e in client.take() if isinstance(e, ev.TextMessage)]
+
+    def watch(self, watcher: str, watched: str) -> None:
+        self.store.add_contact(int(self.user(watcher)), int(self.user(watched)), self.clock.seconds())
+
+
+class TextTests(ClusterCase):
+    def test_text_to_a_user_on_another_node(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        ack = self.send(a, alice, "bob", "hello from a")
+        self.assertEqual((ack.status, self.texts(bob)), (DELIVERED, ["hello from a"]))
+        ack = self.send(b, bob, self.user("alice"), "and back")
+        self.assertEqual((ack.status, self.texts(alice)), (DELIVERED, ["and back"]))
+        self.assertEqual(self.store.fetch_offline_messages(int(self.user("bob")), 10).result, [])
+
+    def test_stored_only_when_the_user_is_on_no_node(self):
+        a, b = self.node("a"), self.node("b")
+        alice = self.login(a, "alice")
+        self.user("bob")
+        ack = self.send(a, alice, "bob", "while you were away")
+        self.assertEqual(ack.status, STORED)
+        bob = self.login(b, "bob")  # the stored text arrives where bob logs in
+        self.assertEqual(self.texts(bob), ["while you were away"])
+
+    def test_a_session_gone_meanwhile_stores_on_its_node(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        b.domain.registry.detach(bob)  # gone on b before a learns of it
+        ack = self.send(a, alice, "bob", "are you there")
+        self.assertEqual(ack.status, STORED)
+        self.assertEqual([m.text for m in self.store.fetch_offline_messages(int(self.user("bob")), 10).result],
+                         ["are you there"])
+
+    def test_no_answer_in_time_is_stored_here_not_lost(self):
+        a, b = self.node("a"), self.node("b")
+        alice = self.login(a, "alice")
+        self.login(b, "bob")
+        b.link.partition()  # b no longer hears anything
+        d = run(a.chat.send_text(alice, "bob", "lost in transit?"))
+        self.settle(4)
+        self.assertEqual(self.successResultOf(d).status, STORED)
+        self.assertEqual(len(self.store.fetch_offline_messages(int(self.user("bob")), 10).result), 1)
+
+    def test_broadcast_reaches_every_node(self):
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        alice, bob, carol = self.login(a, "alice"), self.login(b, "bob"), self.login(c, "carol")
+        ack = self.send(a, alice, "*", "to everyone")
+        self.assertEqual(ack.recipients, 2)
+        self.assertEqual((self.texts(bob), self.texts(carol), self.texts(alice)), (["to everyone"], ["to everyone"], []))
+
+
+class PresenceTests(ClusterCase):
+    def test_presence_and_the_online_list_are_cluster_wide(self):
+        a, b = self.node("a"), self.node("b")
+        self.watch("alice", "bob")
+        alice = self.login(a, "alice")
+        alice.take()
+        bob = self.login(b, "bob")
+        self.assertEqual([(e.username, e.online) for e in alice.take() if isinstance(e, ev.PresenceChanged)],
+                         [("bob", True)])
+        for node in (a, b):
+            total, users = node.chat.online_users()
+            self.assertEqual((total, sorted(u.username for u in users)), (2, ["alice", "bob"]))
+            self.assertTrue(node.chat.is_online(self.user("bob")))
+        # A second session of bob's (signaling) on a: still online, no second notice.
+        ws = self.login(a, "bob", kind="ws")
+        self.logout(b, bob)
+        self.assertEqual([e for e in alice.take() if isinstance(e, ev.PresenceChanged)], [])
+        self.logout(a, ws)
+        self.assertEqual([(e.username, e.online) for e in alice.take() if isinstance(e, ev.PresenceChanged)],
+                         [("bob", False)])
+        self.assertEqual(b.chat.online_users()[0], 1)
+
+    def test_one_desktop_session_per_user_cluster_wide(self):
+        a, b = self.node("a"), self.node("b")
+        first = self.login(a, "alice")
+        second = self.login(b, "alice")
+        self.assertEqual(first.disconnected.code, 409)
+        self.assertIsNone(second.disconnected)
+        self.assertIsNone(a.domain.registry.chat_client(self.user("alice")))
+
+    def test_sign_out_everywhere_reaches_every_node(self):
+        a, b = self.node("a"), self.node("b")
+        desktop, browser = self.login(a, "alice"), self.login(b, "alice", kind="ws")
+        run(a.domain.lifecycle.sign_out_everywhere(int(self.user("alice")), ev_error("password changed")))
+        self.settle()
+        self.assertEqual((desktop.disconnected.message, browser.disconnected.message),
+                         ("password changed", "password changed"))
+
+
+def ev_error(message):
+    from wecompany.errors import Unauthenticated
+    return Unauthenticated(message)
+
+
+class CallTests(ClusterCase):
+    def test_a_call_across_nodes_with_media_both_ways(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        incoming = [e for e in bob.take() if isinstance(e, ev.CallIncoming)]
+        self.assertEqual([(e.call_id, e.caller_name) for e in incoming], [(call.call_id, "alice")])
+        b.domain.calls.accept(bob, call.call_id)  # on bob's node: it goes to the call's node
+        self.settle()
+        self.assertIn(ev.CallAccepted(call.call_id), alice.take())
+        self.assertIn(ev.CallAccepted(call.call_id), bob.take())
+        a.domain.calls.relay(alice, b"from alice")
+        b.domain.calls.relay(bob, b"from bob")
+        self.settle()
+        self.assertEqual((bob.media, alice.media), ([(call.call_id, b"from alice")], [(call.call_id, b"from bob")]))
+        b.domain.calls.end(bob, call.call_id)
+        self.settle()
+        for party in (alice, bob):
+            self.assertIn(ev.CallEnded(call.call_id, "hangup"), party.take())
+        self.assertEqual([k for k in self.server.keys() if ":busy:" in k], [])  # the locks went
+
+    def test_rejected_across_nodes(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.reject(bob, call.call_id, "in a meeting")
+        self.settle()
+        self.assertIn(ev.CallRejected(call.call_id, "in a meeting"), alice.take())
+
+    def test_two_nodes_ringing_one_user_at_once_cannot_double_book(self):
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        alice, bob, carol = self.login(a, "alice"), self.login(b, "bob"), self.login(c, "carol")
+        first = run(a.chat.place_call(alice, "bob", False))
+        second = run(c.chat.place_call(carol, "bob", False))
+        self.settle()
+        self.assertIsNotNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual([e.reason for e in carol.take() if isinstance(e, ev.CallRejected)], ["busy"])
+        self.assertEqual(len([e for e in bob.take() if isinstance(e, ev.CallIncoming)]), 1)
+
+    def test_the_callee_going_away_ends_the_call(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        alice.take()
+        self.logout(b, bob)
+        self.assertIn(ev.CallEnded(call.call_id, "disconnected"), alice.take())
+        self.assertIsNone(a.domain.calls.get(call.call_id))
+
+
+class NodeFailureTests(ClusterCase):
+    def test_a_dead_node_is_cleaned_up_within_the_timeout(self):
+        a, b = self.node("a"), self.node("b")
+        self.watch("alice", "bob")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = run(a.chat.place_call(alice, "bob", False))
+        self.settle()
+        call = self.successResultOf(call)
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        alice.take()
+        # b dies: no goodbye, no more heartbeats, nothing heard.
+        b.link.partition()
+        for loop in (b.node._heartbeat, b.node._resync):
+            loop.stop()
+        b.link.up = False
+        self.settle(NODE_TIMEOUT + NODE_TIMEOUT / 3 + 1)
+        events = alice.take()
+        self.assertIn(ev.CallEnded(call.call_id, "disconnected"), events)
+        self.assertIn(ev.PresenceChanged(self.user("bob"), "bob", False), events)
+        self.assertFalse(a.chat.is_online(self.user("bob")))
+        self.assertEqual([k for k in self.server.keys() if ":b" in k.split("v1:")[1][:9]
+                          or k.endswith(":sessions:b")], [])
+        ack = self.send(a, alice, "bob", "are you back?")
+        self.assertEqual(ack.status, STORED)
+
+    def test_a_node_that_stops_leaves_at_once(self):
+        a, b = self.node("a"), self.node("b")
+        self.login(b, "bob")
+        self.assertTrue(a.chat.is_online(self.user("bob")))
+        run(b.node.stop())
+        self.settle()
+        self.assertFalse(a.chat.is_online(self.user("bob")))
+
+
+class RedisFailureTests(ClusterCase):
+    def test_nodes_serve_their_own_and_recover_when_redis_returns(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        self.server.crash()  # without persistence: everything in it is gone
+        self.settle()
+        ack = self.send(a, alice, "bob", "redis is down")  # bob is out of reach: stored, not lost
+        self.assertEqual(ack.status, STORED)
+        carol = self.login(a, "carol")  # a still serves its own
+        self.assertEqual(self.send(a, carol, "alice", "local").status, DELIVERED)
+        self.server.restart()
+        self.settle(NODE_TIMEOUT / 3 + 1)
+        # Each node published its sessions again, and b delivered what was stored for bob.
+        self.assertTrue(a.chat.is_online(self.user("bob")))
+        self.assertEqual(self.texts(bob), ["redis is down"])
+        self.assertEqual(self.send(a, alice, "bob", "back").status, DELIVERED)
+        self.assertEqual(self.texts(bob), ["back"])
+        self.assertEqual(a.domain.cluster.status()["redis"], "ok")
+
+
+class LiveCountsTests(ClusterCase):
+    def health(self, node):
+        treq = StubTreq(make_site(self.store, node.domain).resource)
+        response = self.successResultOf(treq.get("http://localhost/health"))
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_counts_are_cluster_wide(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        self.login(b, "alice", kind="ws")  # a second session of alice: one user, two sessions
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle(NODE_TIMEOUT / 3 + 0.1)  # a heartbeat and a resync: a has b's, b has a's
+        for node in (a, b):
+            counts = node.domain.live_counts()
+            self.assertEqual((counts["online_users"], counts["sessions"], counts["calls"], counts["active_calls"]),
+                             (2, 3, 1, 1), node.name)
+        code, body = self.health(b)
+        self.assertEqual((code, body["status"], body["online_users"], body["active_calls"]), (200, "ok", 2, 1))
+        self.assertEqual((body["cluster"]["node"], body["cluster"]["nodes"]), ("b", ["a", "b"]))
+
+    def test_a_node_without_redis_is_degraded_not_down(self):
+        a = self.node("a")
+        self.server.crash()
+        self.settle()
+        code, body = self.health(a)
+        self.assertEqual((code, body["status"], body["cluster"]["redis"]), (200, "degraded", "unavailable"))
+        text = generate_latest(Metrics(a.domain).registry).decode()
+        self.assertIn("wecompany_redis_up 0.0", text)
+        self.server.restart()
+        self.settle()
+        self.assertIn("wecompany_redis_up 1.0", generate_latest(Metrics(a.domain).registry).decode())
