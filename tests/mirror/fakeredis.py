@@ -22,6 +22,7 @@ class FakeRedisServer:
         self.links: list[FakeLink] = []
         self.running = True
         self.published = 0
+        self.heard: list[tuple] = []  # (link, channel, message) of every message delivered
 
     # -- keys ---------------------------------------------------------------
     def _live(self, key):
@@ -240,10 +241,11 @@ class FakeLink:
             return fail(Unavailable("the cluster's Redis is not reachable"))
         return succeed(self.server.publish(channel, message))
 
-    def subscribe(self, channel: str, handler) -> None:
+    def subscribe(self, channel: str, handler):
         self._handlers[channel] = handler
         if self.started:
             self.server.channels.setdefault(channel, {})[self] = handler
+        return succeed(None)
 
     def unsubscribe(self, channel: str) -> None:
         self._handlers.pop(channel, None)
@@ -251,4 +253,5 @@ class FakeLink:
 
     def deliver(self, channel, handler, message) -> None:
         if self.up and self.server.channels.get(channel, {}).get(self) is handler:
+            self.server.heard.append((self, channel, message))
             handler(message)

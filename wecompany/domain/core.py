@@ -32,6 +32,7 @@ from wecompany.domain.rooms import RoomService
 from wecompany.domain.sessions import SessionRegistry, UserDirectory
 from wecompany.domain.tokens import TokenIssuer
 from wecompany.mirror.cluster import Cluster, LocalCluster
+from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -79,13 +80,13 @@ class Domain:
         """
         What is live now, for the whole cluster when clustered: users and
         sessions from the replica, the other nodes' calls as of their last
-        heartbeat. Rooms are this node's (a room lives on one node).
+        heartbeat; a room with members on several nodes is counted once.
         """
         peers = self.cluster.peer_totals()
         return {"online_users": self.chat.online_count, "sessions": self.chat.session_count,
                 "calls": self.calls.count + peers["calls"],
                 "active_calls": self.calls.active_count + peers["active_calls"],
-                "rooms": self.rooms.room_count()}
+                "rooms": len(set(self.rooms.local_room_ids()) | peers["rooms"])}
 
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
@@ -128,8 +129,11 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files],
                        cluster=cluster)
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
-    rooms = RoomService(store, ice, clock, format_time=rfc3339)
-    meetings = MeetingService(store, hasher, clock, guard, listeners=[rooms])
+    room_mirror = RoomMirror(cluster) if cluster.enabled else LocalRoomMirror()
+    rooms = RoomService(store, ice, clock, room_mirror, format_time=rfc3339)
+    # The rooms here follow a meeting's REST changes, and the mirror tells the rooms on the other nodes.
+    meetings = MeetingService(store, hasher, clock, guard,
+                              listeners=[rooms, room_mirror] if cluster.enabled else [rooms])
     lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
     return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,

@@ -58,7 +58,10 @@ class SignalEvent:
 
 @attrs.define(eq=False)
 class Member:
-    """One signaling session in a room."""
+    """
+    One signaling session in a room. A member on another node of the
+    cluster (``node`` set) is a replica: it has no client here.
+    """
 
     session_id: str
     client: object
@@ -70,6 +73,7 @@ class Member:
     audio_enabled: bool = True
     video_enabled: bool = True
     screen_sharing: bool = False
+    node: str | None = None
 
 
 @attrs.define(eq=False)
@@ -77,12 +81,13 @@ class Room:
     """
     The live room of one meeting. ``meeting`` is its record as last seen
     (at a join, or told by the MeetingService): chat is checked against it
-    without a database read per message.
+    without a database read per message. Until a member joins here (a room
+    known only from its members on other nodes) it is None.
     """
 
     meeting_id: int
     room_id: str
-    meeting: object
+    meeting: object | None
     members: dict = attrs.Factory(dict)  # session_id -> Member, in join order
     created_at: float = 0.0
     messages: int = 0
@@ -95,28 +100,42 @@ class RoomService:
     is deleted its members are disconnected, and a member who leaves the
     meeting through REST, or is removed from it, is disconnected too.
 
+    In a cluster a room's members may be on several nodes: the ``mirror``
+    (:class:`~wecompany.mirror.rooms.RoomMirror`) tells the other nodes of
+    this node's members and carries what crosses; what they say comes back
+    through the ``remote_*`` methods. A node follows a room while it has
+    an interest in it: a connection admitted to it (:meth:`admit` with the
+    client) until that connection is released.
+
     :param store: IStore + IMeetingStore.
     :param ice: :class:`~wecompany.domain.ice.IceServers`.
+    :param mirror: ``RoomMirror``, or ``LocalRoomMirror`` for a daemon on its own.
     :param format_time: POSIX seconds -> the string clients see (RFC 3339).
     """
 
     log = Logger()
 
-    def __init__(self, store, ice, clock, format_time=str) -> None:
+    def __init__(self, store, ice, clock, mirror, format_time=str) -> None:
         self.store = store
         self.ice = ice
         self.clock = clock
+        self.mirror = mirror
         self.format_time = format_time
         self.rooms: dict[int, Room] = {}
-        self.sessions: dict[str, Member] = {}  # session_id -> member
+        self.sessions: dict[str, Member] = {}  # session_id -> member, here or elsewhere
         self._by_client: dict[object, Member] = {}
+        self._interest: dict[int, set] = {}  # meeting id -> the clients admitted to its room here
+        self._interest_of: dict[object, int] = {}
+        self._unseen: dict[str, float] = {}  # members elsewhere the room's record lacks -> since when
 
     # -- admission (before the WebSocket upgrade) -----------------------------
-    async def admit(self, user_id: int, meeting_id: int):
+    async def admit(self, user_id: int, meeting_id: int, client=None):
         """
         May ``user_id`` open a signaling session for ``meeting_id``? Raises
         :class:`Forbidden` (meeting missing or over, not a participant joined
-        through REST, room full); returns the MeetingRecord.
+        through REST, room full); returns the MeetingRecord. With ``client``
+        (the connection that will join), the room is followed across the
+        cluster until :meth:`release` (its members elsewhere count here).
         """
         meeting = await self.store.get_meeting(meeting_id)
         if meeting is None:
@@ -126,10 +145,38 @@ class RoomService:
         participant = await self.store.get_participant(meeting_id, user_id)
         if participant is None or participant.status == "left":
             raise Forbidden("join the meeting through the REST API first")
+        if client is not None and self.mirror.enabled:
+            self._follow(client, meeting_id)
+            await self.mirror.watch(meeting_id, self)
         room = self.rooms.get(meeting_id)
         if room is not None and len({m.user_id for m in room.members.values()} | {user_id}) > meeting.max_participants:
+            self.release(client)
             raise Forbidden("room is full")
         return meeting
+
+    def _follow(self, client, meeting_id: int) -> None:
+        if client in self._interest_of:
+            return
+        self._interest_of[client] = meeting_id
+        self._interest.setdefault(meeting_id, set()).add(client)
+
+    def release(self, client) -> None:
+        """``client``'s connection is gone: a room no connection here is in is no longer followed."""
+        self.leave(client, "disconnected")
+        meeting_id = self._interest_of.pop(client, None)
+        if meeting_id is None:
+            return
+        clients = self._interest[meeting_id]
+        clients.discard(client)
+        if clients:
+            return
+        del self._interest[meeting_id]
+        self.mirror.unwatch(meeting_id)
+        room = self.rooms.get(meeting_id)
+        if room is not None and all(m.node is not None for m in room.members.values()):
+            for member in room.members.values():
+                self.sessions.pop(member.session_id, None)
+            del self.rooms[meeting_id]
 
     # -- membership -----------------------------------------------------------
     def join(self, client, meeting, user, peer_id: str) -> Member:
@@ -148,18 +195,27 @@ class RoomService:
                 if other.user_id != user.id:
                     raise Conflict("peer_id is in use in this room")
                 # The same user reconnecting before its old socket noticed: the new one wins.
-                self.leave(other.client, "replaced")
-                other.client.disconnect(Conflict("replaced by a newer connection with the same peer_id"))
+                if other.node is not None:
+                    self.mirror.replace(other)  # closed on its node
+                    self._remove_remote(other, "replaced")
+                else:
+                    self.leave(other.client, "replaced")
+                    other.client.disconnect(Conflict("replaced by a newer connection with the same peer_id"))
+        if self.mirror.enabled and client not in self._interest_of:
+            # Joined without an admission here (the service used directly): followed from now on.
+            self._follow(client, meeting.id)
+            self.mirror.watch(meeting.id, self)
         # Made only now (leave() above may have removed an emptied room).
         room = self.rooms.get(meeting.id)
         if room is None:
             room = self.rooms[meeting.id] = Room(meeting.id, meeting.room_id, meeting, created_at=now)
-        elif meeting.updated_at > room.meeting.updated_at:
-            room.meeting = meeting
+        elif room.meeting is None or meeting.updated_at > room.meeting.updated_at:
+            room.meeting, room.room_id = meeting, meeting.room_id
         member = Member("s_" + secrets.token_hex(8), client, user.id, user.username, peer_id, meeting.id, now)
         room.members[member.session_id] = member
         self.sessions[member.session_id] = member
         self._by_client[client] = member
+        self.mirror.joined(member)
         client.send_event(self._room_info(room, member))
         self._to_others(room, member, self._event("user-joined", member, self.member_view(member)))
         self._refresh_others(room, member)
@@ -179,17 +235,30 @@ class RoomService:
 
     def _remove(self, member: Member, reason: str, record: bool = True) -> None:
         del self._by_client[member.client]
-        self.sessions.pop(member.session_id, None)
+        self.mirror.left(member, reason)
+        self._drop(member, reason)
         room = self.rooms.get(member.meeting_id)
-        if room is None:
+        if record and not any(m.user_id == member.user_id for m in (room.members.values() if room else ())):
+            self.record_left(member.meeting_id, member.user_id)
+
+    def _remove_remote(self, member: Member, reason: str) -> None:
+        """A member elsewhere left (its node records it)."""
+        self._drop(member, reason)
+
+    def _drop(self, member: Member, reason: str) -> None:
+        self.sessions.pop(member.session_id, None)
+        self._unseen.pop(member.session_id, None)
+        room = self.rooms.get(member.meeting_id)
+        if room is None or room.members.pop(member.session_id, None) is None:
             return
-        room.members.pop(member.session_id, None)
         self._to_others(room, member, self._event("user-left", member, {**self.member_view(member), "reason": reason}))
         self._refresh_others(room, member)
-        if record and not any(m.user_id == member.user_id for m in room.members.values()):
-            self._record(member.meeting_id, member.user_id, {"status": "left", "left_at": self.clock.seconds()})
         if not room.members:
             del self.rooms[member.meeting_id]
+
+    def record_left(self, meeting_id: int, user_id: int) -> None:
+        """The user's last session in the room is gone: its participant record says it left."""
+        self._record(meeting_id, user_id, {"status": "left", "left_at": self.clock.seconds()})
 
     def member_of(self, client) -> Member | None:
         return self._by_client.get(client)
@@ -209,8 +278,12 @@ class RoomService:
         if not targets:
             raise NotFound("no such peer in this room")
         event = self._event(kind, member, payload, to_peer_id=to_peer_id, to_user_id=to_user_id)
+        elsewhere = [target for target in targets if target.node is not None]
         for target in targets:
-            self._deliver(target, event)
+            if target.node is None:
+                self._deliver(target, event)
+        if elsewhere:
+            self.mirror.to_members(elsewhere, event)
         return len(targets)
 
     def chat(self, client, payload) -> Deferred[SignalEvent]:
@@ -243,7 +316,9 @@ class RoomService:
         if room is not None:
             room.messages += 1
             for other in list(room.members.values()):
-                self._deliver(other, event)
+                if other.node is None:
+                    self._deliver(other, event)
+        self.mirror.to_room(member.meeting_id, event)
         return event
 
     def media_state(self, client, payload) -> None:
@@ -261,7 +336,8 @@ class RoomService:
         for key, value in changes.items():
             setattr(member, key, value)
         state = {"audio_enabled": member.audio_enabled, "video_enabled": member.video_enabled}
-        self._to_others(self.rooms[member.meeting_id], member, self._event("media-state", member, state))
+        self.mirror.changed(member)
+        self._to_room(member, self._event("media-state", member, state))
         self._record(member.meeting_id, member.user_id, changes)
 
     def screen_share(self, client, payload) -> None:
@@ -270,8 +346,8 @@ class RoomService:
         if not isinstance(sharing, bool):
             raise InvalidInput("screen-share payload needs enabled: true or false")
         member.screen_sharing = sharing
-        self._to_others(self.rooms[member.meeting_id], member,
-                        self._event("screen-share", member, {"enabled": sharing, "sharing": sharing}))
+        self.mirror.changed(member)
+        self._to_room(member, self._event("screen-share", member, {"enabled": sharing, "sharing": sharing}))
 
     def pong(self, client, payload) -> None:
         member = self._by_client.get(client)
@@ -299,25 +375,120 @@ class RoomService:
         if room is None:
             return
         error = Forbidden("you left the meeting" if reason == "left" else "you were removed from the meeting")
-        for member in [m for m in room.members.values() if m.user_id == user_id]:
+        # Its sessions here; those elsewhere are closed by their nodes, which heard the same.
+        for member in [m for m in room.members.values() if m.user_id == user_id and m.node is None]:
             # The REST record already says so (or is gone): nothing to record.
             self._remove(member, reason, record=False)
             self._disconnect(member, error)
 
     def _close_room(self, room: Room, error) -> None:
-        """Everyone goes at once: no user-left among them, and the records were closed by REST."""
+        """
+        Everyone goes at once: no user-left among them, and the records were
+        closed by REST. Members on other nodes are closed there (their
+        nodes heard the same change).
+        """
         del self.rooms[room.meeting_id]
-        for member in list(room.members.values()):
-            del self._by_client[member.client]
-            self.sessions.pop(member.session_id, None)
+        here = [m for m in room.members.values() if m.node is None]
         for member in room.members.values():
+            self.sessions.pop(member.session_id, None)
+        for member in here:
+            del self._by_client[member.client]
+            self.mirror.left(member, "closed", announce=False)
+        for member in here:
             self._disconnect(member, error)
         room.members.clear()
         self.log.info("room of meeting {meeting} closed: {why}", meeting=room.meeting_id, why=error.message)
 
+    # -- what other nodes say (the mirror's listener) ---------------------------------
+    def remote_joined(self, member: Member) -> None:
+        """A member joined on another node: ``user-joined`` and a fresh ``room-info`` here."""
+        if member.meeting_id not in self._interest:
+            return
+        known = self.sessions.get(member.session_id)
+        if known is not None:
+            if known.node == member.node:
+                _copy_state(member, known)
+            return
+        room = self.rooms.get(member.meeting_id)
+        if room is None:
+            room = self.rooms[member.meeting_id] = Room(member.meeting_id, "", None, created_at=member.joined_at)
+        room.members[member.session_id] = member
+        self.sessions[member.session_id] = member
+        self._to_others(room, member, self._event("user-joined", member, self.member_view(member)))
+        self._refresh_others(room, member)
+
+    def remote_left(self, meeting_id: int, session_id: str, reason: str) -> None:
+        member = self.sessions.get(session_id)
+        if member is not None and member.node is not None and member.meeting_id == meeting_id:
+            self._remove_remote(member, reason)
+
+    def remote_event(self, event: SignalEvent, session_ids=None) -> None:
+        """An event from a member elsewhere, for the room's members here (or only ``session_ids``)."""
+        room = self.rooms.get(event.meeting_id)
+        if room is None:
+            return
+        sender = room.members.get(event.from_session_id)
+        if sender is None or sender.node is None:
+            return  # from no member known here (it left meanwhile): dropped, as it would be on its node
+        if event.kind in ("media-state", "screen-share") and isinstance(event.payload, dict):
+            _apply_state(sender, event.kind, event.payload)
+        wanted = set(session_ids) if session_ids is not None else None
+        for member in list(room.members.values()):
+            if member.node is None and (wanted is None or member.session_id in wanted):
+                self._deliver(member, event)
+
+    def remote_members(self, meeting_id: int, present, grace: float = 0.0) -> None:
+        """
+        What the room's record says is elsewhere: who was missed joining or
+        leaving is settled. A member missing from it is dropped once it has
+        been missing for ``grace`` seconds: after Redis restarted empty, each
+        node writes its members again, and a read too early must not make
+        them leave and join again.
+        """
+        if meeting_id not in self._interest:
+            return
+        room = self.rooms.get(meeting_id)
+        seen = {member.session_id for member in present}
+        now = self.clock.seconds()
+        for member in list(room.members.values()) if room is not None else ():
+            if member.node is None or member.session_id in seen:
+                self._unseen.pop(member.session_id, None)
+            elif now - self._unseen.setdefault(member.session_id, now) >= grace:
+                self._remove_remote(member, "disconnected")
+        for member in present:
+            self.remote_joined(member)
+
+    def replaced_elsewhere(self, session_id: str) -> None:
+        """The same user joined with the same peer id on another node: the newer connection wins."""
+        member = self.sessions.get(session_id)
+        if member is not None and member.node is None:
+            self.leave(member.client, "replaced")
+            self._disconnect(member, Conflict("replaced by a newer connection with the same peer_id"))
+
+    def remote_meeting(self, meeting_id: int, op: str, user_id: int | None, reason: str) -> None:
+        """The meeting changed through REST on another node: its room here follows."""
+        if op == "deleted":
+            self.meeting_deleted(meeting_id)
+        elif op == "participant-left" and user_id is not None:
+            self.participant_left(meeting_id, user_id, reason)
+        elif op == "changed":
+            d = self.store.get_meeting(meeting_id)
+            d.addCallback(lambda meeting: self.meeting_changed(meeting) if meeting is not None else None)
+            d.addErrback(lambda f: self.log.failure("reading meeting {meeting} failed", f, meeting=meeting_id))
+
+    def node_gone(self, node: str) -> None:
+        """A node died or left: its members leave every room here."""
+        for room in list(self.rooms.values()):
+            for member in [m for m in room.members.values() if m.node == node]:
+                self._remove_remote(member, "disconnected")
+
     # -- queries (REST and metrics) -----------------------------------------------
     def room_count(self) -> int:
-        return len(self.rooms)
+        """Rooms with a member on this node."""
+        return len(self.local_room_ids())
+
+    def local_room_ids(self) -> list[int]:
+        return [mid for mid, room in self.rooms.items() if any(m.node is None for m in room.members.values())]
 
     def room_view(self, meeting_id: int) -> dict | None:
         room = self.rooms.get(meeting_id)
@@ -360,13 +531,19 @@ class RoomService:
                            from_session_id=me.session_id)
 
     def _to_others(self, room: Room, member: Member, event: SignalEvent) -> None:
+        """To the room's other members on this node."""
         for other in list(room.members.values()):
-            if other is not member:
+            if other is not member and other.node is None:
                 self._deliver(other, event)
+
+    def _to_room(self, member: Member, event: SignalEvent) -> None:
+        """From ``member`` (here) to everyone else in its room, here and elsewhere."""
+        self._to_others(self.rooms[member.meeting_id], member, event)
+        self.mirror.to_room(member.meeting_id, event)
 
     def _refresh_others(self, room: Room, member: Member) -> None:
         for other in list(room.members.values()):
-            if other is not member:
+            if other is not member and other.node is None:
                 self._deliver(other, self._room_info(room, other))
 
     def _deliver(self, member: Member, event: SignalEvent) -> None:
@@ -392,6 +569,20 @@ class RoomService:
 
     async def _update(self, meeting_id: int, user_id: int, changes: dict) -> None:
         await self.store.update_participant(meeting_id, user_id, changes)
+
+
+def _apply_state(member: Member, kind: str, payload: dict) -> None:
+    if kind == "media-state":
+        for key in ("audio_enabled", "video_enabled"):
+            if isinstance(payload.get(key), bool):
+                setattr(member, key, payload[key])
+    elif isinstance(payload.get("enabled"), bool):
+        member.screen_sharing = payload["enabled"]
+
+
+def _copy_state(source: Member, target: Member) -> None:
+    target.audio_enabled, target.video_enabled = source.audio_enabled, source.video_enabled
+    target.screen_sharing = source.screen_sharing
 
 
 def _chat_text(payload) -> str:

@@ -172,8 +172,8 @@ class LocalCluster:
         return {"enabled": False}
 
     def peer_totals(self) -> dict:
-        """The other nodes' calls, as of their last heartbeats."""
-        return {"calls": 0, "active_calls": 0}
+        """The other nodes' calls and rooms, as of their last heartbeats."""
+        return {"calls": 0, "active_calls": 0, "rooms": set()}
 
 
 class Cluster(LocalCluster):
@@ -227,12 +227,12 @@ class Cluster(LocalCluster):
 
     # -- sending ------------------------------------------------------------------------
     def to_node(self, node: str, message: dict) -> None:
-        self._publish(self.node_channel(node), message)
+        self.publish(self.node_channel(node), message)
 
     def to_all(self, message: dict) -> None:
-        self._publish(self.all_channel, message)
+        self.publish(self.all_channel, message)
 
-    def _publish(self, channel: str, message: dict) -> None:
+    def publish(self, channel: str, message: dict) -> None:
         message["from"] = self.node_id
         d = self.link.publish(channel, dumps(message))
         d.addErrback(self._lost, f"publishing to {channel}")
@@ -243,7 +243,7 @@ class Cluster(LocalCluster):
             self.log.failure("cluster: {what} failed", failure, what=what)
         return fallback
 
-    def _track(self, work, what: str, fallback=None) -> Deferred:
+    def track(self, work, what: str, fallback=None) -> Deferred:
         """
         A background Redis operation (a coroutine or a Deferred): its result,
         or ``fallback`` if it fails (logged); :meth:`flush` waits for it.
@@ -269,7 +269,7 @@ class Cluster(LocalCluster):
         self.local_by_sid[sid] = client
         self.sid_of[client] = sid
         # Without Redis the user's presence is what this node knows.
-        return self._track(self._announce_session(client, sid, fresh=True), "recording a session",
+        return self.track(self._announce_session(client, sid, fresh=True), "recording a session",
                            fallback=locally_first)
 
     async def _announce_session(self, client, sid: str, fresh: bool) -> bool:
@@ -300,7 +300,7 @@ class Cluster(LocalCluster):
         if call is not None:  # in a call another node owns: it ends there too
             self.to_node(call[1], {"t": "call", "op": GONE, "sid": sid, "call": call[0],
                                    "reason": "disconnected"})
-        return self._track(self._retire_session(client.identity, client.kind, sid), "forgetting a session",
+        return self.track(self._retire_session(client.identity, client.kind, sid), "forgetting a session",
                            fallback=locally_last)
 
     async def _retire_session(self, ident: Identity, kind: str, sid: str) -> bool:
@@ -426,7 +426,7 @@ class Cluster(LocalCluster):
 
     def release_call(self, call_id: str, user_ids) -> None:
         for uid in user_ids:
-            self._track(self.link.redis.eval(scripts.DELETE_IF, [self.key("busy", uid)], [call_id]),
+            self.track(self.link.redis.eval(scripts.DELETE_IF, [self.key("busy", uid)], [call_id]),
                         "releasing a call lock")
 
     def remote_calls_of(self):
@@ -462,12 +462,15 @@ class Cluster(LocalCluster):
 
     def peer_totals(self) -> dict:
         totals = {"calls": 0, "active_calls": 0}
+        rooms: set = set()
         for beat in self.peers.values():
             for name in totals:
                 count = beat.get(name)
                 if isinstance(count, int) and count >= 0:
                     totals[name] += count
-        return totals
+            if isinstance(beat.get("rooms"), list):
+                rooms.update(r for r in beat["rooms"] if isinstance(r, int))
+        return {**totals, "rooms": rooms}
 
 
 class ClusterNode:
@@ -478,14 +481,18 @@ class ClusterNode:
     :param cluster: this node's :class:`Cluster`.
     :param chat: the ChatService (text and presence arriving from elsewhere).
     :param calls: the CallService (operations on the calls this node owns).
+    :param rooms: the RoomService (its members elsewhere; its ``mirror`` is
+        the :class:`~wecompany.mirror.rooms.RoomMirror`).
     """
 
     log = Logger()
 
-    def __init__(self, cluster: Cluster, chat, calls) -> None:
+    def __init__(self, cluster: Cluster, chat, calls, rooms) -> None:
         self.cluster = cluster
         self.chat = chat
         self.calls = calls
+        self.rooms = rooms
+        self.room_mirror = rooms.mirror
         self.clock = cluster.clock
         self.started_at = self.clock.seconds()
         self.dead_nodes: set[str] = set()
@@ -496,6 +503,7 @@ class ClusterNode:
         self._handlers = {
             "event": self._event, "media": self._media, "kick": self._kick, "kick-user": self._kick_user,
             "rpc": self._rpc, "rpc-reply": self._rpc_reply, "call": self._call_op, "call-media": self._call_media,
+            "room-event": self.room_mirror.on_node_message, "room-replace": self.room_mirror.on_node_message,
         }
 
     # -- life cycle --------------------------------------------------------------------
@@ -517,6 +525,7 @@ class ClusterNode:
         await c.flush()
         if c.link.up:
             try:
+                await self.room_mirror.leave_all()
                 c.to_all({"t": "bye"})
                 redis = c.link.redis
                 await redis.delete(c.key("node", c.node_id))
@@ -542,6 +551,7 @@ class ClusterNode:
         await self._beat_once()
         for sid, client in list(c.local_by_sid.items()):
             await c._announce_session(client, sid, fresh=False)
+        await self.room_mirror.republish()
         await self._sync_once()
         # Text stored for users of this node while the cluster could not route it.
         for client in list(self.chat.registry.chat_clients()):
@@ -557,11 +567,12 @@ class ClusterNode:
         c = self.cluster
         redis = c.link.redis
         beat = {"id": c.node_id, "started": self.started_at, "calls": self.calls.count,
-                "active_calls": self.calls.active_count}
+                "active_calls": self.calls.active_count, "rooms": self.rooms.local_room_ids()}
         await redis.set(c.key("node", c.node_id), dumps(beat),
                         expire=max(1, int(round(c.node_timeout))))
         await redis.sadd(c.key("nodes"), c.node_id)
         await redis.expire(c.key("sessions", c.node_id), int(c.node_timeout * SESSION_TTL_FACTOR))
+        await self.room_mirror.refresh()
 
     def _sync(self) -> None:
         d = Deferred.fromCoroutine(self._sync_once())
@@ -593,6 +604,7 @@ class ClusterNode:
                 known.discard(sid)
             for sid in known:  # gone, and its "down" missed
                 self._remote_gone(node, sid)
+        await self.room_mirror.resync()
 
     async def _node_died(self, node: str) -> None:
         """Every survivor ends what involved the dead node; one of them cleans its state out of Redis."""
@@ -602,6 +614,7 @@ class ClusterNode:
             self.log.warn("cluster: node {node} stopped answering: its sessions are gone", node=node)
         self._forget_node(node)
         c.peers.pop(node, None)
+        self.rooms.node_gone(node)
         for client, (call_id, owner) in list(c.remote_calls.items()):
             if owner == node:  # this node's client was in a call the dead node owned
                 del c.remote_calls[client]
@@ -622,12 +635,14 @@ class ClusterNode:
             await redis.eval(scripts.DELETE_IF, [c.key("chat", uid)], [f"{node}/{sid}"])
             if int(left) == 0 and info.get("account") is not None:
                 self.chat.announce_presence(Identity(uid, info["name"], info["account"]), False)
+        members = await self.room_mirror.clean_up_after(node, self.rooms.record_left)
         await redis.delete(c.key("sessions", node))
         await redis.srem(c.key("nodes"), node)
         # Released, so that a node restarted under the same id is cleaned up if it dies again soon; a
         # survivor that read the node list before the srem finds nothing left to clean.
         await redis.delete(claim)
-        self.log.info("cluster: cleaned up after node {node} ({count} sessions)", node=node, count=len(sessions))
+        self.log.info("cluster: cleaned up after node {node} ({count} sessions, {members} room members)",
+                      node=node, count=len(sessions), members=members)
 
     def _forget_node(self, node: str) -> None:
         for proxy in self.cluster.remote_of_node(node):
@@ -661,6 +676,7 @@ class ClusterNode:
         elif kind == "bye":
             self._forget_node(sender)
             c.peers.pop(sender, None)
+            self.rooms.node_gone(sender)
         elif kind == "broadcast":
             event = decode_event(message["event"])
             for client in self.chat.registry.chat_clients():

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -170,13 +170,20 @@ class RedisLink:
             return fail(Unavailable("the cluster's Redis is not reachable"))
         return self._commands.publish(channel, message)
 
-    def subscribe(self, channel: str, handler: Callable[[str], None]) -> None:
-        """Call ``handler(message)`` for each message on ``channel`` (kept across reconnections)."""
+    def subscribe(self, channel: str, handler: Callable[[str], None]) -> Deferred:
+        """
+        Call ``handler(message)`` for each message on ``channel`` (kept
+        across reconnections). Fires once Redis confirmed the subscription
+        (at once when already subscribed, or while the link is down: the
+        channel is subscribed again when it comes back).
+        """
         fresh = channel not in self._handlers
         self._handlers[channel] = handler
-        if fresh and self._subscriber is not None:
-            self._subscriber.subscribe(channel).addErrback(
-                lambda f: self.log.failure("subscribing to {channel} failed", f, channel=channel))
+        if not fresh or self._subscriber is None:
+            return succeed(None)
+        d = self._subscriber.subscribe(channel)
+        d.addErrback(lambda f: self.log.failure("subscribing to {channel} failed", f, channel=channel))
+        return d
 
     def unsubscribe(self, channel: str) -> None:
         if self._handlers.pop(channel, None) is not None and self._subscriber is not None:

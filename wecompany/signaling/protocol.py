@@ -72,6 +72,7 @@ class SignalingProtocol(WebSocketServerProtocol):
     dialect: str = SEED
     _open = False
     _closing = False
+    _gone = False
 
     # -- handshake --------------------------------------------------------------
     def onConnect(self, request):
@@ -104,9 +105,12 @@ class SignalingProtocol(WebSocketServerProtocol):
         if user.id != user_id:
             raise ConnectionDeny(403, "the token belongs to another user")
         try:
-            meeting = await factory.rooms.admit(user.id, meeting_id)
+            meeting = await factory.rooms.admit(user.id, meeting_id, self)
         except WeCompanyError as e:
             raise ConnectionDeny(403, e.message) from None
+        if self._gone:  # the connection was lost while it was being admitted
+            factory.rooms.release(self)
+            return None
         self.user, self.meeting, self.peer_id = user, meeting, peer
         self.identity = Identity.of_user(user)
         return None  # accept, no subprotocol
@@ -134,9 +138,10 @@ class SignalingProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason) -> None:
         factory = self.factory
         factory.connections.discard(self)
+        self._gone = True
+        factory.rooms.release(self)  # leaves the room, and stops following it if no one here is in it
         if self._open:
             self._open = False
-            factory.rooms.leave(self, "disconnected")
             factory.chat.close_session(self)
 
     # -- receiving --------------------------------------------------------------
