@@ -439,6 +439,21 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(self.data_dir))
 
 
+    def test_a_cluster_needs_one_token_secret(self) -> None:
+        error = self.assertRaises(usage.UsageError, self.build, redis="redis://127.0.0.1:6379/0")
+        self.assertIn("--jwt-secret", str(error))
+        self.assertFalse(os.path.exists(self.data_dir))
+
+    def test_a_clustered_node(self) -> None:
+        service = self.build(redis="redis://127.0.0.1:1/0", jwt_secret="s" * 32, node_id="n1")
+        node = service.cluster_node
+        self.assertIsNotNone(node)
+        self.assertEqual((node.cluster.node_id, node.cluster.link.address.port), ("n1", 1))
+        self.assertIs(node.rooms.mirror.cluster, node.cluster)
+        self.assertIn("must share one database", service.startup_warnings[-1])
+        self.assertEqual(self.reactor.tcpClients, [])  # nothing connects before the service starts
+
+
 class BacklogTests(SynchronousTestCase):
     def test_default_backlog_unless_given(self) -> None:
         from wecompany.tap import with_backlog

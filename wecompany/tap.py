@@ -154,6 +154,12 @@ def build_service(config: Config, reactor):
 
     if config.database_kind != "sqlite":
         raise usage.UsageError("--database: only SQLite is supported so far")
+    if config.redis is not None and config.jwt_secret is None:
+        # A secret generated in each node's data directory would make every
+        # token good on one node only.
+        raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
+                               "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
+                               "keep it out of the process list)")
 
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
@@ -199,6 +205,9 @@ def build_service(config: Config, reactor):
     warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
                                   os.path.join(config.data_dir, "jwt.secret"), domain.files.media_dir,
                                   domain.avatar_dir, *([config.record_calls] if config.record_calls else [])])
+    if config.redis is not None and config.database_kind == "sqlite":
+        warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
+                        "unless every node opens this same file, give them --database postgresql://...")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
                             threadpools=(hash_pool, disk_pool), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,

@@ -163,14 +163,21 @@ class LoginGuardTests(SynchronousTestCase):
     def test_guard_alone(self):
         clock = Clock()
         guard = LoginGuard(clock, per_address=3, per_target=2, window=10)
-        guard.attempt("a", "t1").failed()
-        guard.attempt("a", "t1").failed()
-        self.assertRaises(RateLimited, guard.attempt, "b", "t1")  # the target's limit, from anywhere
-        attempt = guard.attempt("a", "t2")
-        self.assertRaises(RateLimited, guard.attempt, "a", "t3")  # two failures and one under way
-        attempt.succeeded()
-        attempt.failed()  # only the first ending counts
-        guard.attempt("a", "t3").abandoned()
-        guard.check_address("a")
+
+        def attempt(address, target):
+            return self.successResultOf(Deferred.fromCoroutine(guard.attempt(address, target)))
+
+        def refused(address, target):
+            self.failureResultOf(Deferred.fromCoroutine(guard.attempt(address, target)), RateLimited)
+
+        attempt("a", "t1").failed()
+        attempt("a", "t1").failed()
+        refused("b", "t1")  # the target's limit, from anywhere
+        under_way = attempt("a", "t2")
+        refused("a", "t3")  # two failures and one under way
+        under_way.succeeded()
+        under_way.failed()  # only the first ending counts
+        attempt("a", "t3").abandoned()
+        self.successResultOf(Deferred.fromCoroutine(guard.check_address("a")))
         clock.advance(10)
-        guard.attempt("b", "t1").succeeded()
+        attempt("b", "t1").succeeded()

@@ -23,11 +23,11 @@ def run(coro):
 
 
 class Node:
-    def __init__(self, case, name: str):
+    def __init__(self, case, name: str, **options):
         self.name = name
         self.link = FakeLink(case.server)
         self.domain = make_domain(case, clock=case.clock, store=case.store, redis_link=self.link,
-                                  node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1)
+                                  node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1, **options)
         self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls, self.domain.rooms)
         self.node.start()
 
@@ -46,8 +46,8 @@ class ClusterCase(SynchronousTestCase):
         self.nodes: list[Node] = []
         self.users: dict[str, int] = {}
 
-    def node(self, name: str) -> Node:
-        node = Node(self, name)
+    def node(self, name: str, **options) -> Node:
+        node = Node(self, name, **options)
         self.nodes.append(node)
         self.settle()
         return node

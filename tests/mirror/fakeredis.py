@@ -7,6 +7,8 @@ next turn of that clock, shared by the nodes of one test (each has its own
 
 from __future__ import annotations
 
+import math
+
 from twisted.internet.defer import fail, succeed
 
 from wecompany.errors import Unavailable
@@ -181,8 +183,79 @@ def _delete_if(r: FakeCommands, keys, args):
     return 0
 
 
+def _int(r: FakeCommands, key) -> int:
+    return int(r.s._live(key) or 0)
+
+
+def _pttl(r: FakeCommands, key) -> int:
+    if r.s._live(key) is None:
+        return -2
+    at = r.s.expires.get(key)
+    return -1 if at is None else int((at - r.s.clock.seconds()) * 1000)
+
+
+def _incr(r: FakeCommands, key, by: int = 1) -> int:
+    value = _int(r, key) + by
+    r.s.data[key] = str(value)
+    return value
+
+
+def _reserve_attempt(r: FakeCommands, keys, args):
+    limits = (int(args[0]), int(args[1]))
+    for i in range(2):
+        failures, pending = _int(r, keys[2 * i]), _int(r, keys[2 * i + 1])
+        if failures + pending >= limits[i]:
+            return [i + 1, failures, _pttl(r, keys[2 * i])]
+    for i in range(2):
+        _incr(r, keys[2 * i + 1])
+        r.s._expire(keys[2 * i + 1], int(args[2]))
+    return [0, 0, 0]
+
+
+def _settle_attempt(r: FakeCommands, keys, args):
+    for i in range(2):
+        if _incr(r, keys[2 * i + 1], -1) <= 0:
+            r.s.data.pop(keys[2 * i + 1], None)
+    if args[0] == "1":
+        for i in range(2):
+            if _incr(r, keys[2 * i]) == 1:
+                r.s._expire(keys[2 * i], int(args[1]))
+    if args[2] == "1":
+        r.s.data.pop(keys[2], None)
+    return 0
+
+
+def _check_attempts(r: FakeCommands, keys, args):
+    failures, pending = _int(r, keys[0]), _int(r, keys[1])
+    if failures + pending >= int(args[0]):
+        return [1, failures, _pttl(r, keys[0])]
+    return [0, 0, 0]
+
+
+def _rate(r: FakeCommands, keys, args):
+    now, interval, span = float(args[0]), float(args[1]), float(args[2])
+    tat = max(float(r.s._live(keys[0]) or now), now)
+    later = tat + interval
+    if later - now > span:
+        return math.ceil(later - now - span)
+    r.s.data[keys[0]] = repr(later)
+    r.s._expire(keys[0], math.ceil(later - now) / 1000)
+    return 0
+
+
+def _claim(r: FakeCommands, keys, args):
+    holder = r.s._live(keys[0])
+    if holder is not None and holder != args[0]:
+        return 0
+    r.s.data[keys[0]] = args[0]
+    r.s._expire(keys[0], int(args[1]))
+    return 1
+
+
 SCRIPTS = {scripts.ADD_SESSION: _add_session, scripts.REMOVE_SESSION: _remove_session,
-           scripts.DELETE_IF: _delete_if}
+           scripts.DELETE_IF: _delete_if, scripts.RESERVE_ATTEMPT: _reserve_attempt,
+           scripts.SETTLE_ATTEMPT: _settle_attempt, scripts.CHECK_ATTEMPTS: _check_attempts,
+           scripts.RATE: _rate, scripts.CLAIM: _claim}
 
 
 class FakeLink:

@@ -246,3 +246,30 @@ class LiveCountsTests(ClusterCase):
         self.server.restart()
         self.settle()
         self.assertIn("wecompany_redis_up 1.0", generate_latest(Metrics(a.domain).registry).decode())
+
+
+class NodeIdentityTests(ClusterCase):
+    def test_every_node_numbers_its_ids_apart(self):
+        nodes = [self.node(name) for name in ("a", "b", "c")]
+        self.settle(NODE_TIMEOUT / 3 + 0.1)
+        numbers = [node.node.number for node in nodes]
+        self.assertEqual(len(set(numbers)), 3, numbers)
+        self.assertEqual([node.chat.ids.node for node in nodes], numbers)
+        ids = {node.chat.ids.next_id() for node in nodes}  # the same millisecond on all three
+        self.assertEqual(len(ids), 3)
+
+    def test_a_second_daemon_with_the_same_node_id_stays_out(self):
+        first = self.node("a")
+        alice = self.login(first, "alice")
+        self.settle(NODE_TIMEOUT / 3 + 0.1)
+        second = self.node("a")  # a copied configuration
+        self.settle(NODE_TIMEOUT / 3 + 0.1)
+        self.assertTrue(second.domain.cluster.status()["node_id_in_use"])
+        self.assertFalse(first.domain.cluster.status()["node_id_in_use"])
+        other = self.node("b")
+        bob = self.login(other, "bob")
+        self.assertEqual(self.send(other, bob, "alice", "still there?").status, DELIVERED)
+        self.assertEqual(self.texts(alice), ["still there?"])
+        run(first.node.stop())
+        self.settle(NODE_TIMEOUT / 3 + 0.1)
+        self.assertFalse(second.domain.cluster.status()["node_id_in_use"])  # it is free now

@@ -119,7 +119,7 @@ def _wrap(handler, ep: Endpoint):
             if isinstance(value, int) and not 0 < value <= MAX_ID:
                 raise NotFound("no such resource")
         if ep.rate_limited:
-            self.address_limiter.hit(self.client_address(request))
+            await self.address_limiter.hit(self.client_address(request))
         user = None
         if ep.auth != PUBLIC:
             user = await self.authenticate(request, admin=ep.auth == ADMIN)

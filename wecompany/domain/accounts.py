@@ -66,10 +66,10 @@ class Accounts:
         """
         if not isinstance(login, str) or not isinstance(password, str):
             raise InvalidInput("username and password must be strings")
-        self.guard.check_address(address)
+        await self.guard.check_address(address)
         user = await self.store.get_user_by_login(login) if login else None
         usable = user is not None and user.status != "deleted"
-        attempt = self.guard.attempt(address, f"user:{user.id}" if usable else f"name:{login.strip().lower()}")
+        attempt = await self.guard.attempt(address, f"user:{user.id}" if usable else f"name:{login.strip().lower()}")
         try:
             ok = await self.hasher.verify(user.password_hash if usable else None, password)
         except BaseException:
@@ -190,7 +190,7 @@ class Credentials:
         holding a stolen token could try them here), so it goes through the
         same guard.
         """
-        attempt = self.accounts.guard.attempt(address, f"user:{user.id}")
+        attempt = await self.accounts.guard.attempt(address, f"user:{user.id}")
         try:
             ok = await self.accounts.hasher.verify(user.password_hash, old_password)
         except BaseException:

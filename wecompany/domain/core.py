@@ -32,6 +32,7 @@ from wecompany.domain.rooms import RoomService
 from wecompany.domain.sessions import SessionRegistry, UserDirectory
 from wecompany.domain.tokens import TokenIssuer
 from wecompany.mirror.cluster import Cluster, LocalCluster
+from wecompany.mirror.limits import SharedLimits
 from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
 from wecompany.times import rfc3339
 
@@ -108,20 +109,22 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
                             parallelism=hash_cost.parallelism)
-    # One set of limits for every transport: guesses at a password (per
-    # address and per account or meeting), and auth requests per address.
-    guard = LoginGuard(clock, per_address=config.login_failures_per_address,
-                       per_target=config.login_failures_per_account, window=config.login_failure_window)
-    auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst)
-    accounts = Accounts(store, hasher, tokens, clock, guard)
     registry = SessionRegistry()
-    directory = UserDirectory(store, registry)
     if redis_link is None:
-        cluster = LocalCluster()
+        cluster, shared = LocalCluster(), None
     else:
         cluster = Cluster(redis_link, registry, clock, node_id=config.node_id, prefix=config.redis_prefix,
                           node_timeout=config.node_timeout,
                           call_lock_ttl=config.ring_timeout + config.max_call + 60)
+        shared = SharedLimits(cluster)  # so that spreading guesses over the nodes buys none
+    # One set of limits for every transport: guesses at a password (per
+    # address and per account or meeting), and auth requests per address.
+    guard = LoginGuard(clock, per_address=config.login_failures_per_address,
+                       per_target=config.login_failures_per_account, window=config.login_failure_window,
+                       shared=shared)
+    auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst, shared=shared)
+    accounts = Accounts(store, hasher, tokens, clock, guard)
+    directory = UserDirectory(store, registry)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
     files = FileService(store, directory, registry, os.path.join(config.data_dir, "media"), run_disk, clock,

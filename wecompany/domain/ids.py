@@ -28,6 +28,16 @@ class IdGenerator:
         self._last_ms = 0
         self._seq = 0
 
+    @property
+    def node(self) -> int:
+        return self._node
+
+    def use_node(self, node: int) -> None:
+        """Number the ids from now on with ``node`` (one the cluster gave this node alone)."""
+        if not 0 <= node <= 0x3FF:
+            raise ValueError("a node number is 0-1023")
+        self._node = node
+
     def next_id(self) -> int:
         now_ms = int(self._clock.seconds() * 1000) - _EPOCH_MS
         if now_ms > self._last_ms:

@@ -252,7 +252,7 @@ class MeetingService:
     async def _check_password(self, meeting, password: str | None, address: str) -> None:
         if not password:
             raise WrongMeetingPassword()
-        attempt = self.guard.attempt(address, f"meeting:{meeting.id}")
+        attempt = await self.guard.attempt(address, f"meeting:{meeting.id}")
         try:
             ok = await self.hasher.verify(meeting.password_hash, password)
         except BaseException:

@@ -92,19 +92,29 @@ class LoginGuard:
     :param per_address: failures one address may have in the window.
     :param per_target: failures one target may have in the window, from
         anywhere (so many addresses cannot share out the guesses).
+    :param shared: :class:`~wecompany.mirror.limits.SharedLimits` in a
+        cluster: the same counts, kept for every node in Redis. This node's
+        own counters count only while Redis is unreachable.
     """
 
     def __init__(self, clock, per_address: int = 20, per_target: int = 5, window: float = 60.0,
-                 max_keys: int = 100_000) -> None:
+                 max_keys: int = 100_000, shared=None) -> None:
         self.addresses = FailureCounter(clock, per_address, window, max_keys)
         self.targets = FailureCounter(clock, per_target, window, max_keys)
+        self.window = window
+        self.shared = shared
 
-    def check_address(self, address: str) -> None:
+    async def check_address(self, address: str) -> None:
         """Refuse an address with no attempt left before anything is looked up for it."""
+        if self.shared is not None and await self.shared.check(address, self.addresses.max_failures):
+            return
         self.addresses.check(address)
 
-    def attempt(self, address: str, target: str) -> "GuessAttempt":
+    async def attempt(self, address: str, target: str) -> "GuessAttempt":
         """Take a slot on ``address`` and ``target`` (or raise :class:`RateLimited`)."""
+        if self.shared is not None and await self.shared.reserve(address, target, self.addresses.max_failures,
+                                                                 self.targets.max_failures):
+            return GuessAttempt(self, address, target, shared=True)
         self.addresses.reserve(address)
         try:
             self.targets.reserve(target)
@@ -117,31 +127,37 @@ class LoginGuard:
 class GuessAttempt:
     """One attempt under way; exactly one of its three endings is called."""
 
-    __slots__ = ("_guard", "_address", "_target", "_over")
+    __slots__ = ("_guard", "_address", "_target", "_over", "_shared")
 
-    def __init__(self, guard: LoginGuard, address: str, target: str) -> None:
+    def __init__(self, guard: LoginGuard, address: str, target: str, shared: bool = False) -> None:
         self._guard = guard
         self._address = address
         self._target = target
         self._over = False
+        self._shared = shared  # a slot is held in Redis too
 
     def failed(self) -> None:
         self._end(failed=True)
 
     def succeeded(self) -> None:
-        if self._end(failed=False):
-            self._guard.targets.forgive(self._target)
+        self._end(failed=False, forgive=True)
 
     def abandoned(self) -> None:
         """Not decided (the hash queue was full, the store failed): nothing is counted."""
         self._end(failed=False)
 
-    def _end(self, failed: bool) -> bool:
+    def _end(self, failed: bool, forgive: bool = False) -> bool:
         if self._over:
             return False
         self._over = True
-        self._guard.addresses.settle(self._address, failed)
-        self._guard.targets.settle(self._target, failed)
+        guard = self._guard
+        if self._shared:
+            guard.shared.settle(self._address, self._target, failed, forgive, guard.window)
+        else:
+            guard.addresses.settle(self._address, failed)
+            guard.targets.settle(self._target, failed)
+            if forgive:
+                guard.targets.forgive(self._target)
         return True
 
 
@@ -175,16 +191,25 @@ class KeyedRateLimiter:
     A token bucket per key (client address): ``rate`` requests per second,
     bursts of ``burst``. Raises :class:`RateLimited` with the seconds until the
     next token. At most ``max_keys`` buckets are kept (least recently used go).
+    With ``shared`` (:class:`~wecompany.mirror.limits.SharedLimits`, in a
+    cluster) the same budget is also kept for every node in Redis.
     """
 
-    def __init__(self, clock, rate: float, burst: float, max_keys: int = 100_000) -> None:
+    def __init__(self, clock, rate: float, burst: float, max_keys: int = 100_000, shared=None) -> None:
         self._clock = clock
         self.rate = rate
         self.burst = burst
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.shared = shared
 
-    def hit(self, key: str) -> None:
+    async def hit(self, key: str) -> None:
+        """One request from ``key``: on the cluster's budget, or (alone, or without Redis) this node's."""
+        if self.shared is not None and await self.shared.hit(key, self.rate, self.burst):
+            return
+        self.hit_here(key)
+
+    def hit_here(self, key: str) -> None:
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self._clock, self.rate, self.burst)

@@ -28,6 +28,8 @@ Keys (under ``--redis-prefix``, default ``wecompany:``, then ``v1:``):
 ``chat:{uid}``             ``{node}/{sid}`` of the user's one desktop (TCP) chat session
 ``busy:{uid}``             the call the user is in (a lock, one call per user cluster-wide)
 ``cleanup:{id}``           which survivor is cleaning up after node ``id`` (a lock, held while it does)
+``owner:{id}``             the process that runs node ``id`` (two daemons with one id: the second stays out)
+``idnode:{n}``             the node whose ids carry number ``n`` (0-1023), so that ids are unique
 =========================  ======================================================
 
 Channels: ``node:{id}`` (to one node) and ``all`` (to every node).
@@ -38,6 +40,7 @@ from __future__ import annotations
 import base64
 import itertools
 import secrets
+import zlib
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
@@ -58,6 +61,8 @@ RPC_TIMEOUT = 3.0
 SESSION_TTL_FACTOR = 10
 #: The call operation a node sends the call's node when its party's session closed (not a client operation).
 GONE = "gone"
+#: Ids carry a 10-bit node number (wecompany.domain.ids).
+NODE_NUMBERS = 1024
 
 
 def new_node_id() -> str:
@@ -207,6 +212,7 @@ class Cluster(LocalCluster):
         self.remote_calls: dict[object, tuple[str, str]] = {}
         # The other live nodes, with what their last heartbeat said (its calls).
         self.peers: dict[str, dict] = {}
+        self.id_conflict = False  # another running daemon has this node id
         self._rpc_ids = itertools.count(1)
         self._rpc_waiting: dict[int, Deferred] = {}
         self._pending: set[Deferred] = set()
@@ -458,7 +464,7 @@ class Cluster(LocalCluster):
     def status(self) -> dict:
         """For /health and the admin: this node, Redis, and the nodes this one sees alive."""
         return {"enabled": True, "node": self.node_id, "redis": "ok" if self.link.up else "unavailable",
-                "nodes": sorted({self.node_id, *self.peers})}
+                "nodes": sorted({self.node_id, *self.peers}), "node_id_in_use": self.id_conflict}
 
     def peer_totals(self) -> dict:
         totals = {"calls": 0, "active_calls": 0}
@@ -495,6 +501,8 @@ class ClusterNode:
         self.room_mirror = rooms.mirror
         self.clock = cluster.clock
         self.started_at = self.clock.seconds()
+        self.instance = secrets.token_hex(8)  # this process, among any that share its node id
+        self.number: int | None = None  # the ids' node number, once claimed
         self.dead_nodes: set[str] = set()
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
@@ -530,6 +538,9 @@ class ClusterNode:
                 redis = c.link.redis
                 await redis.delete(c.key("node", c.node_id))
                 await redis.srem(c.key("nodes"), c.node_id)
+                await redis.eval(scripts.DELETE_IF, [c.key("owner", c.node_id)], [self.instance])
+                if self.number is not None:
+                    await redis.eval(scripts.DELETE_IF, [c.key("idnode", str(self.number))], [self.instance])
                 await c.flush()
             except Exception:
                 self.log.failure("cluster: leaving failed")
@@ -566,6 +577,20 @@ class ClusterNode:
     async def _beat_once(self) -> None:
         c = self.cluster
         redis = c.link.redis
+        ttl = max(1, int(round(c.node_timeout)))
+        # One process per node id: another daemon started with ours (a copied
+        # config file) must not write over this one's sessions, nor we over its.
+        if not int(await redis.eval(scripts.CLAIM, [c.key("owner", c.node_id)], [self.instance, ttl])):
+            if not c.id_conflict:
+                c.id_conflict = True
+                self.log.error("cluster: node id {node} is in use by another running daemon: this one stays "
+                               "out of the cluster until it is free (give every node its own --node-id)",
+                               node=c.node_id)
+            return
+        if c.id_conflict:
+            c.id_conflict = False
+            self.log.info("cluster: node id {node} is this daemon's again", node=c.node_id)
+        await self._claim_number(redis, 2 * ttl)
         beat = {"id": c.node_id, "started": self.started_at, "calls": self.calls.count,
                 "active_calls": self.calls.active_count, "rooms": self.rooms.local_room_ids()}
         await redis.set(c.key("node", c.node_id), dumps(beat),
@@ -573,6 +598,24 @@ class ClusterNode:
         await redis.sadd(c.key("nodes"), c.node_id)
         await redis.expire(c.key("sessions", c.node_id), int(c.node_timeout * SESSION_TTL_FACTOR))
         await self.room_mirror.refresh()
+
+    async def _claim_number(self, redis, ttl: int) -> None:
+        """A number of the ids' node field (0-1023) no other live node uses, so ids stay unique."""
+        c = self.cluster
+        if self.number is not None and int(await redis.eval(scripts.CLAIM, [c.key("idnode", str(self.number))],
+                                                            [self.instance, ttl])):
+            return
+        first = zlib.crc32(c.node_id.encode()) % NODE_NUMBERS
+        for i in range(NODE_NUMBERS):
+            number = (first + i) % NODE_NUMBERS
+            if int(await redis.eval(scripts.CLAIM, [c.key("idnode", str(number))], [self.instance, ttl])):
+                if number != self.number:
+                    self.log.info("cluster: this node numbers its ids {number}", number=number)
+                self.number = number
+                self.chat.ids.use_node(number)
+                return
+        self.log.error("cluster: every one of the {count} id numbers is in use: ids of this node may collide",
+                       count=NODE_NUMBERS)
 
     def _sync(self) -> None:
         d = Deferred.fromCoroutine(self._sync_once())

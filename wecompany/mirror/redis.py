@@ -84,6 +84,7 @@ class RedisLink:
             "commands": self._service(txredisapi.RedisProtocol, "commands"),
             "subscriber": self._service(Subscriber, "subscriber"),
         }
+        self._connection_error = txredisapi.ConnectionError
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
 
@@ -118,8 +119,7 @@ class RedisLink:
         setattr(self, f"_{role}", proto)
         proto.whenDisconnected().addCallback(lambda _: self._lost(proto, role))
         if role == "subscriber" and self._handlers:
-            proto.subscribe(list(self._handlers)).addErrback(
-                lambda f: self.log.failure("resubscribing to Redis channels failed", f))
+            proto.subscribe(list(self._handlers)).addErrback(self._failed, "resubscribing to Redis channels")
         self._update()
         return proto
 
@@ -182,13 +182,18 @@ class RedisLink:
         if not fresh or self._subscriber is None:
             return succeed(None)
         d = self._subscriber.subscribe(channel)
-        d.addErrback(lambda f: self.log.failure("subscribing to {channel} failed", f, channel=channel))
+        d.addErrback(self._failed, f"subscribing to {channel}")
         return d
 
     def unsubscribe(self, channel: str) -> None:
         if self._handlers.pop(channel, None) is not None and self._subscriber is not None:
-            self._subscriber.unsubscribe(channel).addErrback(
-                lambda f: self.log.failure("unsubscribing from {channel} failed", f, channel=channel))
+            self._subscriber.unsubscribe(channel).addErrback(self._failed, f"unsubscribing from {channel}")
+
+    def _failed(self, failure, what: str) -> None:
+        # A connection lost meanwhile is the link's to report (once, as "down"); its
+        # subscriptions are made again when it is back.
+        if failure.check(self._connection_error) is None:
+            self.log.failure("{what} failed", failure, what=what)
 
     def _dispatch(self, channel, message) -> None:
         handler = self._handlers.get(channel)

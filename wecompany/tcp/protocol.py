@@ -301,7 +301,7 @@ class WeCompanyProtocol(Int32StringReceiver):
         try:
             # The REST auth routes' budget, shared with them: one address
             # gets the same number of auth requests whichever port it uses.
-            self.factory.auth_limiter.hit(address)
+            await self.factory.auth_limiter.hit(address)
             if isinstance(msg, codec.Login):
                 user = await accounts.authenticate(msg.username, msg.password, address)
             elif isinstance(msg, codec.Register):

@@ -86,7 +86,7 @@ class HealthResource(Resource):
                     storage = "low"
         ok = db_ok and storage == "ok"
         cluster = self.live.cluster.status() if self.live is not None else {"enabled": False}
-        degraded = cluster.get("redis", "ok") != "ok"
+        degraded = cluster.get("redis", "ok") != "ok" or cluster.get("node_id_in_use", False)
         body = {
             "status": ("degraded" if degraded else "ok") if ok else "unavailable",
             "database": "ok" if db_ok else "unavailable",
