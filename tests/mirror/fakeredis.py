@@ -125,6 +125,9 @@ class FakeCommands:
             self.s.data.pop(key, None)
         return succeed(removed)
 
+    def hget(self, key, field):
+        return succeed((self.s._live(key) or {}).get(field))
+
     def hgetall(self, key):
         return succeed(dict(self.s._live(key) or {}))
 

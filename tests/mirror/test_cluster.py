@@ -10,6 +10,7 @@ import json
 from prometheus_client import generate_latest
 from treq.testing import StubTreq
 
+from tests.helpers import FakeClient
 from tests.mirror.clustering import NODE_TIMEOUT, ClusterCase, run
 from wecompany.api.metrics import Metrics
 from wecompany.domain import events as ev
@@ -54,6 +55,28 @@ class TextTests(ClusterCase):
         self.settle(4)
         self.assertEqual(self.successResultOf(d).status, STORED)
         self.assertEqual(len(self.store.fetch_offline_messages(int(self.user("bob")), 10).result), 1)
+
+    def test_text_to_a_user_who_just_logged_in_elsewhere_is_delivered(self):
+        a, b = self.node("a"), self.node("b")
+        alice = self.login(a, "alice")
+        bob = FakeClient(self.user("bob"), "bob")
+        b.chat.open_session(bob)  # its records are in Redis; its "up" is still on the way to a
+        self.assertIsNone(a.domain.cluster.chat_session(self.user("bob")))
+        d = run(a.chat.send_text(alice, "bob", "quick"))
+        self.settle()
+        self.assertEqual(self.successResultOf(d).status, DELIVERED)
+        self.assertEqual(self.texts(bob), ["quick"])
+
+    def test_text_stored_for_a_user_online_elsewhere_is_delivered_at_once(self):
+        # Stored here before the user's session reached Redis at all: its node is told when it has.
+        a, b = self.node("a"), self.node("b")
+        alice = self.login(a, "alice")
+        bob = self.login(b, "bob")
+        event = ev.TextMessage(a.chat.ids.next_id(), alice.identity.user_id, "alice", "raced", self.clock.seconds())
+        status = self.successResultOf(run(a.chat.deliver_here(self.user("bob"), event)))
+        self.settle()
+        self.assertEqual(status, STORED)
+        self.assertEqual(self.texts(bob), ["raced"])
 
     def test_broadcast_reaches_every_node(self):
         a, b, c = self.node("a"), self.node("b"), self.node("c")
@@ -136,6 +159,16 @@ class CallTests(ClusterCase):
         self.settle()
         self.assertIn(ev.CallRejected(call.call_id, "in a meeting"), alice.take())
 
+    def test_calling_a_user_who_just_logged_in_elsewhere_rings(self):
+        a, b = self.node("a"), self.node("b")
+        alice = self.login(a, "alice")
+        bob = FakeClient(self.user("bob"), "bob")
+        b.chat.open_session(bob)  # its records are in Redis; its "up" is still on the way to a
+        self.assertIsNone(a.domain.cluster.chat_session(self.user("bob")))
+        call = self.call(a, alice, "bob")
+        self.assertIsNotNone(call)
+        self.assertEqual([type(e).__name__ for e in bob.take()], ["CallIncoming"])
+
     def test_two_nodes_ringing_one_user_at_once_cannot_double_book(self):
         a, b, c = self.node("a"), self.node("b"), self.node("c")
         alice, bob, carol = self.login(a, "alice"), self.login(b, "bob"), self.login(c, "carol")
@@ -184,6 +217,23 @@ class NodeFailureTests(ClusterCase):
                           or k.endswith(":sessions:b")], [])
         ack = self.send(a, alice, "bob", "are you back?")
         self.assertEqual(ack.status, STORED)
+
+    def test_every_survivor_drops_a_dead_node_not_only_the_one_that_cleans_up(self):
+        self.node("a")  # the survivor that cleans up
+        b, c = self.node("b"), self.node("c")
+        self.login(c, "carol")
+        c.link.partition()
+        for loop in (c.node._heartbeat, c.node._resync):
+            loop.stop()
+        c.link.up = False
+        b.node._resync.stop()  # b looks only after a has cleaned up (and taken c out of the node set)
+        self.settle(NODE_TIMEOUT + NODE_TIMEOUT / 3 + 1)
+        self.assertNotIn("c", self.server._live("wecompany:v1:nodes") or set())
+        self.assertTrue(b.chat.is_online(self.user("carol")))  # not looked yet
+        b.node._resync.start(NODE_TIMEOUT / 3, now=True)
+        self.settle()
+        self.assertFalse(b.chat.is_online(self.user("carol")))
+        self.assertEqual(b.domain.cluster.status()["nodes"], ["a", "b"])
 
     def test_a_node_that_stops_leaves_at_once(self):
         a, b = self.node("a"), self.node("b")

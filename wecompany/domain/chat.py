@@ -139,7 +139,7 @@ class ChatService:
         if target is not None and uid not in self._draining:
             target.send_event(event)
             return TextAck(message_id, uid, DELIVERED, 1)
-        remote = self.cluster.chat_session(uid) if target is None else None
+        remote = await self.cluster.look_up_chat(uid) if target is None else None
         if remote is not None:
             try:
                 # Its node delivers it, or stores it if the session went meanwhile.
@@ -175,6 +175,7 @@ class ChatService:
             if not self._inflight[uid]:
                 del self._inflight[uid]
         self.kick_drain(uid)
+        self.cluster.stored_for(uid)
         return STORED
 
     def kick_drain(self, uid: str) -> None:
@@ -303,7 +304,8 @@ class ChatService:
         target = await self.directory.resolve_user(callee)
         callee_client = None
         if target is not None:
-            callee_client = self.registry.chat_client(target.user_id) or self.cluster.chat_session(target.user_id)
+            callee_client = (self.registry.chat_client(target.user_id)
+                             or await self.cluster.look_up_chat(target.user_id))
         call_id = self.calls.new_call_id()
         users = [client.identity.user_id] + ([target.user_id] if callee_client is not None else [])
         if callee_client is not None and target.user_id != client.identity.user_id:

@@ -129,6 +129,9 @@ class LocalCluster:
     def remote_sessions(self, user_id: str) -> list:
         return []
 
+    def look_up_chat(self, user_id: str) -> Deferred:
+        return succeed(None)
+
     def find_online(self, name_or_id: str):
         return None
 
@@ -151,6 +154,9 @@ class LocalCluster:
         return 0
 
     def sign_out_elsewhere(self, user_id: str, error) -> None:
+        pass
+
+    def stored_for(self, user_id: str) -> None:
         pass
 
     def reserve_call(self, call_id: str, user_ids) -> Deferred:
@@ -352,6 +358,31 @@ class Cluster(LocalCluster):
     def remote_sessions(self, user_id: str) -> list:
         return list(self.remote_by_user.get(user_id, {}).values())
 
+    def look_up_chat(self, user_id: str) -> Deferred:
+        """
+        The user's desktop session on another node, asking Redis when the
+        replica does not know it (it logged in a moment ago and its "up" is
+        still on its way) -> a RemoteClient or None.
+        """
+        proxy = self.remote_chat.get(user_id)
+        if proxy is not None or not self.link.up:
+            return succeed(proxy)
+        return self.track(self._look_up_chat(user_id), "looking up a session", fallback=None)
+
+    async def _look_up_chat(self, user_id: str):
+        redis = self.link.redis
+        holder = await redis.get(self.key("chat", user_id))
+        node, _, sid = (holder or "").partition("/")
+        if not node or node == self.node_id:
+            return None
+        raw = await redis.hget(self.key("sessions", node), sid)
+        if raw is None:
+            return None
+        try:
+            return self.add_remote(node, loads(raw))
+        except (ValueError, KeyError):
+            return None
+
     def find_online(self, name_or_id: str):
         sessions = self.remote_by_user.get(name_or_id)
         if sessions:
@@ -408,6 +439,20 @@ class Cluster(LocalCluster):
             d.callback(result)
 
     # -- sign-out everywhere ------------------------------------------------------------
+    def stored_for(self, user_id: str) -> None:
+        """
+        Text was stored here for ``user_id``: if the user has a desktop
+        session on another node this one had not heard of yet (it logged in
+        a moment ago), that node delivers it now rather than at the next login.
+        """
+        self.track(self._tell_holder(user_id), "telling a node of stored text")
+
+    async def _tell_holder(self, user_id: str) -> None:
+        holder = await self.link.redis.get(self.key("chat", user_id))
+        node = holder.partition("/")[0] if holder else None
+        if node and node != self.node_id:
+            self.to_node(node, {"t": "stored", "uid": user_id})
+
     def sign_out_elsewhere(self, user_id: str, error) -> None:
         """Close the user's sessions on every other node, telling each why."""
         nodes = {proxy.node for proxy in self.remote_sessions(user_id)}
@@ -512,6 +557,7 @@ class ClusterNode:
             "event": self._event, "media": self._media, "kick": self._kick, "kick-user": self._kick_user,
             "rpc": self._rpc, "rpc-reply": self._rpc_reply, "call": self._call_op, "call-media": self._call_media,
             "room-event": self.room_mirror.on_node_message, "room-replace": self.room_mirror.on_node_message,
+            "stored": lambda message: self.chat.kick_drain(str(message["uid"])),
         }
 
     # -- life cycle --------------------------------------------------------------------
@@ -625,7 +671,10 @@ class ClusterNode:
         """Re-read every other node's sessions; a node whose heartbeat is gone is dead."""
         c = self.cluster
         redis = c.link.redis
-        for node in await redis.smembers(c.key("nodes")):
+        # Those this node knows of too: one another survivor already cleaned up
+        # after (and took out of the set) must still be dropped here.
+        remembered = set(c.peers) | {node for node, _ in c.remote}
+        for node in sorted(set(await redis.smembers(c.key("nodes"))) | remembered):
             if node == c.node_id:
                 continue
             beat = await redis.get(c.key("node", node))
