@@ -345,6 +345,10 @@ class EphemeralPortTests(SynchronousTestCase):
         self.assertEqual(config.port, "tcp:0")
         config = Config.from_sources({"port": "tcp:0", "http_port": "tcp:0"}, {}, None)
         self.assertEqual(config.http_port, "tcp:0")
+        both = "haproxy:tcp:0:interface=127.0.0.1"  # behind HAProxy (the PROXY protocol)
+        self.assertEqual(Config.from_sources({"port": both, "http_port": both}, {}, None).port, both)
+        self.assertRaises(ConfigError, Config.from_sources, {"port": "haproxy:tcp:80", "http_port": "haproxy:tcp:80"},
+                          {}, None)
 
 
 class SignalingOptionTests(SynchronousTestCase):

@@ -305,6 +305,19 @@ class WeCompanyServiceTests(SynchronousTestCase):
         for party in (caller, callee):
             self.assertEqual(party.events[-1], CallEnded(party.events[-1].call_id, "shutdown"))
 
+    def test_a_step_that_fails_does_not_skip_the_rest(self) -> None:
+        """A stop step raising (closing WebSockets once did) is logged; the pools still stop, so the process exits."""
+        service = self.started_service()
+
+        class BrokenSignaling:
+            def shutdown(self):
+                raise RuntimeError("invalid close code")
+
+        service.signaling = BrokenSignaling()
+        self.successResultOf(service.stopService())
+        self.assertEqual(self.events[-2:], ["store stop", "pool stop"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_store_stops_only_after_clients_are_gone(self) -> None:
         service = self.started_service()
         stubborn = StubbornConnection(self.factory)

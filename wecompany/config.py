@@ -475,7 +475,8 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         # Port 0 asks the system for a free port, so two of them never clash.
-        if self.port == self.http_port and not re.match(r"^[a-z0-9]+:0(:|$)", self.port):
+        # (also behind a wrapper: haproxy:tcp:0).
+        if self.port == self.http_port and not re.match(r"^(haproxy:)?[a-z0-9]+:0(:|$)", self.port):
             raise ConfigError(f"port and http-port: both are {self.port!r}; they must differ")
 
     @property

@@ -197,21 +197,31 @@ class WeCompanyService(MultiService):
             d.addCallback(lambda port: port.stopListening())
             d.addErrback(lambda f: None)
         self._pending.clear()
-        await self._stop_ports()
-        self.calls.end_all("shutdown")
+        # Each step runs even if one before it failed: a step left out (the
+        # thread pools' above all) would keep the process from exiting.
+        await self._step("closing the listening ports", self._stop_ports)
+        await self._step("ending the calls", self.calls.end_all, "shutdown")
         if self.signaling is not None:
-            self.signaling.shutdown()
-        await self.tcp_factory.shutdown(self.shutdown_grace)
+            await self._step("closing the signaling connections", self.signaling.shutdown)
+        await self._step("closing the TCP connections", self.tcp_factory.shutdown, self.shutdown_grace)
         if self.cluster_node is not None:
             # After the clients are gone (their sessions left the cluster): then the node leaves.
-            await self.cluster_node.stop()
+            await self._step("leaving the cluster", self.cluster_node.stop)
         if self.recorder is not None:
-            await self.recorder.stop()
-        await self.store.stop()
+            await self._step("closing the recordings", self.recorder.stop)
+        await self._step("closing the store", self.store.stop)
         for pool in self.threadpools:
             if pool.started:
-                pool.stop()
+                await self._step("stopping a thread pool", pool.stop)
         self.log.info("WeCompany stopped")
+
+    async def _step(self, what: str, f, *args) -> None:
+        try:
+            result = f(*args)
+            if isinstance(result, Deferred) or hasattr(result, "__await__"):
+                await result
+        except Exception:
+            self.log.failure("stopping: {what} failed", what=what)
 
     def _stop_ports(self) -> Deferred:
         ports, self.ports = list(self.ports.values()), {}

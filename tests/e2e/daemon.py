@@ -29,8 +29,9 @@ POLL_INTERVAL = 0.02
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
-_TCP_PORT = re.compile(r"WeCompanyFactory starting on (\d+)")
-_HTTP_PORT = re.compile(r"WeCompanySite (?:\(\w+\) )?starting on (\d+)")  # the site, maybe wrapped
+# The factories, maybe wrapped: "WeCompanySite (CappedFactory) (PROXY) starting on 8000".
+_TCP_PORT = re.compile(r"WeCompanyFactory (?:\(\w+\) )*starting on (\d+)")
+_HTTP_PORT = re.compile(r"WeCompanySite (?:\(\w+\) )*starting on (\d+)")
 _READY = "WeCompany is ready"
 
 # Both listen on a free loopback port; the log says which.

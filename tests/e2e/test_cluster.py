@@ -30,7 +30,7 @@ SETTLE = 10.0
 class ClusterCase(MeetingPeople, DaemonTestCase):
     timeout = 120
 
-    async def cluster(self, count: int = 3, redis: str | None = None) -> list[Daemon]:
+    async def cluster(self, count: int = 3, redis: str | None = None, extra=(), wait: bool = True) -> list[Daemon]:
         """``count`` nodes on one Redis and one database, started one after another."""
         self.redis = redis or redis_url(self)
         self.prefix = unique_prefix("e2e")
@@ -42,9 +42,10 @@ class ClusterCase(MeetingPeople, DaemonTestCase):
         for i in range(count):
             daemon = Daemon(self, "--redis", self.redis, "--redis-prefix", self.prefix, "--node-id", f"n{i + 1}",
                             "--node-timeout", str(NODE_TIMEOUT), "--jwt-secret", self.secret,
-                            "--database", self.database, "--ring-timeout", "20")
+                            "--database", self.database, "--ring-timeout", "20", *extra)
             nodes.append(await daemon.start())
-        await self.until_nodes_see(nodes, count)
+        if wait:
+            await self.until_nodes_see(nodes, count)
         return nodes
 
     async def until_nodes_see(self, nodes, count: int) -> None:
@@ -191,6 +192,26 @@ class FailureTests(ClusterCase):
         # dave is offline now: text to him is stored, not lost.
         bob.text(dave.user_id, "are you there?")
         self.assertEqual((await bob.expect(MsgType.TEXT_ACK))["status"], STORED)
+
+    async def test_a_node_stopped_gracefully_leaves_at_once(self) -> None:
+        n1, n2 = await self.cluster(2)
+        http = Http(self, n1)
+        people, mid = await self.meeting_of(http, "drain", ("alice", "bob"))
+        alice_ws = await ws_connect(self, n1.http_port, mid, people["alice"][0], "peer-alice", people["alice"][1])
+        bob_ws = await ws_connect(self, n2.http_port, mid, people["bob"][0], "peer-bob", people["bob"][1])
+        alice_ws.send({"type": "join"})
+        bob_ws.send({"type": "join"})
+        await next_message(alice_ws, "user-joined")
+        carol = await self.tcp_user(n1, "carol")
+        dave = await self.tcp_user(n2, "dave")
+        await self.active_call(carol, dave)
+        stopped_at = reactor.seconds()
+        self.assertEqual(await n2.stop(), 0, n2.report())
+        left = await next_message(alice_ws, "user-left")
+        self.assertEqual(left["from_peer_id"], "peer-bob")
+        self.assertEqual((await carol.expect(MsgType.CALL_END))["reason"], "shutdown")
+        self.assertLess(reactor.seconds() - stopped_at, NODE_TIMEOUT, "told at once, not after the timeout")
+        self.assertNotIn("stopped answering", n1.log_text())
 
     async def test_redis_restarted_mid_test(self) -> None:
         server = await PrivateRedis(self).start()

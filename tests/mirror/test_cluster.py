@@ -151,6 +151,19 @@ class CallTests(ClusterCase):
             self.assertIn(ev.CallEnded(call.call_id, "hangup"), party.take())
         self.assertEqual([k for k in self.server.keys() if ":busy:" in k], [])  # the locks went
 
+    def test_a_node_stopping_ends_its_clients_calls_owned_elsewhere(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")  # a owns it
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        alice.take(), bob.take()
+        b.domain.calls.end_all("shutdown")
+        self.settle()
+        self.assertEqual(alice.take(), [ev.CallEnded(call.call_id, "shutdown")])
+        self.assertEqual(bob.take(), [ev.CallEnded(call.call_id, "shutdown")])  # once
+        self.assertIsNone(a.domain.calls.get(call.call_id))
+
     def test_rejected_across_nodes(self):
         a, b = self.node("a"), self.node("b")
         alice, bob = self.login(a, "alice"), self.login(b, "bob")

@@ -180,8 +180,10 @@ class CallService:
             self._finish(call, CallEnded(call.call_id, reason))
 
     def end_all(self, reason: str = "shutdown") -> None:
+        """End every call of this node: those it owns, and its clients' calls another node owns."""
         for call in list(self._calls.values()):
             self._finish(call, CallEnded(call.call_id, reason))
+        self.cluster.end_remote_calls(reason)
 
     # -- media --------------------------------------------------------------
     def relay(self, client, data: bytes) -> int:

@@ -179,6 +179,9 @@ class LocalCluster:
     def call_finished(self, call) -> None:
         pass
 
+    def end_remote_calls(self, reason: str) -> None:
+        pass
+
     def status(self) -> dict:
         return {"enabled": False}
 
@@ -301,6 +304,14 @@ class Cluster(LocalCluster):
                                     "message": "logged in from another connection"})
         self.to_all({"t": "up", **info})
         return int(count) == 1 if fresh else False
+
+    def end_remote_calls(self, reason: str) -> None:
+        """This node's clients leave the calls other nodes own (the node stops): both parties hear ``reason``."""
+        for client, (call_id, owner) in list(self.remote_calls.items()):
+            del self.remote_calls[client]
+            self.to_node(owner, {"t": "call", "op": GONE, "sid": self.sid_of.get(client, ""), "call": call_id,
+                                 "reason": reason})
+            client.send_event(CallEnded(call_id, reason))
 
     def session_closed(self, client, locally_last: bool) -> Deferred:
         """Forget the session; fires with whether the user just went offline cluster-wide."""
@@ -492,8 +503,7 @@ class Cluster(LocalCluster):
         held = self.remote_calls.get(client)
         if held is None or held[0] != call_id:
             return False
-        if op in ("reject", "end"):
-            self.remote_calls.pop(client, None)
+        # Held until the owner's CallEnded/CallRejected comes back (or the owner is found dead).
         self.to_node(held[1], {"t": "call", "op": op, "sid": self.sid_of.get(client, ""), "call": call_id,
                                "reason": reason})
         return True
@@ -788,8 +798,9 @@ class ClusterNode:
             c.remote_calls[client] = (event.call_id, message["from"])
         elif isinstance(event, (CallEnded, CallRejected)):
             held = c.remote_calls.get(client)
-            if held is not None and held[0] == event.call_id:
-                del c.remote_calls[client]
+            if held is None or held[0] != event.call_id:
+                return  # ended here already (this node stopping told its client), or told twice
+            del c.remote_calls[client]
         client.send_event(event)
 
     def _media(self, message: dict) -> None:

@@ -44,7 +44,7 @@ MESSAGE_COST_BYTES = 16 << 10  # each this many bytes of a message cost one more
 # Close codes (4000-4999 are the application's).
 CLOSE_FLOOD = 4029
 CLOSE_REPLACED = 4009
-CLOSE_SHUTDOWN = 1001
+CLOSE_SHUTDOWN = 4503  # 4000 + the HTTP status, as the others; Autobahn sends no 1001 for an application
 CLOSE_KICKED = 4003
 
 

@@ -1,0 +1,185 @@
+"""
+The shipped HAProxy example (etc/haproxy/wecompany.cfg) in front of two
+real nodes: the file itself, with only its addresses changed to the test's
+free loopback ports, run by the real haproxy. The desktop protocol and the
+site (REST and WebSocket) pass through it, the nodes see the clients' own
+addresses (the PROXY protocol), and a stopped node is taken out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.defer import Deferred
+
+from tests.e2e.client import Client
+from tests.e2e.daemon import REPO_ROOT
+from tests.e2e.test_cluster import ClusterCase
+from tests.e2e.test_rest import Http
+from tests.e2e.test_signaling import next_message, ws_connect
+from tests.services import free_port
+from wecompany.tcp.codec import MsgType
+
+EXAMPLE = os.path.join(REPO_ROOT, "etc", "haproxy", "wecompany.cfg")
+PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
+
+
+def test_config(example: str, desktop_port: int, site_port: int, nodes) -> str:
+    """The example with the test's addresses (and no syslog): nothing else changed."""
+    text = example.replace("    log /dev/log local0\n", "").replace("maxconn 200000", "maxconn 4000")
+    text = text.replace("bind :8888", f"bind 127.0.0.1:{desktop_port}").replace("bind :80\n", f"bind 127.0.0.1:{site_port}\n")
+    text = text.replace("default-server check port 8000 ", "default-server check ")
+    for i, node in enumerate(nodes, start=1):
+        address = f"10.0.0.1{i}"
+        text = text.replace(f"server node{i} {address}:8888", f"server node{i} 127.0.0.1:{node.tcp_port} "
+                                                              f"port {node.http_port}")
+        text = text.replace(f"server node{i} {address}:8000", f"server node{i} 127.0.0.1:{node.http_port}")
+    if re.search(r"10\.0\.0\.1\d:", text):
+        raise AssertionError("the example's node addresses changed: update test_config")
+    return text
+
+
+class _Output(ProcessProtocol):
+    def __init__(self):
+        self.output = b""
+
+    def outReceived(self, data):
+        self.output += data
+
+    errReceived = outReceived
+
+
+class HAProxyTests(ClusterCase):
+    async def haproxy(self, nodes) -> tuple[int, int]:
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+        if binary is None:
+            from tests.services import _missing
+            _missing(self, "haproxy is not installed")
+        desktop, site = free_port(), free_port()
+        path = os.path.abspath(self.mktemp())
+        with open(EXAMPLE, encoding="utf-8") as f:
+            config = test_config(f.read(), desktop, site, nodes)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config)
+        out = _Output()
+        process = reactor.spawnProcess(out, binary, [binary, "-db", "-f", path], env=dict(os.environ))
+        self.addCleanup(lambda: process.signalProcess(signal.SIGKILL) if process.pid else None)
+        self.haproxy_output = out
+
+        async def listening():
+            try:
+                code, _ = await Http(self, _At(site)).call("GET", "/health")
+                return code == 200
+            except Exception:
+                return False
+
+        await self.eventually(listening, lambda: f"haproxy to listen: {out.output.decode(errors='replace')}")
+        return desktop, site
+
+    async def test_two_nodes_behind_the_example_haproxy(self) -> None:
+        nodes = await self.cluster(2, extra=("--port", PROXIED, "--http-port", PROXIED,
+                                             # HAProxy keeps the cap per client (the nodes see its address first)
+                                             "--max-connections-per-address", "100000"), wait=False)
+        for node in nodes:
+            async def sees_two(node=node):
+                health = await self.health(node)
+                return health["cluster"]["nodes"] == ["n1", "n2"]
+
+            await self.eventually(sees_two, f"two nodes in /health of {node.log_path}")
+        desktop, site = await self.haproxy(nodes)
+
+        # The desktop protocol: least connections puts alice and bob on different nodes.
+        alice = await self.through(desktop, "alice")
+        bob = await self.through(desktop, "bob")
+        counts = [await self.tcp_connections(node) for node in nodes]
+        self.assertEqual(counts, [1, 1])
+
+        async def both_online():
+            return (await self.health(nodes[0]))["online_users"] == 2
+
+        await self.eventually(both_online, "both users online cluster-wide")
+        alice.text(bob.user_id, "through haproxy")
+        self.assertEqual((await bob.expect(MsgType.TEXT))["text"], "through haproxy")
+
+        # The site, REST and WebSocket, through it.
+        http = Http(self, _At(site))
+        people, mid = await self.meeting_of(http, "proxied", ("carol", "dave"))
+        clients = []
+        for name, (uid, token) in people.items():
+            client = await ws_connect(self, site, mid, uid, f"peer-{name}", token)
+            client.send({"type": "join"})
+            clients.append(client)
+        info = await next_message(clients[0], "room-info")
+        while info["payload"]["participant_count"] < 2:
+            info = await next_message(clients[0], "room-info")
+
+        # The nodes see the client's own address, not HAProxy's.
+        await self.get_from("127.0.0.2", site, "/health")
+        await self.eventually(lambda: _succeed(any("127.0.0.2 GET /health" in n.log_text() for n in nodes)),
+                              "a node to log the client's own address")
+
+        # A node stopped is taken out: new clients go to the other.
+        await nodes[1].stop()
+        erin = await self.through(desktop, "erin")
+        self.assertEqual(await self.tcp_connections(nodes[0]), 2)
+        self.assertTrue(erin.token)
+
+    async def through(self, port: int, name: str) -> Client:
+        client = Client(self, name)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), client.protocol)
+        self.addCleanup(client.abort)
+        await client.register(name)
+        return await self.settled(client)
+
+    async def tcp_connections(self, node) -> int:
+        body = await self.direct(node, "/metrics")
+        return int(float(re.search(rb"^wecompany_tcp_connections (\S+)", body, re.M).group(1)))
+
+    async def health(self, node) -> dict:
+        answer = await self.direct(node, "/health")
+        return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+    async def direct(self, node, path: str) -> bytes:
+        """GET ``path`` from a node itself, as HAProxy would (a PROXY header first)."""
+        header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 %d\r\n" % node.http_port
+        return await self.get_from("127.0.0.1", node.http_port, path, header)
+
+    async def get_from(self, source: str, port: int, path: str, header: bytes = b"") -> bytes:
+        """The whole answer to one GET, sent from ``source`` (a loopback address)."""
+        done = Deferred()
+
+        class Once(Protocol):
+            data = b""
+
+            def connectionMade(self):
+                self.transport.write(header + f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"
+                                     .encode())
+
+            def dataReceived(self, data):
+                self.data += data
+
+            def connectionLost(self, reason):
+                done.callback(self.data)
+
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0)),
+                              Once())
+        done.addTimeout(10, reactor)
+        return await done
+
+
+class _At:
+    """Something Http can be pointed at: a port that is not a daemon's (HAProxy's)."""
+
+    def __init__(self, port: int) -> None:
+        self.http_port = port
+
+
+async def _succeed(value):
+    return value
