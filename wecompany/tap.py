@@ -87,8 +87,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{label} and --no-{label} contradict each other")
             elif self[label] or self[f"no-{label}"]:
                 cli[field.name] = bool(self[label])
+        from wecompany.storage import check_location
         try:
             self.config = Config.from_sources(cli, self.environ, self["config"])
+            check_location(self.config.file_storage)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
