@@ -14,6 +14,8 @@ from wecompany.config import (
     Config,
     ConfigError,
     RedisAddress,
+    S3Location,
+    SharedDirectory,
     load_or_create_secret,
     split_endpoint,
 )
@@ -396,3 +398,49 @@ class SplitEndpointTests(SynchronousTestCase):
         source = inspect.getsource(wecompany.config)
         for forbidden in ("._port", "._host", "MemoryReactor", "twisted.internet.testing"):
             self.assertNotIn(forbidden, source)
+
+
+class FileStorageOptionTests(SynchronousTestCase):
+    """--file-storage: the data directory, a shared directory, or S3."""
+
+    def test_default_is_the_data_directory(self) -> None:
+        self.assertIsNone(Config().file_storage)
+        self.assertIsNone(Config.from_sources({}, {"WECOMPANY_FILE_STORAGE": ""}).file_storage)
+
+    def test_shared_directory(self) -> None:
+        for text, path in (("file:/srv/shared", "/srv/shared"), ("file:///srv/shared/", "/srv/shared"),
+                           ("file:files", os.path.abspath("files"))):
+            self.assertEqual(Config(file_storage=text).file_storage, SharedDirectory(path), text)
+        self.assertEqual(str(SharedDirectory("/srv/x")), "file:/srv/x")
+
+    def test_s3(self) -> None:
+        cases = {
+            "s3://media": S3Location("media"),
+            "s3://media/": S3Location("media"),
+            "s3://media/wecompany/prod": S3Location("media", "wecompany/prod/"),
+            "s3://my.bucket-1/p?endpoint=http://127.0.0.1:9000/&region=eu-west-1":
+                S3Location("my.bucket-1", "p/", "http://127.0.0.1:9000", "eu-west-1"),
+            "s3://media?region=us-east-1": S3Location("media", region="us-east-1"),
+        }
+        for text, location in cases.items():
+            parsed = Config(file_storage=text).file_storage
+            self.assertEqual(parsed, location, text)
+            # What it prints reads back as the same place.
+            self.assertEqual(Config(file_storage=str(parsed)).file_storage, parsed, text)
+
+    def test_refused(self) -> None:
+        for text in ("/srv/shared", "file:", "file://", "ftp://host/x", "s3://", "s3://UPPER", "s3://ab",
+                     "s3://bucket/../x", "s3://bucket/.hidden", "s3://bucket/a b",
+                     "s3://bucket?endpont=http://x", "s3://bucket?region=us-east-1&region=eu-west-1",
+                     "s3://bucket?endpoint=ftp://x", "s3://bucket?endpoint=http://", "s3://bucket?region=Mars 1",
+                     "s3://bucket#x"):
+            with self.assertRaises(ConfigError, msg=text) as caught:
+                Config.from_sources({"file_storage": text}, {})
+            self.assertIn("file-storage", str(caught.exception), text)
+
+    def test_credentials_never_part_of_it(self) -> None:
+        for text in ("s3://AKIAEXAMPLE:hunter2@bucket/p", "s3://bucket/p?access_key=AKIAEXAMPLE",
+                     "s3://bucket/p?secret_key=hunter2", "s3://bucket?endpoint=http://AKIAEXAMPLE:hunter2@minio:9000"):
+            error = self.assertRaises(ConfigError, Config.from_sources, {"file_storage": text}, {})
+            self.assertNotIn("hunter2", str(error), text)
+            self.assertIn("credentials", str(error), text)

@@ -466,6 +466,14 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIn("must share one database", service.startup_warnings[-1])
         self.assertEqual(self.reactor.tcpClients, [])  # nothing connects before the service starts
 
+    def test_a_clustered_node_keeps_its_files_where_every_node_reaches_them(self) -> None:
+        service = self.build(redis="redis://127.0.0.1:1/0", jwt_secret="s" * 32)
+        self.assertTrue(any("--redis without --file-storage" in w for w in service.startup_warnings))
+        shared = os.path.abspath(self.mktemp())
+        service = self.build(redis="redis://127.0.0.1:1/0", jwt_secret="s" * 32, file_storage=f"file:{shared}")
+        self.assertFalse(any("--file-storage" in w for w in service.startup_warnings))
+        self.assertEqual(service.files.storage.root, shared)
+
 
 class BacklogTests(SynchronousTestCase):
     def test_default_backlog_unless_given(self) -> None:

@@ -123,3 +123,42 @@ class TwistdCommandLineTests(SynchronousTestCase):
         # twistd prints the usage and the error to standard output.
         self.assertIn("port: 'tcpp:80' is not a valid endpoint", result.stdout)
         self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")
+
+
+class FileStorageStartupTests(SynchronousTestCase):
+    """What --file-storage needs is checked when the options are, before anything listens."""
+
+    def test_a_shared_directory_must_be_there(self) -> None:
+        missing = os.path.abspath(self.mktemp())
+        error = self.assertRaises(usage.UsageError, parse, ["--file-storage", f"file:{missing}"])
+        self.assertIn("file-storage", str(error))
+        self.assertIn("mount", str(error))
+        self.assertFalse(os.path.exists(missing))  # never made here: it would hide an unmounted share
+        os.makedirs(missing)
+        self.assertEqual(str(parse(["--file-storage", f"file:{missing}"]).file_storage), f"file:{missing}")
+
+    def test_s3_with_boto3(self) -> None:
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            self.assertRaises(usage.UsageError, parse, ["--file-storage", "s3://media"])
+        else:
+            self.assertEqual(str(parse(["--file-storage", "s3://media/wc?region=eu-west-1"]).file_storage),
+                             "s3://media/wc/?region=eu-west-1")
+
+    def test_s3_without_boto3_stops_twistd_saying_what_to_install(self) -> None:
+        workdir = FilePath(self.mktemp())
+        workdir.makedirs()
+        environ = {key: value for key, value in os.environ.items() if not key.startswith("WECOMPANY_")}
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT.path, environ.get("PYTHONPATH")]))
+        # None in sys.modules makes "import boto3" fail, as it does where boto3 is not installed.
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; sys.modules['boto3'] = None; "
+                                   "from twisted.scripts.twistd import run; run()",
+             "--nodaemon", "wecompany", "--file-storage", "s3://media/wc"],
+            cwd=workdir.path, env=environ, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("s3:// needs boto3, which is not installed; install it with: pip install 'wecompany[s3]'",
+                      result.stdout)
+        self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")

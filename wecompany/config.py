@@ -27,7 +27,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.internet.endpoints import serverFromString
@@ -304,6 +304,94 @@ def parse_redis(name: str, value: object) -> RedisAddress:
     return address
 
 
+@attrs.frozen
+class SharedDirectory:
+    """``--file-storage file:/path``: files in a directory every node mounts."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"file:{self.path}"
+
+
+@attrs.frozen
+class S3Location:
+    """
+    ``--file-storage s3://bucket/prefix?endpoint=...&region=...``: files in an
+    S3-compatible object store. It names no credentials: those come from the
+    standard boto chain (environment, config files, instance role).
+    """
+
+    bucket: str
+    #: What every key starts with: empty, or ending in ``/``.
+    prefix: str = ""
+    #: The store's URL (MinIO, Ceph ...); None for AWS itself.
+    endpoint: str | None = None
+    region: str | None = None
+
+    def __str__(self) -> str:
+        query = "&".join(f"{key}={value}" for key, value in (("endpoint", self.endpoint), ("region", self.region))
+                         if value is not None)
+        return f"s3://{self.bucket}/{self.prefix}" + (f"?{query}" if query else "")
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REGION = re.compile(r"[a-z0-9-]{1,32}")
+_S3_PARAMETERS = ("endpoint", "region")
+
+
+def parse_file_storage(name: str, value: object) -> SharedDirectory | S3Location:
+    """``file:/path`` (a shared directory) or ``s3://bucket/prefix?endpoint=URL&region=NAME``."""
+    if isinstance(value, (SharedDirectory, S3Location)):
+        return value
+    expected = "file:/path or s3://bucket/prefix?endpoint=http://host:port&region=name"
+    text = _text(name, value, expected)
+    if text.startswith("file:"):
+        path = text[len("file:"):]
+        if path.startswith("//"):
+            path = path[2:]  # file:///srv/x -> /srv/x
+        if not path.strip():
+            raise _fail(name, value, expected)
+        return SharedDirectory(parse_path(name, path))
+    if not text.startswith("s3://"):
+        raise _fail(name, value, expected)
+    no_credentials = (f"{option_label(name)}: credentials do not belong in s3:// (the value is not shown); "
+                      f"boto finds them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the "
+                      f"AWS config files")
+    parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise ConfigError(no_credentials)
+    if parts.fragment or not _BUCKET.fullmatch(parts.netloc):
+        raise _fail(name, value, "s3://bucket/... with a bucket name of 3-63 lower-case letters, digits, dots "
+                                 "and dashes")
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if not all(_PREFIX_SEGMENT.fullmatch(segment) for segment in segments):
+        raise _fail(name, value, "s3://bucket/prefix with a prefix of letters, digits, dots, dashes and "
+                                 "underscores, separated by /")
+    found: dict[str, str] = {}
+    for pair in filter(None, parts.query.split("&")):
+        key, equals, item = pair.partition("=")
+        if key not in _S3_PARAMETERS or not equals or key in found:
+            raise ConfigError(f"{option_label(name)}: {key[:32]!r} is not a parameter of s3:// (each may be "
+                              f"given once: {', '.join(_S3_PARAMETERS)}; credentials come from the environment "
+                              f"or the AWS config files, never from here)")
+        found[key] = unquote(item)
+    endpoint = found.get("endpoint")
+    if endpoint is not None:
+        address = urlsplit(endpoint)
+        if "@" in address.netloc:
+            raise ConfigError(no_credentials)
+        if address.scheme not in ("http", "https") or not address.hostname or address.query or address.fragment:
+            raise ConfigError(f"{option_label(name)}: endpoint {endpoint!r} is not an http:// or https:// URL")
+        endpoint = endpoint.rstrip("/")
+    region = found.get("region")
+    if region is not None and not _REGION.fullmatch(region):
+        raise ConfigError(f"{option_label(name)}: region {region!r} is not a region name such as us-east-1")
+    return S3Location(bucket=parts.netloc, prefix="".join(f"{segment}/" for segment in segments),
+                      endpoint=endpoint, region=region)
+
+
 def parse_secret(name: str, value: object) -> bytes:
     """A signing secret of at least :data:`MIN_SECRET_BYTES` bytes; never echoed in errors."""
     secret = value.encode("utf-8") if isinstance(value, str) else value
@@ -420,6 +508,11 @@ class Config:
     max_call: float = _option(3600.0, parse_seconds, "longest a call may last, in seconds")
     record_calls: str | None = _option(None, optional(parse_path),
                                        "directory to record relayed call media into (default: off)")
+    file_storage: SharedDirectory | S3Location | None = _option(
+        None, optional(parse_file_storage),
+        "where avatars and transferred files are kept, for every node of a cluster: file:/path (a shared "
+        "directory, e.g. NFS) or s3://bucket/prefix?endpoint=URL&region=NAME (S3-compatible, needs "
+        "wecompany[s3]; credentials from the standard AWS chain) (default: the data directory)")
     jwt_secret: bytes | None = _option(None, optional(parse_secret),
                                        "HS256 secret for access tokens, at least 32 bytes "
                                        "(default: generated once into DATA_DIR/jwt.secret)",

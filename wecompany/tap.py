@@ -87,8 +87,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{label} and --no-{label} contradict each other")
             elif self[label] or self[f"no-{label}"]:
                 cli[field.name] = bool(self[label])
+        from wecompany.storage import check_location
         try:
             self.config = Config.from_sources(cli, self.environ, self["config"])
+            check_location(self.config.file_storage)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
 
@@ -202,9 +204,16 @@ def build_service(config: Config, reactor):
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
 
+    stored = getattr(domain.storage, "root", None)  # a directory, unless the files are in S3
     warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
-                                  os.path.join(config.data_dir, "jwt.secret"), domain.files.media_dir,
-                                  domain.avatar_dir, *([config.record_calls] if config.record_calls else [])])
+                                  os.path.join(config.data_dir, "jwt.secret"), domain.files.spool_dir,
+                                  *([os.path.join(stored, "media"), os.path.join(stored, "avatars")] if stored
+                                    else []),
+                                  *([config.record_calls] if config.record_calls else [])])
+    if config.redis is not None and config.file_storage is None:
+        warnings.append(f"--redis without --file-storage: avatars and files sent to this node stay in "
+                        f"{config.data_dir}, out of the other nodes' reach; give every node the same "
+                        f"--file-storage (file:/shared/path or s3://bucket/prefix)")
     if config.redis is not None and config.database_kind == "sqlite":
         warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
                         "unless every node opens this same file, give them --database postgresql://...")

@@ -22,12 +22,16 @@ class RecordingMailer:
 
 
 class Api:
-    """The daemon's RestAPI and site on a test domain (:func:`make_domain`), and a client for them."""
+    """
+    The daemon's RestAPI and site on a test domain (:func:`make_domain`, given
+    ``domain_options``), and a client for them.
+    """
 
-    def __init__(self, test, address_rate: float = 1000.0, address_burst: float = 1000.0):
+    def __init__(self, test, address_rate: float = 1000.0, address_burst: float = 1000.0, **domain_options):
         self.test = test
         self.mailer = RecordingMailer()
-        self.domain = d = make_domain(test, mailer=self.mailer, auth_rate=address_rate, auth_burst=address_burst)
+        self.domain = d = make_domain(test, mailer=self.mailer, auth_rate=address_rate, auth_burst=address_burst,
+                                      **domain_options)
         self.clock = d.clock
         self.auth_limiter = d.auth_limiter
         self.credentials, self.ice, self.rooms = d.credentials, d.ice, d.rooms

@@ -4,6 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import PASSWORD, Api
 from tests.helpers import FakeClient
+from tests.storage.fakes3 import FakeClientError, FakeConnectionError, FakeS3Client
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -120,3 +121,46 @@ class ProfileTests(SynchronousTestCase):
         self.assertEqual(code, 400)
         # The email is free again.
         self.api.register("alice2", "alice@example.com")
+
+
+class AvatarStorageTests(SynchronousTestCase):
+    """Avatars in the file storage every node reads (``--file-storage``), here a fake S3."""
+
+    def setUp(self):
+        self.s3 = FakeS3Client(buckets=["media"])
+        self.node_a = Api(self, file_storage="s3://media/wc", s3_client=self.s3)
+        self.token = self.node_a.user("alice")
+
+    def upload(self, api, data=PNG):
+        raw, headers = multipart("avatar", "me.png", data)
+        return api.request("POST", "/api/v1/users/upload-avatar", raw=raw, headers=headers, token=self.token)
+
+    def test_uploaded_through_one_node_served_by_another(self):
+        code, body, _ = self.upload(self.node_a)
+        self.assertEqual(code, 200, body)
+        url = body["data"]["avatar"]
+        name = url.rsplit("/", 1)[1]
+        self.assertEqual(self.s3.objects, {("media", f"wc/avatars/{name}"): PNG})
+        node_b = Api(self, file_storage="s3://media/wc", s3_client=self.s3)
+        code, data, response = node_b.request("GET", url)
+        self.assertEqual((code, data), (200, PNG))
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["image/png"])
+        code, _, _ = node_b.request("GET", "/api/v1/avatars/1-0000000000000000.png")
+        self.assertEqual(code, 404)
+
+    def test_the_store_down_is_503_and_says_no_more(self):
+        code, body, _ = self.upload(self.node_a)
+        url = body["data"]["avatar"]
+        self.s3.fail("PutObject", FakeConnectionError('Could not connect to the endpoint URL: "http://10.9.9.9/"'))
+        self.s3.fail("GetObject", FakeClientError("AccessDenied", 403, "GetObject"))
+        code, body, _ = self.upload(self.node_a, PNG + b"second")
+        self.assertEqual((code, body["code"], body["message"]),
+                         (503, 503, "file storage is unavailable right now: try again later"))
+        self.assertNotIn("10.9.9.9", str(body))
+        code, body, _ = self.node_a.request("GET", "/api/v1/users/profile", token=self.token)
+        self.assertEqual(body["data"]["avatar"], url)  # the profile still names the stored one
+        code, body, _ = self.node_a.request("GET", url)
+        self.assertEqual((code, body["message"]), (503, "file storage is unavailable right now: try again later"))
+        self.assertNotIn("AccessDenied", str(body))
+        self.s3.recover()
+        self.assertEqual(self.node_a.request("GET", url)[:2], (200, PNG))

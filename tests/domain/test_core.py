@@ -7,6 +7,9 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import FakeClient, make_domain, make_user
+from tests.storage.fakes3 import FakeS3Client
+from wecompany.storage.local import DirectoryStorage
+from wecompany.storage.s3 import S3Storage
 
 
 class BuildDomainTests(SynchronousTestCase):
@@ -19,9 +22,24 @@ class BuildDomainTests(SynchronousTestCase):
                          (3, 7, 30))
         self.assertEqual(d.files.chunk_size, 4096 - 64)
         self.assertEqual(d.ice.stun_urls, ("stun:stun.example.com:3478",))
-        self.assertEqual(d.files.media_dir, os.path.join(d.config.data_dir, "media"))
-        self.assertEqual(d.avatar_dir, os.path.join(d.config.data_dir, "avatars"))
+        self.assertIsInstance(d.storage, DirectoryStorage)
+        self.assertEqual(d.storage.root, d.config.data_dir)  # where files always were
+        self.assertIs(d.files.storage, d.storage)
+        self.assertEqual(d.files.spool_dir, os.path.join(d.config.data_dir, "spool"))
         self.assertIsNone(d.recorder)
+
+    def test_file_storage_for_every_node(self):
+        shared = os.path.abspath(self.mktemp())
+        d = make_domain(self, file_storage=f"file:{shared}")
+        self.assertEqual((type(d.storage), d.storage.root), (DirectoryStorage, shared))
+        self.assertEqual(d.files.spool_dir, os.path.join(d.config.data_dir, "spool"))  # spooling stays local
+        client = FakeS3Client(buckets=["media"])
+        d = make_domain(self, file_storage="s3://media/wc?endpoint=http://127.0.0.1:9000", s3_client=client)
+        self.assertIsInstance(d.storage, S3Storage)
+        self.assertEqual((d.storage.bucket, d.storage.prefix), ("media", "wc/"))
+        self.assertIs(d.files.storage, d.storage)
+        self.assertIs(d.storage.client(), client)
+        self.assertEqual(d.files.read_size, d.storage.read_size)  # 1 MiB: whole 64 KiB chunks
 
     def test_one_of_each_shared(self):
         d = make_domain(self)

@@ -93,11 +93,14 @@ class Daemon:
     :param extra_args: more ``wecompany`` options (``"--ring-timeout", "0.5"``).
     :param data_dir: the data directory; a fresh temporary one by default. It
         is kept across :meth:`restart`.
+    :param environ: the child's environment instead of :func:`daemon_environment`.
     """
 
-    def __init__(self, testcase, *extra_args: str, data_dir: str | None = None, reactor=None) -> None:
+    def __init__(self, testcase, *extra_args: str, data_dir: str | None = None, reactor=None,
+                 environ: dict[str, str] | None = None) -> None:
         self.testcase = testcase
         self.extra_args = list(extra_args)
+        self.environ = environ
         self.reactor = reactor or global_reactor
         self.base_dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.base_dir)
@@ -127,7 +130,7 @@ class Daemon:
         self.tcp_port = self.http_port = None
         self._process = _DaemonProcess()
         argv = self.argv(self.log_path)
-        self.reactor.spawnProcess(self._process, argv[0], argv, env=daemon_environment(),
+        self.reactor.spawnProcess(self._process, argv[0], argv, env=self.environ or daemon_environment(),
                                   path=self.base_dir)
 
     @property

@@ -5,6 +5,7 @@ The TCP protocol over StringTransport with a fake clock: no sockets, no wall tim
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
 from twisted.internet.address import IPv4Address
@@ -12,6 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import make_domain, make_user
+from tests.storage.fakes3 import FakeConnectionError, FakeS3Client
 from wecompany.tcp import codec
 from wecompany.tcp.codec import MsgType
 from wecompany.tcp.protocol import WeCompanyFactory
@@ -93,10 +95,14 @@ class ProtocolTestCase(SynchronousTestCase):
         options = dict(max_frame=4096, login_timeout=10, idle_timeout=90, message_rate=100,
                        message_burst=200, auth_fail_delay=1.0)
         options.update(self.factory_options)
-        self.domain = make_domain(self, max_frame=options["max_frame"])
+        self.domain = make_domain(self, max_frame=options["max_frame"], **self.domain_options())
         self.clock = self.domain.clock
         self.factory = WeCompanyFactory(self.domain, **options)
         self._hosts = iter(f"10.0.0.{i}" for i in range(1, 250))
+
+    def domain_options(self) -> dict:
+        """More :func:`make_domain` options (Config fields, a fake S3 client) for this test's domain."""
+        return {}
 
     def connect(self, host=None) -> Conn:
         return Conn(self.factory, host or next(self._hosts))
@@ -800,6 +806,149 @@ class FileTests(ProtocolTestCase):
         bob.transport.producer.resumeProducing()
         info, got, done = self.received(bob)
         self.assertEqual((got, done), (data, True))  # and then all of it
+
+
+class EveryNodeFileTests:
+    """For FileTests whose storage every node reaches: a file sent through one node is fetched through another."""
+
+    def other_node(self):
+        """A second daemon's factory: its own domain on the same store and file storage."""
+        options = self.domain_options()
+        options.pop("s3_client", None)
+        other = make_domain(self, clock=self.clock, store=self.domain.store, max_frame=4096, id_node=2,
+                            s3_client=getattr(self, "s3", None), **options)
+        factory = WeCompanyFactory(other, max_frame=4096, login_timeout=10, idle_timeout=90, message_rate=100,
+                                   message_burst=200, auth_fail_delay=1.0)
+        return Conn(factory, "10.0.1.1")
+
+    def test_a_file_sent_through_one_node_is_received_through_another(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        data = bytes(range(256)) * 40
+        file_id = self.offer(alice, "bob", data)
+        self.chunks(alice, data, size=1000)
+        self.assertEqual(alice.frames()[-1], codec.encode_file_complete("t1", file_id, False))
+        bob = self.other_node()
+        bob.send(bytes((MsgType.LOGIN,)) + s16("bob") + s16(PASSWORD))
+        frames = bob.frames()
+        self.assertTrue(auth_result(frames[0])[0])
+        bob.pending = frames[1:]
+        info, got, done = self.received(bob)  # right after the login, from the storage
+        self.assertEqual((info[0], got, done), (file_id, data, True))
+        self.assertTrue(self.domain.store.get_file(file_id).result.delivered)
+        bob.send(b"\x01\x04" + codec.u64(file_id) + codec.u64(len(data) - 100))  # and the end again
+        for f in bob.frames():
+            if f[1] == codec.FILE_DATA:
+                self.assertEqual(f[2 + 8:2 + 16], codec.u64(len(data) - 100))
+                self.assertEqual(f[2 + 16:], data[-100:])
+
+
+class SharedDirectoryFileTests(EveryNodeFileTests, FileTests):
+    """Every FileTests case again, the files in a directory both nodes mount."""
+
+    def domain_options(self) -> dict:
+        if not hasattr(self, "shared"):
+            self.shared = os.path.abspath(self.mktemp())
+            os.makedirs(self.shared)
+        return {"file_storage": f"file:{self.shared}"}
+
+
+class S3FileTests(EveryNodeFileTests, FileTests):
+    """Every FileTests case again, the files in (fake) S3; and what a failing object store does."""
+
+    def domain_options(self) -> dict:
+        if not hasattr(self, "s3"):
+            self.s3 = FakeS3Client(buckets=["media"])
+        return {"file_storage": "s3://media/wc", "s3_client": self.s3}
+
+    def stored_for_bob(self, alice, data: bytes, tid: str = "t1") -> int:
+        file_id = self.offer(alice, "bob", data, tid=tid)
+        self.chunks(alice, data, tid=tid, size=1000)
+        self.assertEqual(alice.frames()[-1], codec.encode_file_complete(tid, file_id, False))
+        return file_id
+
+    def test_the_store_down_when_an_upload_completes(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        data = b"q" * 2500
+        file_id = self.offer(alice, "bob", data)
+        self.s3.fail("PutObject", FakeConnectionError("Could not connect to the endpoint URL"))
+        self.chunks(alice, data, size=1000)
+        self.assertEqual(alice.frames(), [codec.encode_file_failed(
+            "t1", "file storage is unavailable right now: try again later (file discarded)")])
+        self.assertFalse(alice.closed)
+        self.assertIsNone(self.domain.store.get_file(file_id).result)
+        self.assertEqual((os.listdir(self.domain.files.spool_dir), self.s3.objects), ([], {}))
+        self.assertEqual(self.domain.files.upload_count, 0)
+        # Once it is back, the same transfer id works.
+        self.s3.recover()
+        self.stored_for_bob(alice, data)
+
+    def test_the_store_down_while_a_file_is_delivered(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        data = b"r" * 3000
+        file_id = self.stored_for_bob(alice, data)
+        self.s3.fail("GetObject", FakeConnectionError("Read timeout on endpoint URL"))
+        bob, _ = self.login("bob")
+        frames = bob.frames()
+        self.assertEqual(frames[0][:2], bytes((MsgType.FILE, codec.FILE_INCOMING)))
+        self.assertEqual(error_of(frames[1]),
+                         (503, f"file {file_id}: file storage is unavailable right now: try again later",
+                          MsgType.FILE))
+        self.assertEqual(len(frames), 2)
+        self.assertFalse(bob.closed)
+        self.assertFalse(self.domain.store.get_file(file_id).result.delivered)
+        self.s3.recover()
+        bob.send(b"\x01\x04" + codec.u64(file_id) + codec.u64(0))
+        info, got, done = self.received(bob)
+        self.assertEqual((got, done), (data, True))
+        self.assertTrue(self.domain.store.get_file(file_id).result.delivered)
+
+    def test_the_store_down_before_a_delivery_starts(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        first = self.stored_for_bob(alice, b"1" * 10, "t1")
+        self.stored_for_bob(alice, b"2" * 10, "t2")
+        self.s3.fail("HeadObject", FakeConnectionError("refused"))
+        bob, _ = self.login("bob")
+        # Only the error: no FILE_INCOMING, and the second file waits too.
+        self.assertEqual([error_of(f)[0] for f in bob.frames()], [503])
+        self.s3.recover()
+        bob.send(b"\x01\x04" + codec.u64(first) + codec.u64(0))
+        self.assertEqual(self.received(bob)[1:], (b"1" * 10, True))
+
+    def test_a_file_the_store_lost(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        lost = self.stored_for_bob(alice, b"1" * 10, "t1")
+        kept = self.stored_for_bob(alice, b"2" * 10, "t2")
+        record = self.domain.store.get_file(lost).result
+        del self.s3.objects[("media", f"wc/media/{record.path}")]
+        bob, _ = self.login("bob")
+        frames = bob.frames()
+        self.assertEqual(error_of(frames[0]), (404, f"file {lost}: the file is missing from the file storage",
+                                               MsgType.FILE))
+        bob.pending = frames[1:]
+        info, got, done = self.received(bob)  # the next one follows
+        self.assertEqual((info[0], got, done), (kept, b"2" * 10, True))
+
+    def test_delivery_reads_the_store_a_block_at_a_time(self):
+        alice, _ = self.login("alice")
+        make_user(self.domain, "bob")
+        read_size = self.domain.files.read_size
+        self.assertEqual(read_size % self.domain.files.chunk_size, 0)
+        self.assertGreater(read_size, 250 * self.domain.files.chunk_size)  # 1 MiB of 4 KiB chunks
+        data = os.urandom(2 * read_size + 5)
+        file_id = self.offer(alice, "bob", data)
+        self.chunks(alice, data, size=4000)
+        self.s3.calls.clear()
+        bob, _ = self.login("bob")
+        info, got, done = self.received(bob)
+        self.assertEqual((info[0], got, done), (file_id, data, True))
+        ranges = [call[2] for call in self.s3.calls if call[0] == "GetObject"]
+        self.assertEqual(ranges, [f"bytes=0-{read_size - 1}", f"bytes={read_size}-{2 * read_size - 1}",
+                                  f"bytes={2 * read_size}-{3 * read_size - 1}"])
 
 
 class ShutdownTests(ProtocolTestCase):

@@ -40,8 +40,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.rooms = domain.rooms
         self.clock = domain.clock
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
-        self.run_in_thread = domain.run_disk
-        self.avatar_dir = domain.avatar_dir
+        self.file_storage = domain.storage
         self._openapi = None
 
     def resource(self):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import re
 import secrets
 
 from wecompany.api.routing import PUBLIC, Call, endpoint
@@ -10,9 +10,11 @@ from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, PASSWORD_CHANGED_SCHEMA, USER_SCHEMA, user_view
 from wecompany.domain.passwords import check_email
 from wecompany.errors import InvalidInput, NotFound, TooLarge, Unauthenticated
-from wecompany.privatefs import make_private_dir, write_private
+from wecompany.storage import KeyMissing
 
 MAX_AVATAR = 2 << 20
+#: Where avatars are in the file storage (``--file-storage``), which every node reads.
+AVATAR_KEYS = "avatars/"
 
 # Image types are recognised by their first bytes, never by what the client claims.
 _IMAGE_MAGIC = (
@@ -22,6 +24,8 @@ _IMAGE_MAGIC = (
     (b"GIF89a", "gif", "image/gif"),
 )
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}
+# What upload_avatar names them: "<user id>-<hex>.<kind>".
+_AVATAR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\.[a-z]+")
 
 
 def image_kind(data: bytes) -> str | None:
@@ -77,7 +81,7 @@ class UserRoutes:
                 "expires_in": int(self.accounts.tokens.ttl)}
 
     @endpoint("POST", "/v1/users/upload-avatar", summary="Upload an avatar image (multipart field 'avatar' or 'file')",
-              tag="users", data=USER_SCHEMA, errors=(400, 401, 413), raw_body="multipart/form-data")
+              tag="users", data=USER_SCHEMA, errors=(400, 401, 413, 503), raw_body="multipart/form-data")
     async def upload_avatar(self, call: Call):
         form = call.request.form  # parsed as it arrived, within bounds (wecompany.web.multipart)
         if form is None:
@@ -92,21 +96,22 @@ class UserRoutes:
         if kind is None:
             raise InvalidInput("avatar must be a PNG, JPEG, GIF or WebP image")
         name = f"{call.user.id}-{secrets.token_hex(8)}.{kind}"
-        await self.run_in_thread(_write_file, os.path.join(self.avatar_dir, name), data)
+        await self.file_storage.put_bytes(AVATAR_KEYS + name, data)
         profile = await self.store.update_profile(call.user.id, {"avatar": f"/api/v1/avatars/{name}"},
                                                   self.clock.seconds())
         return user_view(call.user, profile)
 
     @endpoint("GET", "/v1/avatars/<string:name>", summary="An avatar image", tag="users", auth=PUBLIC,
-              errors=(404,))
+              errors=(404, 503))
     async def get_avatar(self, call: Call):
         name = call.params["name"]
         ext = name.rpartition(".")[2]
-        if ext not in _CONTENT_TYPES or not all(c.isalnum() or c in "-." for c in name) or ".." in name:
+        if ext not in _CONTENT_TYPES or not _AVATAR_NAME.fullmatch(name):
             raise NotFound("no such avatar")
-        data = await self.run_in_thread(_read_file, os.path.join(self.avatar_dir, name))
-        if data is None:
-            raise NotFound("no such avatar")
+        try:
+            data = await self.file_storage.read(AVATAR_KEYS + name, 0, MAX_AVATAR + 1)
+        except KeyMissing:
+            raise NotFound("no such avatar") from None
         call.request.setHeader(b"content-type", _CONTENT_TYPES[ext].encode())
         call.request.setHeader(b"cache-control", b"public, max-age=86400")
         return data
@@ -117,15 +122,3 @@ class UserRoutes:
         await self.lifecycle.delete_account(call.user)
         return {"message": "account deleted"}
 
-
-def _write_file(path: str, data: bytes) -> None:
-    make_private_dir(os.path.dirname(path))
-    write_private(path, data)
-
-
-def _read_file(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None

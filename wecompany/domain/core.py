@@ -34,6 +34,7 @@ from wecompany.domain.tokens import TokenIssuer
 from wecompany.mirror.cluster import Cluster, LocalCluster
 from wecompany.mirror.limits import SharedLimits
 from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
+from wecompany.storage import IFileStorage, open_storage
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -74,8 +75,8 @@ class Domain:
     recorder: CallRecorder | None
     #: The cluster (``--redis``), or ``LocalCluster`` for a daemon on its own.
     cluster: object
-    #: Where avatars are kept.
-    avatar_dir: str
+    #: Where avatars and transferred files are kept (``--file-storage``).
+    storage: IFileStorage
 
     def live_counts(self) -> dict:
         """
@@ -92,7 +93,7 @@ class Domain:
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
                  hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None,
-                 redis_link=None) -> Domain:
+                 redis_link=None, s3_client_factory=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -105,6 +106,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param id_node: the node number message ids carry (default: random).
     :param redis_link: a :class:`~wecompany.mirror.redis.RedisLink` (or a
         fake) when the daemon is clustered (``--redis``); None otherwise.
+    :param s3_client_factory: makes the S3 client when ``--file-storage``
+        is ``s3://`` (default: boto3's); tests pass a fake.
     """
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
@@ -127,8 +130,9 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     directory = UserDirectory(store, registry)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
-    files = FileService(store, directory, registry, os.path.join(config.data_dir, "media"), run_disk, clock,
-                        chunk_size=file_chunk_size(config.max_frame))
+    storage = open_storage(config.file_storage, config.data_dir, run_disk, s3_client_factory=s3_client_factory)
+    files = FileService(store, directory, registry, storage, os.path.join(config.data_dir, "spool"), run_disk,
+                        clock, chunk_size=file_chunk_size(config.max_frame))
     chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files],
                        cluster=cluster)
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
@@ -143,4 +147,4 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  cluster=cluster, avatar_dir=os.path.join(config.data_dir, "avatars"))
+                  cluster=cluster, storage=storage)

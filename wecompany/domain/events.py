@@ -110,3 +110,16 @@ class FileDone:
     """To the recipient: every byte of ``file_id`` has been sent."""
 
     file_id: int
+
+
+@attrs.frozen
+class FileUnavailable:
+    """
+    To the recipient: file ``file_id`` cannot be sent now (the file storage
+    is unavailable, or lost it). ``code`` is the error's wire code; what was
+    sent of the file so far stands, and the file may be fetched again.
+    """
+
+    file_id: int
+    code: int
+    message: str

@@ -3,11 +3,14 @@ One-to-one file transfer through the server's media store.
 
 The sender offers a file (recipient, name, size, SHA-256) and sends it in
 order, in chunks that fit the frame limit. The server writes and hashes the
-chunks off the reactor thread, checks the SHA-256 at the end, records the file
-in the media store (the same store the REST media API serves) and then
+chunks off the reactor thread into a spool file on its own disk, checks the
+SHA-256 at the end, moves the file into the file storage
+(:mod:`wecompany.storage`, which every node of a cluster reaches) and then
 streams it to the recipient: at once if online, otherwise right after its next
-login. Streaming waits whenever the recipient's connection applies
-back-pressure, so a slow recipient costs no memory.
+login, from whichever node it is connected to. Streaming reads the storage a
+block at a time and waits whenever the recipient's connection applies
+back-pressure, so neither a large file nor a slow recipient costs more than
+a block of memory.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from wecompany.domain.events import FileChunk, FileDone, FileOffered
+from wecompany.domain.events import FileChunk, FileDone, FileOffered, FileUnavailable
 from wecompany.domain.interfaces import ISessionListener
 from wecompany.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, WeCompanyError
 from wecompany.privatefs import make_private_dir, open_private
+from wecompany.storage import KeyMissing
 
 MAX_TRANSFER_ID = 64
 MAX_NAME = 255
+#: Where transferred files are in the file storage: this, then the record's path.
+MEDIA_KEYS = "media/"
 
 
 class TransferFailed(WeCompanyError):
@@ -46,6 +52,7 @@ class _Upload:
     record: object
     handle: object
     digest: object
+    spool: str
     received: int = 0
 
 
@@ -71,27 +78,41 @@ class FileService:
     :param store: :class:`IStore`.
     :param directory: the :class:`~wecompany.domain.sessions.UserDirectory` (recipients).
     :param registry: the :class:`~wecompany.domain.sessions.SessionRegistry` (recipients online).
-    :param media_dir: where files live (``<data dir>/media``); paths in the
-        store are relative to it and always chosen here.
+    :param storage: the :class:`~wecompany.storage.IFileStorage` complete
+        files are kept in, under ``media/`` and the record's path (which is
+        always chosen here).
+    :param spool_dir: a directory on this node's disk for uploads while
+        they arrive (``<data dir>/spool``).
     :param run_in_thread: ``f(callable, *args) -> Deferred`` for disk work.
     """
 
     log = Logger()
 
-    def __init__(self, store, directory, registry, media_dir: str, run_in_thread, clock,
+    def __init__(self, store, directory, registry, storage, spool_dir: str, run_in_thread, clock,
                  max_file_size: int = 256 << 20, chunk_size: int = 64 << 10,
                  max_uploads_per_client: int = 4) -> None:
         self.store = store
         self.directory = directory
         self.registry = registry
-        self.media_dir = os.path.abspath(media_dir)
+        self.storage = storage
+        self.spool_dir = os.path.abspath(spool_dir)
         self._run = run_in_thread
         self.clock = clock
         self.max_file_size = max_file_size
         self.chunk_size = chunk_size
+        # What one storage read asks for: whole chunks, as many as the
+        # storage reads efficiently (one for a disk, 1 MiB for S3). At most
+        # one block per delivering connection is held in memory.
+        self.read_size = max(chunk_size, storage.read_size // chunk_size * chunk_size)
         self.max_uploads = max_uploads_per_client
         self._uploads: dict[tuple[object, str], _Upload] = {}
+        self._spooling: set[str] = set()  # spool files of uploads in progress
         self._deliveries: dict[object, _Delivery] = {}
+
+    @staticmethod
+    def storage_key(record) -> str:
+        """Where the bytes of a complete file are in the file storage."""
+        return MEDIA_KEYS + record.path
 
     # -- receiving from the sender ------------------------------------------------
     async def offer(self, client, transfer_id: str, to: str, name: str, size: int, sha256: bytes):
@@ -111,15 +132,22 @@ class FileService:
         recipient = await self.directory.resolve_user(to)
         if recipient is None or recipient.account_id is None:
             raise NotFound(f"unknown user {to!r}")
-        rel = os.path.join("transfers", secrets.token_hex(1), secrets.token_hex(12))
-        handle = await self._run(_open_new, os.path.join(self.media_dir, rel))
+        token = secrets.token_hex(12)
+        rel = f"transfers/{secrets.token_hex(1)}/{token}"
+        spool = os.path.join(self.spool_dir, token)
+        self._spooling.add(spool)
         try:
-            record = await self.store.create_file(owner, name, size, sha256.hex(), rel,
-                                                  self.clock.seconds(), recipient_id=recipient.account_id)
+            handle = await self._run(_open_new, spool)
+            try:
+                record = await self.store.create_file(owner, name, size, sha256.hex(), rel,
+                                                      self.clock.seconds(), recipient_id=recipient.account_id)
+            except BaseException:
+                await self._run(_discard, handle, spool)
+                raise
         except BaseException:
-            await self._run(_discard, handle, os.path.join(self.media_dir, rel))
+            self._spooling.discard(spool)
             raise
-        upload = _Upload(record, handle, hashlib.sha256())
+        upload = _Upload(record, handle, hashlib.sha256(), spool)
         self._uploads[(client, transfer_id)] = upload
         self.log.info("file {file_id} ({size} bytes) from {owner} to {recipient}", file_id=record.id,
                       size=size, owner=owner, recipient=recipient.account_id)
@@ -159,11 +187,26 @@ class FileService:
     async def _finish(self, client, transfer_id: str, upload: _Upload):
         del self._uploads[(client, transfer_id)]
         record = upload.record
-        await self._run(upload.handle.close)
-        if upload.digest.hexdigest() != record.sha256:
-            await self._remove(record)
-            raise TransferFailed(transfer_id, "SHA-256 mismatch: file discarded")
-        await self.store.complete_file(record.id)
+        try:
+            await self._run(upload.handle.close)
+            if upload.digest.hexdigest() != record.sha256:
+                raise TransferFailed(transfer_id, "SHA-256 mismatch: file discarded")
+            try:
+                await self.storage.put_file(self.storage_key(record), upload.spool)
+            except WeCompanyError as error:
+                raise TransferFailed(transfer_id, f"{error.message} (file discarded)", code=error.code) from None
+        except BaseException:
+            await self._tidy("discarding an upload", lambda: self._run(_unlink, upload.spool),
+                             lambda: self.store.delete_file(record.id))
+            raise
+        finally:
+            self._spooling.discard(upload.spool)
+        try:
+            await self.store.complete_file(record.id)
+        except BaseException:
+            await self._tidy("discarding an upload", lambda: self.storage.delete(self.storage_key(record)),
+                             lambda: self.store.delete_file(record.id))
+            raise
         record = attrs.evolve(record, status="complete")
         target = self.registry.chat_client(str(record.recipient_id))
         if target is not None:
@@ -172,22 +215,34 @@ class FileService:
 
     async def _abort(self, client, transfer_id: str, upload: _Upload) -> None:
         self._uploads.pop((client, transfer_id), None)
-        await self._run(upload.handle.close)
-        await self._remove(upload.record)
+        try:
+            await self._run(_discard, upload.handle, upload.spool)
+        finally:
+            self._spooling.discard(upload.spool)
+        await self.store.delete_file(upload.record.id)
 
-    async def _remove(self, record) -> None:
-        await self._run(_unlink, os.path.join(self.media_dir, record.path))
-        await self.store.delete_file(record.id)
+    async def _tidy(self, what: str, *steps) -> None:
+        """Run every step (``() -> awaitable``) of a clean-up; what fails is logged, not raised over the cause."""
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                self.log.failure("{what} failed", what=what)
 
     async def remove_interrupted(self, started_at: float) -> int:
         """
         At start-up: uploads left unfinished by an earlier run (it stopped or
-        crashed mid-transfer) can never complete; remove their rows and bytes.
-        Uploads begun since ``started_at`` are not touched. -> how many.
+        crashed mid-transfer) can never complete; remove their rows, their
+        spool files and whatever of them reached the storage. Uploads begun
+        since ``started_at`` are not touched. -> how many.
         """
         stale = await self.store.delete_incomplete_files(started_at)
         for record in stale:
-            await self._run(_unlink, os.path.join(self.media_dir, record.path))
+            # Stored, but not yet recorded complete when the run ended.
+            await self._tidy("removing an interrupted upload",
+                             lambda record=record: self.storage.delete(self.storage_key(record)))
+        leftovers = await self._run(_list_dir, self.spool_dir)
+        await self._run(_unlink_all, [path for path in leftovers if path not in self._spooling])
         if stale:
             self.log.info("removed {count} uploads interrupted by an earlier stop", count=len(stale))
         return len(stale)
@@ -202,8 +257,8 @@ class FileService:
 
     async def deliver_pending(self, client) -> None:
         """After login: queue every complete file addressed to this user and not yet delivered."""
-        for record in await self.store.undelivered_files_for(client.identity.account_id):
-            self._enqueue(client, record, 0)
+        self._enqueue_all(client, [(record, 0) for record in
+                                   await self.store.undelivered_files_for(client.identity.account_id)])
 
     async def fetch(self, client, file_id: int, offset: int) -> None:
         """Send (the rest of) a file to its recipient or owner again."""
@@ -216,14 +271,21 @@ class FileService:
         self._enqueue(client, record, offset)
 
     def _enqueue(self, client, record, offset: int) -> None:
-        delivery = self._deliveries.get(client)
-        if delivery is not None:
-            if any(r.id == record.id for r, _ in delivery.queue):
-                return
-            delivery.queue.append((record, offset))
+        self._enqueue_all(client, [(record, offset)])
+
+    def _enqueue_all(self, client, files) -> None:
+        """Queue ``(record, offset)`` s for ``client``, all before the first is sent."""
+        if not files:
             return
-        delivery = self._deliveries[client] = _Delivery()
-        delivery.queue.append((record, offset))
+        delivery = self._deliveries.get(client)
+        sending = delivery is not None
+        if not sending:
+            delivery = self._deliveries[client] = _Delivery()
+        for record, offset in files:
+            if not any(r.id == record.id for r, _ in delivery.queue):
+                delivery.queue.append((record, offset))
+        if sending:
+            return
         d = Deferred.fromCoroutine(self._deliver(client, delivery))
         d.addErrback(lambda f: self.log.failure("delivering files to {user} failed", f,
                                                 user=client.identity.user_id))
@@ -232,31 +294,61 @@ class FileService:
         try:
             while delivery.queue and not delivery.gone:
                 record, offset = delivery.queue[0]
-                sender = await self.store.get_user(record.owner_id)
-                client.send_event(FileOffered(record.id, str(record.owner_id),
-                                              sender.username if sender else "", record.name,
-                                              record.size, bytes.fromhex(record.sha256)))
-                path = os.path.join(self.media_dir, record.path)
-                while offset < record.size:
-                    if getattr(client, "write_blocked", False):
-                        delivery.waiter = Deferred()
-                        await delivery.waiter
-                    if delivery.gone:
-                        return
-                    data = await self._run(_read, path, offset, self.chunk_size)
-                    if not data:
-                        raise OSError(f"file {record.id} is shorter than recorded")
-                    if delivery.gone:
-                        return
-                    client.send_event(FileChunk(record.id, offset, data))
-                    offset += len(data)
-                client.send_event(FileDone(record.id))
+                try:
+                    sent = await self._send(client, delivery, record, offset)
+                except WeCompanyError as error:
+                    # The storage is down, or lost the bytes: the client is
+                    # told, and may fetch the file again (from where it got
+                    # to); it stays undelivered, so the next login tries too.
+                    self.log.warn("file {file_id} not delivered to {user}: {error}", file_id=record.id,
+                                  user=client.identity.user_id, error=error.message)
+                    client.send_event(FileUnavailable(record.id, error.wire_code,
+                                                      f"file {record.id}: {error.message}"))
+                    if isinstance(error, NotFound):
+                        delivery.queue.popleft()  # only this file is gone
+                        continue
+                    return  # the others would fail the same way
+                if not sent:
+                    return
                 if record.recipient_id == client.identity.account_id and not record.delivered:
                     await self.store.mark_file_delivered(record.id)
                 delivery.queue.popleft()
         finally:
             if self._deliveries.get(client) is delivery:
                 del self._deliveries[client]
+
+    async def _send(self, client, delivery: _Delivery, record, offset: int) -> bool:
+        """Stream one file from ``offset`` -> False if the client went away meanwhile."""
+        key = self.storage_key(record)
+        stored = await self.storage.size(key)
+        if stored is None:
+            raise KeyMissing("the file is missing from the file storage")
+        if stored != record.size:
+            raise KeyMissing(f"the file storage holds {stored} of its {record.size} bytes")
+        if delivery.gone:
+            return False
+        sender = await self.store.get_user(record.owner_id)
+        client.send_event(FileOffered(record.id, str(record.owner_id), sender.username if sender else "",
+                                      record.name, record.size, bytes.fromhex(record.sha256)))
+        block, block_offset = b"", offset
+        while offset < record.size:
+            if getattr(client, "write_blocked", False):
+                delivery.waiter = Deferred()
+                await delivery.waiter
+            if delivery.gone:
+                return False
+            start = offset - block_offset
+            if start >= len(block):
+                block, block_offset, start = await self.storage.read(key, offset, self.read_size), offset, 0
+                if not block:
+                    raise KeyMissing("the file in the file storage is shorter than recorded")
+                if delivery.gone:
+                    return False
+            data = block[start:start + self.chunk_size]
+            client.send_event(FileChunk(record.id, offset, data))
+            offset += len(data)
+        client.send_event(FileDone(record.id))
+        return True
 
     def writable(self, client) -> None:
         delivery = self._deliveries.get(client)
@@ -294,12 +386,6 @@ def _append(handle, digest, data: bytes) -> None:
     digest.update(data)
 
 
-def _read(path: str, offset: int, n: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read(n)
-
-
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -310,6 +396,18 @@ def _unlink(path: str) -> None:
 def _discard(handle, path: str) -> None:
     handle.close()
     _unlink(path)
+
+
+def _list_dir(directory: str) -> list[str]:
+    try:
+        return [os.path.join(directory, name) for name in os.listdir(directory)]
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_all(paths) -> None:
+    for path in paths:
+        _unlink(path)
 
 
 # FILE_DATA adds 18 bytes of header to each chunk; leave room for it.

@@ -476,6 +476,7 @@ _EVENT_ENCODERS = {
                                                          e.sender_name),
     ev.FileChunk: lambda e: codec.encode_file_data(e.file_id, e.offset, e.data),
     ev.FileDone: lambda e: codec.encode_file_done(e.file_id),
+    ev.FileUnavailable: lambda e: codec.encode_error(e.code, e.message, MsgType.FILE),
 }
 
 
