@@ -34,6 +34,7 @@ PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
 def test_config(example: str, desktop_port: int, site_port: int, nodes) -> str:
     """The example with the test's addresses (and no syslog): nothing else changed."""
     text = example.replace("    log /dev/log local0\n", "").replace("maxconn 200000", "maxconn 4000")
+    text = text.replace("    stats socket /run/haproxy/admin.sock mode 660 level admin\n", "")
     text = text.replace("bind :8888", f"bind 127.0.0.1:{desktop_port}").replace("bind :80\n", f"bind 127.0.0.1:{site_port}\n")
     text = text.replace("default-server check port 8000 ", "default-server check ")
     for i, node in enumerate(nodes, start=1):

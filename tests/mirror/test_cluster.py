@@ -276,6 +276,19 @@ class RedisFailureTests(ClusterCase):
         self.assertEqual(self.texts(bob), ["back"])
         self.assertEqual(a.domain.cluster.status()["redis"], "ok")
 
+    def test_calls_across_nodes_end_for_both_when_redis_goes(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        alice.take(), bob.take()
+        self.server.crash()
+        self.settle()
+        self.assertEqual(alice.take(), [ev.CallEnded(call.call_id, "disconnected")])
+        self.assertEqual(bob.take(), [ev.CallEnded(call.call_id, "disconnected")])
+        self.assertEqual((a.domain.calls.count, b.domain.cluster.remote_calls), (0, {}))
+
 
 class LiveCountsTests(ClusterCase):
     def health(self, node):

@@ -222,6 +222,7 @@ class Cluster(LocalCluster):
         # The other live nodes, with what their last heartbeat said (its calls).
         self.peers: dict[str, dict] = {}
         self.id_conflict = False  # another running daemon has this node id
+        self._unreleased: list[tuple[str, str]] = []  # (call, user) locks to release once Redis is back
         self._rpc_ids = itertools.count(1)
         self._rpc_waiting: dict[int, Deferred] = {}
         self._pending: set[Deferred] = set()
@@ -487,9 +488,19 @@ class Cluster(LocalCluster):
         return True
 
     def release_call(self, call_id: str, user_ids) -> None:
+        if not self.link.up:
+            # Released when Redis is back (if it kept them), not left to block the users for the lock's TTL.
+            self._unreleased.extend((call_id, uid) for uid in user_ids)
+            return
         for uid in user_ids:
             self.track(self.link.redis.eval(scripts.DELETE_IF, [self.key("busy", uid)], [call_id]),
                         "releasing a call lock")
+
+    def release_pending(self) -> None:
+        """Redis is back: the locks of calls that ended meanwhile go."""
+        pending, self._unreleased = self._unreleased, []
+        for call_id, uid in pending:
+            self.release_call(call_id, [uid])
 
     def remote_calls_of(self):
         return self.remote_calls
@@ -608,14 +619,17 @@ class ClusterNode:
         d.addErrback(lambda f: self.log.failure("cluster: publishing this node's state failed", f))
 
     def link_down(self) -> None:
+        """Redis is gone: what crossed nodes cannot go on (calls with a party elsewhere end)."""
         c = self.cluster
         for node in {node for node, _ in c.remote}:
             self._forget_node(node)
+        c.end_remote_calls("disconnected")
         c.peers.clear()
 
     async def _recover(self) -> None:
         c = self.cluster
         await self._beat_once()
+        c.release_pending()
         for sid, client in list(c.local_by_sid.items()):
             await c._announce_session(client, sid, fresh=False)
         await self.room_mirror.republish()
