@@ -3,9 +3,9 @@ What differs between the SQL databases the store runs on.
 
 Queries (:mod:`wecompany.store.sql`) are written once, in portable SQL with
 ``?`` placeholders, and migrations name column types as ``$serial_pk``,
-``$bigint``, ``$float`` and ``$text_nocase``. A :class:`Dialect` fills those in
-and says how a transaction begins. A PostgreSQL store adds its own dialect
-(``%s`` placeholders, ``BIGSERIAL``, ``CITEXT``...) and reuses the rest.
+``$bigint``, ``$float`` and ``$text_nocase``. A :class:`Dialect` fills those in,
+says how a transaction begins, and how the migrations of several processes
+keep out of each other's way.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ class Dialect:
         rotated), so that a concurrent transaction waits for this one: ``" FOR
         UPDATE"`` where writers run concurrently (PostgreSQL); empty where a
         write transaction already excludes every other writer.
+    :ivar ascii_case: appended to a text expression (a column, a parameter)
+        that is case-folded by ``lower()`` or sorted ignoring case, so that
+        case is folded for ASCII letters only, whatever the database's
+        locale: SQLite's ``lower()`` and ``NOCASE`` already do so (and
+        :func:`wecompany.store.common.fold_case` copies them).
+    :ivar schema_setup: statements run before the migrations, in the
+        transaction that looks for them (extensions the column types need).
+    :ivar schema_lock: statement that makes a migration transaction wait for
+        any other process's, or ``None`` where ``begin_write`` already does.
+    :ivar integer_bits: the widest integer a parameter may be; a wider one is
+        an :class:`OverflowError` before it is sent (as the sqlite3 module
+        refuses to bind it), so that every database answers it the same way.
     """
 
     name: str
@@ -40,6 +52,10 @@ class Dialect:
     placeholder: str = "?"
     max_params: int = 500
     lock_rows: str = ""
+    ascii_case: str = ""
+    schema_setup: tuple[str, ...] = ()
+    schema_lock: str | None = None
+    integer_bits: int = 64
 
     def begin(self, txn: Any, write: bool) -> None:
         """Open a transaction on the adbapi transaction (cursor) ``txn``."""
@@ -47,11 +63,22 @@ class Dialect:
         if statement is not None:
             txn.execute(statement)
 
+    def begin_migration(self, txn: Any) -> None:
+        """Open a write transaction that changes the schema, once no other process is migrating."""
+        self.begin(txn, write=True)
+        if self.schema_lock is not None:
+            txn.execute(self.schema_lock)
+
     def execute(self, txn: Any, query: str, params: Sequence[object] = ()) -> Any:
         """Run ``query``, written with ``?`` placeholders; returns ``txn`` for fetching."""
         if self.placeholder != "?":
             query = query.replace("?", self.placeholder)
-        txn.execute(query, tuple(params))
+        params = tuple(params)
+        limit = 1 << (self.integer_bits - 1)
+        for value in params:
+            if type(value) is int and not -limit <= value < limit:
+                raise OverflowError(f"{value} does not fit in {self.integer_bits} bits")
+        txn.execute(query, params)
         return txn
 
 
@@ -73,6 +100,8 @@ SQLITE = Dialect(
     # SQLite before 3.32 allows 999 parameters per statement.
     max_params=500,
     # BEGIN IMMEDIATE already excludes every other writer (and SQLite has no
-    # FOR UPDATE).
+    # FOR UPDATE), migrations included.
     lock_rows="",
+    schema_lock=None,
 )
+
