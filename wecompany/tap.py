@@ -129,6 +129,22 @@ def with_backlog(endpoint: str) -> str:
     return endpoint
 
 
+def build_store(config: Config, reactor):
+    """The store ``--database`` names: SQLite (the default) or PostgreSQL, not yet started."""
+    if config.database_kind == "postgresql":
+        try:
+            from wecompany.store.postgres import PostgreSQLStore
+        except ImportError as error:
+            raise usage.UsageError(f"--database: a PostgreSQL database needs the driver ({error}): "
+                                   "pip install 'wecompany[postgresql]'") from None
+        try:
+            return PostgreSQLStore(config.database, reactor=reactor)
+        except ValueError as error:  # its message hides the password
+            raise usage.UsageError(f"--database: {error}") from None
+    from wecompany.store.sqlite import SQLiteStore
+    return SQLiteStore(config.sqlite_path, reactor=reactor)
+
+
 def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
@@ -147,17 +163,15 @@ def build_service(config: Config, reactor):
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
     from wecompany.signaling.protocol import SignalingFactory
-    from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.web.channel import TimeoutPolicy
     from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
-    if config.database_kind != "sqlite":
-        raise usage.UsageError("--database: only SQLite is supported so far")
-
+    store = build_store(config, reactor)
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
-    sqlite_path = config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3")
+    sqlite_path = config.sqlite_path  # None for PostgreSQL
+    database_files = [sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm"] if sqlite_path else []
 
     # Hashing is CPU-bound: one thread per core is enough. Disk work for
     # files gets its own small pool so a burst of logins cannot starve it.
@@ -165,7 +179,7 @@ def build_service(config: Config, reactor):
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
-    domain = build_domain(config, reactor, SQLiteStore(sqlite_path, reactor=reactor), secret=secret,
+    domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk)
 
     tcp_factory = WeCompanyFactory(
@@ -187,7 +201,7 @@ def build_service(config: Config, reactor):
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
 
-    warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
+    warnings = exposure_warnings([config.data_dir, *database_files,
                                   os.path.join(config.data_dir, "jwt.secret"), domain.files.media_dir,
                                   domain.avatar_dir, *([config.record_calls] if config.record_calls else [])])
     if config.redis is not None:
