@@ -21,14 +21,25 @@ from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests import pgtesting
 from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
-from wecompany.errors import EmailTaken, InvalidInput, MeetingFull, Unavailable, UsernameTaken
+from wecompany.errors import (
+    EmailTaken,
+    InvalidInput,
+    MeetingFull,
+    Unavailable,
+    UsernameTaken,
+)
 from wecompany.store.dialect import POSTGRESQL
 from wecompany.store.memory import MemoryStore
-from wecompany.store.postgres import PostgreSQLStore, PreparationError, connect, connection_arguments
+from wecompany.store.postgres import (
+    PostgreSQLStore,
+    PreparationError,
+    connect,
+    connection_arguments,
+)
 from wecompany.store.records import StoredMessage
 from wecompany.store.schema import SchemaTooNew, load_migrations, migrate_now
 
@@ -178,8 +189,9 @@ class PostgreSQLOnlyTests(_PostgreSQLTestCase):
         [(terminated,)] = pgtesting.admin(self).execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
         self.assertIs(terminated, True)
         error = await self.assertFailure(store.get_user(alice.id), Unavailable)
-        self.assertEqual((error.code, error.message), (503, "the database cannot be reached right now"
-                                                             " (the server ended the connection): try again later"))
+        self.assertEqual(error.code, 503)
+        self.assertEqual(error.message,
+                         "the database cannot be reached right now (the server ended the connection): try again later")
         # adbapi logs the rollback it could not make on the dead connection.
         self.flushLoggedErrors(psycopg.OperationalError, ConnectionLost)
         self.assertIsNone(store.storage_problem)  # not a storage problem: /health's ping tells
@@ -253,6 +265,7 @@ class PostgreSQLOnlyTests(_PostgreSQLTestCase):
         self.assertEqual((alice.id, alice.username, alice.created_at, alice.token_version), (1, "alice", NOW, 0))
         meeting, host = await store.create_meeting("t", "", alice.id, NOW, None, 2, "video", None, SETTINGS, "r", NOW)
         self.assertEqual((host.username, host.nickname), ("alice", "Al"))
+        self.assertEqual(await store.list_meetings(0, 10, member_id=alice.id), (1, [meeting]))
         self.assertEqual((await store.create_user("bob", "h", None, None, NOW)).id, 2)
 
     async def test_column_types(self):
@@ -410,3 +423,30 @@ def _through(url, port):
     userinfo = parts.netloc.rpartition("@")[0]
     return urlunsplit(parts._replace(netloc=f"{userinfo}{'@' if userinfo else ''}127.0.0.1:{port}"))
 
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    """What each of the server's errors is to the store's callers (no server needed)."""
+
+    def test_storage_problems_and_outages(self):
+        store = PostgreSQLStore("postgresql://wc@127.0.0.1/wecompany", reactor)
+        cases = [
+            # SQLSTATE, storage_problem (lasts until a write succeeds), outage (one call's 503)
+            ("53100", "disk full", None),
+            ("58030", "disk I/O error", None),
+            ("25006", "the database is read-only", None),
+            ("57P01", None, "the server ended the connection"),
+            ("57P02", None, "the server crashed"),
+            ("57P03", None, "the server is starting up"),
+            ("08006", None, "connection failure"),
+            ("53300", None, "the server is out of resources"),
+            ("57014", None, None),  # a cancelled statement: a 500, as any bug
+            ("23505", None, None),
+        ]
+        for sqlstate, problem, outage in cases:
+            error = psycopg.errors.lookup(sqlstate)()
+            self.assertEqual((store._storage_problem_of(error), store._outage_of(error)), (problem, outage), sqlstate)
+        # libpq's own (no server answered, or the connection broke), and adbapi giving the connection up.
+        self.assertEqual(store._outage_of(psycopg.OperationalError("connection failed")), "no connection")
+        self.assertEqual(store._outage_of(ConnectionLost()), "connection lost")
+        self.assertIsNone(store._outage_of(ValueError("not the database's")))
