@@ -3,7 +3,7 @@ Fresh PostgreSQL databases for tests.
 
 The server is the one ``WECOMPANY_TEST_POSTGRESQL`` names (a
 ``postgresql://`` URL to any database the user may connect to; the user must
-be allowed to create databases), by default
+be allowed to create databases and roles), by default
 ``postgresql://postgres@127.0.0.1:5432/test``. Nothing touches the tables of
 the database the URL names: tests get databases of their own,
 ``wc_test_<random>``, in one of two ways:
@@ -153,6 +153,32 @@ def _drop_shared() -> None:
     for url in _SHARED.values():
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                            .format(sql.Identifier(database_name(url))))
+
+
+@attrs.frozen
+class Role:
+    name: str
+    password: str = attrs.field(repr=False)
+
+    def url(self, url: str) -> str:
+        """``url``, logging in as this role."""
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{self.name}:{self.password}@{host}"))
+
+
+def scratch_role(testcase) -> Role:
+    """
+    A login role with a password and no privileges, dropped when the test
+    ends. Make it before the databases it is given rights in: cleanups run
+    last first, and a role with rights in a database cannot be dropped.
+    """
+    connection = admin(testcase)
+    role = Role(f"wc_test_{secrets.token_hex(6)}", secrets.token_hex(16))
+    connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role.name),
+                                                                        sql.Literal(role.password)))
+    testcase.addCleanup(connection.execute, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role.name)))
+    return role
 
 
 def connect(testcase, url: str) -> psycopg.Connection:

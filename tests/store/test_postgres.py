@@ -252,6 +252,19 @@ class PostgreSQLOnlyTests(_PostgreSQLTestCase):
         error = self.assertRaises(SchemaTooNew, PostgreSQLStore(url, reactor).prepare)
         self.assertIn("database schema version 99 is newer than this server knows (up to 3)", str(error))
 
+    async def test_a_user_with_rights_on_the_tables_only_starts_on_an_up_to_date_database(self):
+        role = pgtesting.scratch_role(self)  # first: dropped after the database
+        url = pgtesting.scratch_database(self)
+        PostgreSQLStore(url, reactor).prepare()  # by its owner: a DBA, or the first start
+        connection = pgtesting.connect(self, url)
+        connection.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role.name}")
+        connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role.name}")
+        connection.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role.name}")
+        as_role = role.url(url)
+        PostgreSQLStore(as_role, reactor).prepare()
+        store = await self.open_store(as_role)
+        self.assertEqual((await store.create_user("alice", "h", None, None, NOW)).id, 1)
+
     async def test_upgrade_from_version_1(self):
         url = pgtesting.scratch_database(self)
         dialect = POSTGRESQL

@@ -40,6 +40,8 @@ class Dialect:
         transaction that looks for them (extensions the column types need).
     :ivar schema_lock: statement that makes a migration transaction wait for
         any other process's, or ``None`` where ``begin_write`` already does.
+    :ivar table_exists: a query with one parameter, a table's name, that
+        gives a row if the table exists (in the schema the store uses).
     :ivar integer_bits: the widest integer a parameter may be; a wider one is
         an :class:`OverflowError` before it is sent (as the sqlite3 module
         refuses to bind it), so that every database answers it the same way.
@@ -49,6 +51,7 @@ class Dialect:
     column_types: Mapping[str, str]
     begin_read: str | None
     begin_write: str | None
+    table_exists: str
     placeholder: str = "?"
     max_params: int = 500
     lock_rows: str = ""
@@ -97,6 +100,7 @@ SQLITE = Dialect(
     # a check-then-insert cannot interleave with another process's write.
     begin_read="BEGIN",
     begin_write="BEGIN IMMEDIATE",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     # SQLite before 3.32 allows 999 parameters per statement.
     max_params=500,
     # BEGIN IMMEDIATE already excludes every other writer (and SQLite has no
@@ -128,6 +132,10 @@ POSTGRESQL = Dialect(
     # at READ COMMITTED and lock the rows they decide on (lock_rows).
     begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     begin_write="BEGIN",
+    # Not CREATE TABLE IF NOT EXISTS alone: that needs CREATE on the schema
+    # even when the table is there, and a user with rights on the tables only
+    # must be able to start a daemon on an up-to-date database.
+    table_exists="SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = ?",
     placeholder="%s",
     max_params=500,
     # Several daemons write at once: of two joins to one meeting, the second

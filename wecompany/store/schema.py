@@ -122,11 +122,14 @@ def _applied_versions(txn: Any, dialect: Dialect) -> set[int]:
     dialect.begin_migration(txn)
     for statement in dialect.schema_setup:
         dialect.execute(txn, statement)
-    dialect.execute(
-        txn,
-        "CREATE TABLE IF NOT EXISTS schema_version"
-        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL)",
-    )
+    # Created only when missing: creating, even IF NOT EXISTS, may need
+    # privileges that a database already up to date does not.
+    if dialect.execute(txn, dialect.table_exists, ("schema_version",)).fetchone() is None:
+        dialect.execute(
+            txn,
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+        )
     return {version for (version,) in dialect.execute(txn, "SELECT version FROM schema_version").fetchall()}
 
 
