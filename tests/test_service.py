@@ -444,10 +444,23 @@ class BuildServiceTests(SynchronousTestCase):
         service.privilegedStartService()
         self.assertEqual([port for port, _, _, _ in self.reactor.tcpServers], [0, 0])
 
-    def test_postgresql_is_a_usage_error(self) -> None:
-        error = self.assertRaises(usage.UsageError, self.build, database="postgresql://wc:secret@db/wecompany")
+    def test_postgresql_url_builds_on_the_postgresql_store(self) -> None:
+        from wecompany.store.postgres import PostgreSQLStore
+        os.makedirs(self.data_dir, mode=0o700)
+        stale = os.path.join(self.data_dir, "wecompany.sqlite3")
+        with open(stale, "wb"):
+            pass
+        os.chmod(stale, 0o644)
+        service = self.build(database="postgresql://wc:secret@db/wecompany")
+        self.assertIsInstance(service.store, PostgreSQLStore)
+        self.assertEqual(service.store.address, "postgresql://wc@db/wecompany")
+        self.assertNotIn("secret", repr(service.store))
+        self.assertEqual(service.startup_warnings, [])  # a SQLite file it does not use is none of its business
+
+    def test_malformed_postgresql_url_is_a_usage_error(self) -> None:
+        error = self.assertRaises(usage.UsageError, self.build, database="postgresql://wc:secret@db/wecompany?x=1")
         self.assertIn("--database", str(error))
-        self.assertIn("SQLite", str(error))
+        self.assertIn("is not a usable PostgreSQL URL", str(error))
         self.assertNotIn("secret", str(error))
         self.assertFalse(os.path.exists(self.data_dir))
 

@@ -162,3 +162,30 @@ class FileStorageStartupTests(SynchronousTestCase):
         self.assertIn("s3:// needs boto3, which is not installed; install it with: pip install 'wecompany[s3]'",
                       result.stdout)
         self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")
+
+
+class StoreSelectionTests(SynchronousTestCase):
+    """``--database`` picks the store the daemon is built with."""
+
+    def test_sqlite_by_default(self) -> None:
+        from wecompany.store.sqlite import SQLiteStore
+        from wecompany.tap import build_store
+        config = parse(["--data-dir", "/srv/wc"])
+        self.assertIsInstance(build_store(config, reactor=None), SQLiteStore)
+
+    def test_postgresql_url(self) -> None:
+        from wecompany.store.postgres import PostgreSQLStore
+        from wecompany.tap import build_store
+        config = parse(["--database", "postgresql://wc:s3cret-pw@127.0.0.1:5432/wecompany"])
+        store = build_store(config, reactor=None)
+        self.assertIsInstance(store, PostgreSQLStore)
+        self.assertEqual(store.address, "postgresql://wc@127.0.0.1:5432/wecompany")
+        self.assertNotIn("s3cret-pw", repr(store) + repr(config))
+
+    def test_malformed_postgresql_url_is_a_usage_error_without_its_password(self) -> None:
+        from wecompany.tap import build_store
+        config = parse(["--database", "postgresql://wc:s3cret-pw@db/wecompany?nonsense=yes"])
+        error = self.assertRaises(usage.UsageError, build_store, config, None)
+        self.assertIn("--database: postgresql://wc:***@db/wecompany?nonsense=yes is not a usable PostgreSQL URL",
+                      str(error))
+        self.assertNotIn("s3cret-pw", str(error))

@@ -131,6 +131,22 @@ def with_backlog(endpoint: str) -> str:
     return endpoint
 
 
+def build_store(config: Config, reactor):
+    """The store ``--database`` names: SQLite (the default) or PostgreSQL, not yet started."""
+    if config.database_kind == "postgresql":
+        try:
+            from wecompany.store.postgres import PostgreSQLStore
+        except ImportError as error:
+            raise usage.UsageError(f"--database: a PostgreSQL database needs the driver ({error}): "
+                                   "pip install 'wecompany[postgresql]'") from None
+        try:
+            return PostgreSQLStore(config.database, reactor=reactor)
+        except ValueError as error:  # its message hides the password
+            raise usage.UsageError(f"--database: {error}") from None
+    from wecompany.store.sqlite import SQLiteStore
+    return SQLiteStore(config.sqlite_path, reactor=reactor)
+
+
 def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
@@ -149,23 +165,21 @@ def build_service(config: Config, reactor):
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
     from wecompany.signaling.protocol import SignalingFactory
-    from wecompany.store.sqlite import SQLiteStore
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.web.channel import TimeoutPolicy
     from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
-    if config.database_kind != "sqlite":
-        raise usage.UsageError("--database: only SQLite is supported so far")
     if config.redis is not None and config.jwt_secret is None:
         # A secret generated in each node's data directory would make every
         # token good on one node only.
         raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
                                "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
                                "keep it out of the process list)")
-
+    store = build_store(config, reactor)
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
-    sqlite_path = config.sqlite_path or os.path.join(config.data_dir, "wecompany.sqlite3")
+    sqlite_path = config.sqlite_path  # None for PostgreSQL
+    database_files = [sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm"] if sqlite_path else []
 
     # Hashing is CPU-bound: one thread per core is enough. Disk work for
     # files gets its own small pool so a burst of logins cannot starve it.
@@ -177,7 +191,7 @@ def build_service(config: Config, reactor):
     if config.redis is not None:
         from wecompany.mirror.redis import RedisLink  # no Redis code runs without --redis
         redis_link = RedisLink(reactor, config.redis)
-    domain = build_domain(config, reactor, SQLiteStore(sqlite_path, reactor=reactor), secret=secret,
+    domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           redis_link=redis_link)
     cluster_node = None
@@ -205,7 +219,7 @@ def build_service(config: Config, reactor):
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
 
     stored = getattr(domain.storage, "root", None)  # a directory, unless the files are in S3
-    warnings = exposure_warnings([config.data_dir, sqlite_path, f"{sqlite_path}-wal", f"{sqlite_path}-shm",
+    warnings = exposure_warnings([config.data_dir, *database_files,
                                   os.path.join(config.data_dir, "jwt.secret"), domain.files.spool_dir,
                                   *([os.path.join(stored, "media"), os.path.join(stored, "avatars")] if stored
                                     else []),

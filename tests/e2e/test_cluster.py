@@ -1,7 +1,8 @@
 """
 Three real daemons acting as one service: each started with twistd on free
-ports, sharing one Redis (under a prefix of the test's own) and one
-database, talked to over real sockets. What the fake-Redis unit tests of
+ports, sharing one Redis (under a prefix of the test's own), a freshly
+created PostgreSQL database and one file storage, talked to over real
+sockets. What the fake-Redis unit tests of
 wecompany.mirror show, shown here once with everything real: text across
 nodes, offline delivery, a call with media both ways, a three-node meeting
 room, a node killed with SIGKILL, and Redis restarted mid-test.
@@ -20,6 +21,7 @@ from tests.e2e.daemon import Daemon
 from tests.e2e.test_daemon import DELIVERED, STORED, DaemonTestCase
 from tests.e2e.test_rest import Http
 from tests.e2e.test_signaling import MeetingPeople, next_message, ws_connect
+from tests.pgtesting import scratch_database
 from tests.services import PrivateRedis, redis_url, unique_prefix
 from wecompany.tcp.codec import MsgType
 
@@ -35,14 +37,15 @@ class ClusterCase(MeetingPeople, DaemonTestCase):
         self.redis = redis or redis_url(self)
         self.prefix = unique_prefix("e2e")
         self.secret = secrets.token_hex(32)
-        shared = os.path.abspath(self.mktemp())
-        os.makedirs(shared)
-        self.database = f"sqlite:{os.path.join(shared, 'cluster.sqlite3')}"
+        self.database = scratch_database(self)  # a fresh PostgreSQL database, shared by the nodes
+        self.files = os.path.abspath(self.mktemp())  # and one file storage (a shared directory)
+        os.makedirs(self.files)
         nodes = []
         for i in range(count):
             daemon = Daemon(self, "--redis", self.redis, "--redis-prefix", self.prefix, "--node-id", f"n{i + 1}",
                             "--node-timeout", str(NODE_TIMEOUT), "--jwt-secret", self.secret,
-                            "--database", self.database, "--ring-timeout", "20", *extra)
+                            "--database", self.database, "--file-storage", f"file:{self.files}",
+                            "--ring-timeout", "20", *extra)
             nodes.append(await daemon.start())
         if wait:
             await self.until_nodes_see(nodes, count)

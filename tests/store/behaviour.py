@@ -468,6 +468,15 @@ class StoreBehaviour:
             self.assertEqual(await self.store.list_users(0, 10, keyword=keyword), (len(found), found), keyword)
         self.assertEqual(await self.store.list_users(1, 1, keyword="example"), (3, [per_cent]))
 
+    async def test_keyword_searches_fold_ascii_letters_only(self):
+        # As SQLite's lower() does, whatever the database's locale would.
+        alice = await self.make_user("alice", email="Élodie@example.com")
+        meeting = await self.make_meeting(alice, "Café CRÈME")
+        self.assertEqual(await self.store.list_users(0, 10, keyword="ÉLODIE"), (1, [alice]))
+        self.assertEqual(await self.store.list_users(0, 10, keyword="élodie"), (0, []))
+        self.assertEqual(await self.store.list_meetings(0, 10, keyword="CAFé crÈME"), (1, [meeting]))
+        self.assertEqual(await self.store.list_meetings(0, 10, keyword="café crème"), (0, []))
+
     async def test_list_users_by_status(self):
         alice, bob, carol = [await self.make_user(name) for name in ("alice", "bob", "carol")]
         bob = await self.store.update_user(bob.id, {"status": "banned"})

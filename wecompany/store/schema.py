@@ -4,7 +4,10 @@ Versioned schema migrations.
 Migrations are the files ``migrations/NNNN_name.sql`` of this package, applied
 in order. Each one runs in a single transaction together with the row that
 records its version in ``schema_version``, so a migration is applied entirely
-or not at all.
+or not at all. Several processes may start on one database at the same
+moment: each migration transaction waits for any other's
+(:meth:`Dialect.begin_migration`) and looks again before it applies anything,
+so each migration is applied once.
 """
 
 from __future__ import annotations
@@ -116,17 +119,22 @@ def _interact_now(connection: Any, interaction, *args: Any) -> Any:
 
 
 def _applied_versions(txn: Any, dialect: Dialect) -> set[int]:
-    dialect.begin(txn, write=True)
-    dialect.execute(
-        txn,
-        "CREATE TABLE IF NOT EXISTS schema_version"
-        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL)",
-    )
+    dialect.begin_migration(txn)
+    for statement in dialect.schema_setup:
+        dialect.execute(txn, statement)
+    # Created only when missing: creating, even IF NOT EXISTS, may need
+    # privileges that a database already up to date does not.
+    if dialect.execute(txn, dialect.table_exists, ("schema_version",)).fetchone() is None:
+        dialect.execute(
+            txn,
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+        )
     return {version for (version,) in dialect.execute(txn, "SELECT version FROM schema_version").fetchall()}
 
 
 def _apply(txn: Any, dialect: Dialect, migration: Migration) -> bool:
-    dialect.begin(txn, write=True)
+    dialect.begin_migration(txn)
     # Another process may have applied it since we looked.
     if dialect.execute(
         txn, "SELECT 1 FROM schema_version WHERE version = ?", (migration.version,)

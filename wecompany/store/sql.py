@@ -48,6 +48,7 @@ from wecompany.store.common import (
     default_nickname,
     email_exists,
     encode_settings,
+    fold_case,
     like_pattern,
     normalise_email,
     room_exists,
@@ -118,10 +119,8 @@ _MESSAGE_COLUMNS = 5
 # A user's names as meeting messages carry them.
 _USER_NAMES = "SELECT u.id, u.username, f.nickname FROM users u JOIN profiles f ON f.user_id = u.id"
 
-# Case-insensitive substring match of the column before it, with a pattern
-# from like_pattern(); lower() on both sides, as not every database's LIKE
-# ignores case.
-_LIKE = f"LIKE lower(?) ESCAPE '{LIKE_ESCAPE}'"
+# The escape clause of the patterns like_pattern() makes.
+_ESCAPE = f"ESCAPE '{LIKE_ESCAPE}'"
 # A refresh token that can still be used (and so is worth revoking).
 _LIVE_TOKEN = "revoked_at IS NULL AND expires_at > ?"
 
@@ -186,24 +185,14 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def _conflict_from(error: Exception) -> UsernameTaken | EmailTaken | None:
-    """Which unique column a driver's IntegrityError names (SQLite: ``users.email``)."""
-    text = str(error).lower()
-    if "unique" not in text:  # NOT NULL, a foreign key...
-        return None
-    if "username" in text:
-        return username_exists()
-    if "email" in text:
-        return email_exists()
-    return None
-
-
 @implementer(IStore, IMeetingStore)
 @attrs.define
 class SQLStore:
     """IStore and IMeetingStore over an adbapi pool; see the module docstring."""
 
     _dialect: ClassVar[Dialect]
+    #: What the driver raises for a number no column can hold.
+    _out_of_range: ClassVar[tuple[type[BaseException], ...]] = (OverflowError,)
 
     _pool: ConnectionPool | None = attrs.field(default=None, init=False)
     _ready: bool = attrs.field(default=False, init=False)
@@ -213,6 +202,7 @@ class SQLStore:
     _start_waiters: list[Deferred[None]] = attrs.field(factory=list, init=False)
     #: Why the last write failed for want of storage ("disk full"...), until one succeeds; for /health.
     storage_problem: str | None = attrs.field(default=None, init=False)
+    _outage: str | None = attrs.field(default=None, init=False)  # why the database was not reached, for the log
 
     #: Meeting messages waiting for the next group commit, at most this many;
     #: past it add_meeting_message answers Unavailable (503) at once.
@@ -321,15 +311,27 @@ class SQLStore:
         """
         A database whose disk is full, or failing, is unavailable (503), not
         an internal error: say so to the caller, and keep it in
-        :attr:`storage_problem` (for ``/health``) until a write succeeds.
+        :attr:`storage_problem` (for ``/health``) until a write succeeds. A
+        database that cannot be reached (:meth:`_outage_of`) is unavailable
+        too, for that call only: the next answer, read or write, clears it.
         """
         def succeeded(result: Any) -> Any:
+            if self._outage is not None:
+                log.info("The database answers again (after: {problem})", problem=self._outage)
+                self._outage = None
             if write and self.storage_problem is not None:
                 log.info("The database accepts writes again (after: {problem})", problem=self.storage_problem)
                 self.storage_problem = None
             return result
 
         def failed(failure: Failure) -> Failure:
+            outage = self._outage_of(failure.value)
+            if outage is not None:
+                # Not a storage_problem, which would last until a write: /health's ping tells.
+                if self._outage is None:
+                    log.error("The database cannot be reached: {problem}", problem=outage)
+                self._outage = outage
+                raise Unavailable(f"the database cannot be reached right now ({outage}): try again later")
             problem = self._storage_problem_of(failure.value)
             if problem is None:
                 return failure
@@ -344,13 +346,39 @@ class SQLStore:
         """What is wrong with the storage when ``error`` says so (per driver), else None."""
         return None
 
+    def _outage_of(self, error: BaseException) -> str | None:
+        """
+        Why the database cannot be reached when ``error`` says so (per
+        driver: a lost connection, a server shutting down), else None.
+        """
+        return None
+
+    def _unique_clash_of(self, error: Exception) -> UsernameTaken | EmailTaken | None:
+        """Which unique column of users a driver's IntegrityError names (SQLite: ``users.email``)."""
+        text = str(error).lower()
+        if "unique" not in text:  # NOT NULL, a foreign key...
+            return None
+        if "username" in text:
+            return username_exists()
+        if "email" in text:
+            return email_exists()
+        return None
+
+    def _contains(self, column: str) -> str:
+        """
+        SQL true when ``column`` contains the next parameter, a pattern from
+        :func:`like_pattern` folded with :func:`fold_case`, ignoring ASCII
+        case: lower() on the column, as not every database's LIKE ignores case.
+        """
+        return f"lower({column}{self._dialect.ascii_case}) LIKE ? {_ESCAPE}"
+
     def _transaction(self, txn: Any, write: bool, interaction: Callable[..., Any], *args: object) -> Any:
         # adbapi commits when the interaction returns and rolls back when it raises.
         self._dialect.begin(txn, write)
         try:
             return interaction(txn, *args)
-        except OverflowError:
-            # A number no column can hold (the sqlite3 module refuses to bind
+        except self._out_of_range:
+            # A number no column can hold (the dialect or the driver refuses
             # it): what a client sent, checked too late, but still its error.
             raise InvalidInput("a number is out of the range the database stores") from None
 
@@ -388,6 +416,11 @@ class SQLStore:
         """
         query = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_placeholders(len(values))})"
         if unique is not None:
+            # Looked for first: PostgreSQL draws the row's id from its
+            # sequence before ON CONFLICT finds the clash, and a clash must
+            # use up no id. ON CONFLICT stays for a writer that races the look.
+            if self._one(txn, f"SELECT 1 FROM {table} WHERE {unique} = ?", (values[unique],)) is not None:
+                return None
             query += f" ON CONFLICT ({unique}) DO NOTHING"
         return self._one(txn, f"{query} RETURNING {returning}", list(values.values()))
 
@@ -437,7 +470,7 @@ class SQLStore:
         try:
             yield
         except self._pool.dbapi.IntegrityError as error:
-            conflict = _conflict_from(error)
+            conflict = self._unique_clash_of(error)
             if conflict is None:
                 raise
             raise conflict from error
@@ -558,8 +591,8 @@ class SQLStore:
         conditions: list[str] = []
         params: list[object] = []
         if keyword:
-            conditions.append(f"(lower(username) {_LIKE} OR lower(email) {_LIKE})")
-            params += [like_pattern(keyword)] * 2
+            conditions.append(f"({self._contains('username')} OR {self._contains('email')})")
+            params += [fold_case(like_pattern(keyword))] * 2
         if status is not None:
             conditions.append("status = ?")
             params.append(status)
@@ -597,7 +630,7 @@ class SQLStore:
         rows = self._all(
             txn,
             f"{_SELECT_USER} WHERE id IN (SELECT contact_id FROM contacts WHERE user_id = ?)"
-            " ORDER BY username, id LIMIT ? OFFSET ?",
+            f" ORDER BY username{self._dialect.ascii_case}, id LIMIT ? OFFSET ?",
             (user_id, limit, offset),
         )
         return total, [_user(row) for row in rows]
@@ -698,10 +731,12 @@ class SQLStore:
         return self._write(self._delete_incomplete_files_txn, created_before)
 
     def _delete_incomplete_files_txn(self, txn: Any, created_before: float) -> list[FileRecord]:
-        where = "status = ? AND created_at < ?"
-        rows = self._all(txn, f"{_SELECT_FILE} WHERE {where} ORDER BY id", (FILE_RECEIVING, created_before))
-        self._execute(txn, f"DELETE FROM files WHERE {where}", (FILE_RECEIVING, created_before))
-        return [_file(row) for row in rows]
+        # One statement: what is reported removed is what was removed, even
+        # if another process completes an upload meanwhile (the caller then
+        # removes the bytes). RETURNING has no order of its own.
+        rows = self._all(txn, f"DELETE FROM files WHERE status = ? AND created_at < ? RETURNING {_FILE}",
+                         (FILE_RECEIVING, created_before))
+        return sorted((_file(row) for row in rows), key=lambda record: record.id)
 
     # -- meetings -------------------------------------------------------------
     def create_meeting(self, title: str, description: str, creator_id: int, start_time: float,
@@ -780,8 +815,8 @@ class SQLStore:
             conditions.append(f"status IN ({_placeholders(len(wanted))})" if wanted else "1 = 0")
             params += wanted
         if keyword:
-            conditions.append(f"(lower(title) {_LIKE} OR lower(description) {_LIKE})")
-            params += [like_pattern(keyword)] * 2
+            conditions.append(f"({self._contains('title')} OR {self._contains('description')})")
+            params += [fold_case(like_pattern(keyword))] * 2
         if member_id is not None:
             conditions.append(
                 "(creator_id = ? OR id IN (SELECT meeting_id FROM participants WHERE user_id = ? AND status != ?))"
