@@ -197,7 +197,7 @@ def build_service(config: Config, reactor):
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
-        cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms)
+        cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms, domain.files)
 
     tcp_factory = WeCompanyFactory(
         domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,

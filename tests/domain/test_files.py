@@ -101,3 +101,40 @@ class InterruptedUploadTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(run(self.files.remove_interrupted(started_at))), 2)
         self.assertEqual(os.listdir(self.files.spool_dir), [])
         self.assertEqual(len(self.flushLoggedErrors()), 2)  # what is left in the storage is in the log
+
+
+class ClusterUploadTests(SynchronousTestCase):
+    """Nodes of a cluster share the files table: each cleans up only its own unfinished uploads."""
+
+    def setUp(self):
+        from tests.mirror.fakeredis import FakeLink, FakeRedisServer
+        from wecompany.store.memory import MemoryStore
+
+        self.store = MemoryStore()
+        self.store.start()
+        server = FakeRedisServer(None)
+        self.a = make_domain(self, store=self.store, redis_link=FakeLink(server), node_id="a")
+        self.b = make_domain(self, store=self.store, redis_link=FakeLink(server), node_id="b", clock=self.a.clock)
+        self.alice, self.bob = make_user(self.a, "alice"), make_user(self.a, "bob")
+
+    def offer(self, domain, transfer: str):
+        sender = FakeClient(str(self.alice), "alice")
+        return self.successResultOf(run(domain.files.offer(sender, transfer, "bob", "f", 10, b"\x00" * 32)))
+
+    def test_a_restarted_node_leaves_the_others_uploads_alone(self):
+        on_a, on_b = self.offer(self.a, "t1"), self.offer(self.b, "t2")
+        self.assertTrue(on_a.path.startswith("transfers/a/"), on_a.path)
+        self.a.clock.advance(10)
+        # a restarts (a new FileService on the same data dir and database) and tidies up.
+        restarted = make_domain(self, store=self.store, redis_link=self.a.cluster.link, node_id="a",
+                                clock=self.a.clock)
+        self.assertEqual(self.successResultOf(run(restarted.files.remove_interrupted(self.a.clock.seconds()))), 1)
+        self.assertIsNone(self.store.get_file(on_a.id).result)
+        self.assertEqual(self.store.get_file(on_b.id).result, on_b)  # still on its way on b
+
+    def test_the_uploads_of_a_dead_node_are_removed_by_a_survivor(self):
+        on_b = self.offer(self.b, "t1")
+        on_a = self.offer(self.a, "t2")
+        self.assertEqual(self.successResultOf(run(self.a.files.remove_uploads_of("b"))), 1)
+        self.assertIsNone(self.store.get_file(on_b.id).result)
+        self.assertEqual(self.store.get_file(on_a.id).result, on_a)

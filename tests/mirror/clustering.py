@@ -28,7 +28,8 @@ class Node:
         self.link = FakeLink(case.server)
         self.domain = make_domain(case, clock=case.clock, store=case.store, redis_link=self.link,
                                   node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1, **options)
-        self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls, self.domain.rooms)
+        self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls, self.domain.rooms,
+                                self.domain.files)
         self.node.start()
 
     @property

@@ -363,6 +363,16 @@ class StoreBehaviour:
         self.assertEqual(await self.store.get_file(fresh.id), fresh)  # an upload begun since stays
         self.assertEqual(await self.store.delete_incomplete_files(NOW), [])
 
+    async def test_delete_incomplete_files_of_one_node(self):
+        mine = await self.store.create_file(1, "a.bin", 9, "00" * 32, "transfers/n_1/ab/a", NOW - 60, recipient_id=2)
+        # "_" is a character here, not a wildcard: n_1 is not nx1.
+        other = await self.store.create_file(1, "b.bin", 9, "11" * 32, "transfers/nx1/ab/b", NOW - 60, recipient_id=2)
+        theirs = await self.store.create_file(1, "c.bin", 9, "22" * 32, "transfers/n_10/ab/c", NOW - 60,
+                                              recipient_id=2)
+        self.assertEqual(await self.store.delete_incomplete_files(NOW, "transfers/n_1/"), [mine])
+        self.assertEqual([await self.store.get_file(r.id) for r in (other, theirs)], [other, theirs])
+        self.assertEqual(await self.store.delete_incomplete_files(NOW, "transfers/"), [other, theirs])
+
     async def test_undelivered_files_oldest_first(self):
         made = []
         for recipient_id, name in [(2, "one"), (3, "other"), (2, "two"), (2, "three"), (None, "public")]:

@@ -132,7 +132,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
     storage = open_storage(config.file_storage, config.data_dir, run_disk, s3_client_factory=s3_client_factory)
     files = FileService(store, directory, registry, storage, os.path.join(config.data_dir, "spool"), run_disk,
-                        clock, chunk_size=file_chunk_size(config.max_frame))
+                        clock, chunk_size=file_chunk_size(config.max_frame),
+                        node=cluster.node_id if cluster.enabled else None)
     chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files],
                        cluster=cluster)
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)

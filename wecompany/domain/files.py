@@ -27,9 +27,17 @@ from zope.interface import implementer
 
 from wecompany.domain.events import FileChunk, FileDone, FileOffered, FileUnavailable
 from wecompany.domain.interfaces import ISessionListener
-from wecompany.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge, WeCompanyError
+from wecompany.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    WeCompanyError,
+)
 from wecompany.privatefs import make_private_dir, open_private
 from wecompany.storage import KeyMissing
+from wecompany.times import MAX_TIME
 
 MAX_TRANSFER_ID = 64
 MAX_NAME = 255
@@ -90,8 +98,12 @@ class FileService:
 
     def __init__(self, store, directory, registry, storage, spool_dir: str, run_in_thread, clock,
                  max_file_size: int = 256 << 20, chunk_size: int = 64 << 10,
-                 max_uploads_per_client: int = 4) -> None:
+                 max_uploads_per_client: int = 4, node: str | None = None) -> None:
         self.store = store
+        # In a cluster, the node that receives an upload is in its path
+        # (transfers/{node}/...), so that a node cleans up its own uploads
+        # only: the others' are still on their way.
+        self.node = node
         self.directory = directory
         self.registry = registry
         self.storage = storage
@@ -133,7 +145,7 @@ class FileService:
         if recipient is None or recipient.account_id is None:
             raise NotFound(f"unknown user {to!r}")
         token = secrets.token_hex(12)
-        rel = f"transfers/{secrets.token_hex(1)}/{token}"
+        rel = f"{self._transfers(self.node)}{secrets.token_hex(1)}/{token}"
         spool = os.path.join(self.spool_dir, token)
         self._spooling.add(spool)
         try:
@@ -236,16 +248,29 @@ class FileService:
         spool files and whatever of them reached the storage. Uploads begun
         since ``started_at`` are not touched. -> how many.
         """
-        stale = await self.store.delete_incomplete_files(started_at)
+        prefix = self._transfers(self.node) if self.node is not None else None
+        stale = await self._remove_unfinished(started_at, prefix)
+        leftovers = await self._run(_list_dir, self.spool_dir)
+        await self._run(_unlink_all, [path for path in leftovers if path not in self._spooling])
+        if stale:
+            self.log.info("removed {count} uploads interrupted by an earlier stop", count=stale)
+        return stale
+
+    async def remove_uploads_of(self, node: str) -> int:
+        """Node ``node`` of the cluster died: its unfinished uploads can never complete. -> how many."""
+        return await self._remove_unfinished(MAX_TIME, self._transfers(node))  # whenever begun
+
+    async def _remove_unfinished(self, before: float, prefix: str | None) -> int:
+        stale = await self.store.delete_incomplete_files(before, prefix)
         for record in stale:
             # Stored, but not yet recorded complete when the run ended.
             await self._tidy("removing an interrupted upload",
                              lambda record=record: self.storage.delete(self.storage_key(record)))
-        leftovers = await self._run(_list_dir, self.spool_dir)
-        await self._run(_unlink_all, [path for path in leftovers if path not in self._spooling])
-        if stale:
-            self.log.info("removed {count} uploads interrupted by an earlier stop", count=len(stale))
         return len(stale)
+
+    @staticmethod
+    def _transfers(node: str | None) -> str:
+        return f"transfers/{node}/" if node is not None else "transfers/"
 
     # -- delivering to the recipient ----------------------------------------------
     # -- ISessionListener -------------------------------------------------------------

@@ -555,12 +555,14 @@ class ClusterNode:
     :param calls: the CallService (operations on the calls this node owns).
     :param rooms: the RoomService (its members elsewhere; its ``mirror`` is
         the :class:`~wecompany.mirror.rooms.RoomMirror`).
+    :param files: the FileService (a dead node's unfinished uploads are removed).
     """
 
     log = Logger()
 
-    def __init__(self, cluster: Cluster, chat, calls, rooms) -> None:
+    def __init__(self, cluster: Cluster, chat, calls, rooms, files=None) -> None:
         self.cluster = cluster
+        self.files = files
         self.chat = chat
         self.calls = calls
         self.rooms = rooms
@@ -752,6 +754,8 @@ class ClusterNode:
             if int(left) == 0 and info.get("account") is not None:
                 self.chat.announce_presence(Identity(uid, info["name"], info["account"]), False)
         members = await self.room_mirror.clean_up_after(node, self.rooms.record_left)
+        if self.files is not None:
+            await self.files.remove_uploads_of(node)
         await redis.delete(c.key("sessions", node))
         await redis.srem(c.key("nodes"), node)
         # Released, so that a node restarted under the same id is cleaned up if it dies again soon; a

@@ -102,10 +102,11 @@ class IStore(Interface):
     def undelivered_files_for(recipient_id):
         """Complete files addressed to recipient_id and not yet delivered, oldest first."""
 
-    def delete_incomplete_files(created_before):
+    def delete_incomplete_files(created_before, path_prefix=None):
         """
         Remove every file row still 'receiving' that was created before
-        ``created_before`` (uploads a stopped server can no longer finish).
+        ``created_before`` (uploads a stopped server can no longer finish),
+        and whose path starts with ``path_prefix`` if given (one node's).
         -> the removed FileRecords, oldest first (the caller removes the bytes).
         """
 

@@ -331,8 +331,9 @@ class MemoryStore:
         self._files.pop(file_id, None)
 
     @_fired
-    def delete_incomplete_files(self, created_before: float) -> list[FileRecord]:
-        stale = [f for f in self._files.values() if f.status == FILE_RECEIVING and f.created_at < created_before]
+    def delete_incomplete_files(self, created_before: float, path_prefix: str | None = None) -> list[FileRecord]:
+        stale = [f for f in self._files.values() if f.status == FILE_RECEIVING and f.created_at < created_before
+                 and (path_prefix is None or f.path.startswith(path_prefix))]
         for record in stale:
             del self._files[record.id]
         return sorted(stale, key=lambda f: f.id)

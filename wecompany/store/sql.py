@@ -727,15 +727,20 @@ class SQLStore:
         )
         return [_file(row) for row in rows]
 
-    def delete_incomplete_files(self, created_before: float) -> Deferred[list[FileRecord]]:
-        return self._write(self._delete_incomplete_files_txn, created_before)
+    def delete_incomplete_files(self, created_before: float,
+                                path_prefix: str | None = None) -> Deferred[list[FileRecord]]:
+        return self._write(self._delete_incomplete_files_txn, created_before, path_prefix)
 
-    def _delete_incomplete_files_txn(self, txn: Any, created_before: float) -> list[FileRecord]:
+    def _delete_incomplete_files_txn(self, txn: Any, created_before: float,
+                                     path_prefix: str | None) -> list[FileRecord]:
         # One statement: what is reported removed is what was removed, even
         # if another process completes an upload meanwhile (the caller then
-        # removes the bytes). RETURNING has no order of its own.
-        rows = self._all(txn, f"DELETE FROM files WHERE status = ? AND created_at < ? RETURNING {_FILE}",
-                         (FILE_RECEIVING, created_before))
+        # removes the bytes). RETURNING has no order of its own. The prefix
+        # is compared as text, not with LIKE ("_" in a node id is no wildcard).
+        prefix = "" if path_prefix is None else path_prefix
+        rows = self._all(txn, f"DELETE FROM files WHERE status = ? AND created_at < ? "
+                              f"AND substr(path, 1, ?) = ? RETURNING {_FILE}",
+                         (FILE_RECEIVING, created_before, len(prefix), prefix))
         return sorted((_file(row) for row in rows), key=lambda record: record.id)
 
     # -- meetings -------------------------------------------------------------
