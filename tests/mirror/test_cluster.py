@@ -172,6 +172,24 @@ class CallTests(ClusterCase):
         self.settle()
         self.assertIn(ev.CallRejected(call.call_id, "in a meeting"), alice.take())
 
+    def test_cancelled_declined_and_unanswered_across_nodes(self):
+        a, b = self.node("a"), self.node("b")
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        for who, reason in ((a, "cancelled"), (b, "declined")):
+            call = self.call(a, alice, "bob")
+            party = alice if who is a else bob
+            who.domain.calls.end(party, call.call_id)  # while it rings
+            self.settle()
+            for client in (alice, bob):
+                self.assertIn(ev.CallEnded(call.call_id, reason), client.take(), (reason, client))
+        call = self.call(a, alice, "bob")
+        self.settle(a.domain.calls.ring_timeout + 1)  # nobody answers: the owner's timer ends it for both
+        ended = [e for e in alice.take() + bob.take()
+                 if isinstance(e, (ev.CallEnded, ev.CallRejected)) and e.call_id == call.call_id]
+        self.assertEqual(len(ended), 2, ended)
+        self.assertEqual([k for k in self.server.keys() if ":busy:" in k], [])  # every lock went
+        self.assertIsNotNone(self.call(a, alice, "bob"))  # and both can be called again
+
     def test_calling_a_user_who_just_logged_in_elsewhere_rings(self):
         a, b = self.node("a"), self.node("b")
         alice = self.login(a, "alice")
