@@ -642,9 +642,12 @@ class ClusterNode:
                 self.chat.kick_drain(client.identity.user_id)
 
     # -- heartbeat and the watch on the other nodes ------------------------------------
-    def _beat(self) -> None:
+    # Both loops wait for their round to end before the next (a slow Redis
+    # gets no pile of rounds), and never stop on a failed one.
+    def _beat(self) -> Deferred:
         d = Deferred.fromCoroutine(self._beat_once())
         d.addErrback(self.cluster._lost, "the heartbeat")
+        return d
 
     async def _beat_once(self) -> None:
         c = self.cluster
@@ -689,9 +692,10 @@ class ClusterNode:
         self.log.error("cluster: every one of the {count} id numbers is in use: ids of this node may collide",
                        count=NODE_NUMBERS)
 
-    def _sync(self) -> None:
+    def _sync(self) -> Deferred:
         d = Deferred.fromCoroutine(self._sync_once())
         d.addErrback(self.cluster._lost, "watching the other nodes")
+        return d
 
     async def _sync_once(self) -> None:
         """Re-read every other node's sessions; a node whose heartbeat is gone is dead."""
