@@ -31,6 +31,7 @@ from wecompany.domain.recording import CallRecorder
 from wecompany.domain.rooms import RoomService
 from wecompany.domain.sessions import SessionRegistry, UserDirectory
 from wecompany.domain.tokens import TokenIssuer
+from wecompany.domain.usercache import UserCache
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -69,23 +70,30 @@ class Domain:
     lifecycle: AccountLifecycle
     credentials: Credentials
     recorder: CallRecorder | None
+    #: Users and profiles read through from the store (which invalidates it).
+    user_cache: UserCache
     #: Where avatars are kept.
     avatar_dir: str
 
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
-                 hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None) -> Domain:
+                 user_cache: UserCache, hash_cost: HashCost = HashCost(), mailer=None,
+                 id_node: int | None = None) -> Domain:
     """
     The domain of one daemon.
 
     :param clock: ``IReactorTime`` (the reactor; a fake clock in tests).
     :param store: the started-or-not :class:`~wecompany.store.interface.IStore`.
+    :param user_cache: the :class:`~wecompany.domain.usercache.UserCache`
+        the store invalidates (one of its ``user_caches``).
     :param secret: the access tokens' signing secret.
     :param run_hash: runs argon2 work in its thread pool.
     :param run_disk: runs file work in its thread pool.
     :param mailer: sends password-reset mail (default: the log).
     :param id_node: the node number message ids carry (default: random).
     """
+    if user_cache not in store.user_caches:
+        raise ValueError("the store must invalidate the user cache: make it with user_caches=[user_cache]")
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
                             parallelism=hash_cost.parallelism)
@@ -94,7 +102,7 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     guard = LoginGuard(clock, per_address=config.login_failures_per_address,
                        per_target=config.login_failures_per_account, window=config.login_failure_window)
     auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst)
-    accounts = Accounts(store, hasher, tokens, clock, guard)
+    accounts = Accounts(store, hasher, tokens, clock, guard, users=user_cache)
     registry = SessionRegistry()
     directory = UserDirectory(store, registry)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
@@ -111,4 +119,5 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
+                  user_cache=user_cache,
                   avatar_dir=os.path.join(config.data_dir, "avatars"))

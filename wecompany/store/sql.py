@@ -223,6 +223,9 @@ class SQLStore:
     commit_interval: float = attrs.field(default=0.0, kw_only=True)
     _flush_call: IDelayedCall | None = attrs.field(default=None, init=False)
     _last_batch_at: float = attrs.field(default=float("-inf"), init=False)
+    #: Told ``invalidate(user_id)`` once a write to a user's row or profile is
+    #: done (see :class:`~wecompany.domain.usercache.UserCache`).
+    user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
 
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
@@ -289,6 +292,20 @@ class SQLStore:
         return self._one(txn, "SELECT 1") == (1,)
 
     # -- plumbing -------------------------------------------------------------
+    def _user_written(self, user_id: int | None, d: Deferred[_T]) -> Deferred[_T]:
+        """Tell :attr:`user_caches` of a write to user ``user_id`` once it is done (the id may be the result's)."""
+        if not self.user_caches:
+            return d
+
+        def done(result: Any) -> Any:
+            changed = user_id if user_id is not None else (None if isinstance(result, Failure) else result.id)
+            if changed is not None:
+                for cache in self.user_caches:
+                    cache.invalidate(changed)
+            return result
+
+        return d.addBoth(done)
+
     def _running(self) -> bool:
         return self._ready and not self._closing
 
@@ -445,10 +462,10 @@ class SQLStore:
     # -- accounts -------------------------------------------------------------
     def create_user(self, username: str, password_hash: str, email: str | None,
                     nickname: str | None, now: float, role: str = "user") -> Deferred[UserRecord]:
-        return self._write(
+        return self._user_written(None, self._write(
             self._create_user_txn, username, password_hash, normalise_email(email),
             default_nickname(username, nickname), now, role,
-        )
+        ))
 
     def _create_user_txn(self, txn: Any, username: str, password_hash: str, email: str | None,
                          nickname: str, now: float, role: str) -> UserRecord:
@@ -500,10 +517,11 @@ class SQLStore:
         return user if user is not None else self._user_where_txn(txn, "email", login)
 
     def set_password_hash(self, user_id: int, password_hash: str) -> Deferred[None]:
-        return self._write(self._update_user_txn, "password_hash", password_hash, user_id)
+        return self._user_written(user_id, self._write(self._update_user_txn, "password_hash", password_hash,
+                                                        user_id))
 
     def record_login(self, user_id: int, now: float) -> Deferred[None]:
-        return self._write(self._update_user_txn, "last_login", now, user_id)
+        return self._user_written(user_id, self._write(self._update_user_txn, "last_login", now, user_id))
 
     def _update_user_txn(self, txn: Any, column: str, value: object, user_id: int) -> None:
         self._execute(txn, f"UPDATE users SET {column} = ? WHERE id = ?", (value, user_id))
@@ -529,7 +547,7 @@ class SQLStore:
         return self._read(self._by_ids_txn, select, column, chunks, record)
 
     def update_user(self, user_id: int, changes: Mapping[str, object]) -> Deferred[UserRecord | None]:
-        return self._write(self._update_account_txn, user_id, changes)
+        return self._user_written(user_id, self._write(self._update_account_txn, user_id, changes))
 
     def _update_account_txn(self, txn: Any, user_id: int, changes: Mapping[str, object]) -> UserRecord | None:
         checked = checked_user_changes(changes)
@@ -544,7 +562,7 @@ class SQLStore:
 
     def update_profile(self, user_id: int, changes: Mapping[str, object],
                        now: float) -> Deferred[ProfileRecord | None]:
-        return self._write(self._update_profile_txn, user_id, changes, now)
+        return self._user_written(user_id, self._write(self._update_profile_txn, user_id, changes, now))
 
     def _update_profile_txn(self, txn: Any, user_id: int, changes: Mapping[str, object],
                             now: float) -> ProfileRecord | None:
@@ -1054,7 +1072,7 @@ class SQLStore:
         return self._add_refresh_token_txn(txn, new_hash, old.user_id, old.family_id, now, expires_at)
 
     def revoke_all_tokens(self, user_id: int, now: float) -> Deferred[int]:
-        return self._write(self._revoke_all_txn, user_id, now)
+        return self._user_written(user_id, self._write(self._revoke_all_txn, user_id, now))
 
     def _revoke_all_txn(self, txn: Any, user_id: int, now: float) -> int:
         self._execute(txn, "UPDATE users SET token_version = token_version + 1 WHERE id = ?", (user_id,))
