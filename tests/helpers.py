@@ -64,6 +64,7 @@ def make_domain(test, clock=None, mailer=None, **options):
 
     from wecompany.config import Config
     from wecompany.domain.core import build_domain
+    from wecompany.domain.meetingpages import MeetingPages
     from wecompany.domain.usercache import UserCache
     from wecompany.store.memory import MemoryStore
 
@@ -71,12 +72,12 @@ def make_domain(test, clock=None, mailer=None, **options):
         clock = Clock()
         clock.advance(1_700_000_000)
     options = {"auth_rate": 1000, "auth_burst": 1000, **options}
-    user_cache = UserCache(clock)
-    store = MemoryStore(user_caches=[user_cache])
+    user_cache, meeting_pages = UserCache(clock), MeetingPages(clock)
+    store = MemoryStore(user_caches=[user_cache], meeting_caches=[meeting_pages])
     store.start()
     return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
                         run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
-                        hash_cost=CHEAP_HASH, mailer=mailer, id_node=1)
+                        meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=1)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:

@@ -143,6 +143,7 @@ def build_service(config: Config, reactor):
     from wecompany.config import load_or_create_secret
     from wecompany.connections import AddressCounter, CappedFactory
     from wecompany.domain.core import build_domain
+    from wecompany.domain.meetingpages import MeetingPages
     from wecompany.domain.usercache import UserCache
     from wecompany.privatefs import exposure_warnings, make_private_dir, storage_errors_unavailable
     from wecompany.runtime import CollectorTuning
@@ -166,10 +167,11 @@ def build_service(config: Config, reactor):
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
-    user_cache = UserCache(reactor)
-    domain = build_domain(config, reactor, SQLiteStore(sqlite_path, reactor=reactor, user_caches=[user_cache]),
-                          secret=secret, run_hash=partial(deferToThreadPool, reactor, hash_pool),
-                          run_disk=run_disk, user_cache=user_cache)
+    user_cache, meeting_pages = UserCache(reactor), MeetingPages(reactor)
+    store = SQLiteStore(sqlite_path, reactor=reactor, user_caches=[user_cache], meeting_caches=[meeting_pages])
+    domain = build_domain(config, reactor, store, secret=secret,
+                          run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
+                          user_cache=user_cache, meeting_pages=meeting_pages)
 
     tcp_factory = WeCompanyFactory(
         domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,

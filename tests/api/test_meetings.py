@@ -1262,3 +1262,42 @@ class AccountDeletionTests(MeetingCase):
         self.assertEqual(code, 200)
         statuses = [self.stored(mid).status for mid in ids]
         self.assertEqual(statuses.count("cancelled"), 150, statuses.count("scheduled"))
+
+
+class CachedListTests(SynchronousTestCase):
+    """GET /meetings is read through MeetingPages: every change shows on the next request."""
+
+    def setUp(self):
+        self.api = Api(self)
+        self.token = self.api.user("alice")
+
+    def titles(self):
+        code, body, _ = self.api.request("GET", "/api/v1/meetings?page=1&page_size=10", token=self.token)
+        self.assertEqual(code, 200)
+        return [(m["title"], m["status"]) for m in body["data"]["list"]], body["data"]["total"]
+
+    def test_changes_show_at_once(self):
+        pages = self.api.domain.meeting_pages
+        self.assertEqual(self.titles(), ([], 0))
+        code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "one"}, token=self.token)
+        meeting_id = body["data"]["meeting"]["id"]
+        self.assertEqual(self.titles(), ([("one", "scheduled")], 1))
+        misses = pages.misses
+        self.titles()
+        self.assertEqual(pages.misses, misses, "the second read was not the cache's")
+        self.api.request("PUT", f"/api/v1/meetings/{meeting_id}", {"title": "uno"}, token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "scheduled")], 1))
+        self.api.request("POST", f"/api/v1/meetings/{meeting_id}/start", token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "ongoing")], 1))
+        self.api.request("POST", f"/api/v1/meetings/{meeting_id}/end", token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "ended")], 1))
+        self.api.request("DELETE", f"/api/v1/meetings/{meeting_id}", token=self.token)
+        self.assertEqual(self.titles(), ([], 0))
+
+    def test_a_deleted_host_cancels_at_once(self):
+        self.api.request("POST", "/api/v1/meetings", {"title": "one"}, token=self.token)
+        other = self.api.user("bob")
+        self.titles()
+        self.api.request("DELETE", "/api/v1/users/account", token=self.token)
+        code, body, _ = self.api.request("GET", "/api/v1/meetings", token=other)
+        self.assertEqual([m["status"] for m in body["data"]["list"]], ["cancelled"])

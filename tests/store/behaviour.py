@@ -57,8 +57,8 @@ class StoreBehaviour:
 
     store: Any
 
-    def make_store(self, user_caches=()) -> Any:
-        """A new, not yet started store, telling ``user_caches`` of its writes to users."""
+    def make_store(self, user_caches=(), meeting_caches=()) -> Any:
+        """A new, not yet started store, telling ``user_caches`` and ``meeting_caches`` of its writes."""
         raise NotImplementedError
 
     async def count_rows(self, table: str) -> int:
@@ -440,6 +440,23 @@ class StoreBehaviour:
         await store.get_user(alice.id)
         await store.get_profile(alice.id)
         self.assertEqual(told, [alice.id])
+
+    async def test_every_write_to_a_meeting_invalidates_the_meeting_caches(self):
+        told = []
+        store = self.make_store(meeting_caches=[_Recorder(told)])
+        self.addCleanup(store.stop)
+        await store.start()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting("m", "", alice.id, NOW, None, 10, "video", None, SETTINGS,
+                                                "room-x", NOW)
+        self.assertEqual(told, [meeting.id])
+        await store.update_meeting(meeting.id, {"title": "n"}, NOW + 1)
+        await store.list_meetings(0, 10)
+        await store.get_meeting(meeting.id)
+        await store.join_meeting(meeting.id, alice.id, "host", NOW)
+        self.assertEqual(told, [meeting.id] * 2)
+        await store.delete_meeting(meeting.id)
+        self.assertEqual(told, [meeting.id] * 3)
 
     # -- accounts administration ----------------------------------------------
     async def test_update_user(self):

@@ -24,6 +24,7 @@ from wecompany.domain.files import FileService, file_chunk_size
 from wecompany.domain.ice import IceServers
 from wecompany.domain.ids import IdGenerator
 from wecompany.domain.lifecycle import AccountLifecycle
+from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
 from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
@@ -72,13 +73,15 @@ class Domain:
     recorder: CallRecorder | None
     #: Users and profiles read through from the store (which invalidates it).
     user_cache: UserCache
+    #: Pages of the meeting list, likewise.
+    meeting_pages: MeetingPages
     #: Where avatars are kept.
     avatar_dir: str
 
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
-                 user_cache: UserCache, hash_cost: HashCost = HashCost(), mailer=None,
-                 id_node: int | None = None) -> Domain:
+                 user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
+                 mailer=None, id_node: int | None = None) -> Domain:
     """
     The domain of one daemon.
 
@@ -86,14 +89,18 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param store: the started-or-not :class:`~wecompany.store.interface.IStore`.
     :param user_cache: the :class:`~wecompany.domain.usercache.UserCache`
         the store invalidates (one of its ``user_caches``).
+    :param meeting_pages: the :class:`~wecompany.domain.meetingpages.MeetingPages`
+        the store invalidates (one of its ``meeting_caches``).
     :param secret: the access tokens' signing secret.
     :param run_hash: runs argon2 work in its thread pool.
     :param run_disk: runs file work in its thread pool.
     :param mailer: sends password-reset mail (default: the log).
     :param id_node: the node number message ids carry (default: random).
     """
-    if user_cache not in store.user_caches:
-        raise ValueError("the store must invalidate the user cache: make it with user_caches=[user_cache]")
+    # Caches of stored rows are only correct if the store tells them of every write.
+    if user_cache not in store.user_caches or meeting_pages not in store.meeting_caches:
+        raise ValueError("the store must invalidate the caches: make it with user_caches=[user_cache], "
+                         "meeting_caches=[meeting_pages]")
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
                             parallelism=hash_cost.parallelism)
@@ -112,12 +119,12 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files])
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     rooms = RoomService(store, ice, clock, format_time=rfc3339)
-    meetings = MeetingService(store, hasher, clock, guard, listeners=[rooms])
+    meetings = MeetingService(store, hasher, clock, guard, listeners=[rooms], pages=meeting_pages)
     lifecycle = AccountLifecycle(store, registry, clock, meetings)
     credentials = Credentials(accounts, lifecycle, mailer)
     return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  user_cache=user_cache,
+                  user_cache=user_cache, meeting_pages=meeting_pages,
                   avatar_dir=os.path.join(config.data_dir, "avatars"))

@@ -11,9 +11,10 @@ cheap authenticated read); this cache answers them from memory.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from wecompany.domain.readcache import ReadThrough
 
 #: Users (and, separately, profiles) kept at most: about 1 KiB each.
 DEFAULT_MAX_USERS = 10_000
@@ -38,8 +39,7 @@ class UserCache:
       processes, and :meth:`invalidate_all` when it may have missed some
       (it reconnected);
     * a read that began before an invalidation does not fill the cache when
-      it ends (it may have seen the row as it was): each fill carries the
-      invalidation count at its start, and is dropped if that moved;
+      it ends (it may have seen the row as it was);
     * nothing is trusted longer than ``max_age`` seconds (``clock`` time),
       so a missed invalidation from another node costs at most that; this
       process's own writes are seen at once.
@@ -53,55 +53,37 @@ class UserCache:
     """
 
     def __init__(self, clock, max_users: int = DEFAULT_MAX_USERS, max_age: float = DEFAULT_MAX_AGE) -> None:
-        if max_users < 1:
-            raise ValueError("max_users must be at least 1")
-        self._clock = clock
         self.max_users = max_users
-        self.max_age = max_age
-        self._users: OrderedDict[int, tuple[float, Any]] = OrderedDict()  # id -> (stored at, record)
-        self._profiles: OrderedDict[int, tuple[float, Any]] = OrderedDict()
-        self._invalidations = 0
-        self.hits = self.misses = 0
+        self._users = ReadThrough(clock, max_users, max_age)
+        self._profiles = ReadThrough(clock, max_users, max_age)
 
     def __len__(self) -> int:
         return len(self._users) + len(self._profiles)
 
+    @property
+    def hits(self) -> int:
+        return self._users.hits + self._profiles.hits
+
+    @property
+    def misses(self) -> int:
+        return self._users.misses + self._profiles.misses
+
     # -- the invalidation entry points ---------------------------------------------
     def invalidate(self, user_id: int) -> None:
         """Forget user ``user_id``'s record and profile (they changed, here or on another node)."""
-        self._invalidations += 1
-        self._users.pop(user_id, None)
-        self._profiles.pop(user_id, None)
+        self._users.forget(user_id)
+        self._profiles.forget(user_id)
 
     def invalidate_all(self) -> None:
         """Forget everything (changes may have been missed)."""
-        self._invalidations += 1
-        self._users.clear()
-        self._profiles.clear()
+        self._users.forget_all()
+        self._profiles.forget_all()
 
     # -- reads -------------------------------------------------------------------------
     async def user(self, user_id: int, read: Callable[[int], Awaitable[Any]]):
         """The user's record, from here or from ``read(user_id)`` (the store's ``get_user``); None if none."""
-        return await self._through(self._users, user_id, read)
+        return await self._users.get(user_id, lambda: read(user_id))
 
     async def profile(self, user_id: int, read: Callable[[int], Awaitable[Any]]):
         """The user's profile, from here or from ``read(user_id)`` (the store's ``get_profile``); None if none."""
-        return await self._through(self._profiles, user_id, read)
-
-    async def _through(self, kept: OrderedDict, user_id: int, read):
-        now = self._clock.seconds()
-        entry = kept.get(user_id)
-        if entry is not None:
-            if now - entry[0] < self.max_age:
-                kept.move_to_end(user_id)
-                self.hits += 1
-                return entry[1]
-            del kept[user_id]
-        self.misses += 1
-        invalidations = self._invalidations
-        record = await read(user_id)
-        if record is not None and invalidations == self._invalidations:
-            kept[user_id] = (now, record)
-            if len(kept) > self.max_users:
-                kept.popitem(last=False)
-        return record
+        return await self._profiles.get(user_id, lambda: read(user_id))

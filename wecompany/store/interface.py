@@ -28,6 +28,11 @@ class IStore(Interface):
         " failed, before the write's Deferred fires (:class:`wecompany.domain.usercache.UserCache`);"
         " a constructor keyword.")
 
+    meeting_caches = Attribute(
+        "Objects told ``invalidate(meeting_id)`` when a write to that meeting's row (create_meeting,"
+        " update_meeting, delete_meeting) is done or has failed, before the write's Deferred fires"
+        " (:class:`wecompany.domain.meetingpages.MeetingPages`); a constructor keyword.")
+
     def start():
         """Open the database and apply pending schema migrations. Deferred fires when ready."""
 

@@ -146,9 +146,16 @@ class MemoryStore:
     #: as the SQL store tells them (see :class:`~wecompany.domain.usercache.UserCache`).
     user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
 
+    #: Told ``invalidate(meeting_id)`` after each write to a meeting's row.
+    meeting_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+
     def _user_written(self, user_id: int) -> None:
         for cache in self.user_caches:
             cache.invalidate(user_id)
+
+    def _meeting_written(self, meeting_id: int) -> None:
+        for cache in self.meeting_caches:
+            cache.invalidate(meeting_id)
 
     def start(self) -> Deferred[None]:
         self._running = True
@@ -377,6 +384,7 @@ class MemoryStore:
             room_id=room_id, created_at=float(now), updated_at=float(now),
         )
         host = self._insert_participant(meeting.id, creator_id, ROLE_HOST, PARTICIPANT_INVITED)
+        self._meeting_written(meeting.id)
         return self._meeting_out(meeting), host
 
     def _meeting_out(self, meeting: MeetingRecord | None) -> MeetingRecord | None:
@@ -403,6 +411,7 @@ class MemoryStore:
             return None
         meeting = attrs.evolve(self._meetings[meeting_id], **checked, updated_at=float(now))
         self._meetings[meeting_id] = meeting
+        self._meeting_written(meeting_id)
         return self._meeting_out(meeting)
 
     @_fired
@@ -413,6 +422,7 @@ class MemoryStore:
         for rows in (self._participants, self._meeting_messages):
             for row_id in [row_id for row_id, row in rows.items() if row.meeting_id == meeting_id]:
                 del rows[row_id]
+        self._meeting_written(meeting_id)
         return True
 
     @_fired

@@ -226,6 +226,9 @@ class SQLStore:
     #: Told ``invalidate(user_id)`` once a write to a user's row or profile is
     #: done (see :class:`~wecompany.domain.usercache.UserCache`).
     user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+    #: Told ``invalidate(meeting_id)`` once a write to a meeting's row is done
+    #: (see :class:`~wecompany.domain.meetingpages.MeetingPages`).
+    meeting_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
 
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
@@ -301,6 +304,20 @@ class SQLStore:
             changed = user_id if user_id is not None else (None if isinstance(result, Failure) else result.id)
             if changed is not None:
                 for cache in self.user_caches:
+                    cache.invalidate(changed)
+            return result
+
+        return d.addBoth(done)
+
+    def _meeting_written(self, meeting_id: int | None, d: Deferred[_T]) -> Deferred[_T]:
+        """Tell :attr:`meeting_caches` of a write to meeting ``meeting_id`` once it is done (None: the result's)."""
+        if not self.meeting_caches:
+            return d
+
+        def done(result: Any) -> Any:
+            if meeting_id is not None or not isinstance(result, Failure):
+                changed = meeting_id if meeting_id is not None else result[0].id
+                for cache in self.meeting_caches:
                     cache.invalidate(changed)
             return result
 
@@ -732,7 +749,7 @@ class SQLStore:
             "status": MEETING_SCHEDULED, "password_hash": password_hash, "settings": settings,
             "room_id": room_id, "created_at": now, "updated_at": now,
         }
-        return self._write(self._create_meeting_txn, values)
+        return self._meeting_written(None, self._write(self._create_meeting_txn, values))
 
     def _create_meeting_txn(self, txn: Any, values: dict[str, Any]) -> tuple[MeetingRecord, ParticipantRecord]:
         creator_id, now = values["creator_id"], values["created_at"]
@@ -768,7 +785,7 @@ class SQLStore:
 
     def update_meeting(self, meeting_id: int, changes: Mapping[str, object],
                        now: float) -> Deferred[MeetingRecord | None]:
-        return self._write(self._update_meeting_txn, meeting_id, changes, now)
+        return self._meeting_written(meeting_id, self._write(self._update_meeting_txn, meeting_id, changes, now))
 
     def _update_meeting_txn(self, txn: Any, meeting_id: int, changes: Mapping[str, Any],
                             now: float) -> MeetingRecord | None:
@@ -781,7 +798,8 @@ class SQLStore:
 
     def delete_meeting(self, meeting_id: int) -> Deferred[bool]:
         # Participants and messages go with it (ON DELETE CASCADE).
-        return self._write(self._delete_where_txn, "meetings", "id = ?", (meeting_id,))
+        return self._meeting_written(meeting_id, self._write(self._delete_where_txn, "meetings", "id = ?",
+                                                             (meeting_id,)))
 
     def _delete_where_txn(self, txn: Any, table: str, where: str, params: Sequence[object]) -> bool:
         return self._execute(txn, f"DELETE FROM {table} WHERE {where}", params).rowcount > 0
