@@ -125,3 +125,25 @@ class DiskErrorTests(SynchronousTestCase):
             self.assertIn(text, failure.value.message)
         self.failureResultOf(run(write, FileNotFoundError(errno.ENOENT, "gone")), FileNotFoundError)
         self.assertEqual(self.successResultOf(run(lambda: 5)), 5)
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_one_line_per_request_without_the_query(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from tests.sitetesting import site_client
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = MemoryStore()
+        store.start()
+        treq, agent = site_client(make_site(store))
+        d = treq.get("http://localhost/health?token=secret")
+        agent.flush()
+        self.successResultOf(self.successResultOf(d).content())
+        [event] = [e for e in events if e.get("log_namespace") == "wecompany.access"]
+        line = formatEvent(event)
+        self.assertRegex(line, r"^\S+ GET /health 200 \d+$")
+        self.assertNotIn("secret", line)
+        self.assertEqual((event["method"], event["path"], event["code"]), ("GET", "/health", 200))

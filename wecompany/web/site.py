@@ -172,14 +172,20 @@ class WeCompanySite(Site):
         self._log_access(request)
 
     def _log_access(self, request) -> None:
-        self._access_log.info("{client} {method} {path} {code} {length}",
-                              client=getattr(request.getClientAddress(), "host", "-"),
-                              method=request.method.decode("ascii", "replace"),
-                              path=request.path.decode("ascii", "replace")[:200], code=request.code,
-                              length=request.sentLength)
+        client = getattr(request.getClientAddress(), "host", "-")
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("ascii", "replace")[:200]
+        # The line is put together here, once: a log observer then formats a
+        # format of one field, where five fields cost a fifth of a cheap
+        # request (twisted.logger parses each in Python). The fields stay in
+        # the event for observers that want them.
+        _access_log.info("{line}", line=f"{client} {method} {path} {request.code} {request.sentLength}",
+                         client=client, method=method, path=path, code=request.code, length=request.sentLength)
 
-    _access_log = Logger(namespace="wecompany.access")
 
+# At module level: a Logger that is a class attribute is made anew, named
+# after the class, at every access (Logger.__get__), which lost this name.
+_access_log = Logger(namespace="wecompany.access")
 
 _REFUSED = b'{"code":503,"message":"too many connections from your address","error":"too many connections"}'
 #: What a connection over the per-address cap is sent (it is then closed).
