@@ -64,6 +64,14 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertIn("wecompany_online_users 0.0", text)
         self.assertIn("wecompany_active_calls 0.0", text)
 
+    def test_methods_no_one_defined_are_one_label(self):
+        for method in ("BREW", "WHATEVER", "GET"):
+            self.api.metrics.observe("unmatched", method, 405, 0.001)
+        text = self.api.request("GET", "/metrics")[1].decode()
+        self.assertIn('wecompany_http_requests_total{method="other",route="unmatched",status="405"} 2.0', text)
+        self.assertIn('wecompany_http_requests_total{method="GET",route="unmatched",status="405"} 1.0', text)
+        self.assertNotIn("BREW", text)
+
 
 class OpenApiTests(SynchronousTestCase):
     def test_document_lists_exactly_the_registered_routes(self):
