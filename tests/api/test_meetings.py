@@ -1301,3 +1301,29 @@ class CachedListTests(SynchronousTestCase):
         self.api.request("DELETE", "/api/v1/users/account", token=self.token)
         code, body, _ = self.api.request("GET", "/api/v1/meetings", token=other)
         self.assertEqual([m["status"] for m in body["data"]["list"]], ["cancelled"])
+
+
+class RenderedPagesTests(SynchronousTestCase):
+    def test_rendered_once_per_page_object_and_bounded(self):
+        from wecompany.api.meetings import RenderedPages
+
+        rendered = RenderedPages(size=2)
+        renders = []
+
+        def render(text):
+            def made():
+                renders.append(text)
+                return text.encode()
+            return made
+
+        one, two, three = (1, ["a"]), (1, ["b"]), (1, ["c"])  # (tuples of constants would be one object)
+        self.assertEqual(rendered.get(one, 1, 10, render("one")), b"one")
+        self.assertEqual(rendered.get(one, 1, 10, render("again")), b"one")
+        # Another page number or size of the same page is another answer.
+        self.assertEqual(rendered.get(one, 2, 10, render("one, page 2")), b"one, page 2")
+        # An equal but new page object (the cache was invalidated): rendered anew.
+        self.assertEqual(rendered.get((1, ["a"]), 1, 10, render("new")), b"new")
+        rendered.get(two, 1, 10, render("two"))
+        rendered.get(three, 1, 10, render("three"))
+        self.assertEqual(len(rendered._rendered), 2)
+        self.assertEqual(renders, ["one", "one, page 2", "new", "two", "three"])

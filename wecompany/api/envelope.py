@@ -42,9 +42,16 @@ def request_id_for(request) -> str:
     return rid
 
 
+class Encoded(bytes):
+    """``data`` already encoded by :func:`dumps`, put into the envelope as it is (a page answered again)."""
+
+
 def success(request, data, now: float, code: int = 200) -> bytes:
     request.setResponseCode(code)
     _headers(request)
+    if isinstance(data, Encoded):  # the same bytes dumps() would make of the whole
+        return b'{"code":%d,"message":"success","data":%s,"timestamp":%s,"request_id":%s}' % (
+            code, data, dumps(rfc3339(now)), dumps(request_id_for(request)))
     return dumps({"code": code, "message": "success", "data": data, "timestamp": rfc3339(now),
                   "request_id": request_id_for(request)})
 
