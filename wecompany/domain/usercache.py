@@ -16,7 +16,8 @@ from typing import Any
 
 from wecompany.domain.readcache import ReadThrough
 
-#: Users (and, separately, profiles) kept at most: about 1 KiB each.
+#: Users (and, separately, profiles) kept at most: a user and its profile
+#: take about 0.8 KiB (measured with tracemalloc), 8 MiB when full.
 DEFAULT_MAX_USERS = 10_000
 #: Seconds a record is trusted at most, whatever happens: a backstop for an
 #: invalidation that never arrives (a lost cluster message), not the mechanism.
