@@ -1327,3 +1327,14 @@ class RenderedPagesTests(SynchronousTestCase):
         rendered.get(three, 1, 10, render("three"))
         self.assertEqual(len(rendered._rendered), 2)
         self.assertEqual(renders, ["one", "one, page 2", "new", "two", "three"])
+
+    def test_bounded_by_bytes(self):
+        from wecompany.api.meetings import RenderedPages
+
+        rendered = RenderedPages(size=10, max_bytes=10)
+        pages = [(1, [n]) for n in range(4)]
+        for page in pages:
+            rendered.get(page, 1, 10, lambda: b"12345")
+        self.assertEqual((len(rendered._rendered), rendered.bytes), (2, 10))
+        self.assertEqual(rendered.get(pages[0], 1, 10, lambda: b"x" * 11), b"x" * 11)  # answered, not kept
+        self.assertEqual(rendered.bytes, 10)

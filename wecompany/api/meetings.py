@@ -41,15 +41,18 @@ MEETING_PAGE = page_schema(MEETING_SCHEMA)
 
 class RenderedPages:
     """
-    The JSON of the last ``size`` pages of the meeting list answered, by the
-    page object :class:`~wecompany.domain.meetingpages.MeetingPages` gave:
+    The JSON of the last ``size`` pages of the meeting list answered (at
+    most ``max_bytes`` of it), by the page object
+    :class:`~wecompany.domain.meetingpages.MeetingPages` gave:
     the same object while the page is cached, a new one after any change
     (so a change is never answered from here). Ten meetings' views and
     their JSON were a third of a cached ``GET /meetings``.
     """
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, max_bytes: int = 1 << 20) -> None:
         self.size = size
+        self.max_bytes = max_bytes  # of JSON; the pages held are at most as many records
+        self.bytes = 0
         self._rendered: OrderedDict[tuple, tuple[object, Encoded]] = OrderedDict()
 
     def get(self, page, number: int, page_size: int, render) -> Encoded:
@@ -59,9 +62,14 @@ class RenderedPages:
             self._rendered.move_to_end(key)
             return kept[1]
         encoded = render()
-        self._rendered[key] = (page, encoded)
-        if len(self._rendered) > self.size:
-            self._rendered.popitem(last=False)
+        if len(encoded) <= self.max_bytes:
+            if kept is not None:
+                self.bytes -= len(kept[1])
+            self._rendered[key] = (page, encoded)
+            self.bytes += len(encoded)
+            while len(self._rendered) > self.size or self.bytes > self.max_bytes:
+                _, (_, dropped) = self._rendered.popitem(last=False)
+                self.bytes -= len(dropped)
         return encoded
 
 
