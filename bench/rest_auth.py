@@ -13,8 +13,8 @@ Two servers run side by side on loopback:
 ``wrk`` (``--connections`` 50 keep-alive connections, ``--threads`` 2,
 ``--duration`` 10 s each, after an unmeasured ``--warmup`` of 2 s) runs
 against, in this order: the baseline, ``GET /health``,
-``GET /api/v1/users/profile``, ``GET /api/v1/meetings?page=1&page_size=10``
-and the baseline again (was the machine the same at the end?). Every request
+``GET /api/v1/users/profile``, ``GET /api/v1/meetings?page=1&page_size=10``;
+``--rounds`` (3) times, then the baseline once more. Every request
 carries ``Authorization: Bearer <token>``, each request on a connection
 another user's (a Lua script cycles through every user's token), so the
 daemon authenticates many different users, as it would in production; the
@@ -22,12 +22,16 @@ baseline and ``/health`` ignore the header.
 
 Printed per target: req/s, latency p50/p99/max (wrk's), errors (non-2xx and
 socket errors), the server's CPU (whole process and its reactor thread),
-wrk's CPU, the CPU the hypervisor stole and what other processes used, and
-the ratio to the baseline (the mean of its two runs). Target (the REST
-performance issue): **authenticated reads at least 50 % of the bare route**.
+wrk's CPU, the CPU the hypervisor stole and what other processes used, the
+ratio to the baseline (the mean of the baseline runs just before and after)
+and requests per server CPU-second against the baseline's (the figure that
+does not move with the machine's load). Target (the REST performance
+issue): **authenticated reads at least 50 % of the bare route**, judged on
+the median ratio over the rounds.
 
-    python bench/rest_auth.py            # 5 targets x (2 + 10) s    (~1.5 min)
-    python bench/rest_auth.py --quick    # smoke test: 200 users, 2 s runs (< 30 s)
+    python bench/rest_auth.py              # 3 rounds of 4 targets x (2 + 10) s  (~3.5 min)
+    python bench/rest_auth.py --rounds 1   # one round                           (~1.2 min)
+    python bench/rest_auth.py --quick      # smoke test: 200 users, 2 s runs     (< 30 s)
     python bench/rest_auth.py --profile profile   # py-spy the daemon during one target
 
 Needs ``wrk`` (``apt-get install wrk``).
@@ -270,7 +274,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=2, help="wrk's threads")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds of wrk before each target")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int, default=3,
                    help="rounds of baseline + routes (judged on the median ratio; more rounds, less noise)")
     p.add_argument("--quick", action="store_true", help="smoke test: 200 users, 20 meetings, 2 s runs")
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir and log")
