@@ -66,19 +66,28 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
 
     from wecompany.config import Config
     from wecompany.domain.core import build_domain
+    from wecompany.domain.meetingpages import MeetingPages
+    from wecompany.domain.usercache import UserCache
     from wecompany.store.memory import MemoryStore
 
     if clock is None:
         clock = Clock()
         clock.advance(1_700_000_000)
     options = {"auth_rate": 1000, "auth_burst": 1000, **options}
+    user_cache, meeting_pages = UserCache(clock), MeetingPages(clock)
     if store is None:
-        store = MemoryStore()
+        store = MemoryStore(user_caches=[user_cache], meeting_caches=[meeting_pages])
         store.start()
+    else:
+        # Nodes of one cluster test share the store: each node's caches hear
+        # every write, as if through a perfect bus (the bus itself is tested
+        # in tests/mirror/test_caches.py and end to end).
+        store.user_caches.append(user_cache)
+        store.meeting_caches.append(meeting_pages)
     return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
-                        run_hash=synchronous_runner, run_disk=synchronous_runner, hash_cost=CHEAP_HASH,
-                        mailer=mailer, id_node=id_node, redis_link=redis_link,
-                        s3_client_factory=None if s3_client is None else lambda: s3_client)
+                        run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
+                        meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
+                        redis_link=redis_link, s3_client_factory=None if s3_client is None else lambda: s3_client)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:

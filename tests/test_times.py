@@ -75,3 +75,14 @@ class BoundedTimeTests(SynchronousTestCase):
         seconds = parse_rfc3339(moment.isoformat())
         self.assertEqual(seconds, moment.timestamp())
         self.assertEqual(parse_rfc3339(rfc3339(seconds)), math.floor(seconds))
+
+    def test_seconds_written_are_remembered_bounded(self):
+        from wecompany import times
+
+        for second in range(times._MAX_WRITTEN * 2 + 10):
+            self.assertLessEqual(len(times._written), times._MAX_WRITTEN)
+            self.assertEqual(rfc3339(1_700_000_000 + second + 0.5),
+                             datetime.datetime.fromtimestamp(1_700_000_000 + second, datetime.timezone.utc)
+                             .strftime("%Y-%m-%dT%H:%M:%SZ"))
+        # Remembered ones answer alike, whatever the fraction.
+        self.assertEqual(rfc3339(1_700_000_000.9), rfc3339(1_700_000_000.1))

@@ -131,8 +131,12 @@ def with_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def build_store(config: Config, reactor):
-    """The store ``--database`` names: SQLite (the default) or PostgreSQL, not yet started."""
+def build_store(config: Config, reactor, user_caches=(), meeting_caches=()):
+    """
+    The store ``--database`` names: SQLite (the default) or PostgreSQL, not
+    yet started, telling ``user_caches`` and ``meeting_caches`` of its writes.
+    """
+    caches = {"user_caches": user_caches, "meeting_caches": meeting_caches}
     if config.database_kind == "postgresql":
         try:
             from wecompany.store.postgres import PostgreSQLStore
@@ -140,11 +144,11 @@ def build_store(config: Config, reactor):
             raise usage.UsageError(f"--database: a PostgreSQL database needs the driver ({error}): "
                                    "pip install 'wecompany[postgresql]'") from None
         try:
-            return PostgreSQLStore(config.database, reactor=reactor)
+            return PostgreSQLStore(config.database, reactor=reactor, **caches)
         except ValueError as error:  # its message hides the password
             raise usage.UsageError(f"--database: {error}") from None
     from wecompany.store.sqlite import SQLiteStore
-    return SQLiteStore(config.sqlite_path, reactor=reactor)
+    return SQLiteStore(config.sqlite_path, reactor=reactor, **caches)
 
 
 def build_service(config: Config, reactor):
@@ -161,6 +165,8 @@ def build_service(config: Config, reactor):
     from wecompany.config import load_or_create_secret
     from wecompany.connections import AddressCounter, CappedFactory
     from wecompany.domain.core import build_domain
+    from wecompany.domain.meetingpages import MeetingPages
+    from wecompany.domain.usercache import UserCache
     from wecompany.privatefs import exposure_warnings, make_private_dir, storage_errors_unavailable
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
@@ -175,7 +181,9 @@ def build_service(config: Config, reactor):
         raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
                                "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
                                "keep it out of the process list)")
-    store = build_store(config, reactor)
+    # The store tells the caches of its writes (those of the other nodes come over the cluster's bus).
+    user_cache, meeting_pages = UserCache(reactor), MeetingPages(reactor)
+    store = build_store(config, reactor, user_caches=[user_cache], meeting_caches=[meeting_pages])
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
     sqlite_path = config.sqlite_path  # None for PostgreSQL
@@ -193,7 +201,7 @@ def build_service(config: Config, reactor):
         redis_link = RedisLink(reactor, config.redis)
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
-                          redis_link=redis_link)
+                          user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link)
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode

@@ -29,19 +29,23 @@ def rfc3339(seconds: float | None) -> str | None:
     shows it, so a time beyond what RFC 3339 can write (years 1-9999) is
     shown as the nearest end of that range.
     """
-    global _last_rfc3339
     if seconds is None or seconds != seconds:
         return None
     whole = math.floor(min(max(seconds, _FIRST_SECOND), _LAST_SECOND))
-    last = _last_rfc3339
-    if last[0] == whole:  # a busy room stamps many messages within one second
-        return last[1]
-    text = (_EPOCH + datetime.timedelta(seconds=whole)).isoformat().replace("+00:00", "Z")
-    _last_rfc3339 = (whole, text)
+    text = _written.get(whole)
+    if text is None:
+        text = (_EPOCH + datetime.timedelta(seconds=whole)).isoformat().replace("+00:00", "Z")
+        if len(_written) >= _MAX_WRITTEN:
+            _written.clear()
+        _written[whole] = text
     return text
 
 
-_last_rfc3339: tuple[int | None, str] = (None, "")
+# Seconds already written: a response shows the same few times again and
+# again (now, a user's creation and last login, a page of meetings), and a
+# busy room stamps many messages within one second. Bounded: emptied when full.
+_MAX_WRITTEN = 4096
+_written: dict[int, str] = {}
 
 
 def parse_rfc3339(text: str) -> float:

@@ -1,8 +1,11 @@
 """/api/v1/auth/*: every success, validation rule and error code."""
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import PASSWORD, Api
+from wecompany.errors import Unauthenticated
+from wecompany.times import rfc3339
 
 
 class RegisterTests(SynchronousTestCase):
@@ -227,3 +230,85 @@ class OneSetOfRulesTests(SynchronousTestCase):
                  for _ in range(11)]
         # A burst of 20: the registration in setUp, ten TCP logins, nine refreshes.
         self.assertEqual(codes, [401] * 9 + [429] * 2)
+
+
+class WarmCacheTests(SynchronousTestCase):
+    """
+    Token logins read the user from the domain's UserCache: whatever ends or
+    changes an account still takes effect on the very next request.
+    """
+
+    def setUp(self):
+        self.api = Api(self)
+        boss_id = self.api.register("boss")["id"]
+        self.api.domain.store.update_user(boss_id, {"role": "admin"})
+        self.admin = self.api.login("boss")["token"]
+        self.alice = self.api.register("alice")
+        self.token = self.api.login("alice")["token"]
+        self.cache = self.api.domain.user_cache
+
+    def profile(self, token=None):
+        code, body, _ = self.api.request("GET", "/api/v1/users/profile", token=token or self.token)
+        return code, body
+
+    def warm(self, token=None):
+        """Two reads: the second is answered from the cache."""
+        self.assertEqual(self.profile(token)[0], 200)
+        misses = self.cache.misses
+        self.assertEqual(self.profile(token)[0], 200)
+        self.assertEqual(self.cache.misses, misses, "the second read was not the cache's")
+
+    def test_password_change_refuses_old_tokens_at_once(self):
+        self.warm()
+        code, body, _ = self.api.request("POST", "/api/v1/users/change-password",
+                                         {"old_password": PASSWORD, "new_password": "Another-pass2"},
+                                         token=self.token)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.profile()[0], 401)
+        self.assertEqual(self.profile(body["data"]["token"])[0], 200)
+
+    def test_reset_refuses_old_tokens_at_once(self):
+        self.warm()
+        self.api.request("POST", "/api/v1/auth/forgot-password", {"email": "alice@example.com"})
+        reset = self.api.mailer.sent[-1][2].split("minutes: ")[1].split()[0]
+        code, _, _ = self.api.request("POST", "/api/v1/auth/reset-password",
+                                      {"token": reset, "new_password": "Another-pass2"})
+        self.assertEqual(code, 200)
+        self.assertEqual(self.profile()[0], 401)
+
+    def test_ban_and_deletion_refuse_at_once(self):
+        self.warm()
+        self.api.request("POST", f"/api/v1/admin/users/{self.alice['id']}/ban", token=self.admin)
+        self.assertEqual(self.profile()[0], 403)
+        self.api.request("POST", f"/api/v1/admin/users/{self.alice['id']}/unban", token=self.admin)
+        self.assertEqual(self.profile()[0], 401)  # unbanned, but the old token stays revoked
+        token = self.api.login("alice")["token"]
+        self.warm(token)
+        self.assertEqual(self.api.request("DELETE", "/api/v1/users/account", token=token)[0], 200)
+        self.assertEqual(self.profile(token)[0], 401)
+
+    def test_sign_out_everywhere_refuses_at_once(self):
+        self.warm()
+        self.successResultOf(Deferred.fromCoroutine(
+            self.api.domain.lifecycle.sign_out_everywhere(self.alice["id"], Unauthenticated())))
+        self.assertEqual(self.profile()[0], 401)
+
+    def test_role_changes_apply_at_once(self):
+        stats = "/api/v1/admin/stats"
+        self.warm()
+        self.assertEqual(self.api.request("GET", stats, token=self.token)[0], 403)
+        self.api.request("PUT", f"/api/v1/admin/users/{self.alice['id']}", {"role": "admin"}, token=self.admin)
+        self.assertEqual(self.api.request("GET", stats, token=self.token)[0], 200)
+        self.api.request("PUT", f"/api/v1/admin/users/{self.alice['id']}", {"role": "user"}, token=self.admin)
+        self.assertEqual(self.api.request("GET", stats, token=self.token)[0], 403)
+
+    def test_profile_and_login_changes_show_at_once(self):
+        self.warm()
+        code, _, _ = self.api.request("PUT", "/api/v1/users/profile", {"nickname": "Al", "email": "al@example.com"},
+                                      token=self.token)
+        self.assertEqual(code, 200)
+        data = self.profile()[1]["data"]
+        self.assertEqual((data["nickname"], data["email"]), ("Al", "al@example.com"))
+        self.api.clock.advance(10)
+        self.api.login("alice")
+        self.assertEqual(self.profile()[1]["data"]["last_login"], rfc3339(self.api.clock.seconds()))

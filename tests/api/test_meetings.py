@@ -1262,3 +1262,79 @@ class AccountDeletionTests(MeetingCase):
         self.assertEqual(code, 200)
         statuses = [self.stored(mid).status for mid in ids]
         self.assertEqual(statuses.count("cancelled"), 150, statuses.count("scheduled"))
+
+
+class CachedListTests(SynchronousTestCase):
+    """GET /meetings is read through MeetingPages: every change shows on the next request."""
+
+    def setUp(self):
+        self.api = Api(self)
+        self.token = self.api.user("alice")
+
+    def titles(self):
+        code, body, _ = self.api.request("GET", "/api/v1/meetings?page=1&page_size=10", token=self.token)
+        self.assertEqual(code, 200)
+        return [(m["title"], m["status"]) for m in body["data"]["list"]], body["data"]["total"]
+
+    def test_changes_show_at_once(self):
+        pages = self.api.domain.meeting_pages
+        self.assertEqual(self.titles(), ([], 0))
+        code, body, _ = self.api.request("POST", "/api/v1/meetings", {"title": "one"}, token=self.token)
+        meeting_id = body["data"]["meeting"]["id"]
+        self.assertEqual(self.titles(), ([("one", "scheduled")], 1))
+        misses = pages.misses
+        self.titles()
+        self.assertEqual(pages.misses, misses, "the second read was not the cache's")
+        self.api.request("PUT", f"/api/v1/meetings/{meeting_id}", {"title": "uno"}, token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "scheduled")], 1))
+        self.api.request("POST", f"/api/v1/meetings/{meeting_id}/start", token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "ongoing")], 1))
+        self.api.request("POST", f"/api/v1/meetings/{meeting_id}/end", token=self.token)
+        self.assertEqual(self.titles(), ([("uno", "ended")], 1))
+        self.api.request("DELETE", f"/api/v1/meetings/{meeting_id}", token=self.token)
+        self.assertEqual(self.titles(), ([], 0))
+
+    def test_a_deleted_host_cancels_at_once(self):
+        self.api.request("POST", "/api/v1/meetings", {"title": "one"}, token=self.token)
+        other = self.api.user("bob")
+        self.titles()
+        self.api.request("DELETE", "/api/v1/users/account", token=self.token)
+        code, body, _ = self.api.request("GET", "/api/v1/meetings", token=other)
+        self.assertEqual([m["status"] for m in body["data"]["list"]], ["cancelled"])
+
+
+class RenderedPagesTests(SynchronousTestCase):
+    def test_rendered_once_per_page_object_and_bounded(self):
+        from wecompany.api.meetings import RenderedPages
+
+        rendered = RenderedPages(size=2)
+        renders = []
+
+        def render(text):
+            def made():
+                renders.append(text)
+                return text.encode()
+            return made
+
+        one, two, three = (1, ["a"]), (1, ["b"]), (1, ["c"])  # (tuples of constants would be one object)
+        self.assertEqual(rendered.get(one, 1, 10, render("one")), b"one")
+        self.assertEqual(rendered.get(one, 1, 10, render("again")), b"one")
+        # Another page number or size of the same page is another answer.
+        self.assertEqual(rendered.get(one, 2, 10, render("one, page 2")), b"one, page 2")
+        # An equal but new page object (the cache was invalidated): rendered anew.
+        self.assertEqual(rendered.get((1, ["a"]), 1, 10, render("new")), b"new")
+        rendered.get(two, 1, 10, render("two"))
+        rendered.get(three, 1, 10, render("three"))
+        self.assertEqual(len(rendered._rendered), 2)
+        self.assertEqual(renders, ["one", "one, page 2", "new", "two", "three"])
+
+    def test_bounded_by_bytes(self):
+        from wecompany.api.meetings import RenderedPages
+
+        rendered = RenderedPages(size=10, max_bytes=10)
+        pages = [(1, [n]) for n in range(4)]
+        for page in pages:
+            rendered.get(page, 1, 10, lambda: b"12345")
+        self.assertEqual((len(rendered._rendered), rendered.bytes), (2, 10))
+        self.assertEqual(rendered.get(pages[0], 1, 10, lambda: b"x" * 11), b"x" * 11)  # answered, not kept
+        self.assertEqual(rendered.bytes, 10)

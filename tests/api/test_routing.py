@@ -14,6 +14,30 @@ class EnvelopeTests(SynchronousTestCase):
     def setUp(self):
         self.api = Api(self)
 
+    def test_encoded_data_makes_the_same_bytes(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from wecompany.api import envelope
+
+        data = {"list": [{"title": "caf\u00e9 \"x\"", "n": 1.5, "none": None}], "total": 1}
+        made = []
+        for value in (data, envelope.Encoded(envelope.dumps(data))):
+            request = DummyRequest([b""])
+            request.wecompany_request_id = "rid-1"
+            made.append(envelope.success(request, value, 1_700_000_000.5, 201))
+        self.assertEqual(made[0], made[1])
+        self.assertEqual(json.loads(made[1])["data"], data)
+
+    def test_ids_made_here_are_unique(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from wecompany.api import envelope
+
+        ids = {envelope.request_id_for(DummyRequest([b""])) for _ in range(1000)}
+        self.assertEqual(len(ids), 1000)
+        for rid in ids:
+            self.assertRegex(rid, "^[0-9a-f]{32}$")
+
     def test_unknown_route_and_method(self):
         code, body, _ = self.api.request("GET", "/api/v1/nope")
         self.assertEqual((code, body["code"]), (404, 404))
@@ -63,6 +87,14 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertIn("wecompany_http_request_duration_seconds_bucket", text)
         self.assertIn("wecompany_online_users 0.0", text)
         self.assertIn("wecompany_active_calls 0.0", text)
+
+    def test_methods_no_one_defined_are_one_label(self):
+        for method in ("BREW", "WHATEVER", "GET"):
+            self.api.metrics.observe("unmatched", method, 405, 0.001)
+        text = self.api.request("GET", "/metrics")[1].decode()
+        self.assertIn('wecompany_http_requests_total{method="other",route="unmatched",status="405"} 2.0', text)
+        self.assertIn('wecompany_http_requests_total{method="GET",route="unmatched",status="405"} 1.0', text)
+        self.assertNotIn("BREW", text)
 
 
 class OpenApiTests(SynchronousTestCase):

@@ -124,6 +124,46 @@ class TokenTests(SynchronousTestCase):
     def test_short_secret_refused(self):
         self.assertRaises(ValueError, TokenIssuer, b"short", self.clock)
 
+    def test_a_token_verified_before_still_expires(self):
+        token = self.tokens.issue(7, "alice")
+        self.tokens.verify(token)  # remembered now
+        self.clock.advance(3600 + 31)
+        self.assertEqual(self.assertRaises(Unauthenticated, self.tokens.verify, token).message, "token expired")
+        early = TokenIssuer(b"s" * 32, Clock()).issue(8, "bob")  # issued at 0, not valid before then
+        # A token from the future is refused, whether seen before or not.
+        future = TokenIssuer(b"s" * 32, _At(self.clock.seconds() + 600)).issue(9, "carol")
+        for _ in range(2):
+            self.assertEqual(self.assertRaises(Unauthenticated, self.tokens.verify, future).message,
+                             "token not yet valid")
+        self.assertEqual(self.assertRaises(Unauthenticated, self.tokens.verify, early).message, "token expired")
+
+    def test_verified_tokens_are_remembered_bounded_and_refused_ones_not_at_all(self):
+        tokens = TokenIssuer(b"s" * 32, self.clock, max_verified=3)
+        issued = [tokens.issue(i, f"user{i}") for i in range(5)]
+        for token in issued:
+            tokens.verify(token)
+        self.assertEqual(list(tokens._verified), issued[2:])
+        tokens.verify(issued[2])  # used: now the newest
+        self.assertEqual(list(tokens._verified), [issued[3], issued[4], issued[2]])
+        forged = issued[0][:-2] + ("AA" if not issued[0].endswith("AA") else "BB")
+        self.assertRaises(Unauthenticated, tokens.verify, forged)
+        self.assertRaises(Unauthenticated, tokens.verify, "a.b.c")
+        self.assertNotIn(forged, tokens._verified)
+        self.assertEqual(len(tokens._verified), 3)
+
+    def test_callers_get_claims_of_their_own(self):
+        token = self.tokens.issue(7, "alice")
+        self.tokens.verify(token)["user_id"] = 8
+        self.assertEqual(self.tokens.verify(token)["user_id"], 7)
+
+
+class _At:
+    def __init__(self, now):
+        self.now = now
+
+    def seconds(self):
+        return self.now
+
 
 class RateLimitTests(SynchronousTestCase):
     def test_token_bucket(self):

@@ -60,3 +60,25 @@ class BuildDomainTests(SynchronousTestCase):
         d.chat.open_session(alice)
         d.chat.close_session(alice)  # the files' side of it ran without error
         self.assertEqual(d.files.upload_count, 0)
+
+    def test_the_store_must_invalidate_the_caches(self):
+        from tests.helpers import CHEAP_HASH, TEST_SECRET, synchronous_runner
+        from twisted.internet.task import Clock
+
+        from wecompany.config import Config
+        from wecompany.domain.core import build_domain
+        from wecompany.domain.meetingpages import MeetingPages
+        from wecompany.domain.usercache import UserCache
+        from wecompany.store.memory import MemoryStore
+
+        d = make_domain(self)
+        self.assertIs(d.accounts.users, d.user_cache)
+        self.assertIs(d.meetings.pages, d.meeting_pages)
+        self.assertEqual((d.store.user_caches, d.store.meeting_caches), ([d.user_cache], [d.meeting_pages]))
+        clock = Clock()
+        users, pages = UserCache(clock), MeetingPages(clock)
+        for store in (MemoryStore(), MemoryStore(user_caches=[users]), MemoryStore(meeting_caches=[pages])):
+            with self.assertRaises(ValueError):
+                build_domain(Config(data_dir=self.mktemp()), clock, store, secret=TEST_SECRET,
+                             run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=users,
+                             meeting_pages=pages, hash_cost=CHEAP_HASH)

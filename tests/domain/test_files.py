@@ -110,7 +110,7 @@ class ClusterUploadTests(SynchronousTestCase):
         from tests.mirror.fakeredis import FakeLink, FakeRedisServer
         from wecompany.store.memory import MemoryStore
 
-        self.store = MemoryStore()
+        self.store = MemoryStore(user_caches=[], meeting_caches=[])  # the nodes add their caches
         self.store.start()
         server = FakeRedisServer(None)
         self.a = make_domain(self, store=self.store, redis_link=FakeLink(server), node_id="a")

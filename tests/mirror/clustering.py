@@ -42,7 +42,7 @@ class ClusterCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.server = FakeRedisServer(self.clock)
-        self.store = MemoryStore()
+        self.store = MemoryStore(user_caches=[], meeting_caches=[])  # the nodes add their caches
         self.store.start()
         self.nodes: list[Node] = []
         self.users: dict[str, int] = {}

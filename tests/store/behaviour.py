@@ -12,7 +12,10 @@ import itertools
 from typing import Any
 
 import attrs
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
+
+from wecompany.domain.usercache import UserCache
 
 from wecompany.errors import (
     Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, ParticipantRemoved, Unavailable,
@@ -39,13 +42,23 @@ SETTINGS = {
 }
 
 
+@attrs.define
+class _Recorder:
+    """A user cache that only records what it is told."""
+
+    told: list
+
+    def invalidate(self, user_id):
+        self.told.append(user_id)
+
+
 class StoreBehaviour:
     """Tests for an IStore; ``self.store`` is started in setUp and stopped after."""
 
     store: Any
 
-    def make_store(self) -> Any:
-        """A new, not yet started store."""
+    def make_store(self, user_caches=(), meeting_caches=()) -> Any:
+        """A new, not yet started store, telling ``user_caches`` and ``meeting_caches`` of its writes."""
         raise NotImplementedError
 
     async def count_rows(self, table: str) -> int:
@@ -388,6 +401,72 @@ class StoreBehaviour:
         await self.store.delete_file(made[-1].id)
         self.assertEqual((await self.store.create_file(1, "n", 1, "ff" * 32, "n", NOW)).id, made[-1].id + 1)
 
+
+    # -- the user cache ---------------------------------------------------------
+    async def cached_store(self):
+        """A started store telling a :class:`UserCache` (on a fake clock) of its writes -> (store, cache)."""
+        cache = UserCache(Clock())
+        store = self.make_store(user_caches=[cache])
+        self.addCleanup(store.stop)
+        await store.start()
+        return store, cache
+
+    async def test_every_write_to_a_user_invalidates_the_cache(self):
+        store, cache = await self.cached_store()
+        alice = await store.create_user("alice", "hash-1", "alice@example.com", None, NOW)
+        writes = [
+            ("set_password_hash", lambda: store.set_password_hash(alice.id, "hash-2")),
+            ("record_login", lambda: store.record_login(alice.id, NOW + 1)),
+            ("update_user", lambda: store.update_user(alice.id, {"role": "admin"})),
+            ("update_user", lambda: store.update_user(alice.id, {"status": "banned"})),
+            ("update_user", lambda: store.update_user(alice.id, {"status": "deleted", "email": None})),
+            ("revoke_all_tokens", lambda: store.revoke_all_tokens(alice.id, NOW + 2)),
+            ("update_profile", lambda: store.update_profile(alice.id, {"nickname": "Al"}, NOW + 3)),
+        ]
+        for name, write in writes:
+            # Warm: the second read is the cache's.
+            await cache.user(alice.id, store.get_user)
+            await cache.profile(alice.id, store.get_profile)
+            misses = cache.misses
+            await cache.user(alice.id, store.get_user)
+            self.assertEqual(cache.misses, misses, name)
+            await write()
+            # The write is acknowledged: the cache answers what the store now holds.
+            self.assertEqual(await cache.user(alice.id, store.get_user), await store.get_user(alice.id), name)
+            self.assertEqual(await cache.profile(alice.id, store.get_profile), await store.get_profile(alice.id),
+                             name)
+            self.assertEqual(cache.misses, misses + 2, f"{name} did not invalidate")
+        final = await store.get_user(alice.id)
+        self.assertEqual((final.role, final.status, final.token_version), ("admin", "deleted", 1))
+
+    async def test_creating_a_user_invalidates_its_id(self):
+        store, cache = await self.cached_store()
+        told = []
+        store.user_caches.append(_Recorder(told))
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        self.assertEqual(told, [alice.id])
+        # A failed creation tells nothing (there is no id), and reads tell nothing.
+        await self.assertFails(store.create_user("ALICE", "h", None, None, NOW), UsernameTaken)
+        await store.get_user(alice.id)
+        await store.get_profile(alice.id)
+        self.assertEqual(told, [alice.id])
+
+    async def test_every_write_to_a_meeting_invalidates_the_meeting_caches(self):
+        told = []
+        store = self.make_store(meeting_caches=[_Recorder(told)])
+        self.addCleanup(store.stop)
+        await store.start()
+        alice = await store.create_user("alice", "h", None, None, NOW)
+        meeting, _ = await store.create_meeting("m", "", alice.id, NOW, None, 10, "video", None, SETTINGS,
+                                                "room-x", NOW)
+        self.assertEqual(told, [meeting.id])
+        await store.update_meeting(meeting.id, {"title": "n"}, NOW + 1)
+        await store.list_meetings(0, 10)
+        await store.get_meeting(meeting.id)
+        await store.join_meeting(meeting.id, alice.id, "host", NOW)
+        self.assertEqual(told, [meeting.id] * 2)
+        await store.delete_meeting(meeting.id)
+        self.assertEqual(told, [meeting.id] * 3)
 
     # -- accounts administration ----------------------------------------------
     async def test_update_user(self):

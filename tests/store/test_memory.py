@@ -10,8 +10,8 @@ from wecompany.store.memory import MemoryStore
 
 
 class MemoryStoreTests(StoreBehaviour, TestCase):
-    def make_store(self):
-        return MemoryStore()
+    def make_store(self, user_caches=(), meeting_caches=()):
+        return MemoryStore(user_caches=list(user_caches), meeting_caches=list(meeting_caches))
 
     async def count_rows(self, table):
         return len(getattr(self.store, f"_{table}"))

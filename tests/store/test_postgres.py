@@ -50,8 +50,9 @@ async def query(store, statement, params=()):
 
 
 class PostgreSQLStoreTests(StoreBehaviour, TestCase):
-    def make_store(self):
-        return PostgreSQLStore(pgtesting.emptied_database(self), reactor)
+    def make_store(self, user_caches=(), meeting_caches=()):
+        return PostgreSQLStore(pgtesting.emptied_database(self), reactor, user_caches=list(user_caches),
+                               meeting_caches=list(meeting_caches))
 
     async def count_rows(self, table):
         [(count,)] = await query(self.store, f"SELECT COUNT(*) FROM {table}")

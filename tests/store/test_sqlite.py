@@ -30,8 +30,8 @@ async def query(store, sql, params=()):
 
 
 class SQLiteStoreTests(StoreBehaviour, TestCase):
-    def make_store(self):
-        return SQLiteStore(":memory:", reactor)
+    def make_store(self, user_caches=(), meeting_caches=()):
+        return SQLiteStore(":memory:", reactor, user_caches=list(user_caches), meeting_caches=list(meeting_caches))
 
     async def count_rows(self, table):
         [(count,)] = await query(self.store, f"SELECT COUNT(*) FROM {table}")

@@ -97,6 +97,43 @@ class HeaderDeadlineTests(ChannelTestCase):
         self.assertEqual(conn.transport.value(), b"")
 
 
+class OneTimerTests(ChannelTestCase):
+    def timers(self, conn):
+        return [call for call in self.clock.getDelayedCalls() if call.func == conn.channel._expired]
+
+    def test_requests_on_a_kept_alive_connection_set_no_timer(self):
+        conn = self.connect()
+        [timer] = self.timers(conn)
+        for _ in range(50):
+            self.clock.advance(0.1)
+            conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(conn.status(), 200)
+            conn.transport.clear()
+        self.assertEqual(self.timers(conn), [timer])
+        # Idle, it looks every 20 s (a request may start any time) and closes at 75.
+        self.clock.advance(74)
+        self.assertFalse(conn.closed)
+        self.clock.advance(1)
+        self.assertTrue(conn.closed)
+
+    def test_a_deadline_shorter_than_the_header_deadline_moves_the_timer_sooner(self):
+        self.site.timeouts = TimeoutPolicy(header_timeout=20, body_timeout=5, idle_timeout=75, min_body_rate=4096)
+        conn = self.connect()
+        self.clock.advance(1)
+        conn.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        self.clock.advance(4.9)
+        self.assertFalse(conn.closed)
+        self.clock.advance(0.2)
+        self.assertTrue(conn.closed)
+        self.assertEqual(conn.status(), 408)
+
+    def test_a_lost_connection_leaves_no_timer(self):
+        conn = self.connect()
+        conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.channel.connectionLost(None)
+        self.assertEqual(self.timers(conn), [])
+
+
 class BodyDeadlineTests(ChannelTestCase):
     def start_body(self, conn: Connection, length: int) -> None:
         conn.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length)

@@ -121,3 +121,59 @@ class DiskErrorTests(SynchronousTestCase):
             self.assertIn(text, failure.value.message)
         self.failureResultOf(run(write, FileNotFoundError(errno.ENOENT, "gone")), FileNotFoundError)
         self.assertEqual(self.successResultOf(run(lambda: 5)), 5)
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_one_line_per_request_without_the_query(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from tests.sitetesting import site_client
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = MemoryStore()
+        store.start()
+        site = make_site(store)
+        treq, agent = site_client(site)
+        for query in ("token=secret", "x=1"):
+            d = treq.get(f"http://localhost/health?{query}")
+            agent.flush()
+            self.successResultOf(self.successResultOf(d).content())
+        d = treq.get("http://localhost/nowhere")
+        agent.flush()
+        self.successResultOf(self.successResultOf(d).content())
+        self.assertEqual(self.access(events), [])  # at the end of the reactor's turn
+        site.reactor.advance(0)
+        [event] = self.access(events)
+        lines = formatEvent(event).split("\n")
+        self.assertEqual(len(lines), 3)
+        for line, path, code in zip(lines, ["/health", "/health", "/nowhere"], [200, 200, 404]):
+            self.assertRegex(line, rf"^\S+ GET {path} {code} \d+$")
+        self.assertNotIn("secret", formatEvent(event))
+        self.assertEqual([r[1:4] for r in event["requests"]],
+                         [("GET", "/health", 200), ("GET", "/health", 200), ("GET", "/nowhere", 404)])
+
+    @staticmethod
+    def access(events):
+        return [e for e in events if e.get("log_namespace") == "wecompany.access"]
+
+    def test_lines_waiting_are_bounded_and_flushed_on_stop(self):
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+
+        from wecompany.web.site import AccessLog
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        log = AccessLog(clock, max_lines=3)
+        for n in range(7):
+            log.add("127.0.0.1", "GET", f"/{n}", 200, 10)
+        self.assertEqual([len(e["requests"]) for e in self.access(events)], [3, 3])
+        log.flush()  # as the site does when it stops
+        self.assertEqual([len(e["requests"]) for e in self.access(events)], [3, 3, 1])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(0)
+        self.assertEqual(len(self.access(events)), 3)

@@ -11,7 +11,7 @@ from klein import Klein
 
 from wecompany.api.admin import AdminRoutes
 from wecompany.api.auth import AuthRoutes
-from wecompany.api.meetings import MeetingRoutes
+from wecompany.api.meetings import MeetingRoutes, RenderedPages
 from wecompany.api.signaling import SignalingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
 from wecompany.api.users import UserRoutes
@@ -41,6 +41,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.clock = domain.clock
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
         self.file_storage = domain.storage
+        self.rendered_pages = RenderedPages()
         self._openapi = None
 
     def resource(self):

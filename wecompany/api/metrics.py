@@ -2,13 +2,17 @@
 Prometheus metrics, in a registry of their own (no process-global state).
 
 Requests are labelled by route template (``/api/v1/meetings/{meeting_id}``),
-never by raw path, so a client cannot grow the label set.
+never by raw path, and by method only among the methods HTTP defines, so a
+client cannot grow the label set.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+#: Methods counted by name; any other is counted as "other".
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -77,10 +81,21 @@ class Metrics:
         self.latency = Histogram("wecompany_http_request_duration_seconds", "HTTP request latency",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_LiveState(self))
+        # (route, method, status) -> the counter and histogram children. The
+        # label look-up takes a lock and builds a tuple of strings each time;
+        # the keys are as bounded as the label sets.
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        if method not in METHODS:
+            method = "other"
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, method, str(status)),
+                                              self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

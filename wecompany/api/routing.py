@@ -128,8 +128,8 @@ def _wrap(handler, ep: Endpoint):
             body = parse_json(read_body(request), ep.body)
         query = parse_query(request.args, ep.query) if ep.query else {}
         result = await handler(self, Call(request, user, body, query, params))
-        if isinstance(result, bytes):  # already rendered (downloads, Prometheus text)
-            return result
+        if isinstance(result, bytes) and not isinstance(result, envelope.Encoded):
+            return result  # already rendered (downloads, Prometheus text)
         return envelope.success(request, result, self.clock.seconds(), ep.status)
 
     wrapper.__name__ = ep.name

@@ -43,7 +43,7 @@ class UserRoutes:
     @endpoint("GET", "/v1/users/profile", summary="The caller's profile", tag="users", data=USER_SCHEMA,
               errors=(401,))
     async def get_profile(self, call: Call):
-        return user_view(call.user, await self.store.get_profile(call.user.id))
+        return user_view(call.user, await self.accounts.profile(call.user.id))
 
     @endpoint("PUT", "/v1/users/profile", summary="Update the caller's profile", tag="users",
               body={"nickname": Field("string", min_length=1, max_length=64),

@@ -24,17 +24,22 @@ class Accounts:
     :param clock: an ``IReactorTime``.
     :param guard: the :class:`~wecompany.domain.ratelimit.LoginGuard` every
         password check goes through (one for all transports).
+    :param users: the :class:`~wecompany.domain.usercache.UserCache` token
+        logins and profile reads go through (the store invalidates it); None:
+        every read goes to the store.
     """
 
     log = Logger()
 
-    def __init__(self, store, hasher, tokens, clock, guard, policy: PasswordPolicy | None = None) -> None:
+    def __init__(self, store, hasher, tokens, clock, guard, policy: PasswordPolicy | None = None,
+                 users=None) -> None:
         self.store = store
         self.hasher = hasher
         self.tokens = tokens
         self.clock = clock
         self.guard = guard
         self.policy = policy or PasswordPolicy()
+        self.users = users
 
     async def register(self, username: str, password: str, email: str | None = None,
                        nickname: str | None = None):
@@ -95,16 +100,29 @@ class Accounts:
         The token must name the user's current token version: raising it
         (:meth:`~wecompany.store.interface.IMeetingStore.revoke_all_tokens`)
         ends every token issued before at once. The user's row is read for
-        each token checked anyway, so this costs nothing more.
+        each token checked (from :attr:`users`, which every write to it
+        invalidates before the write is acknowledged), so this costs nothing more.
         """
         claims = self.tokens.verify(token)
-        user = await self.store.get_user(claims["user_id"])
+        user = await self.user(claims["user_id"])
         if user is None or user.status == "deleted":
             raise Unauthenticated("invalid token")
         self._check_active(user)  # a banned user hears why (403), not just that the token is old
         if claims.get("ver", 0) != user.token_version:
             raise Unauthenticated("token revoked: log in again")
         return user
+
+    async def user(self, user_id: int):
+        """The user's current record (from the cache when it has it) -> UserRecord or None."""
+        if self.users is None:
+            return await self.store.get_user(user_id)
+        return await self.users.user(user_id, self.store.get_user)
+
+    async def profile(self, user_id: int):
+        """The user's current profile (from the cache when it has it) -> ProfileRecord or None."""
+        if self.users is None:
+            return await self.store.get_profile(user_id)
+        return await self.users.profile(user_id, self.store.get_profile)
 
     def issue_token(self, user) -> str:
         return self.tokens.issue(user.id, user.username, user.email, user.token_version)

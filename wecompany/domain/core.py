@@ -24,6 +24,7 @@ from wecompany.domain.files import FileService, file_chunk_size
 from wecompany.domain.ice import IceServers
 from wecompany.domain.ids import IdGenerator
 from wecompany.domain.lifecycle import AccountLifecycle
+from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
 from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
@@ -35,6 +36,7 @@ from wecompany.mirror.cluster import Cluster, LocalCluster
 from wecompany.mirror.limits import SharedLimits
 from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
 from wecompany.storage import IFileStorage, open_storage
+from wecompany.domain.usercache import UserCache
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -77,6 +79,10 @@ class Domain:
     cluster: object
     #: Where avatars and transferred files are kept (``--file-storage``).
     storage: IFileStorage
+    #: Users and profiles read through from the store (which invalidates it).
+    user_cache: UserCache
+    #: Pages of the meeting list, likewise.
+    meeting_pages: MeetingPages
 
     def live_counts(self) -> dict:
         """
@@ -92,13 +98,17 @@ class Domain:
 
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
-                 hash_cost: HashCost = HashCost(), mailer=None, id_node: int | None = None,
-                 redis_link=None, s3_client_factory=None) -> Domain:
+                 user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
+                 mailer=None, id_node: int | None = None, redis_link=None, s3_client_factory=None) -> Domain:
     """
     The domain of one daemon.
 
     :param clock: ``IReactorTime`` (the reactor; a fake clock in tests).
     :param store: the started-or-not :class:`~wecompany.store.interface.IStore`.
+    :param user_cache: the :class:`~wecompany.domain.usercache.UserCache`
+        the store invalidates (one of its ``user_caches``).
+    :param meeting_pages: the :class:`~wecompany.domain.meetingpages.MeetingPages`
+        the store invalidates (one of its ``meeting_caches``).
     :param secret: the access tokens' signing secret.
     :param run_hash: runs argon2 work in its thread pool.
     :param run_disk: runs file work in its thread pool.
@@ -109,6 +119,10 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param s3_client_factory: makes the S3 client when ``--file-storage``
         is ``s3://`` (default: boto3's); tests pass a fake.
     """
+    # Caches of stored rows are only correct if the store tells them of every write.
+    if user_cache not in store.user_caches or meeting_pages not in store.meeting_caches:
+        raise ValueError("the store must invalidate the caches: make it with user_caches=[user_cache], "
+                         "meeting_caches=[meeting_pages]")
     tokens = TokenIssuer(secret, clock, ttl=config.token_ttl)
     hasher = PasswordHasher(run_hash, time_cost=hash_cost.time_cost, memory_cost=hash_cost.memory_cost,
                             parallelism=hash_cost.parallelism)
@@ -126,7 +140,7 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                        per_target=config.login_failures_per_account, window=config.login_failure_window,
                        shared=shared)
     auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst, shared=shared)
-    accounts = Accounts(store, hasher, tokens, clock, guard)
+    accounts = Accounts(store, hasher, tokens, clock, guard, users=user_cache)
     directory = UserDirectory(store, registry)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
@@ -141,11 +155,11 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     rooms = RoomService(store, ice, clock, room_mirror, format_time=rfc3339)
     # The rooms here follow a meeting's REST changes, and the mirror tells the rooms on the other nodes.
     meetings = MeetingService(store, hasher, clock, guard,
-                              listeners=[rooms, room_mirror] if cluster.enabled else [rooms])
+                              listeners=[rooms, room_mirror] if cluster.enabled else [rooms], pages=meeting_pages)
     lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
     return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  cluster=cluster, storage=storage)
+                  cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages)

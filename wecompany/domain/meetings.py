@@ -57,16 +57,20 @@ class MeetingService:
     :param guard: the :class:`~wecompany.domain.ratelimit.LoginGuard`: a
         meeting password is guessed like an account's, so wrong ones count
         per client address and per meeting.
+    :param pages: the :class:`~wecompany.domain.meetingpages.MeetingPages`
+        the meeting list is read through (the store invalidates it); None:
+        every list is read from the store.
     """
 
     log = Logger()
 
-    def __init__(self, store, hasher, clock, guard, listeners=()) -> None:
+    def __init__(self, store, hasher, clock, guard, listeners=(), pages=None) -> None:
         self.store = store
         self.hasher = hasher
         self.clock = clock
         self.guard = guard
         self.listeners = list(listeners)
+        self.pages = pages
 
     # -- meetings -------------------------------------------------------------
     async def create(self, user, *, title: str, description: str = "", start_time: float | None = None,
@@ -95,10 +99,21 @@ class MeetingService:
         return meeting
 
     async def list(self, page: int, page_size: int, status: str | None = None, keyword: str | None = None):
+        """
+        -> (total, MeetingRecords of the page), from :attr:`pages` (a
+        :class:`~wecompany.domain.meetingpages.MeetingPages`) when it has it:
+        the records may be shared, so they are not to be changed.
+        """
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of: {', '.join(STATUSES)}")
-        return await self.store.list_meetings((page - 1) * page_size, page_size,
-                                              statuses=(status,) if status else None, keyword=keyword or None)
+        offset, statuses, keyword = (page - 1) * page_size, (status,) if status else None, keyword or None
+
+        def read():
+            return self.store.list_meetings(offset, page_size, statuses=statuses, keyword=keyword)
+
+        if self.pages is None:
+            return await read()
+        return await self.pages.page(offset, page_size, statuses, keyword, read)
 
     async def mine(self, user, page: int, page_size: int, which: str = "all"):
         """The user's meetings (created or participating): all, upcoming or history."""

@@ -22,6 +22,17 @@ class IStore(Interface):
     storage_problem = Attribute(
         "Why the last write failed for want of storage (``'disk full'``...), until a write succeeds; or None.")
 
+    user_caches = Attribute(
+        "Objects told ``invalidate(user_id)`` when a write to that user's row or profile (create_user,"
+        " update_user, set_password_hash, record_login, revoke_all_tokens, update_profile) is done or has"
+        " failed, before the write's Deferred fires (:class:`wecompany.domain.usercache.UserCache`);"
+        " a constructor keyword.")
+
+    meeting_caches = Attribute(
+        "Objects told ``invalidate(meeting_id)`` when a write to that meeting's row (create_meeting,"
+        " update_meeting, delete_meeting) is done or has failed, before the write's Deferred fires"
+        " (:class:`wecompany.domain.meetingpages.MeetingPages`); a constructor keyword.")
+
     def start():
         """Open the database and apply pending schema migrations. Deferred fires when ready."""
 

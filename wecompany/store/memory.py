@@ -142,6 +142,20 @@ class MemoryStore:
     _last_meeting_id: int = attrs.field(default=0, init=False)
     _last_participant_id: int = attrs.field(default=0, init=False)
     _last_meeting_message_id: int = attrs.field(default=0, init=False)
+    #: Told ``invalidate(user_id)`` after each write to a user's row or profile,
+    #: as the SQL store tells them (see :class:`~wecompany.domain.usercache.UserCache`).
+    user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+
+    #: Told ``invalidate(meeting_id)`` after each write to a meeting's row.
+    meeting_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+
+    def _user_written(self, user_id: int) -> None:
+        for cache in self.user_caches:
+            cache.invalidate(user_id)
+
+    def _meeting_written(self, meeting_id: int) -> None:
+        for cache in self.meeting_caches:
+            cache.invalidate(meeting_id)
 
     def start(self) -> Deferred[None]:
         self._running = True
@@ -169,6 +183,7 @@ class MemoryStore:
         self._profiles[user.id] = ProfileRecord(
             user.id, default_nickname(username, nickname), updated_at=float(now)
         )
+        self._user_written(user.id)
         return user
 
     def _find_clash(self, username: str | None, email: str | None,
@@ -213,6 +228,7 @@ class MemoryStore:
     def _update_user(self, user_id: int, **changes: Any) -> None:
         if user_id in self._users:
             self._users[user_id] = attrs.evolve(self._users[user_id], **changes)
+        self._user_written(user_id)
 
     @_fired
     def get_profile(self, user_id: int) -> ProfileRecord | None:
@@ -238,6 +254,7 @@ class MemoryStore:
         if clash is not None:
             raise clash
         user = self._users[user_id] = attrs.evolve(user, **checked)
+        self._user_written(user_id)
         return user
 
     @_fired
@@ -247,6 +264,7 @@ class MemoryStore:
             return None
         profile = attrs.evolve(self._profiles[user_id], **checked, updated_at=float(now))
         self._profiles[user_id] = profile
+        self._user_written(user_id)
         return profile
 
     @_fired
@@ -367,6 +385,7 @@ class MemoryStore:
             room_id=room_id, created_at=float(now), updated_at=float(now),
         )
         host = self._insert_participant(meeting.id, creator_id, ROLE_HOST, PARTICIPANT_INVITED)
+        self._meeting_written(meeting.id)
         return self._meeting_out(meeting), host
 
     def _meeting_out(self, meeting: MeetingRecord | None) -> MeetingRecord | None:
@@ -393,6 +412,7 @@ class MemoryStore:
             return None
         meeting = attrs.evolve(self._meetings[meeting_id], **checked, updated_at=float(now))
         self._meetings[meeting_id] = meeting
+        self._meeting_written(meeting_id)
         return self._meeting_out(meeting)
 
     @_fired
@@ -403,6 +423,7 @@ class MemoryStore:
         for rows in (self._participants, self._meeting_messages):
             for row_id in [row_id for row_id, row in rows.items() if row.meeting_id == meeting_id]:
                 del rows[row_id]
+        self._meeting_written(meeting_id)
         return True
 
     @_fired
@@ -576,6 +597,7 @@ class MemoryStore:
         user = self._users.get(user_id)
         if user is not None:
             self._users[user_id] = attrs.evolve(user, token_version=user.token_version + 1)
+        self._user_written(user_id)
         return self._revoke(lambda token: token.user_id == user_id, now)
 
     @_fired

@@ -213,6 +213,12 @@ class SQLStore:
     commit_interval: float = attrs.field(default=0.0, kw_only=True)
     _flush_call: IDelayedCall | None = attrs.field(default=None, init=False)
     _last_batch_at: float = attrs.field(default=float("-inf"), init=False)
+    #: Told ``invalidate(user_id)`` once a write to a user's row or profile is
+    #: done (see :class:`~wecompany.domain.usercache.UserCache`).
+    user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+    #: Told ``invalidate(meeting_id)`` once a write to a meeting's row is done
+    #: (see :class:`~wecompany.domain.meetingpages.MeetingPages`).
+    meeting_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
 
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
@@ -279,6 +285,34 @@ class SQLStore:
         return self._one(txn, "SELECT 1") == (1,)
 
     # -- plumbing -------------------------------------------------------------
+    def _user_written(self, user_id: int | None, d: Deferred[_T]) -> Deferred[_T]:
+        """Tell :attr:`user_caches` of a write to user ``user_id`` once it is done (the id may be the result's)."""
+        if not self.user_caches:
+            return d
+
+        def done(result: Any) -> Any:
+            changed = user_id if user_id is not None else (None if isinstance(result, Failure) else result.id)
+            if changed is not None:
+                for cache in self.user_caches:
+                    cache.invalidate(changed)
+            return result
+
+        return d.addBoth(done)
+
+    def _meeting_written(self, meeting_id: int | None, d: Deferred[_T]) -> Deferred[_T]:
+        """Tell :attr:`meeting_caches` of a write to meeting ``meeting_id`` once it is done (None: the result's)."""
+        if not self.meeting_caches:
+            return d
+
+        def done(result: Any) -> Any:
+            if meeting_id is not None or not isinstance(result, Failure):
+                changed = meeting_id if meeting_id is not None else result[0].id
+                for cache in self.meeting_caches:
+                    cache.invalidate(changed)
+            return result
+
+        return d.addBoth(done)
+
     def _running(self) -> bool:
         return self._ready and not self._closing
 
@@ -478,10 +512,10 @@ class SQLStore:
     # -- accounts -------------------------------------------------------------
     def create_user(self, username: str, password_hash: str, email: str | None,
                     nickname: str | None, now: float, role: str = "user") -> Deferred[UserRecord]:
-        return self._write(
+        return self._user_written(None, self._write(
             self._create_user_txn, username, password_hash, normalise_email(email),
             default_nickname(username, nickname), now, role,
-        )
+        ))
 
     def _create_user_txn(self, txn: Any, username: str, password_hash: str, email: str | None,
                          nickname: str, now: float, role: str) -> UserRecord:
@@ -533,10 +567,11 @@ class SQLStore:
         return user if user is not None else self._user_where_txn(txn, "email", login)
 
     def set_password_hash(self, user_id: int, password_hash: str) -> Deferred[None]:
-        return self._write(self._update_user_txn, "password_hash", password_hash, user_id)
+        return self._user_written(user_id, self._write(self._update_user_txn, "password_hash", password_hash,
+                                                        user_id))
 
     def record_login(self, user_id: int, now: float) -> Deferred[None]:
-        return self._write(self._update_user_txn, "last_login", now, user_id)
+        return self._user_written(user_id, self._write(self._update_user_txn, "last_login", now, user_id))
 
     def _update_user_txn(self, txn: Any, column: str, value: object, user_id: int) -> None:
         self._execute(txn, f"UPDATE users SET {column} = ? WHERE id = ?", (value, user_id))
@@ -562,7 +597,7 @@ class SQLStore:
         return self._read(self._by_ids_txn, select, column, chunks, record)
 
     def update_user(self, user_id: int, changes: Mapping[str, object]) -> Deferred[UserRecord | None]:
-        return self._write(self._update_account_txn, user_id, changes)
+        return self._user_written(user_id, self._write(self._update_account_txn, user_id, changes))
 
     def _update_account_txn(self, txn: Any, user_id: int, changes: Mapping[str, object]) -> UserRecord | None:
         checked = checked_user_changes(changes)
@@ -577,7 +612,7 @@ class SQLStore:
 
     def update_profile(self, user_id: int, changes: Mapping[str, object],
                        now: float) -> Deferred[ProfileRecord | None]:
-        return self._write(self._update_profile_txn, user_id, changes, now)
+        return self._user_written(user_id, self._write(self._update_profile_txn, user_id, changes, now))
 
     def _update_profile_txn(self, txn: Any, user_id: int, changes: Mapping[str, object],
                             now: float) -> ProfileRecord | None:
@@ -754,7 +789,7 @@ class SQLStore:
             "status": MEETING_SCHEDULED, "password_hash": password_hash, "settings": settings,
             "room_id": room_id, "created_at": now, "updated_at": now,
         }
-        return self._write(self._create_meeting_txn, values)
+        return self._meeting_written(None, self._write(self._create_meeting_txn, values))
 
     def _create_meeting_txn(self, txn: Any, values: dict[str, Any]) -> tuple[MeetingRecord, ParticipantRecord]:
         creator_id, now = values["creator_id"], values["created_at"]
@@ -790,7 +825,7 @@ class SQLStore:
 
     def update_meeting(self, meeting_id: int, changes: Mapping[str, object],
                        now: float) -> Deferred[MeetingRecord | None]:
-        return self._write(self._update_meeting_txn, meeting_id, changes, now)
+        return self._meeting_written(meeting_id, self._write(self._update_meeting_txn, meeting_id, changes, now))
 
     def _update_meeting_txn(self, txn: Any, meeting_id: int, changes: Mapping[str, Any],
                             now: float) -> MeetingRecord | None:
@@ -803,7 +838,8 @@ class SQLStore:
 
     def delete_meeting(self, meeting_id: int) -> Deferred[bool]:
         # Participants and messages go with it (ON DELETE CASCADE).
-        return self._write(self._delete_where_txn, "meetings", "id = ?", (meeting_id,))
+        return self._meeting_written(meeting_id, self._write(self._delete_where_txn, "meetings", "id = ?",
+                                                             (meeting_id,)))
 
     def _delete_where_txn(self, txn: Any, table: str, where: str, params: Sequence[object]) -> bool:
         return self._execute(txn, f"DELETE FROM {table} WHERE {where}", params).rowcount > 0
@@ -1094,7 +1130,7 @@ class SQLStore:
         return self._add_refresh_token_txn(txn, new_hash, old.user_id, old.family_id, now, expires_at)
 
     def revoke_all_tokens(self, user_id: int, now: float) -> Deferred[int]:
-        return self._write(self._revoke_all_txn, user_id, now)
+        return self._user_written(user_id, self._write(self._revoke_all_txn, user_id, now))
 
     def _revoke_all_txn(self, txn: Any, user_id: int, now: float) -> int:
         self._execute(txn, "UPDATE users SET token_version = token_version + 1 WHERE id = ?", (user_id,))
