@@ -181,9 +181,25 @@ def build_service(config: Config, reactor):
         raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
                                "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
                                "keep it out of the process list)")
-    # The store tells the caches of its writes (those of the other nodes come over the cluster's bus).
+    # The store tells the caches of its writes; in a cluster it also tells
+    # the relays, which tell the other nodes' caches (wecompany.mirror.caches).
     user_cache, meeting_pages = UserCache(reactor), MeetingPages(reactor)
-    store = build_store(config, reactor, user_caches=[user_cache], meeting_caches=[meeting_pages])
+    user_caches, meeting_caches = [user_cache], [meeting_pages]
+    redis_link = None
+    if config.redis is not None:
+        import attrs
+
+        from wecompany.mirror.caches import relays
+        from wecompany.mirror.cluster import all_channel, new_node_id
+        from wecompany.mirror.redis import RedisLink  # no Redis code runs without --redis
+
+        if config.node_id is None:  # known before the store is made: its relays name it
+            config = attrs.evolve(config, node_id=new_node_id())
+        redis_link = RedisLink(reactor, config.redis)
+        user_relay, meeting_relay = relays(redis_link, all_channel(config.redis_prefix), config.node_id)
+        user_caches.append(user_relay)
+        meeting_caches.append(meeting_relay)
+    store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches)
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
     sqlite_path = config.sqlite_path  # None for PostgreSQL
@@ -195,17 +211,15 @@ def build_service(config: Config, reactor):
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
-    redis_link = None
-    if config.redis is not None:
-        from wecompany.mirror.redis import RedisLink  # no Redis code runs without --redis
-        redis_link = RedisLink(reactor, config.redis)
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link)
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
-        cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms, domain.files)
+        from wecompany.mirror.caches import MEETINGS, USERS
+        cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms, domain.files,
+                                   caches={USERS: user_cache, MEETINGS: meeting_pages})
 
     tcp_factory = WeCompanyFactory(
         domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,

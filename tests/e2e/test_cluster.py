@@ -135,6 +135,22 @@ class CrossNodeTests(ClusterCase):
         code, body = await Http(self, node).call("GET", "/api/v1/stats/overview", token=token)
         return body["data"]["online_users"]
 
+    async def test_a_token_ended_on_one_node_is_refused_by_the_others_at_once(self) -> None:
+        n1, n2 = await self.cluster(2)
+        http1, http2 = Http(self, n1), Http(self, n2)
+        await http1.register("alice")
+        token = (await http1.login("alice"))["token"]
+        code, _ = await http2.call("GET", "/api/v1/users/profile", token=token)
+        self.assertEqual(code, 200)  # n2 now holds alice in its cache
+        alice = await self.connect(n2, "alice on n2")
+        await alice.login_token(token)
+        code, body = await http1.call("DELETE", "/api/v1/users/account", token=token)
+        self.assertEqual(code, 200, body)
+        # n1 told n2's caches before it told n2 to close alice's session (one connection, in order):
+        await alice.wait_closed()
+        code, body = await http2.call("GET", "/api/v1/users/profile", token=token)
+        self.assertEqual(code, 401, body)
+
     async def test_a_three_node_meeting_room(self) -> None:
         nodes = await self.cluster()
         http = Http(self, nodes[0])

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.helpers import FakeClient, make_domain, make_user
 from tests.mirror.fakeredis import FakeLink, FakeRedisServer
 from wecompany.domain import events as ev
+from wecompany.mirror.caches import MEETINGS, USERS
 from wecompany.mirror.cluster import ClusterNode
 from wecompany.store.memory import MemoryStore
 
@@ -29,7 +30,8 @@ class Node:
         self.domain = make_domain(case, clock=case.clock, store=case.store, redis_link=self.link,
                                   node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1, **options)
         self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls, self.domain.rooms,
-                                self.domain.files)
+                                self.domain.files, caches={USERS: self.domain.user_cache,
+                                                           MEETINGS: self.domain.meeting_pages})
         self.node.start()
 
     @property

@@ -69,6 +69,11 @@ def new_node_id() -> str:
     return "n-" + secrets.token_hex(4)
 
 
+def all_channel(prefix: str) -> str:
+    """The channel every node of the cluster under ``prefix`` hears."""
+    return prefix + KEY_VERSION + "all"
+
+
 @implementer(IClient)
 class RemoteClient:
     """
@@ -236,7 +241,7 @@ class Cluster(LocalCluster):
 
     @property
     def all_channel(self) -> str:
-        return self.key("all")
+        return self.key("all")  # = all_channel(prefix)
 
     def address(self, sid: str) -> str:
         return f"{self.node_id}/{sid}"
@@ -556,13 +561,16 @@ class ClusterNode:
     :param rooms: the RoomService (its members elsewhere; its ``mirror`` is
         the :class:`~wecompany.mirror.rooms.RoomMirror`).
     :param files: the FileService (a dead node's unfinished uploads are removed).
+    :param caches: the read caches by name (:mod:`wecompany.mirror.caches`):
+        what another node's store invalidates is forgotten here too.
     """
 
     log = Logger()
 
-    def __init__(self, cluster: Cluster, chat, calls, rooms, files=None) -> None:
+    def __init__(self, cluster: Cluster, chat, calls, rooms, files=None, caches=None) -> None:
         self.cluster = cluster
         self.files = files
+        self.caches = dict(caches or {})
         self.chat = chat
         self.calls = calls
         self.rooms = rooms
@@ -632,6 +640,9 @@ class ClusterNode:
         c = self.cluster
         await self._beat_once()
         c.release_pending()
+        # What other nodes changed meanwhile was not heard: their caches' entries go.
+        for cache in self.caches.values():
+            cache.invalidate_all()
         for sid, client in list(c.local_by_sid.items()):
             await c._announce_session(client, sid, fresh=False)
         await self.room_mirror.republish()
@@ -801,6 +812,10 @@ class ClusterNode:
             self._forget_node(sender)
             c.peers.pop(sender, None)
             self.rooms.node_gone(sender)
+        elif kind == "invalidate":
+            cache = self.caches.get(message.get("cache"))
+            if cache is not None:
+                cache.invalidate(message["key"])
         elif kind == "broadcast":
             event = decode_event(message["event"])
             for client in self.chat.registry.chat_clients():
