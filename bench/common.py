@@ -210,19 +210,23 @@ class CpuMeter:
     machine shows up as noise).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
+        # Several pids (the nodes of a cluster, and Redis): their sum is "the server".
         self.pid = pid
+        self.pids = (pid, *more)
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        self.c0 = cpu_seconds(self.pid)
+        self.p0 = [cpu_seconds(p) for p in self.pids]
         self.o0 = own_cpu_seconds()
         self.m0 = machine_busy_seconds()
         self.s0 = steal_seconds()
 
     def stop(self) -> None:
         self.wall = time.monotonic() - self.t0
-        self.server_s = cpu_seconds(self.pid) - self.c0
+        #: CPU seconds of each pid, in the order given.
+        self.per_pid_s = [cpu_seconds(p) - c for p, c in zip(self.pids, self.p0)]
+        self.server_s = sum(self.per_pid_s)
         self.server_pct = 100.0 * self.server_s / self.wall
         self.client_pct = 100.0 * (own_cpu_seconds() - self.o0) / self.wall
         self.machine_s = machine_busy_seconds() - self.m0
@@ -273,12 +277,16 @@ import json, sys, time
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from wecompany.store.sqlite import SQLiteStore
+from wecompany.store.postgres import PostgreSQLStore
 
-def main(reactor, db_path, names_file, password_hash):
+def main(reactor, database, names_file, password_hash):
     async def run():
         with open(names_file) as f:
             names = json.load(f)
-        store = SQLiteStore(db_path, reactor=reactor)
+        if database.startswith("postgresql://"):
+            store = PostgreSQLStore(database, reactor=reactor)
+        else:
+            store = SQLiteStore(database, reactor=reactor)
         await store.start()  # applies the migrations
         ids = {}
         try:
@@ -309,11 +317,13 @@ def write_secret(data_dir: str) -> bytes:
     return secret
 
 
-def prepare_accounts(data_dir: str, names: list[str], timeout: float = 300.0) -> tuple[bytes, dict[str, int]]:
+def prepare_accounts(data_dir: str, names: list[str], timeout: float = 300.0,
+                     database: str | None = None) -> tuple[bytes, dict[str, int]]:
     """
     Before the daemon starts: write the JWT secret and create ``names`` as
     accounts in ``<data_dir>/wecompany.sqlite3`` (the daemon's default
-    database), all with one precomputed argon2id hash of :data:`PASSWORD`.
+    database), or in the PostgreSQL ``database`` (a URL) when given, all
+    with one precomputed argon2id hash of :data:`PASSWORD`.
     Returns ``(secret, {username: user_id})``.
     """
     from wecompany.domain.passwords import PasswordHasher
@@ -324,7 +334,7 @@ def prepare_accounts(data_dir: str, names: list[str], timeout: float = 300.0) ->
     names_file = os.path.join(data_dir, "bench-users.json")
     with open(names_file, "w") as f:
         json.dump(names, f)
-    subprocess.run([sys.executable, "-c", _MAKE_USERS, os.path.join(data_dir, "wecompany.sqlite3"),
+    subprocess.run([sys.executable, "-c", _MAKE_USERS, database or os.path.join(data_dir, "wecompany.sqlite3"),
                     names_file, password_hash],
                    env=clean_env(), check=True, timeout=timeout)
     with open(names_file) as f:
@@ -354,8 +364,9 @@ def _raise_child_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-# Every client of a benchmark is 127.0.0.1: lift the per-address connection cap.
-LOOPBACK_CLIENTS = ("--max-connections-per-address", "1000000")
+# Every client of a benchmark is 127.0.0.1: lift the per-address connection
+# cap and the per-address budget of auth requests (TCP logins included).
+LOOPBACK_CLIENTS = ("--max-connections-per-address", "1000000", "--auth-rate", "100000", "--auth-burst", "100000")
 
 
 class Daemon:
@@ -434,6 +445,154 @@ class Daemon:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         return self.proc.returncode
+
+
+# -- a cluster: private Redis, a scratch PostgreSQL database, several daemons -----------------
+
+DEFAULT_POSTGRESQL = os.environ.get("WECOMPANY_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class RedisServer:
+    """
+    A private ``redis-server`` on a free loopback port, keeping nothing on
+    disk, so a benchmark neither disturbs nor is disturbed by the shared
+    one, and its CPU can be read (``pid``).
+    """
+
+    def __init__(self, workdir: str, timeout: float = 10.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                      "--appendonly", "no", "--dir", workdir],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class ScratchDatabase:
+    """A fresh ``wc_bench_<random>`` database on a PostgreSQL server, dropped by :meth:`drop`."""
+
+    def __init__(self, server: str = DEFAULT_POSTGRESQL) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self._sql = sql
+        try:
+            self.admin = psycopg.connect(server, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise RuntimeError(f"no PostgreSQL at {server} (--postgresql): {error}".strip()) from None
+        self.name = f"wc_bench_{secrets.token_hex(6)}"
+        self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        head, _, _ = server.rpartition("/")
+        self.url = f"{head}/{self.name}"
+
+    def drop(self) -> None:
+        self.admin.execute(self._sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            self._sql.Identifier(self.name)))
+        self.admin.close()
+
+
+class ClusterNodes:
+    """
+    ``count`` daemons acting as one service, as ``docs/cluster.rst`` and
+    the end-to-end cluster tests run them: one private Redis, one scratch
+    PostgreSQL database made here (accounts are created in it before the
+    start, as :func:`prepare_accounts` does for one daemon), a shared file
+    storage directory, one JWT secret, each with its own ``--node-id`` and
+    data directory. ``nodes`` are :class:`Daemon` s; :meth:`stop` stops
+    them all (SIGTERM) and returns their exit statuses.
+    """
+
+    def __init__(self, workspace: "Workspace", count: int, names: list[str], args: tuple[str, ...] = (),
+                 postgresql: str = DEFAULT_POSTGRESQL, preamble: str = "") -> None:
+        self.redis = RedisServer(workspace.sub("redis"))
+        self.database = None
+        self.nodes: list[Daemon] = []
+        try:
+            self.database = ScratchDatabase(postgresql)
+            first = workspace.sub("node1")
+            self.secret, self.ids = prepare_accounts(first, names, database=self.database.url)
+            files = workspace.sub("files")
+            prefix = f"bench{secrets.token_hex(3)}:"
+            for i in range(count):
+                data_dir = first if i == 0 else workspace.sub(f"node{i + 1}")
+                self.nodes.append(Daemon(data_dir, preamble=preamble, args=(
+                    "--redis", self.redis.url, "--redis-prefix", prefix, "--node-id", f"n{i + 1}",
+                    "--jwt-secret", self.secret.decode(), "--database", self.database.url,
+                    "--file-storage", f"file:{files}", *args)))
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, timeout: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_for_peers(timeout)
+
+    def wait_for_peers(self, timeout: float) -> None:
+        """Until every node's /health lists every node (their heartbeats have been seen)."""
+        want = {f"n{i + 1}" for i in range(len(self.nodes))}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(want <= set(health(node.http_port).get("cluster", {}).get("nodes", ())) for node in self.nodes):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the nodes did not see each other within the timeout")
+
+    @property
+    def pids(self) -> list[int]:
+        return [node.pid for node in self.nodes]
+
+    def tokens(self) -> dict[str, str]:
+        return mint_tokens(self.secret, self.ids)
+
+    def stop(self) -> list:
+        statuses = [node.stop() for node in self.nodes]
+        self.redis.stop()
+        if self.database is not None:
+            self.database.drop()
+            self.database = None
+        return statuses
+
+
+def health(http_port: int) -> dict:
+    """``GET /health`` of a daemon (blocking; for setup only): its JSON, or {} when it does not answer."""
+    import urllib.request
+
+    with contextlib.suppress(OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=5) as answer:
+            body = json.loads(answer.read())
+            return body.get("data", body)
+    return {}
 
 
 class Baseline:

@@ -57,11 +57,23 @@ def client_worker(wid, port, mode, pairs, cfg, ready_q, start_value, result_q):
 
 
 async def _setup_daemon_calls(port, token_pairs, size):
-    tokens = [t for pair in token_pairs for t in pair]
-    clients, _, failures = await common.connect_and_login(
-        port, tokens, concurrency=50, factory=lambda: common.MediaClient(size=size))
-    if failures:
-        raise RuntimeError(f"{len(failures)} logins failed: {failures[:3]}")
+    """
+    Log in both parties of each pair and place their calls. A party is a
+    token (it connects to ``port``) or ``(token, port)`` (the nodes of a
+    cluster: ``bench/cluster_media.py``).
+    """
+    parties = [party if isinstance(party, tuple) else (party, port) for pair in token_pairs for party in pair]
+    clients = [None] * len(parties)
+    for node_port in sorted({p for _, p in parties}):
+        mine = [i for i, (_, p) in enumerate(parties) if p == node_port]
+        logged_in, _, failures = await common.connect_and_login(
+            node_port, [parties[i][0] for i in mine], concurrency=50, factory=lambda: common.MediaClient(size=size))
+        if failures:
+            raise RuntimeError(f"{len(failures)} logins failed: {failures[:3]}")
+        for i, client in zip(mine, logged_in):
+            clients[i] = client
+    if len({p for _, p in parties}) > 1:
+        await asyncio.sleep(1.0)  # every node has heard of every session (a few ms, normally)
     await asyncio.gather(*(common.place_call(clients[2 * i], clients[2 * i + 1]) for i in range(len(token_pairs))))
     return clients
 
@@ -147,12 +159,15 @@ def measure(args, relay, mode, pairs, profile_path=None) -> dict:
                 if not all(p.is_alive() for p in procs):
                     break
         if ready < args.procs:
-            raise RuntimeError("client processes failed to set up their calls")
+            errors = []
+            while not result_q.empty():
+                errors.append(result_q.get_nowait().get("error"))
+            raise RuntimeError(f"client processes failed to set up their calls: {errors}")
         rss_before = relay.rss_kib()
         start_at = time.monotonic() + 1.0
         start_value.value = start_at
         time.sleep(max(0.0, start_at + WARMUP - time.monotonic()))
-        cpu = common.CpuMeter(relay.pid)
+        cpu = common.CpuMeter(*getattr(relay, "pids", (relay.pid,)))
         cpu.start()
         if profile_path:
             profile = common.Profile(relay.pid, args.duration - WARMUP - 1, profile_path)
@@ -186,6 +201,7 @@ def measure(args, relay, mode, pairs, profile_path=None) -> dict:
         "loop_lag": [x for r in results for x in r["loop_lag_ms"]],
         "client_cpu": client_cpu,
         "relay_cpu": cpu.server_pct,
+        "per_pid_cpu": [100.0 * x / cpu.wall for x in cpu.per_pid_s],
         "noise": cpu.noise(client_cpu / 100 * cpu.wall),
         "rss": (rss_before, rss_after, max(rss)),
         "errors": sum(r["errors"] for r in results),
