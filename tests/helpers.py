@@ -53,7 +53,7 @@ CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_node=1, s3_client=None,
-                **options):
+                node_links=None, **options):
     """
     The daemon's domain, built by the daemon's own :func:`build_domain`, on
     a fake clock (at 2023-11-14), the in-memory store (or ``store``: nodes
@@ -87,7 +87,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
     return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
                         run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
                         meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
-                        redis_link=redis_link, s3_client_factory=None if s3_client is None else lambda: s3_client)
+                        redis_link=redis_link, node_links=node_links,
+                        s3_client_factory=None if s3_client is None else lambda: s3_client)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:

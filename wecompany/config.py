@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import attrs
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 from wecompany.privatefs import make_private_dir
 
@@ -151,6 +151,16 @@ def parse_endpoint(name: str, value: object) -> str:
         port = _port_number(kwargs.get("port", args[0] if args else None))
         if port is None or not 0 <= port <= 65535:
             raise _fail(name, value, "an endpoint with a port between 0 and 65535")
+    return text
+
+
+def parse_client_endpoint(name: str, value: object) -> str:
+    """A client endpoint string such as ``tcp:host=10.0.0.5:port=7100``."""
+    text = _text(name, value, "a client endpoint such as tcp:host=10.0.0.5:port=7100")
+    try:
+        clientFromString(_NoReactor(), text)
+    except Exception as error:
+        raise ConfigError(f"{option_label(name)}: {value!r} is not a valid client endpoint ({error})") from None
     return text
 
 
@@ -498,6 +508,14 @@ class Config:
     node_timeout: float = _option(15.0, parse_seconds,
                                   "seconds after which a node whose heartbeat stopped counts as dead, and the "
                                   "others end its calls and drop its sessions")
+    node_link: str | None = _option(None, optional(parse_endpoint),
+                                    "endpoint on which this node takes the other nodes' direct connections for "
+                                    "call media, e.g. tcp:7100:interface=10.0.0.5 (default: off, media between "
+                                    "nodes goes through Redis)")
+    node_link_address: str | None = _option(None, optional(parse_client_endpoint),
+                                            "how the other nodes reach this node's node-link, a client endpoint "
+                                            "such as tcp:host=10.0.0.5:port=7100 or tls:host=node1:port=7100 "
+                                            "(default: node-link's interface and port)")
     max_frame: int = _option(MiB, parse_size,
                              "largest TCP frame accepted or sent, in bytes; K/KiB/M/MiB suffixes allowed "
                              "(1 KiB to 64 MiB)")
@@ -571,6 +589,16 @@ class Config:
         # (also behind a wrapper: haproxy:tcp:0).
         if self.port == self.http_port and not re.match(r"^(haproxy:)?[a-z0-9]+:0(:|$)", self.port):
             raise ConfigError(f"port and http-port: both are {self.port!r}; they must differ")
+        if self.node_link is not None:
+            if self.redis is None:
+                raise ConfigError("node-link: links between the nodes of a cluster need --redis")
+            interface = split_endpoint(self.node_link)[2].get("interface", "")
+            if self.node_link_address is None and interface in ("", "0.0.0.0", "::"):
+                raise ConfigError(f"node-link: {self.node_link!r} listens on every interface: say with "
+                                  "--node-link-address how the other nodes reach this one, or give it "
+                                  "interface=ADDRESS")
+        elif self.node_link_address is not None:
+            raise ConfigError("node-link-address: it needs --node-link")
 
     @property
     def database_kind(self) -> str:

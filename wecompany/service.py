@@ -30,11 +30,16 @@ from twisted.python.failure import Failure
 
 @attrs.frozen
 class Listener:
-    """A port to listen on: a name for logs, an ``IStreamServerEndpoint``, a factory."""
+    """
+    A port to listen on: a name for logs, an ``IStreamServerEndpoint``, a
+    factory, and optionally ``on_listening(port)``, told the port once it
+    listens (the media link announces its address).
+    """
 
     name: str
     endpoint: object
     factory: object
+    on_listening: object = None
 
 
 class WeCompanyService(MultiService):
@@ -107,6 +112,8 @@ class WeCompanyService(MultiService):
 
         def look(result):
             outcome.append(result)
+            if listener.on_listening is not None and not isinstance(result, Failure):
+                listener.on_listening(result)
             return result  # leave the port (or failure) in the Deferred
 
         d.addBoth(look)

@@ -211,9 +211,19 @@ def build_service(config: Config, reactor):
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
+    node_links = None
+    if config.node_link is not None:
+        from twisted.internet.endpoints import clientFromString
+
+        from wecompany.mirror.medialink import NodeLinks, link_key
+
+        node_links = NodeLinks(reactor, config.node_id, link_key(secret, config.redis_prefix),
+                               connect=partial(clientFromString, reactor), address=config.node_link_address,
+                               max_frame=config.max_frame)
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
-                          user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link)
+                          user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
+                          node_links=node_links)
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
@@ -239,6 +249,9 @@ def build_service(config: Config, reactor):
 
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
                  Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
+    if node_links is not None:
+        listeners.append(Listener("node-link", serverFromString(reactor, config.node_link), node_links.factory(),
+                                  on_listening=node_links.listening))
 
     stored = getattr(domain.storage, "root", None)  # a directory, unless the files are in S3
     warnings = exposure_warnings([config.data_dir, *database_files,

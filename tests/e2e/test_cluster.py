@@ -131,6 +131,34 @@ class CrossNodeTests(ClusterCase):
         carol.call(alice.user_id)
         self.assertEqual((await carol.expect(MsgType.CALL_REJECT))["reason"], "busy")
 
+    async def test_call_media_over_the_node_links(self) -> None:
+        n1, n2 = await self.cluster(2, extra=("--node-link", "tcp:0:interface=127.0.0.1"))
+        for node, other in ((n1, "n2"), (n2, "n1")):
+            async def linked(node=node, other=other):
+                with open(node.log_path) as log:
+                    return f"media link with node {other} is up" in log.read()
+
+            await self.eventually(linked, f"{node.log_path} to link with {other}")
+        alice = await self.tcp_user(n1, "alice")
+        bob = await self.tcp_user(n2, "bob")
+
+        async def both_online():
+            return await self.online_users(n1, alice.token) == 2
+
+        await self.eventually(both_online, "n1 to hear of bob on n2")
+        call_id = await self.active_call(alice, bob)
+        sent = {alice: [b"A%03d" % i + bytes(900) for i in range(200)],
+                bob: [b"B%03d" % i + bytes(900) for i in range(200)]}
+        for i in range(200):
+            alice.media(sent[alice][i])
+            bob.media(sent[bob][i])
+        for sender, receiver in ((alice, bob), (bob, alice)):
+            packets = [await receiver.expect(MsgType.MEDIA_DATA) for _ in range(200)]
+            self.assertEqual([p["media"] for p in packets], sent[sender])
+        bob.hang_up(call_id)
+        for party in (alice, bob):
+            self.assertEqual((await party.expect(MsgType.CALL_END))["reason"], "hangup")
+
     async def online_users(self, node: Daemon, token: str) -> int:
         code, body = await Http(self, node).call("GET", "/api/v1/stats/overview", token=token)
         return body["data"]["online_users"]

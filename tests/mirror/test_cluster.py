@@ -367,3 +367,89 @@ class NodeIdentityTests(ClusterCase):
         run(first.node.stop())
         self.settle(NODE_TIMEOUT / 3 + 0.1)
         self.assertFalse(second.domain.cluster.status()["node_id_in_use"])  # it is free now
+
+
+class MediaLinkTests(ClusterCase):
+    """With --node-link, call media between nodes skips Redis (wecompany.mirror.medialink)."""
+
+    def linked_node(self, name: str):
+        from tests.mirror.test_medialink import FakeEndpoint, Wire
+        from wecompany.mirror.medialink import NodeLinks, link_key
+
+        if not hasattr(self, "wire"):
+            self.wire, self.listening = Wire(), {}
+        links = NodeLinks(self.clock, name, link_key(b"k" * 32, "wecompany:"),
+                          connect=lambda address: FakeEndpoint(self, address), address=f"mem:{name}")
+        self.listening[links.address] = links
+        return self.node(name, node_links=links), links
+
+    def settle(self, seconds: float = 0.0) -> None:
+        super().settle(seconds)
+        if hasattr(self, "wire"):
+            self.wire.pump()
+            super().settle()
+
+    def media_published(self) -> int:
+        return sum(1 for _, _, message in self.server.heard if '"media"' in message or '"call-media"' in message)
+
+    def test_media_crosses_over_the_link_once_the_nodes_know_each_others_address(self):
+        (a, a_links), (b, b_links) = self.linked_node("a"), self.linked_node("b")
+        self.settle(NODE_TIMEOUT)  # a heartbeat each, and each has read the other's
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        self.assertEqual((list(a_links.links), list(b_links.links)), (["b"], ["a"]))  # made at once
+        for i in range(3):
+            a.domain.calls.relay(alice, b"alice %d" % i)
+            b.domain.calls.relay(bob, b"bob %d" % i)
+        self.settle()
+        self.assertEqual(self.media_published(), 0)  # none through Redis
+        self.assertEqual([m for _, m in bob.media], [b"alice %d" % i for i in range(3)])
+        self.assertEqual([m for _, m in alice.media], [b"bob %d" % i for i in range(3)])
+        self.assertEqual(a_links.sent + b_links.sent, 6)
+        self.assertEqual(a.domain.calls.relayed_packets, 6)  # the owner relayed every packet
+
+    def test_without_a_link_media_goes_through_redis(self):
+        (a, a_links), (b, _) = self.linked_node("a"), self.linked_node("b")
+        self.settle(NODE_TIMEOUT)
+        del self.listening["mem:b"]  # b's link port is gone: a's link to it breaks, and cannot be made again
+        for link in list(a_links._open):
+            link.transport.loseConnection()
+        self.settle()
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        a.domain.calls.relay(alice, b"to bob")
+        b.domain.calls.relay(bob, b"to alice")
+        self.settle()
+        self.assertEqual((bob.media, alice.media), ([(call.call_id, b"to bob")], [(call.call_id, b"to alice")]))
+        self.assertEqual(self.media_published(), 2)
+
+    def test_media_from_a_stranger_on_the_link_reaches_nobody(self):
+        (a, a_links), (b, _) = self.linked_node("a"), self.linked_node("b")
+        self.settle(NODE_TIMEOUT)
+        alice, bob = self.login(a, "alice"), self.login(b, "bob")
+        call = self.call(a, alice, "bob")
+        b.domain.calls.accept(bob, call.call_id)
+        self.settle()
+        from wecompany.mirror.medialink import FROM_PARTY, TO_CLIENT
+        # Node b speaks only for its own sessions: not for alice's (on a), nor for unknown ones.
+        a_links.received("b", FROM_PARTY, a.domain.cluster.sid_of[alice], "", b"forged")
+        a_links.received("b", FROM_PARTY, "no-such-session", "", b"forged")
+        a_links.received("b", TO_CLIENT, "no-such-session", call.call_id, b"forged")
+        self.settle()
+        self.assertEqual((alice.media, bob.media), ([], []))
+        a_links.received("b", FROM_PARTY, b.domain.cluster.sid_of[bob], "", b"from bob")
+        self.settle()
+        self.assertEqual(alice.media, [(call.call_id, b"from bob")])  # what b may say arrives
+
+    def test_a_dead_node_is_forgotten_by_the_links(self):
+        (_, a_links), (b, _) = self.linked_node("a"), self.linked_node("b")
+        self.settle(NODE_TIMEOUT)
+        self.assertEqual(a_links.addresses, {"b": "mem:b"})
+        b.node._heartbeat.stop()
+        b.node._resync.stop()
+        self.settle(2 * NODE_TIMEOUT)
+        self.assertEqual(a_links.addresses, {})

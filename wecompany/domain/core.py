@@ -99,7 +99,8 @@ class Domain:
 
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
                  user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
-                 mailer=None, id_node: int | None = None, redis_link=None, s3_client_factory=None) -> Domain:
+                 mailer=None, id_node: int | None = None, redis_link=None, node_links=None,
+                 s3_client_factory=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -116,6 +117,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param id_node: the node number message ids carry (default: random).
     :param redis_link: a :class:`~wecompany.mirror.redis.RedisLink` (or a
         fake) when the daemon is clustered (``--redis``); None otherwise.
+    :param node_links: the :class:`~wecompany.mirror.medialink.NodeLinks`
+        for call media between nodes (``--node-link``), or None.
     :param s3_client_factory: makes the S3 client when ``--file-storage``
         is ``s3://`` (default: boto3's); tests pass a fake.
     """
@@ -132,7 +135,7 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     else:
         cluster = Cluster(redis_link, registry, clock, node_id=config.node_id, prefix=config.redis_prefix,
                           node_timeout=config.node_timeout,
-                          call_lock_ttl=config.ring_timeout + config.max_call + 60)
+                          call_lock_ttl=config.ring_timeout + config.max_call + 60, links=node_links)
         shared = SharedLimits(cluster)  # so that spreading guesses over the nodes buys none
     # One set of limits for every transport: guesses at a password (per
     # address and per account or meeting), and auth requests per address.

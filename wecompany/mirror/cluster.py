@@ -53,6 +53,7 @@ from wecompany.domain.sessions import Identity
 from wecompany.errors import Unavailable, WeCompanyError
 from wecompany.mirror import scripts
 from wecompany.mirror.codec import decode_event, dumps, encode_event, loads
+from wecompany.mirror.medialink import FROM_PARTY, TO_CLIENT
 
 DELIVERED, STORED = 0, 1  # as ChatService's TextAck statuses
 KEY_VERSION = "v1:"
@@ -96,9 +97,7 @@ class RemoteClient:
         self.cluster.to_node(self.node, {"t": "event", "sid": self.sid, "event": encode_event(event)})
 
     def send_media(self, call_id: str, data: bytes) -> bool:
-        self.cluster.to_node(self.node, {"t": "media", "sid": self.sid, "call": call_id,
-                                         "data": base64.b64encode(data).decode()})
-        return True
+        return self.cluster.send_media(self.node, TO_CLIENT, self.sid, call_id, data)
 
     def disconnect(self, error: WeCompanyError) -> None:
         self.cluster.to_node(self.node, {"t": "kick", "sid": self.sid, **_error_fields(error)})
@@ -207,8 +206,10 @@ class Cluster(LocalCluster):
     log = Logger()
 
     def __init__(self, link, registry, clock, *, node_id: str | None = None, prefix: str = "wecompany:",
-                 node_timeout: float = 15.0, call_lock_ttl: float = 3700.0) -> None:
+                 node_timeout: float = 15.0, call_lock_ttl: float = 3700.0, links=None) -> None:
         self.link = link
+        #: Direct media links to the other nodes (a :class:`~wecompany.mirror.medialink.NodeLinks`), or None.
+        self.links = links
         self.registry = registry
         self.clock = clock
         self.node_id = node_id or new_node_id()
@@ -528,8 +529,23 @@ class Cluster(LocalCluster):
         held = self.remote_calls.get(client)
         if held is None:
             return False
-        self.to_node(held[1], {"t": "call-media", "sid": self.sid_of.get(client, ""),
-                               "data": base64.b64encode(data).decode()})
+        self.send_media(held[1], FROM_PARTY, self.sid_of.get(client, ""), held[0], data)
+        return True
+
+    def send_media(self, node: str, op: int, sid: str, call_id: str, data: bytes) -> bool:
+        """
+        One media packet to ``node``: over the direct link to it when there
+        is one (``--node-link``), else through Redis. -> False when it was
+        dropped (the link is full).
+        """
+        if self.links is not None:
+            sent = self.links.send(node, op, sid, call_id, data)
+            if sent is not None:
+                return sent
+        if op == TO_CLIENT:
+            self.to_node(node, {"t": "media", "sid": sid, "call": call_id, "data": base64.b64encode(data).decode()})
+        else:
+            self.to_node(node, {"t": "call-media", "sid": sid, "data": base64.b64encode(data).decode()})
         return True
 
     def status(self) -> dict:
@@ -590,6 +606,8 @@ class ClusterNode:
             "room-event": self.room_mirror.on_node_message, "room-replace": self.room_mirror.on_node_message,
             "stored": lambda message: self.chat.kick_drain(str(message["uid"])),
         }
+        if cluster.links is not None:
+            cluster.links.on_media(self._link_media)
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -621,6 +639,8 @@ class ClusterNode:
                 await c.flush()
             except Exception:
                 self.log.failure("cluster: leaving failed")
+        if c.links is not None:
+            c.links.stop()
         await c.link.stop()
 
     def link_up(self) -> None:
@@ -679,6 +699,8 @@ class ClusterNode:
         await self._claim_number(redis, 2 * ttl)
         beat = {"id": c.node_id, "started": self.started_at, "calls": self.calls.count,
                 "active_calls": self.calls.active_count, "rooms": self.rooms.local_room_ids()}
+        if c.links is not None and c.links.address is not None:
+            beat["link"] = c.links.address
         await redis.set(c.key("node", c.node_id), dumps(beat),
                         expire=max(1, int(round(c.node_timeout))))
         await redis.sadd(c.key("nodes"), c.node_id)
@@ -727,6 +749,8 @@ class ClusterNode:
             except ValueError:
                 beat = None
             c.peers[node] = beat if isinstance(beat, dict) else {}
+            if c.links is not None:
+                c.links.peer_address(node, c.peers[node].get("link"))
             sessions = await redis.hgetall(c.key("sessions", node))
             known = {sid for n, sid in c.remote if n == node}
             for sid, raw in sessions.items():
@@ -747,6 +771,8 @@ class ClusterNode:
             self.log.warn("cluster: node {node} stopped answering: its sessions are gone", node=node)
         self._forget_node(node)
         c.peers.pop(node, None)
+        if c.links is not None:
+            c.links.forget(node)
         self.rooms.node_gone(node)
         for client, (call_id, owner) in list(c.remote_calls.items()):
             if owner == node:  # this node's client was in a call the dead node owned
@@ -811,6 +837,8 @@ class ClusterNode:
         elif kind == "bye":
             self._forget_node(sender)
             c.peers.pop(sender, None)
+            if c.links is not None:
+                c.links.forget(sender)
             self.rooms.node_gone(sender)
         elif kind == "invalidate":
             cache = self.caches.get(message.get("cache"))
@@ -841,9 +869,20 @@ class ClusterNode:
         client.send_event(event)
 
     def _media(self, message: dict) -> None:
-        client = self._local(message)
-        if client is not None:
-            client.send_media(message["call"], base64.b64decode(message["data"]))
+        self._link_media(message["from"], TO_CLIENT, message.get("sid", ""), message["call"],
+                         base64.b64decode(message["data"]))
+
+    def _link_media(self, node: str, op: int, sid: str, call_id: str, data: bytes) -> None:
+        """A media packet from ``node`` (over a link or through Redis)."""
+        c = self.cluster
+        if op == TO_CLIENT:
+            client = c.local_by_sid.get(sid)
+            if client is not None:
+                client.send_media(call_id, data)
+        else:
+            party = c.remote.get((node, sid))
+            if party is not None:
+                self.calls.relay(party, data)
 
     def _kick(self, message: dict) -> None:
         client = self._local(message)
@@ -892,6 +931,4 @@ class ClusterNode:
             self.log.debug("cluster: {op} of call {call}: {why}", op=op, call=call_id, why=error.message)
 
     def _call_media(self, message: dict) -> None:
-        party = self._party(message)
-        if party is not None:
-            self.calls.relay(party, base64.b64decode(message["data"]))
+        self._link_media(message["from"], FROM_PARTY, message.get("sid", ""), "", base64.b64decode(message["data"]))
