@@ -7,14 +7,19 @@ The load of ``bench/media.py`` (``--calls`` 100 calls, both parties sending
 
 1. **one node**: one daemon on its own (SQLite, no Redis), as ``media.py``
    measures it: the baseline;
-2. **two nodes**: two daemons clustered on a private ``redis-server`` and a
-   scratch PostgreSQL database (``common.ClusterNodes``), every caller
-   logged in on node 1 and every callee on node 2, so every packet crosses
-   nodes: the caller's node owns the call, and media from the callee's node
-   reaches it (and its answers reach the callee's node) over Redis pub/sub.
+2. **across, Redis**: two daemons clustered on a private ``redis-server``
+   and a scratch PostgreSQL database (``common.ClusterNodes``), every
+   caller logged in on node 1 and every callee on node 2, so every packet
+   crosses nodes: the caller's node owns the call, and media from the
+   callee's node reaches it (and its answers reach the callee's node)
+   through Redis pub/sub;
+3. **across, node links**: the same with ``--node-link`` on both nodes,
+   so media goes over a direct connection between them
+   (``wecompany/mirror/medialink.py``).
 
-``--same-node`` adds a third run: the cluster with both parties of every
-call on node 1 (what clustering costs a call that does not cross nodes).
+``--paths`` picks the cross-node runs; ``--same-node`` adds one: the
+Redis cluster with both parties of every call on node 1 (what clustering
+costs a call that does not cross nodes).
 
 Figures for each run: one-way relay latency p50/p99/p99.9/max, packets
 sent / received and loss, CPU of each daemon and of Redis (percent of one
@@ -22,7 +27,7 @@ core) and the CPU per relayed packet, the clients' CPU, steal and other
 processes' CPU. Target (issue 9): report p50/p99 and loss next to one node;
 the TCP benchmark's own targets (p99 < 10 ms, loss 0) are shown for both.
 
-    python bench/cluster_media.py            # full: 100 calls, 30 s per run (~3 min)
+    python bench/cluster_media.py            # full: 100 calls, 30 s per run (~4 min)
     python bench/cluster_media.py --quick    # smoke test: 20 calls, 4 s per run
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +57,16 @@ class ClusterRelay:
 
     def rss_kib(self) -> int:
         return sum(node.rss_kib() for node in self.cluster.nodes)
+
+
+def wait_for_links(cluster: common.ClusterNodes, timeout: float = 30.0) -> None:
+    """Until each node's log says its media link with the other is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("media link with node" in node.log_text() for node in cluster.nodes):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the nodes' media links did not come up")
 
 
 def main(args) -> int:
@@ -75,25 +91,37 @@ def main(args) -> int:
             statuses.append(daemon.stop())
             logs.append(daemon.log_text())
 
-        cluster = common.ClusterNodes(ws, 2, names, postgresql=args.postgresql)
-        try:
-            cluster.start()
-            tokens = cluster.tokens()
-            a, b = (node.port for node in cluster.nodes)
-            relay = ClusterRelay(cluster)
-            print(f"two nodes (pids {cluster.pids}, redis {cluster.redis.pid}): callers on n1, callees on n2 ...",
-                  flush=True)
-            pairs = [((tokens[names[2 * i]], a), (tokens[names[2 * i + 1]], b)) for i in range(args.calls)]
-            runs["two nodes, across"] = media.measure(
-                args, relay, "daemon", pairs, os.path.join(ws.path, "profile.txt") if args.profile else None)
-            if args.same_node:
-                # Other accounts, so that no call of the last run is still being cleaned up.
-                print("two nodes: both parties on n1 ...", flush=True)
-                pairs = [((tokens[names[2 * i + 1]], a), (tokens[names[2 * i]], a)) for i in range(args.calls)]
-                runs["two nodes, same node"] = media.measure(args, relay, "daemon", pairs)
-        finally:
-            logs.extend(node.log_text() for node in cluster.nodes)
-            statuses.extend(cluster.stop())
+        for path, extra in (("Redis", ()), ("node links", ("--node-link", "tcp:0:interface=127.0.0.1"))):
+            if path not in args.paths:
+                continue
+            cws = common.Workspace(f"cluster-media-{len(runs)}", keep=args.keep)
+            try:
+                cluster = common.ClusterNodes(cws, 2, names, postgresql=args.postgresql, args=extra)
+            except BaseException:
+                cws.close()
+                raise
+            try:
+                cluster.start()
+                if extra:
+                    wait_for_links(cluster)
+                tokens = cluster.tokens()
+                a, b = (node.port for node in cluster.nodes)
+                relay = ClusterRelay(cluster)
+                print(f"two nodes, media through {path} (pids {cluster.pids}, redis {cluster.redis.pid}): "
+                      "callers on n1, callees on n2 ...", flush=True)
+                pairs = [((tokens[names[2 * i]], a), (tokens[names[2 * i + 1]], b)) for i in range(args.calls)]
+                runs[f"across, {path}"] = media.measure(
+                    args, relay, "daemon", pairs, os.path.join(ws.path, f"profile-{len(runs)}.txt")
+                    if args.profile else None)
+                if args.same_node and path == "Redis":
+                    # Other accounts, so that no call of the last run is still being cleaned up.
+                    print("two nodes: both parties on n1 ...", flush=True)
+                    pairs = [((tokens[names[2 * i + 1]], a), (tokens[names[2 * i]], a)) for i in range(args.calls)]
+                    runs["same node of two"] = media.measure(args, relay, "daemon", pairs)
+            finally:
+                logs.extend(node.log_text() for node in cluster.nodes)
+                statuses.extend(cluster.stop())
+                cws.close()
     finally:
         ws.close()
 
@@ -123,19 +151,24 @@ def main(args) -> int:
     print()
     print(table(rows, title=f"Call media across nodes: {args.calls} calls x 2 directions x {args.rate:g} pkt/s of "
                             f"{args.size} B = {load:,.0f} pkt/s, {args.duration:g} s per run"))
-    across, alone = runs["two nodes, across"], runs["one node"]
-    lost = across["sent"] - across["received"]
-    print(f"across nodes vs one node: p50 {fmt(across['lat_ms'][0] / max(1e-9, alone['lat_ms'][0]))} x, "
-          f"p99 {fmt(across['lat_ms'][1] / max(1e-9, alone['lat_ms'][1]))} x, server CPU "
-          f"{fmt(across['relay_cpu'] / max(1e-9, alone['relay_cpu']))} x")
-    print(f"across nodes: loss {lost} {verdict(lost == 0)}; p99 {fmt(across['lat_ms'][1], 3)} ms "
-          f"{verdict(across['lat_ms'][1] < media.TARGET_P99_MS)} (the one-node target of bench/media.py)")
+    alone = runs["one node"]
+    for name in names_:
+        if not name.startswith("across"):
+            continue
+        across = runs[name]
+        lost = across["sent"] - across["received"]
+        print(f"{name} vs one node: p50 {fmt(across['lat_ms'][0] / max(1e-9, alone['lat_ms'][0]))} x, "
+              f"p99 {fmt(across['lat_ms'][1] / max(1e-9, alone['lat_ms'][1]))} x, server CPU "
+              f"{fmt(across['relay_cpu'] / max(1e-9, alone['relay_cpu']))} x; loss {lost} {verdict(lost == 0)}; "
+              f"p99 {fmt(across['lat_ms'][1], 3)} ms {verdict(across['lat_ms'][1] < media.TARGET_P99_MS)} "
+              "(against bench/media.py's one-node target)")
     print(f"tracebacks in the daemons' logs: {tracebacks} {verdict(tracebacks == 0)}; exit statuses after "
           f"SIGTERM: {statuses} {verdict(all(s == 0 for s in statuses))}")
-    if across.get("profile"):
-        print()
-        print("py-spy profile of node 1 (the calls' owner) during the run across nodes:")
-        print(across["profile"])
+    for name in names_:
+        if runs[name].get("profile"):
+            print()
+            print(f"py-spy profile of node 1 (the calls' owner), {name}:")
+            print(runs[name]["profile"])
     return 0
 
 
@@ -146,6 +179,8 @@ def parse(argv=None):
     p.add_argument("--size", type=int, default=1000, help="media payload bytes")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per run")
     p.add_argument("--procs", type=int, default=2, help="client processes")
+    p.add_argument("--paths", default="Redis,node links", type=lambda v: [x.strip() for x in v.split(",")],
+                   help="how media crosses nodes, comma-separated: Redis (pub/sub), node links (--node-link)")
     p.add_argument("--same-node", action="store_true", help="also run the cluster with both parties on one node")
     p.add_argument("--postgresql", default=common.DEFAULT_POSTGRESQL,
                    help="the PostgreSQL server the cluster's scratch database is made on")
