@@ -409,6 +409,13 @@ class MediaLinkTests(ClusterCase):
         self.assertEqual([m for _, m in alice.media], [b"bob %d" % i for i in range(3)])
         self.assertEqual(a_links.sent + b_links.sent, 6)
         self.assertEqual(a.domain.calls.relayed_packets, 6)  # the owner relayed every packet
+        from prometheus_client import generate_latest
+
+        from wecompany.api.metrics import Metrics
+        text = generate_latest(Metrics(a.domain).registry).decode()
+        self.assertIn("wecompany_node_links_up 1.0", text)
+        self.assertIn('wecompany_node_link_packets_total{outcome="sent"} %d.0' % a_links.sent, text)
+        self.assertIn('wecompany_node_link_packets_total{outcome="received"} 3.0', text)
 
     def test_without_a_link_media_goes_through_redis(self):
         (a, a_links), (b, _) = self.linked_node("a"), self.linked_node("b")

@@ -58,6 +58,17 @@ class _LiveState:
                 gauge = GaugeMetricFamily(name, text)
                 gauge.add_metric([], read(status))
                 yield gauge
+            links = cluster.links
+            if links is not None:
+                gauge = GaugeMetricFamily("wecompany_node_links_up", "Other nodes this node has a media link with")
+                gauge.add_metric([], len(links.links))
+                yield gauge
+                counter = CounterMetricFamily("wecompany_node_link_packets", "Call media packets over node links",
+                                              labels=["outcome"])
+                counter.add_metric(["sent"], links.sent)
+                counter.add_metric(["dropped"], links.dropped)
+                counter.add_metric(["received"], links.received_packets)
+                yield counter
         calls = self.m.calls
         if calls is not None:
             counter = CounterMetricFamily("wecompany_media_packets", "Call media packets", labels=["outcome"])
