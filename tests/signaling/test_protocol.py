@@ -844,3 +844,18 @@ class FastPathTakenTests(WireTests):
     def test_with_it_off_autobahn_parses_everything(self):
         self.factory.fast_path = False
         self.assertEqual(len(self.autobahn_calls()), 1)
+
+
+# Every other case above again with the fast path off (--no-ws-fast-path): the
+# plain Autobahn path must behave the same in each.
+def _with_plain_autobahn(case):
+    return type(f"PlainAutobahn{case.__name__}", (case,), {
+        "__module__": __name__, "__doc__": f"{case.__name__}, with the fast path off.",
+        "factory_options": {**case.factory_options, "fast_path": False}})
+
+
+for _case in (HandshakeTests, RoomTests, MeetingFollowsRestTests, DialectTests, BadInputTests, RateLimitTests,
+              ByteCostTests, ShutdownAndPresenceTests, OriginTests, SlowConsumerTests, SimultaneousCloseTests,
+              PeerConflictTests, WireTests):
+    globals()[f"PlainAutobahn{_case.__name__}"] = _with_plain_autobahn(_case)
+del _case
