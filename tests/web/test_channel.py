@@ -198,3 +198,20 @@ class BodyLimitTests(ChannelTestCase):
         self.assertIn("multipart body over a limit", reply["message"])
         conn.send(raw[65536:])  # whatever else arrives is not looked at
         self.assertEqual(conn.status(), 413)
+
+
+class PublicApiTests(SynchronousTestCase):
+    """The HTTP layer reads Twisted's request and channel through their public API only (issue 8, 17)."""
+
+    def test_no_private_attributes_of_twisted_web_objects(self) -> None:
+        import inspect
+        import re
+
+        import wecompany.web.channel
+        import wecompany.web.request
+        import wecompany.web.site
+        for module in (wecompany.web.request, wecompany.web.channel, wecompany.web.site):
+            source = inspect.getsource(module)
+            # e.g. channel._path, request._disconnected, transport._tempDataBuffer
+            found = re.findall(r"\b(?:channel|request|transport|site|factory)\._[a-zA-Z]\w*", source)
+            self.assertEqual(found, [], module.__name__)
