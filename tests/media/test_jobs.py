@@ -231,3 +231,10 @@ class JobQueueTests(SynchronousTestCase):
 
     def test_bad_sizes_are_refused(self):
         self.assertRaises(ValueError, JobQueue, self.clock, self.runner, workers=0)
+
+    def test_work_that_finished_after_its_timeout_is_still_delivered(self):
+        delivered = []
+        job = self.queue.submit(7, work, "file", on_done=lambda job, value: delivered.append(value))
+        self.clock.advance(60)
+        self.runner.run_next()  # work that did not poll the flag, and finished
+        self.assertEqual((job.status, delivered), ("done", ["file"]))

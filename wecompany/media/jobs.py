@@ -24,7 +24,9 @@ and may return a Deferred or a coroutine: the media service stores the
 result file as a new media item there and sets ``job.result_media_id``.
 The job is ``done`` only once ``on_done`` has finished; if it fails, the
 job is ``failed``. When ``func`` fails, ``on_done`` is not called (a
-failed :func:`~wecompany.media.process.run` leaves no file behind).
+failed :func:`~wecompany.media.process.run` leaves no file behind); when it
+returns, ``on_done`` is called even if the job was cancelled meanwhile, so
+the hook always gets the chance to store or remove the result file.
 
 A job is ``queued``, then ``running``, then ``done`` or ``failed``. A
 :class:`~wecompany.errors.WeCompanyError` from the work becomes the job's
@@ -218,7 +220,9 @@ class JobQueue:
                     job._timeout_call.cancel()
                 job._timeout_call = None
             job.result = value
-            if job._on_done is not None and not job._cancel.is_set():
+            # Work that finished is delivered even if it was cancelled meanwhile:
+            # its result file exists, and on_done is what stores or removes it.
+            if job._on_done is not None:
                 await defer.maybeDeferred(job._on_done, job, value)
         except Exception as failure:
             error = failure
@@ -230,11 +234,7 @@ class JobQueue:
                 self.log.failure("media job {job_id} failed", job_id=job.job_id)
             self._finish(job, "failed", error=error)
         else:
-            if job._cancel.is_set():
-                self._finish(job, "failed", error=Unavailable("the server is stopping")
-                             if not job._timed_out else JobTimedOut("processing took too long"))
-            else:
-                self._finish(job, "done")
+            self._finish(job, "done")
 
     def _finish(self, job: Job, status: str, *, error: Exception | None = None) -> None:
         job.status = status

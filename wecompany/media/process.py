@@ -849,9 +849,9 @@ def _run_trim(process, src_path, destination, params):
         suffix, content_type = _REMUX_NAMES[kind]
         if info["kind"] == "audio":
             content_type = _CONTENT_TYPES[kind][1]
-        path = destination(suffix)
         if muxer == "matroska" and _webm_codecs(src_path):
             muxer, suffix, content_type = "webm", ".webm", _CONTENT_TYPES["webm"][info["kind"] == "audio"]
+        path = destination(suffix)
         if _copy_range(process, src_path, path, muxer, start, end):
             return path, suffix, content_type
         try:
@@ -959,6 +959,7 @@ def _opencv():
 def _enhancer(params: dict, limits: Limits):
     """``enhance(bgr_array) -> bgr_array`` applying ``params["operations"]``."""
     cv2 = _opencv()
+    import numpy as np
     operations = params["operations"]
     scale = params.get("scale", 1)
     clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8))
@@ -968,11 +969,18 @@ def _enhancer(params: dict, limits: Limits):
             image = cv2.fastNlMeansDenoisingColored(image, None, 7, 7, 5, 15)
         if "low_light" in operations:
             lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)
-            lab[:, :, 0] = clahe.apply(lab[:, :, 0])
+            lightness = clahe.apply(lab[:, :, 0])
+            # CLAHE evens out the contrast locally; a dark picture stays dark
+            # overall, so a gamma then lifts its mean luminance toward 0.45.
+            mean = float(lightness.mean()) / 255
+            if 0 < mean < 0.45:
+                gamma = max(0.4, math.log(0.45) / math.log(mean))
+                lightness = cv2.LUT(lightness, (((np.arange(256) / 255) ** gamma) * 255).astype(np.uint8))
+            lab[:, :, 0] = lightness
             image = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
         if "sharpen" in operations:
             blurred = cv2.GaussianBlur(image, (0, 0), 1.0)
-            image = cv2.addWeighted(image, 1.8, blurred, -0.8, 0)
+            image = cv2.addWeighted(image, 2.0, blurred, -1.0, 0)  # unsharp mask, amount 1
         if "upscale" in operations:
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         return image
