@@ -508,3 +508,73 @@ def first_packets(path: str, count: int = 5) -> list[bytes]:
     with av.open(path) as container:
         packets = [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
     return packets[:count]
+
+
+class OddInputTests(MediaTestCase):
+    def test_mpeg_ts_without_an_index(self):
+        # MPEG-TS has no index: a seek lands anywhere, so these decode from the start.
+        source = generate.write_video(self.path("clip.ts"), muxer="mpegts")
+        self.assertEqual(process.probe(source)["content_type"], "video/mp2t")
+        result = process.run("trim", source, self.dst, {"start": 0.5, "end": 1.5})
+        self.assertEqual(generate.streams(result.path)["video"], "h264")
+        frames = generate.read_frames(result.path)
+        self.assertEqual(len(frames), 15)
+        errors = [np.abs(frames[0].astype(int) - generate.pattern(i)).mean() for i in (7, 8, 9)]
+        self.assertEqual(errors.index(min(errors)), 1)
+        # The muxer delays the video by 0.021 s: on screen at 1 s is frame 14 (0.955 s to 1.021 s).
+        result = process.run("thumbnail", source, self.dst, {"time": 1.0})
+        image, = generate.read_frames(result.path)
+        errors = [np.abs(image.astype(int) - generate.pattern(i)).mean() for i in (13, 14, 15)]
+        self.assertEqual(errors.index(min(errors)), 1)
+
+    def test_odd_dimensions_become_even(self):
+        # VP8 takes 161x121; H.264 in 4:2:0 needs even sizes.
+        source = self.webm(width=161, height=121)
+        result = self.run_process("transcode", source, {"format": "mp4"})
+        height, width = generate.read_frames(result.path)[0].shape[:2]
+        self.assertEqual((width % 2, height % 2), (0, 0))
+        self.assertTrue(abs(width - 161) <= 1 and abs(height - 121) <= 1)
+
+    def test_low_rate_mono_audio_to_opus(self):
+        source = self.path("low.wav")
+        with av.open(source, "w", format="wav") as out:
+            stream = out.add_stream("pcm_s16le", rate=8000)
+            stream.layout = "mono"
+            t = np.arange(8000) / 8000
+            frame = av.AudioFrame.from_ndarray(
+                (np.sin(2 * np.pi * 440 * t) * 16000).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = 8000
+            for packet in stream.encode(frame) + stream.encode(None):
+                out.mux(packet)
+        result = self.run_process("transcode", source, {"format": "opus"})
+        self.assertDuration(result.path, 1.0, AUDIO_PACKET)
+        self.assertNear(dominant_frequency(result.path), 440, 5)
+
+    def test_a_picture_past_the_pixel_limit_is_refused(self):
+        limits = Limits(max_input_pixels=100 * 100)
+        for process_type, params in (("transcode", {"format": "mp4"}), ("thumbnail", {}), ("trim", {"end": 1}),
+                                     ("enhance", {"operations": ["sharpen"]})):
+            error = self.assertRaises(InvalidInput, process.run, process_type, self.mp4(), self.dst, params,
+                                      limits=limits)
+            self.assertIn("larger than 10000 pixels", error.message)
+
+    def test_a_video_without_audio(self):
+        result = self.run_process("transcode", self.mp4(audio_codec=None), {"format": "webm"})
+        info = generate.streams(result.path)
+        self.assertEqual((info["video"], info["audio"]), ("vp8", None))
+
+    def test_an_audio_only_trim_of_webm(self):
+        source = generate.write_audio(self.path("voice.webm"), muxer="webm", codec="libopus")
+        result = self.run_process("trim", source, {"start": 0.5, "end": 1.5})
+        self.assertEqual((result.filename_suffix, result.content_type), (".webm", "audio/webm"))
+        self.assertDuration(result.path, 1.0, 2 * AUDIO_PACKET)
+
+    def test_the_source_is_left_alone(self):
+        source = self.mp4()
+        with open(source, "rb") as f:
+            before = f.read()
+        for process_type, params in (("transcode", {"format": "webm"}), ("trim", {"end": 1}),
+                                     ("thumbnail", {})):
+            process.run(process_type, source, self.dst, params)
+        with open(source, "rb") as f:
+            self.assertEqual(f.read(), before)

@@ -31,8 +31,8 @@ Process types and their params (all optional unless said):
     other keeps the aspect ratio. A video larger than the limits is scaled
     down to fit.
 ``thumbnail``
-    ``time``: seconds into the video (default 0; past the end gives the
-    last frame), ``width``: scaled to it with the aspect ratio kept,
+    ``time``: seconds into the video, whose frame on screen then is taken
+    (default 0; past the end gives the last frame), ``width``: scaled to it with the aspect ratio kept,
     ``format``: ``png`` (default) or ``jpeg``. Works on an image too.
 ``extract_audio``
     ``format``: ``opus`` (default), ``ogg``, ``aac``, ``m4a``, ``wav`` or
@@ -109,12 +109,15 @@ class Limits:
         :class:`~wecompany.errors.TooLarge`.
     :ivar max_width: / :ivar max_height: the largest video or image made.
     :ivar max_duration: seconds of input a run accepts.
+    :ivar max_input_pixels: the largest picture a run decodes (8K): each
+        decoded frame is held in memory, several times over when enhanced.
     """
 
     max_output_bytes: int = 2 * 1024 ** 3
     max_width: int = 3840
     max_height: int = 2160
     max_duration: float = 6 * 3600.0
+    max_input_pixels: int = 7680 * 4320
 
 
 DEFAULT_LIMITS = Limits()
@@ -178,6 +181,7 @@ _CONTENT_TYPES = {
 }
 
 _MIN_SIZE = 16
+_MAX_EARLY_PACKETS = 1000
 _MIN_BITRATE = 8_000
 _MAX_BITRATE = 50_000_000
 _MIN_TARGET_SIZE = 4096
@@ -475,6 +479,8 @@ def _audio_layout(stream) -> str:
 def _add_video_stream(output, codec: str, rate: Fraction, width: int, height: int,
                       bit_rate: int | None):
     stream = output.add_stream(codec, rate=rate)
+    # Set now: the encoder reports its own only once it is opened.
+    stream.codec_context.time_base = 1 / rate
     stream.width, stream.height = width, height
     stream.pix_fmt = "yuv420p"
     context = stream.codec_context
@@ -535,7 +541,9 @@ def _encode(process: _Run, src_path: str, dst_path: str, output_format: _OutputF
         if video_in is not None:
             video_in.thread_type = "AUTO"
         inputs = [s for s in (video_in, audio_in) if s is not None]
-        if start > 0:
+        zero = _start_time(container)
+        start, end = start + zero, None if end is None else end + zero
+        if start > zero and (video_in is None or _seeks_to_key_frames(src_path, start)):
             _seek(container, start)
         output = _open_output(dst_path, output_format.muxer)
         try:
@@ -564,6 +572,28 @@ def _open_output(path: str, muxer: str):
         return av.open(path, "w", format=muxer)
     except av.FFmpegError as e:
         raise ProcessingFailed(f"the output could not be created: {_reason(e)}") from None
+
+
+def _seeks_to_key_frames(path: str, seconds: float) -> bool:
+    """
+    True when seeking ``path`` to ``seconds`` lands on a video key frame.
+    Files with an index (mp4, WebM) do; MPEG-TS and others without one may
+    land anywhere, and decoding from there gives no picture until the next
+    key frame: those are decoded from the start instead.
+    """
+    import av
+    container = _open_input(path)
+    try:
+        video = container.streams.video[0]
+        container.seek(int(seconds * 1_000_000), backward=True, any_frame=False)
+        for packet in container.demux(video):
+            if packet.size:
+                return bool(packet.is_keyframe)
+    except av.FFmpegError:
+        pass
+    finally:
+        container.close()
+    return False
 
 
 def _seek(container, seconds: float) -> None:
@@ -603,7 +633,7 @@ def _pump(process, container, output, inputs, video_in, video_out, audio_in, aud
                 if video_base is None:
                     video_base = (time, max(0, int(math.floor((time - start) * rate + 0.5))))
                 pts = max(video_pts + 1, video_base[1] + int(round((time - video_base[0]) * rate)))
-                frame.pts, frame.time_base, video_pts = pts, video_out.codec_context.time_base, pts
+                frame.pts, frame.time_base, video_pts = pts, 1 / rate, pts
                 process.mux(output, video_out.encode(frame))
             else:
                 if time + frame.samples / frame.sample_rate <= start:
@@ -637,7 +667,13 @@ def _need_media(src_path: str, *, allow_image: bool = False) -> dict:
     return info
 
 
+def _check_pixels(width, height, limits: Limits) -> None:
+    if width and height and width * height > limits.max_input_pixels:
+        raise InvalidInput(f"the picture ({width}x{height}) is larger than {limits.max_input_pixels} pixels")
+
+
 def _check_duration(info: dict, limits: Limits) -> None:
+    _check_pixels(info["width"], info["height"], limits)
     if info["duration"] is not None and info["duration"] > limits.max_duration:
         raise InvalidInput(f"the file lasts longer than {limits.max_duration:g} seconds")
 
@@ -781,10 +817,12 @@ def _run_thumbnail(process, src_path, destination, params):
         if not container.streams.video:
             raise InvalidInput("the file has no video stream to take a thumbnail from")
         stream = container.streams.video[0]
+        _check_pixels(stream.codec_context.width, stream.codec_context.height, process.limits)
         stream.thread_type = "AUTO"
-        wanted = params["time"]
+        zero = _start_time(container)
+        wanted = params["time"] + zero
         duration = _duration(container)
-        if wanted > 0:
+        if wanted > zero and _seeks_to_key_frames(src_path, wanted):
             _seek(container, wanted)
         process.duration = None
         chosen = None
@@ -795,9 +833,12 @@ def _run_thumbnail(process, src_path, destination, params):
             chosen = frame
             if frame.time is not None and frame.time >= wanted - 1e-6:
                 break
-        if chosen is None and wanted > 0 and duration is not None:
+        if chosen is None and wanted > zero and duration is not None:
             # Asked past the end: the last frame is the thumbnail.
-            _seek(container, max(0.0, duration - 2.0))
+            if _seeks_to_key_frames(src_path, zero + max(0.0, duration - 2.0)):
+                _seek(container, zero + max(0.0, duration - 2.0))
+            else:
+                _seek(container, zero)
             for frame in _decoded(container, [stream]):
                 process.check()
                 chosen = frame
@@ -838,6 +879,7 @@ def _write_image(process, frame, path, codec, pix_fmt, width, height) -> None:
 
 def _run_trim(process, src_path, destination, params):
     info = _need_media(src_path)
+    _check_pixels(info["width"], info["height"], process.limits)
     start, end = params["start"], params["end"]
     duration = info["duration"]
     if duration is not None and start >= duration:
@@ -887,23 +929,24 @@ def _webm_codecs(path: str) -> bool:
 def _copy_range(process, src_path, dst_path, muxer, start, end) -> bool:
     """
     Copy the packets of ``[start, end)`` without decoding them. False (and
-    nothing useful written) when ``start`` is not on a key frame of the
-    video, so the caller re-encodes instead.
+    nothing written) when ``start`` is not on a key frame of the video, so
+    the caller re-encodes instead.
     """
     import av
     container = _open_input(src_path)
     try:
-        streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
+        streams = container.streams.video[:1] + container.streams.audio[:1]
         video = streams[0] if streams and streams[0].type == "video" else None
-        if start > 0:
+        zero = _start_time(container)
+        start, end = start + zero, end + zero
+        if start > zero:
             _seek(container, start)
         output = _open_output(dst_path, muxer)
         try:
-            outputs = {}
-            for stream in streams:
-                outputs[stream.index] = output.add_stream_from_template(stream)
+            outputs = {stream.index: output.add_stream_from_template(stream) for stream in streams}
             origin = None  # seconds: the first copied packet's time, which becomes 0
             frame_time = 1 / float(_frame_rate(video)) if video is not None else 0.0
+            early = []  # audio demuxed before the video's first key frame
             copied = 0
             done = set()
             try:
@@ -911,31 +954,40 @@ def _copy_range(process, src_path, dst_path, muxer, start, end) -> bool:
                     if packet.dts is None or packet.size == 0:
                         continue
                     stream = packet.stream
-                    time = float(packet.pts * stream.time_base) if packet.pts is not None \
-                        else float(packet.dts * stream.time_base)
+                    time = float((packet.pts if packet.pts is not None else packet.dts) * stream.time_base)
+                    length = float(packet.duration * stream.time_base) if packet.duration else 0.0
                     if origin is None:
-                        if video is not None and stream is not video:
-                            continue  # the video's first key frame sets the origin
-                        if video is not None and not (packet.is_keyframe
-                                                      and start - frame_time < time <= start + frame_time / 2):
-                            return False
-                        origin = max(0.0, min(time, start)) if video is None else time
-                    if time >= end - 1e-6:
-                        done.add(stream.index)
-                        if len(done) == len(streams):
-                            break
-                        continue
-                    if time < origin - 1e-6:
-                        continue  # audio from before the video's key frame
-                    process.at(time - origin)
-                    offset = int(round(origin / stream.time_base))
-                    packet.pts = None if packet.pts is None else packet.pts - offset
-                    packet.dts = packet.dts - offset
-                    if packet.dts < 0 and stream.type == "audio":
-                        continue
-                    packet.stream = outputs[stream.index]
-                    process.mux(output, [packet])
-                    copied += 1
+                        if stream is not video:
+                            if video is not None:
+                                early.append(packet)
+                                if len(early) > _MAX_EARLY_PACKETS:
+                                    return False
+                                continue
+                            if time + length <= start + 1e-6:
+                                continue  # audio wholly before the start
+                        elif not (packet.is_keyframe and start - frame_time < time <= start + frame_time / 2):
+                            return False  # the start is between key frames
+                        origin = time
+                        pending, early = early + [packet], []
+                    else:
+                        pending = [packet]
+                    for packet in pending:
+                        stream = packet.stream
+                        time = float((packet.pts if packet.pts is not None else packet.dts) * stream.time_base)
+                        if time >= end - 1e-6:
+                            done.add(stream.index)
+                            continue
+                        if time < origin - 1e-6:
+                            continue  # audio from before the video's key frame
+                        process.at(time - origin)
+                        offset = int(round(origin / stream.time_base))
+                        packet.pts = None if packet.pts is None else packet.pts - offset
+                        packet.dts = packet.dts - offset
+                        packet.stream = outputs[stream.index]
+                        process.mux(output, [packet])
+                        copied += 1
+                    if len(done) == len(streams):
+                        break
             except av.FFmpegError as e:
                 raise InvalidInput(f"the file could not be decoded: {_reason(e)}") from None
             if copied == 0:
@@ -945,6 +997,12 @@ def _copy_range(process, src_path, dst_path, muxer, start, end) -> bool:
     finally:
         container.close()
     return True
+
+
+def _start_time(container) -> float:
+    """When the file's timeline starts, in seconds (not 0 in MPEG-TS, say): params count from there."""
+    start = container.start_time
+    return start / 1_000_000 if start is not None and start > 0 else 0.0
 
 
 def _opencv():
@@ -993,6 +1051,7 @@ def _run_enhance(process, src_path, destination, params):
     info = _need_media(src_path, allow_image=True)
     if info["width"] is None:
         raise InvalidInput("the file has no video stream or image to enhance")
+    _check_pixels(info["width"], info["height"], process.limits)
     scale = params.get("scale", 1)
     width, height = info["width"] * scale, info["height"] * scale
     if width > process.limits.max_width or height > process.limits.max_height:
