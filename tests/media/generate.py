@@ -76,11 +76,21 @@ def _write_tone(out, audio, seconds: float) -> None:
         out.mux(packet)
 
 
-def write_audio(path: str, *, muxer: str = "wav", codec: str = "pcm_s16le", seconds: float = SECONDS) -> str:
-    """A 440 Hz tone, mono, 48 kHz."""
+def write_audio(path: str, *, muxer: str = "wav", codec: str = "pcm_s16le", seconds: float = SECONDS,
+                cover: np.ndarray | None = None) -> str:
+    """A 440 Hz tone, mono, 48 kHz; with ``cover``, that picture attached as cover art (PNG)."""
     with av.open(path, "w", format=muxer) as out:
         audio = out.add_stream(codec, rate=SAMPLE_RATE)
         audio.layout = "mono"
+        if cover is not None:
+            art = out.add_stream("png")
+            art.height, art.width = cover.shape[:2]
+            art.pix_fmt = "rgb24"
+            art.disposition = av.stream.Disposition.attached_pic
+            picture = av.VideoFrame.from_ndarray(cover, format="rgb24")
+            picture.pts = 0
+            for packet in art.encode(picture) + art.encode(None):
+                out.mux(packet)
         _write_tone(out, audio, seconds)
     return path
 

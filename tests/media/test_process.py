@@ -578,3 +578,37 @@ class OddInputTests(MediaTestCase):
             process.run(process_type, source, self.dst, params)
         with open(source, "rb") as f:
             self.assertEqual(f.read(), before)
+
+    def test_a_song_with_cover_art(self):
+        # FFmpeg shows cover art as a video stream: it is still a song.
+        cover = generate.pattern(9, 64, 64)
+        song = generate.write_audio(self.path("song.mp3"), muxer="mp3", codec="libmp3lame", cover=cover)
+        info = process.probe(song)
+        self.assertEqual((info["kind"], info["content_type"], info["width"]), ("audio", "audio/mpeg", None))
+        thumbnail = process.run("thumbnail", song, self.dst, {})
+        image, = generate.read_frames(thumbnail.path)
+        self.assertEqual(image.shape, (64, 64, 3))
+        self.assertLess(np.abs(image.astype(int) - cover).mean(), 1)
+        webm = process.run("transcode", song, self.dst, {"format": "webm"})
+        self.assertEqual((webm.content_type, generate.streams(webm.path)["video"]), ("audio/webm", None))
+        trimmed = process.run("trim", song, self.dst, {"start": 0.5, "end": 1.5})
+        self.assertEqual(trimmed.content_type, "audio/mpeg")
+        self.assertDuration(trimmed.path, 1.0, 2 * AUDIO_PACKET)
+        self.assertRaises(InvalidInput, process.run, "enhance", song, self.dst, {"operations": ["sharpen"]})
+
+    def test_mp3_compresses_as_mp3(self):
+        song = generate.write_audio(self.path("song.mp3"), muxer="mp3", codec="libmp3lame")
+        result = self.run_process("compress", song, {"bitrate": 32_000})
+        self.assertEqual((result.content_type, generate.streams(result.path)["audio"]), ("audio/mpeg", "mp3float"))
+        self.assertLess(result.size, os.path.getsize(song))
+        self.assertNear(dominant_frequency(result.path), 440, 5)
+
+    def test_an_unexpected_error_is_logged_and_reported_as_failed(self):
+        def progress(fraction):
+            raise RuntimeError("a bug")
+
+        error = self.assertRaises(ProcessingFailed, process.run, "transcode", self.mp4(), self.dst,
+                                  {"format": "webm"}, progress=progress)
+        self.assertEqual((error.code, error.error_code, error.message), (422, AI_FAILED, "processing failed: RuntimeError"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertNothingLeft()

@@ -77,6 +77,7 @@ import secrets
 from fractions import Fraction
 
 import attrs
+from twisted.logger import Logger
 
 from wecompany.errors import (
     AI_FAILED, AI_UNAVAILABLE, InvalidInput, TooLarge, Unavailable, WeCompanyError)
@@ -187,6 +188,8 @@ _MAX_BITRATE = 50_000_000
 _MIN_TARGET_SIZE = 4096
 _AUDIO_BITRATE = 96_000
 _PROGRESS_STEP = 0.01
+
+log = Logger()
 
 
 def _has_encoder(name: str) -> bool:
@@ -339,11 +342,29 @@ def _is_image(container) -> bool:
     return any(name in _IMAGE_DEMUXERS for name in container.format.name.split(","))
 
 
+def _video_stream(container, *, pictures: bool = False):
+    """
+    The first video stream, or None. Cover art (an MP3's or M4A's attached
+    picture) is a "video" stream to FFmpeg but not video: it counts only
+    with ``pictures``, and then only when there is nothing else.
+    """
+    import av
+    moving = [s for s in container.streams.video
+              if not s.disposition & av.stream.Disposition.attached_pic]
+    if moving:
+        return moving[0]
+    if pictures and container.streams.video:
+        return container.streams.video[0]
+    return None
+
+
 def _describe(container) -> dict:
     if _TEXT_DEMUXERS.intersection(container.format.name.split(",")):
         return _other()
-    video = container.streams.video[0] if container.streams.video else None
+    video = _video_stream(container)
     audio = container.streams.audio[0] if container.streams.audio else None
+    if video is None and audio is None and _is_image(container):
+        video = _video_stream(container, pictures=True)
     if video is not None and _is_image(container):
         name = container.format.name.split(",")[0]
         content_type = _IMAGE_DEMUXERS.get(name) or {
@@ -530,8 +551,7 @@ def _encode(process: _Run, src_path: str, dst_path: str, output_format: _OutputF
     """
     container = _open_input(src_path)
     try:
-        video_in = container.streams.video[0] if want_video and output_format.video_codec \
-            and container.streams.video else None
+        video_in = _video_stream(container) if want_video and output_format.video_codec else None
         audio_in = container.streams.audio[0] if want_audio and output_format.audio_codec \
             and container.streams.audio else None
         if video_in is None and audio_in is None:
@@ -584,7 +604,9 @@ def _seeks_to_key_frames(path: str, seconds: float) -> bool:
     import av
     container = _open_input(path)
     try:
-        video = container.streams.video[0]
+        video = _video_stream(container)
+        if video is None:
+            return False
         container.seek(int(seconds * 1_000_000), backward=True, any_frame=False)
         for packet in container.demux(video):
             if packet.size:
@@ -710,8 +732,10 @@ def run(process_type: str, src_path: str, dst_dir: str, params: dict | None, pro
         except WeCompanyError:
             raise
         except Exception as e:
-            # PyAV on an odd file can fail in ways it does not declare; the
-            # caller logs the cause, the client is told the run failed.
+            # PyAV on an odd file can fail in ways it does not declare: the
+            # cause goes to the log, the client is told the run failed.
+            log.failure("media processing ({process_type}) of {path} failed",
+                        process_type=process_type, path=src_path)
             raise ProcessingFailed(f"processing failed: {type(e).__name__}") from e
         size = os.path.getsize(path)
         if size > limits.max_output_bytes:
@@ -814,9 +838,10 @@ def _container_kind_of(path: str) -> str | None:
 def _run_thumbnail(process, src_path, destination, params):
     container = _open_input(src_path)
     try:
-        if not container.streams.video:
+        # A song's cover art is a thumbnail too, when there is no video.
+        stream = _video_stream(container) or _video_stream(container, pictures=True)
+        if stream is None:
             raise InvalidInput("the file has no video stream to take a thumbnail from")
-        stream = container.streams.video[0]
         _check_pixels(stream.codec_context.width, stream.codec_context.height, process.limits)
         stream.thread_type = "AUTO"
         zero = _start_time(container)
@@ -935,7 +960,7 @@ def _copy_range(process, src_path, dst_path, muxer, start, end) -> bool:
     import av
     container = _open_input(src_path)
     try:
-        streams = container.streams.video[:1] + container.streams.audio[:1]
+        streams = [s for s in (_video_stream(container),) if s is not None] + list(container.streams.audio[:1])
         video = streams[0] if streams and streams[0].type == "video" else None
         zero = _start_time(container)
         start, end = start + zero, end + zero
@@ -1065,7 +1090,7 @@ def _run_enhance(process, src_path, destination, params):
     if info["kind"] == "image":
         container = _open_input(src_path)
         try:
-            frame = next(_decoded(container, container.streams.video[:1]), None)
+            frame = next(_decoded(container, [_video_stream(container, pictures=True)]), None)
         finally:
             container.close()
         if frame is None:
