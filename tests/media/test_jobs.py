@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from wecompany.errors import AI_FAILED, InvalidInput, NotFound, Unavailable
 from wecompany.media.jobs import JobQueue
@@ -238,3 +238,52 @@ class JobQueueTests(SynchronousTestCase):
         self.clock.advance(60)
         self.runner.run_next()  # work that did not poll the flag, and finished
         self.assertEqual((job.status, delivered), ("done", ["file"]))
+
+
+class ThreadedJobTests(TestCase):
+    """
+    Once with real threads: the engine in a thread pool, progress written
+    from there, on_done back on the reactor thread. (The only test here that
+    uses the reactor; it takes a fraction of a second.)
+    """
+
+    async def test_a_real_run_in_a_thread_pool(self):
+        import os
+        import threading
+        from functools import partial
+
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+        from twisted.python.threadpool import ThreadPool
+
+        from tests.media import generate
+        from wecompany.media import process
+
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="media-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        queue = JobQueue(reactor, partial(deferToThreadPool, reactor, pool), workers=2, max_queued=0,
+                         keep_finished=0.0, timeout=60.0)
+        self.addCleanup(queue.stop)  # waits for the threads before the pool stops
+        src = os.path.abspath(self.mktemp())
+        os.makedirs(src)
+        video = generate.write_video(os.path.join(src, "clip.mp4"))
+        seen = []
+        done = defer.Deferred()
+
+        def on_done(job, result):
+            seen.append((threading.current_thread() is threading.main_thread(), job.progress))
+            job.result_media_id = "m-1"
+            done.callback(None)
+
+        dst = os.path.abspath(self.mktemp())
+        job = queue.submit(1, process.run, "thumbnail", video, dst, {"time": 1.0}, on_done=on_done)
+        second = queue.submit(1, process.run, "transcode", video, dst, {"format": "webm"})
+        self.assertRaises(Unavailable, queue.submit, 1, process.run, "trim", video, dst, {"end": 1})
+        await done
+        await task.deferLater(reactor, 0, lambda: None)  # on_done has returned
+        self.assertEqual(seen, [(True, 1.0)])
+        self.assertEqual(job.status, "done")
+        self.assertEqual(job.result.content_type, "image/png")
+        await queue.stop()
+        self.assertIn(second.status, ("done", "failed"))
