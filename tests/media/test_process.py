@@ -152,7 +152,8 @@ class ProbeTests(MediaTestCase):
         with open(self.path("notes.txt"), "w") as out:
             out.write("hello world\n" * 50)
         open(self.path("empty"), "wb").close()
-        for name in ("random.bin", "notes.txt", "empty", "missing"):
+        os.mkdir(self.path("directory"))
+        for name in ("random.bin", "notes.txt", "empty", "missing", "directory"):
             self.assertEqual(process.probe(self.path(name)), other, name)
 
 

@@ -71,6 +71,7 @@ those.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -192,6 +193,7 @@ _PROGRESS_STEP = 0.01
 log = Logger()
 
 
+@functools.lru_cache(maxsize=None)
 def _has_encoder(name: str) -> bool:
     import av
     try:
@@ -409,7 +411,7 @@ def probe(path: str) -> dict:
     """
     try:
         container = _open_input(path)
-    except InvalidInput:
+    except Exception:  # InvalidInput, or whatever an odd path makes FFmpeg raise
         return _other()
     try:
         return _describe(container)
@@ -515,6 +517,8 @@ def _add_video_stream(output, codec: str, rate: Fraction, width: int, height: in
         stream.options = options
     elif codec == "libvpx":
         options = {"deadline": "good", "cpu-used": "4"}
+        # libvpx encodes on one thread unless told; x264 uses every core by itself.
+        context.thread_count = min(4, os.cpu_count() or 1)
         if bit_rate:
             context.bit_rate = bit_rate
             options.update(minrate=str(bit_rate // 2), maxrate=str(bit_rate), bufsize=str(2 * bit_rate))
