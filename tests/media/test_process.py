@@ -613,3 +613,27 @@ class OddInputTests(MediaTestCase):
         self.assertEqual((error.code, error.error_code, error.message), (422, AI_FAILED, "processing failed: RuntimeError"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertNothingLeft()
+
+
+class LimitTests(MediaTestCase):
+    def test_every_way_of_writing_is_held_to_the_output_limit(self):
+        limits = Limits(max_output_bytes=1000)
+        for process_type, params in (("trim", {"end": 1.5}), ("thumbnail", {}), ("transcode", {"format": "mp4"}),
+                                     ("enhance", {"operations": ["upscale"]})):
+            error = self.assertRaises(TooLarge, process.run, process_type, self.mp4(), self.dst, params,
+                                      limits=limits)
+            self.assertEqual(error.message, "the result would be larger than 1000 bytes", process_type)
+            self.assertNothingLeft()
+
+    def test_cancelling_a_copy_and_a_thumbnail(self):
+        for process_type, params in (("trim", {"end": 1.5}), ("thumbnail", {"time": 1})):
+            self.assertRaises(ProcessingCancelled, process.run, process_type, self.mp4(), self.dst, params,
+                              cancelled=lambda: True)
+            self.assertNothingLeft()
+
+    def test_an_opus_file_to_a_size(self):
+        source = generate.write_audio(self.path("voice.ogg"), muxer="ogg", codec="libopus", seconds=4.0)
+        result = self.run_process("compress", source, {"target_size": os.path.getsize(source) // 3})
+        self.assertEqual((result.content_type, generate.streams(result.path)["audio"]), ("audio/ogg", "opus"))
+        self.assertLess(result.size, os.path.getsize(source) // 3 * 1.1)
+        self.assertDuration(result.path, 4.0, AUDIO_PACKET)

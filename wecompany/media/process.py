@@ -542,6 +542,8 @@ def _add_audio_stream(output, codec: str, source, bit_rate: int | None):
     stream.layout = _audio_layout(source)
     if codec != "pcm_s16le":
         stream.codec_context.bit_rate = bit_rate or _AUDIO_BITRATE
+    if codec == "libopus" and bit_rate:
+        stream.options = {"vbr": "constrained"}  # asked for a bitrate: keep to it
     return stream
 
 
@@ -821,11 +823,14 @@ def _run_compress(process, src_path, destination, params):
         content_type = _encode(process, src_path, path, output_format, video_bit_rate=video_bit_rate,
                                audio_bit_rate=audio_bit_rate)
         size = os.path.getsize(path)
-        if size < limit or video_bit_rate is None or attempt == _COMPRESS_ATTEMPTS - 1:
+        if size < limit or attempt == _COMPRESS_ATTEMPTS - 1:
             break
         # Rate control overshoots on short files: aim lower by the overshoot, once more.
         os.remove(path)
-        video_bit_rate = max(_MIN_BITRATE, int(video_bit_rate * 0.9 * limit / size))
+        if video_bit_rate is not None:
+            video_bit_rate = max(_MIN_BITRATE, int(video_bit_rate * 0.9 * limit / size))
+        else:
+            audio_bit_rate = max(_MIN_BITRATE, int(audio_bit_rate * 0.9 * limit / size))
     if size >= os.path.getsize(src_path):
         raise ProcessingFailed("compressing did not make the file smaller")
     return path, output_format.suffix, content_type
