@@ -475,6 +475,19 @@ class BadInputTests(MediaTestCase):
         self.assertRaises(InvalidInput, process.run, "transcode", self.path("notes.txt"), self.dst,
                           {"format": "mp4"})
 
+    def test_a_damaged_video_is_processed_around_the_damage(self):
+        source = self.mp4()
+        with open(source, "rb") as f:
+            data = bytearray(f.read())
+        middle = len(data) // 2
+        data[middle:middle + 3000] = np.random.default_rng(3).bytes(3000)
+        with open(self.path("damaged.mp4"), "wb") as out:
+            out.write(data)
+        result = self.run_process("transcode", self.path("damaged.mp4"), {"format": "webm"})
+        frames = generate.read_frames(result.path)
+        self.assertTrue(10 < len(frames) < 30, len(frames))
+        self.assertLess(np.abs(frames[0].astype(int) - generate.pattern(0)).mean(), 12)
+
     def test_a_truncated_video(self):
         source = self.mp4()
         with open(source, "rb") as f:

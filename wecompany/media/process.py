@@ -184,6 +184,7 @@ _CONTENT_TYPES = {
 
 _MIN_SIZE = 16
 _MAX_EARLY_PACKETS = 1000
+_MAX_BAD_PACKETS = 50
 _MIN_BITRATE = 8_000
 _MAX_BITRATE = 50_000_000
 _MIN_TARGET_SIZE = 4096
@@ -461,12 +462,24 @@ class _Run:
 
 
 def _decoded(container, streams):
-    """The input's frames, each stream's in turn; decoding errors become InvalidInput."""
+    """
+    The input's frames, in the order they are demuxed. A few packets that
+    do not decode are skipped, as players do with a damaged file; past
+    :data:`_MAX_BAD_PACKETS`, or when demuxing fails, the file is
+    InvalidInput.
+    """
     import av
+    bad = 0
     try:
         for packet in container.demux(streams):
-            for frame in packet.decode():
-                yield frame
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as e:
+                bad += 1
+                if bad > _MAX_BAD_PACKETS:
+                    raise InvalidInput(f"the file could not be decoded: {_reason(e)}") from None
+                continue
+            yield from frames
     except av.FFmpegError as e:
         raise InvalidInput(f"the file could not be decoded: {_reason(e)}") from None
 
