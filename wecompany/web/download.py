@@ -79,7 +79,7 @@ def content_disposition(filename: str, disposition: str = "attachment") -> bytes
     (RFC 6266, RFC 5987): nothing of ``filename`` can end the header or the
     quoted string, whatever it holds.
     """
-    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%;' else "_" for c in filename)
     fallback = fallback[:MAX_FALLBACK_NAME].strip() or "download"
     encoded = quote(filename, safe=_ATTR_CHARS, encoding="utf-8", errors="replace")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}".encode("ascii")

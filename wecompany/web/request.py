@@ -74,7 +74,7 @@ class LimitedRequest(Request):
                     # May start an admission check (the caller, its quota) that
                     # refuses the upload while it arrives.
                     self.upload = make_sink(self, length)
-                    self.upload.on_error = self._reject
+                    self.upload.when_failed(self._reject)
                     self.notifyFinish().addBoth(self._release_upload)
                 self._stream = StreamingForm(boundary, limits, file_sink=self.upload)
             except WeCompanyError as error:

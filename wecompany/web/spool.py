@@ -87,8 +87,8 @@ class SpoolUpload:
     :param high_water: bytes waiting for the disk above which ``producer`` is paused.
     :param low_water: bytes waiting for the disk at or below which it is resumed.
 
-    :ivar on_error: called once with the :class:`WeCompanyError` of a
-        failed write or of :meth:`refuse` (the request answers it at once).
+    The request gives :meth:`when_failed` what answers a failed write or
+    a :meth:`refusal <refuse>` at once.
     """
 
     log = Logger()
@@ -100,7 +100,7 @@ class SpoolUpload:
         self.high_water = high_water
         self.low_water = low_water
         self.max_batch = max_batch
-        self.on_error = None
+        self._on_error = None
         self.filename: str | None = None
         self.content_type: str | None = None
         self.received = 0  # bytes handed to write()
@@ -126,6 +126,12 @@ class SpoolUpload:
     def waiting(self) -> int:
         """Bytes queued for the disk or being written."""
         return self._waiting
+
+    def when_failed(self, on_error) -> None:
+        """Call ``on_error(WeCompanyError)`` once, when a write fails or the upload is refused (now, if it was)."""
+        self._on_error = on_error
+        if self._error is not None:
+            on_error(self._error)
 
     # -- the form's file sink -------------------------------------------------
     def open(self, name: str, filename: str, content_type: str | None) -> None:
@@ -230,8 +236,8 @@ class SpoolUpload:
         if self._error is not None:
             return
         self._error = error
-        if self.on_error is not None:
-            self.on_error(error)
+        if self._on_error is not None:
+            self._on_error(error)
         self.discard()
 
     def _resume(self) -> None:
