@@ -445,3 +445,41 @@ class OpenAPITests(MediaCase):
                              ("/api/v1/media", "get"), ("/api/v1/media/info/{media_id}", "get"),
                              ("/api/v1/media/{media_id}", "delete")):
             self.assertIn(method, paths[path], path)
+
+
+class TransferTests(MediaCase):
+    """A file sent with the TCP protocol's FILE transfer, listed and downloaded over REST."""
+
+    def test_a_tcp_file_downloads_over_rest(self):
+        from tests.tcp.test_protocol import PASSWORD, Conn, q, s16
+        from wecompany.tcp import codec
+        from wecompany.tcp.codec import MsgType
+        from wecompany.tcp.protocol import WeCompanyFactory
+
+        factory = WeCompanyFactory(self.domain, max_frame=4096, login_timeout=10, idle_timeout=90,
+                                   message_rate=100, message_burst=200, auth_fail_delay=1.0)
+        alice = Conn(factory, "10.0.0.1")
+        alice.send(bytes((MsgType.LOGIN,)) + s16("alice") + s16(PASSWORD))
+        alice.frames()
+        data = wav(seconds=0.3)
+        alice.send(b"\x01\x01" + q("t1") + q("bob") + q("../tone.wav") + codec.u64(len(data))
+                   + hashlib.sha256(data).digest())
+        self.assertEqual(alice.frames()[0][:2], bytes((MsgType.FILE, codec.FILE_ACCEPTED)))
+        for offset in range(0, len(data), 2000):
+            alice.send(b"\x01\x02" + q("t1") + codec.u64(offset) + data[offset:offset + 2000])
+        self.assertEqual(alice.frames()[-1][:2], bytes((MsgType.FILE, codec.FILE_COMPLETE)))
+
+        for token in (self.alice, self.bob):  # the sender's and the receiver's list
+            page = self.get(MEDIA, token)[1]["data"]
+            self.assertEqual(page["total"], 1)
+            item = page["list"][0]
+            self.assertEqual((item["filename"], item["uploader_id"], item["size"], item["content_type"]),
+                             ("tone.wav", self.alice_id, len(data), "audio/wav"))
+            code, body, _ = self.get(item["download_url"], token)
+            self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, hashlib.sha256(data).hexdigest()))
+            code, body, _ = self.get(item["download_url"], token, headers={"Range": "bytes=100-199"})
+            self.assertEqual((code, body), (206, data[100:200]))
+        carol, _ = self.account("carol")
+        self.assertEqual(self.get(item["download_url"], carol)[0], 404)
+        # The receiver may read it, not delete it.
+        self.assertEqual(self.api.request("DELETE", f"{MEDIA}/{item['id']}", token=self.bob)[0], 403)
