@@ -38,7 +38,7 @@ import common  # noqa: E402
 
 MiB = 1 << 20
 BOUNDARY = "benchboundary0123456789"
-PASSWORD = "Bench-Passw0rd!"
+PASSWORD = "Xq7-Lumen-Otter"
 
 
 def blocks(size: int):

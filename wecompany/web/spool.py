@@ -27,13 +27,13 @@ import secrets
 from collections import deque
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from wecompany.errors import InvalidInput, TooLarge, Unavailable, WeCompanyError
 from wecompany.privatefs import make_private_dir, open_private
 
-KiB, MiB = 1 << 10, 1 << 20
+MiB = 1 << 20
 
 
 @attrs.frozen
@@ -53,17 +53,21 @@ class _SpoolFile:
         self.handle = None
         self.digest = hashlib.sha256()
 
-    def append(self, chunks: list[bytes]) -> None:
-        if self.handle is None:
-            make_private_dir(os.path.dirname(self.path))
-            self.handle = open_private(self.path, "xb")
+    def open(self) -> None:
+        make_private_dir(os.path.dirname(self.path))
+        self.handle = open_private(self.path, "xb")
+
+    def write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
             self.handle.write(chunk)
+
+    def hash(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
             self.digest.update(chunk)  # hashlib lets go of the GIL for large chunks
 
     def finish(self) -> str:
         if self.handle is None:  # an empty file
-            self.append([])
+            self.open()
         self.handle.close()
         return self.digest.hexdigest()
 
@@ -94,7 +98,7 @@ class SpoolUpload:
     log = Logger()
 
     def __init__(self, directory: str, run_in_thread, producer, max_size: int,
-                 high_water: int = 1 * MiB, low_water: int = 256 * KiB, max_batch: int = 1 * MiB) -> None:
+                 high_water: int = 4 * MiB, low_water: int = 1 * MiB, max_batch: int = 1 * MiB) -> None:
         self.path = os.path.join(directory, f"upload-{secrets.token_hex(12)}")
         self.max_size = max_size
         self.high_water = high_water
@@ -211,9 +215,20 @@ class SpoolUpload:
             chunks.append(chunk)
             size += len(chunk)
         self._busy = True
-        d = self._run(self._file.append, chunks)
+        d = Deferred.fromCoroutine(self._append(chunks))
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(size,))
         d.addErrback(lambda f: self.log.failure("spooling an upload failed", f))
+
+    async def _append(self, chunks: list[bytes]) -> None:
+        if self._file.handle is None:
+            await self._run(self._file.open)
+        # The write and the hash of a batch run side by side in two threads
+        # (both let go of the GIL); batches run one after the other.
+        try:
+            await gatherResults([self._run(self._file.write, chunks), self._run(self._file.hash, chunks)],
+                                consumeErrors=True)
+        except FirstError as error:
+            error.subFailure.raiseException()
 
     def _written(self, _, size: int) -> None:
         self._busy = False
