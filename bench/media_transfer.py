@@ -220,4 +220,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-wait", type=float, default=120.0,
                         help="seconds to wait for the machine to be quiet first (default 120)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    sys.exit(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 16 MiB, one round, no wait")
+    options = parser.parse_args()
+    if options.quick:
+        options.size, options.rounds, options.max_wait = 16, 1, 0.0
+    sys.exit(main(options))
