@@ -185,6 +185,32 @@ def parse_size(name: str, value: object) -> int:
     return size
 
 
+_BYTES = re.compile(r"(\d+)\s*(k|kib|m|mib|g|gib|t|tib)?", re.IGNORECASE)
+_BYTE_UNITS = {None: 1, "k": KiB, "kib": KiB, "m": MiB, "mib": MiB, "g": 1024 * MiB, "gib": 1024 * MiB,
+               "t": MiB * MiB, "tib": MiB * MiB}
+
+
+def parse_bytes(minimum: int, maximum: int) -> Callable[[str, object], int]:
+    """A byte count between ``minimum`` and ``maximum``: ``1048576``, ``512K``, ``4MiB``, ``5G``, ``1TiB``."""
+
+    def parse(name: str, value: object) -> int:
+        expected = f"a size between {minimum} and {maximum} bytes (e.g. 536870912, 512M, 5GiB)"
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        else:
+            match = _BYTES.fullmatch(_text(name, value, expected))
+            if match is None:
+                raise _fail(name, value, expected)
+            unit = match.group(2).lower() if match.group(2) else None
+            size = int(match.group(1)) * _BYTE_UNITS[unit]
+        if not minimum <= size <= maximum:
+            raise _fail(name, value, expected)
+        return size
+
+    parse.__doc__ = parse_bytes.__doc__
+    return parse
+
+
 def parse_bool(name: str, value: object) -> bool:
     """1/0, true/false, yes/no, on/off (any case)."""
     if isinstance(value, bool):
@@ -531,6 +557,11 @@ class Config:
         "where avatars and transferred files are kept, for every node of a cluster: file:/path (a shared "
         "directory, e.g. NFS) or s3://bucket/prefix?endpoint=URL&region=NAME (S3-compatible, needs "
         "wecompany[s3]; credentials from the standard AWS chain) (default: the data directory)")
+    max_upload: int = _option(512 * MiB, parse_bytes(KiB, MiB * MiB),
+                              "largest file one media upload may have (413 past it); K/M/G/T suffixes allowed")
+    media_quota: int = _option(5 * 1024 * MiB, parse_bytes(0, 1024 * MiB * MiB),
+                               "bytes of media one user may keep (uploads and processing results); "
+                               "K/M/G/T suffixes allowed")
     jwt_secret: bytes | None = _option(None, optional(parse_secret),
                                        "HS256 secret for access tokens, at least 32 bytes "
                                        "(default: generated once into DATA_DIR/jwt.secret)",

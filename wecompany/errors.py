@@ -191,3 +191,17 @@ class ParticipantRemoved(Forbidden):
     """A host or moderator removed the user from the meeting; only they can add the user back."""
 
     default_message = "you were removed from this meeting: a host or moderator can add you back"
+
+
+class MediaNotFound(NotFound):
+    """No such media item, or one the caller may not see (never told apart)."""
+
+    error_code = FILE_NOT_FOUND
+    default_message = "media not found"
+
+
+class QuotaExceeded(TooLarge):
+    """An upload would take its user past the media quota (``--media-quota``)."""
+
+    error_code = UPLOAD_FAILED
+    default_message = "media quota exceeded"

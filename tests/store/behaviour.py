@@ -18,12 +18,13 @@ from zope.interface.verify import verifyObject
 from wecompany.domain.usercache import UserCache
 
 from wecompany.errors import (
-    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, ParticipantRemoved, Unavailable,
-    UsernameTaken,
+    Conflict, EmailTaken, InvalidInput, MeetingFull, MeetingNotFound, NotFound, ParticipantRemoved, QuotaExceeded,
+    Unavailable, UsernameTaken,
 )
-from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.interface import IMediaStore, IMeetingStore, IStore
 from wecompany.store.records import (
     FileRecord,
+    MediaRecord,
     MeetingMessageRecord,
     MeetingRecord,
     ParticipantRecord,
@@ -96,6 +97,7 @@ class StoreBehaviour:
     async def test_provides_interface(self):
         self.assertTrue(verifyObject(IStore, self.store))
         self.assertTrue(verifyObject(IMeetingStore, self.store))
+        self.assertTrue(verifyObject(IMediaStore, self.store))
         self.assertIs(await self.store.ping(), True)
 
     async def test_stopped_store_is_unavailable(self):
@@ -1116,3 +1118,118 @@ class StoreBehaviour:
         self.assertEqual(error.error_code, 1003)
         self.assertEqual(await self.count_rows("password_resets"), 1)
         self.assertEqual(await self.store.consume_password_reset("reset", NOW + HOUR - 1), alice.id)
+
+
+class MediaBehaviour:
+    """The media items of every IStore (mixed in beside :class:`StoreBehaviour`)."""
+
+    async def add_media(self, uploader, size=100, name="clip.webm", **options):
+        return await self.store.add_media(uploader.id, name, "video/webm", size, "ab" * 32, "video",
+                                          f"media/uploads/{name}", NOW, **options)
+
+    async def test_add_and_get_media(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        record = await self.store.add_media(alice.id, "talk.webm", "video/webm", 12345, "cd" * 32, "video",
+                                            "media/uploads/ab/1", NOW, meeting_id=meeting.id, duration_ms=61_500,
+                                            width=1280, height=720)
+        self.assertEqual(record, MediaRecord(
+            id=record.id, uploader_id=alice.id, meeting_id=meeting.id, filename="talk.webm",
+            content_type="video/webm", size=12345, sha256="cd" * 32, file_type="video",
+            storage_key="media/uploads/ab/1", created_at=NOW, duration_ms=61_500, width=1280, height=720,
+            source_id=None))
+        self.assertEqual(await self.store.get_media(record.id), record)
+        self.assertIsNone(await self.store.get_media(record.id + 1))
+        plain = await self.add_media(alice, name="notes.txt")
+        self.assertEqual((plain.id, plain.meeting_id, plain.duration_ms, plain.width, plain.height),
+                         (record.id + 1, None, None, None, None))
+
+    async def test_large_sizes_and_durations(self):
+        alice = await self.make_user("alice")
+        record = await self.add_media(alice, size=5 << 40, duration_ms=2**40)
+        self.assertEqual((await self.store.get_media(record.id)).size, 5 << 40)
+        self.assertEqual(await self.store.media_usage(alice.id), 5 << 40)
+
+    async def test_add_media_of_unknown_user_or_meeting(self):
+        alice = await self.make_user("alice")
+        await self.assertFails(self.store.add_media(alice.id + 50, "a", "text/plain", 1, "ab" * 32, "document",
+                                                    "media/x", NOW), NotFound)
+        await self.assertFails(self.add_media(alice, meeting_id=999), MeetingNotFound)
+        await self.assertFails(self.add_media(alice, shared_with=[alice.id + 50]), NotFound)
+        self.assertEqual(await self.count_rows("media"), 0)
+
+    async def test_grants(self):
+        alice, bob, carol = await self.make_user("alice"), await self.make_user("bob"), await self.make_user("carol")
+        sent = await self.add_media(alice, shared_with=[bob.id, bob.id, alice.id])
+        self.assertIs(await self.store.media_shared_with(sent.id, bob.id), True)
+        self.assertIs(await self.store.media_shared_with(sent.id, carol.id), False)
+        self.assertIs(await self.store.media_shared_with(sent.id, alice.id), False)  # she uploaded it
+        self.assertEqual(await self.count_rows("media_grants"), 1)
+
+    async def test_lists_newest_first_and_paged(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        meeting = await self.make_meeting(alice)
+        first = await self.add_media(alice, name="1")
+        shared = await self.add_media(bob, name="2", shared_with=[alice.id])
+        of_meeting = await self.add_media(bob, name="3", meeting_id=meeting.id)
+        mine = await self.add_media(alice, name="4", meeting_id=meeting.id)
+        self.assertEqual(await self.store.list_media(0, 10, user_id=alice.id), (3, [mine, shared, first]))
+        self.assertEqual(await self.store.list_media(1, 1, user_id=alice.id), (3, [shared]))
+        self.assertEqual(await self.store.list_media(3, 5, user_id=alice.id), (3, []))
+        self.assertEqual(await self.store.list_media(0, 10, user_id=bob.id), (2, [of_meeting, shared]))
+        self.assertEqual(await self.store.list_media(0, 10, meeting_id=meeting.id), (2, [mine, of_meeting]))
+        self.assertEqual(await self.store.list_media(0, 10, user_id=bob.id, meeting_id=meeting.id),
+                         (1, [of_meeting]))
+        await self.assertFails(self.store.list_media(-1, 10), InvalidInput)
+
+    async def test_delete_media(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        source = await self.add_media(alice, shared_with=[bob.id])
+        result = await self.add_media(alice, name="result.opus", source_id=source.id)
+        self.assertEqual(result.source_id, source.id)
+        self.assertEqual(await self.store.delete_media(source.id), source)
+        self.assertIsNone(await self.store.delete_media(source.id))
+        self.assertIsNone(await self.store.get_media(source.id))
+        self.assertEqual(await self.count_rows("media_grants"), 0)
+        # A result keeps its bytes and loses its source.
+        self.assertIsNone((await self.store.get_media(result.id)).source_id)
+        orphan = await self.add_media(alice, name="late", source_id=source.id)
+        self.assertIsNone(orphan.source_id)
+        # Ids are never reused.
+        self.assertEqual((await self.add_media(alice)).id, orphan.id + 1)
+
+    async def test_a_deleted_meeting_leaves_its_media_to_the_uploader(self):
+        alice = await self.make_user("alice")
+        meeting = await self.make_meeting(alice)
+        record = await self.add_media(alice, meeting_id=meeting.id)
+        await self.store.delete_meeting(meeting.id)
+        self.assertIsNone((await self.store.get_media(record.id)).meeting_id)
+        self.assertEqual(await self.store.list_media(0, 10, meeting_id=meeting.id), (0, []))
+
+    async def test_quota(self):
+        alice, bob = await self.make_user("alice"), await self.make_user("bob")
+        self.assertEqual(await self.store.media_usage(alice.id), 0)
+        await self.add_media(alice, size=600, quota=1000)
+        await self.add_media(bob, size=900, quota=1000)  # another user's usage is his own
+        error = await self.assertFails(self.add_media(alice, size=401, quota=1000), QuotaExceeded)
+        self.assertEqual((error.code, error.error_code), (413, 3001))
+        self.assertIn("600 of 1000 bytes", error.message)
+        await self.add_media(alice, size=400, quota=1000)  # exactly full
+        self.assertEqual(await self.store.media_usage(alice.id), 1000)
+        await self.add_media(alice, size=5)  # no quota given: not checked (processing results)
+        self.assertEqual(await self.count_rows("media"), 4)
+
+    async def test_quota_of_uploads_at_once(self):
+        # Each fits, not both: whichever commits second is refused.
+        alice = await self.make_user("alice")
+        outcomes = await gather_outcomes([self.add_media(alice, size=600, quota=1000) for _ in range(3)])
+        self.assertEqual(sorted(type(outcome).__name__ for outcome in outcomes),
+                         ["MediaRecord", "QuotaExceeded", "QuotaExceeded"])
+        self.assertEqual(await self.store.media_usage(alice.id), 600)
+
+
+async def gather_outcomes(coroutines) -> list:
+    """Run ``coroutines`` at once -> each one's result or exception, in order."""
+    from twisted.internet.defer import Deferred, DeferredList
+    results = await DeferredList([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
+    return [value if ok else value.value for ok, value in results]

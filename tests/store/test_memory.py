@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.store.behaviour import StoreBehaviour
+from tests.store.behaviour import MediaBehaviour, StoreBehaviour
 from wecompany.errors import Unavailable, UsernameTaken
 from wecompany.store.memory import MemoryStore
 
 
-class MemoryStoreTests(StoreBehaviour, TestCase):
+class MemoryStoreTests(StoreBehaviour, MediaBehaviour, TestCase):
     def make_store(self, user_caches=(), meeting_caches=()):
         return MemoryStore(user_caches=list(user_caches), meeting_caches=list(meeting_caches))
 

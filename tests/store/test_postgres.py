@@ -24,7 +24,7 @@ from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests import pgtesting
-from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
+from tests.store.behaviour import HOUR, NOW, SETTINGS, MediaBehaviour, StoreBehaviour
 from wecompany.errors import (
     EmailTaken,
     InvalidInput,
@@ -49,7 +49,7 @@ async def query(store, statement, params=()):
     return await store._pool.runQuery(statement, params)
 
 
-class PostgreSQLStoreTests(StoreBehaviour, TestCase):
+class PostgreSQLStoreTests(StoreBehaviour, MediaBehaviour, TestCase):
     def make_store(self, user_caches=(), meeting_caches=()):
         return PostgreSQLStore(pgtesting.emptied_database(self), reactor, user_caches=list(user_caches),
                                meeting_caches=list(meeting_caches))
@@ -112,7 +112,7 @@ class PostgreSQLOnlyTests(_PostgreSQLTestCase):
         release()
         self.assertEqual(await _outcomes(*started), [None, None])
         self.assertEqual(await query(first, "SELECT version, name FROM schema_version ORDER BY version"),
-                         [(1, "initial"), (2, "meetings"), (3, "token_version")])
+                         [(1, "initial"), (2, "meetings"), (3, "token_version"), (4, "media")])
         alice = await first.create_user("alice", "h", None, None, NOW)
         self.assertEqual(await second.get_user(alice.id), alice)
 
@@ -248,10 +248,10 @@ class PostgreSQLOnlyTests(_PostgreSQLTestCase):
         PostgreSQLStore(url, reactor).prepare()  # idempotent
         connection = pgtesting.connect(self, url)
         self.assertEqual(connection.execute("SELECT version FROM schema_version ORDER BY version").fetchall(),
-                         [(1,), (2,), (3,)])
+                         [(1,), (2,), (3,), (4,)])
         connection.execute("INSERT INTO schema_version VALUES (99, 'future')")
         error = self.assertRaises(SchemaTooNew, PostgreSQLStore(url, reactor).prepare)
-        self.assertIn("database schema version 99 is newer than this server knows (up to 3)", str(error))
+        self.assertIn("database schema version 99 is newer than this server knows (up to 4)", str(error))
 
     async def test_a_user_with_rights_on_the_tables_only_starts_on_an_up_to_date_database(self):
         role = pgtesting.scratch_role(self)  # first: dropped after the database

@@ -32,11 +32,13 @@ class SplitStatementsTests(SynchronousTestCase):
 
 class LoadMigrationsTests(SynchronousTestCase):
     def test_migrations_for_sqlite(self):
-        initial, meetings, token_version = load_migrations(SQLITE)
+        initial, meetings, token_version, media = load_migrations(SQLITE)
         self.assertEqual((initial.version, initial.name), (1, "initial"))
         self.assertEqual((meetings.version, meetings.name), (2, "meetings"))
         self.assertEqual((token_version.version, token_version.name), (3, "token_version"))
-        script = "\n".join(initial.statements + meetings.statements + token_version.statements)
+        self.assertEqual((media.version, media.name), (4, "media"))
+        self.assertEqual(created_tables(media), ["media", "media_grants"])
+        script = "\n".join(initial.statements + meetings.statements + token_version.statements + media.statements)
         self.assertNotIn("$", script)
         self.assertIn("id INTEGER PRIMARY KEY AUTOINCREMENT", script)
         self.assertIn("username TEXT COLLATE NOCASE NOT NULL UNIQUE", script)
@@ -81,5 +83,5 @@ class MigrateTests(TestCase):
         self.assertIn("good", await self.tables())
         self.assertEqual(
             await self.pool.runQuery("SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "meetings"), (3, "token_version"), (following, "fixed")],
+            [(1, "initial"), (2, "meetings"), (3, "token_version"), (4, "media"), (following, "fixed")],
         )

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from tests.store.behaviour import HOUR, NOW, SETTINGS, StoreBehaviour
+from tests.store.behaviour import HOUR, NOW, SETTINGS, MediaBehaviour, StoreBehaviour
 from wecompany.errors import InvalidInput, Unavailable
 from wecompany.store.dialect import SQLITE
 from wecompany.store.records import StoredMessage
@@ -29,7 +29,7 @@ async def query(store, sql, params=()):
     return await store._pool.runQuery(sql, params)
 
 
-class SQLiteStoreTests(StoreBehaviour, TestCase):
+class SQLiteStoreTests(StoreBehaviour, MediaBehaviour, TestCase):
     def make_store(self, user_caches=(), meeting_caches=()):
         return SQLiteStore(":memory:", reactor, user_caches=list(user_caches), meeting_caches=list(meeting_caches))
 
@@ -145,7 +145,7 @@ class SQLiteOnlyTests(TestCase):
         store = await self.open_store(path)
         self.assertEqual(
             await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "meetings"), (3, "token_version")],
+            [(1, "initial"), (2, "meetings"), (3, "token_version"), (4, "media")],
         )
         self.assertEqual(await store.get_user(alice.id), alice)
 
@@ -166,7 +166,7 @@ class SQLiteOnlyTests(TestCase):
         store = await self.open_store(path)
         self.assertEqual(
             await query(store, "SELECT version, name FROM schema_version ORDER BY version"),
-            [(1, "initial"), (2, "meetings"), (3, "token_version")],
+            [(1, "initial"), (2, "meetings"), (3, "token_version"), (4, "media")],
         )
         tables = {name for (name,) in await query(store, "SELECT name FROM sqlite_master WHERE type = 'table'")}
         added = {"meetings", "participants", "meeting_messages", "refresh_tokens", "password_resets"}
@@ -187,7 +187,7 @@ class SQLiteOnlyTests(TestCase):
 
         newer = SQLiteStore(path, reactor)
         error = await self.assertFailure(newer.start(), SchemaTooNew)
-        self.assertIn("database schema version 99 is newer than this server knows (up to 3)", str(error))
+        self.assertIn("database schema version 99 is newer than this server knows (up to 4)", str(error))
         await self.assertFailure(newer.get_user(1), Unavailable)
         self.assertIsNone(await newer.stop())
 
@@ -411,7 +411,7 @@ class PrepareTests(TestCase):
         store.prepare()
         with sqlite3.connect(path) as connection:
             versions = [v for (v,) in connection.execute("SELECT version FROM schema_version ORDER BY version")]
-        self.assertEqual(versions, [1, 2, 3])
+        self.assertEqual(versions, [1, 2, 3, 4])
         store.prepare()  # idempotent
         d = store.start()
         d.addCallback(lambda _: store.stop())

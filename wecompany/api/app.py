@@ -11,6 +11,7 @@ from klein import Klein
 
 from wecompany.api.admin import AdminRoutes
 from wecompany.api.auth import AuthRoutes
+from wecompany.api.media import MediaRoutes
 from wecompany.api.meetings import MeetingRoutes, RenderedPages
 from wecompany.api.signaling import SignalingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
@@ -21,7 +22,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes, MediaRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
@@ -41,6 +42,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.clock = domain.clock
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
         self.file_storage = domain.storage
+        self.media = domain.media
         self.rendered_pages = RenderedPages()
         self._openapi = None
 

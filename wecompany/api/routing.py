@@ -17,6 +17,7 @@ import re
 import attrs
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
 
 from wecompany.api import envelope
@@ -129,7 +130,9 @@ def _wrap(handler, ep: Endpoint):
         query = parse_query(request.args, ep.query) if ep.query else {}
         result = await handler(self, Call(request, user, body, query, params))
         if isinstance(result, bytes) and not isinstance(result, envelope.Encoded):
-            return result  # already rendered (downloads, Prometheus text)
+            return result  # already rendered (avatars, Prometheus text)
+        if IResource.providedBy(result):
+            return result  # renders itself (a streamed download)
         return envelope.success(request, result, self.clock.seconds(), ep.status)
 
     wrapper.__name__ = ep.name

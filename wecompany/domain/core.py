@@ -24,6 +24,7 @@ from wecompany.domain.files import FileService, file_chunk_size
 from wecompany.domain.ice import IceServers
 from wecompany.domain.ids import IdGenerator
 from wecompany.domain.lifecycle import AccountLifecycle
+from wecompany.domain.media import MediaService
 from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
@@ -83,6 +84,8 @@ class Domain:
     user_cache: UserCache
     #: Pages of the meeting list, likewise.
     meeting_pages: MeetingPages
+    #: The REST media API's items (uploads, processing results, TCP transfers).
+    media: MediaService
 
     def live_counts(self) -> dict:
         """
@@ -148,9 +151,12 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
     storage = open_storage(config.file_storage, config.data_dir, run_disk, s3_client_factory=s3_client_factory)
-    files = FileService(store, directory, registry, storage, os.path.join(config.data_dir, "spool"), run_disk,
+    spool_dir = os.path.join(config.data_dir, "spool")
+    media = MediaService(store, storage, run_disk, clock, spool_dir, max_upload=config.max_upload,
+                         quota=config.media_quota)
+    files = FileService(store, directory, registry, storage, spool_dir, run_disk,
                         clock, chunk_size=file_chunk_size(config.max_frame),
-                        node=cluster.node_id if cluster.enabled else None)
+                        node=cluster.node_id if cluster.enabled else None, media=media)
     chat = ChatService(store, registry, directory, calls, IdGenerator(clock, id_node), clock, listeners=[files],
                        cluster=cluster)
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
@@ -165,4 +171,4 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages)
+                  cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media)

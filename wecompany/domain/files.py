@@ -92,14 +92,19 @@ class FileService:
     :param spool_dir: a directory on this node's disk for uploads while
         they arrive (``<data dir>/spool``).
     :param run_in_thread: ``f(callable, *args) -> Deferred`` for disk work.
+    :param media: the :class:`~wecompany.domain.media.MediaService` a
+        complete file is added to (the sender's item, shared with the
+        recipient), so that it is in both media lists and downloads over
+        REST; None for none.
     """
 
     log = Logger()
 
     def __init__(self, store, directory, registry, storage, spool_dir: str, run_in_thread, clock,
                  max_file_size: int = 256 << 20, chunk_size: int = 64 << 10,
-                 max_uploads_per_client: int = 4, node: str | None = None) -> None:
+                 max_uploads_per_client: int = 4, node: str | None = None, media=None) -> None:
         self.store = store
+        self.media = media
         # In a cluster, the node that receives an upload is in its path
         # (transfers/{node}/...), so that a node cleans up its own uploads
         # only: the others' are still on their way.
@@ -220,6 +225,11 @@ class FileService:
                              lambda: self.store.delete_file(record.id))
             raise
         record = attrs.evolve(record, status="complete")
+        if self.media is not None:
+            # The transfer is done either way; an item that could not be
+            # added only leaves the file out of the media lists.
+            await self._tidy("adding a transferred file to the media store",
+                             lambda: self.media.add_transfer(record, self.storage_key(record)))
         target = self.registry.chat_client(str(record.recipient_id))
         if target is not None:
             self._enqueue(target, record, 0)

@@ -18,6 +18,7 @@ from wecompany.errors import (
     EmailTaken,
     InvalidInput,
     NotFound,
+    QuotaExceeded,
     Unavailable,
     UsernameTaken,
 )
@@ -158,3 +159,7 @@ def user_not_found() -> NotFound:
 
 def store_not_running() -> Unavailable:
     return Unavailable("store is not running")
+
+
+def quota_exceeded(used: int, size: int, quota: int) -> QuotaExceeded:
+    return QuotaExceeded(f"media quota exceeded: {used} of {quota} bytes are used, and this file has {size}")

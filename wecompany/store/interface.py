@@ -289,3 +289,46 @@ class IMeetingStore(Interface):
         Atomically mark the token used and return its user id; None when it
         is unknown, used, or expired.
         """
+
+
+class IMediaStore(Interface):
+    """
+    The REST media API's items (:class:`~wecompany.store.records.MediaRecord`)
+    and who else may read them. Implemented by the same classes as
+    :class:`IStore`. Lists are newest first (by id, descending).
+    """
+
+    def add_media(uploader_id, filename, content_type, size, sha256, file_type, storage_key, now,
+                  meeting_id=None, duration_ms=None, width=None, height=None, source_id=None,
+                  shared_with=(), quota=None):
+        """
+        Insert an item, and a grant to read it for each of ``shared_with``
+        (user ids), in one transaction -> MediaRecord.
+
+        With ``quota`` (bytes), the uploader's usage (:meth:`media_usage`)
+        plus ``size`` must not pass it, checked in the same transaction with
+        the uploader's row locked, so two uploads that each fit but not
+        together cannot both be added:
+        :class:`wecompany.errors.QuotaExceeded` otherwise, and nothing is
+        written. Raises NotFound (1003) for an unknown uploader or user of
+        ``shared_with``, MeetingNotFound for an unknown meeting.
+        """
+
+    def get_media(media_id):
+        """-> MediaRecord or None."""
+
+    def media_shared_with(media_id, user_id):
+        """-> bool, whether ``user_id`` was granted reading ``media_id``."""
+
+    def list_media(offset, limit, user_id=None, meeting_id=None):
+        """
+        -> (total, [MediaRecord]) newest first. ``user_id``: only items it
+        uploaded or was granted; ``meeting_id``: only that meeting's; both:
+        both conditions.
+        """
+
+    def delete_media(media_id):
+        """Remove the item and its grants -> the removed MediaRecord, or None (the caller removes the bytes)."""
+
+    def media_usage(user_id):
+        """-> int, the bytes of every item ``user_id`` uploaded."""

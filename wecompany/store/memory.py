@@ -44,15 +44,17 @@ from wecompany.store.common import (
     fold_case,
     normalise_email,
     optional_time,
+    quota_exceeded,
     room_exists,
     store_not_running,
     token_exists,
     user_not_found,
     username_exists,
 )
-from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.interface import IMediaStore, IMeetingStore, IStore
 from wecompany.store.records import (
     FileRecord,
+    MediaRecord,
     MeetingMessageRecord,
     MeetingRecord,
     ParticipantRecord,
@@ -108,7 +110,7 @@ class _PasswordReset:
     used: bool = False
 
 
-@implementer(IStore, IMeetingStore)
+@implementer(IStore, IMeetingStore, IMediaStore)
 @attrs.define
 class MemoryStore:
     """
@@ -142,6 +144,9 @@ class MemoryStore:
     _last_meeting_id: int = attrs.field(default=0, init=False)
     _last_participant_id: int = attrs.field(default=0, init=False)
     _last_meeting_message_id: int = attrs.field(default=0, init=False)
+    _media: dict[int, MediaRecord] = attrs.field(factory=dict, init=False)
+    _media_grants: set[tuple[int, int]] = attrs.field(factory=set, init=False)  # (media_id, user_id)
+    _last_media_id: int = attrs.field(default=0, init=False)
     #: Told ``invalidate(user_id)`` after each write to a user's row or profile,
     #: as the SQL store tells them (see :class:`~wecompany.domain.usercache.UserCache`).
     user_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
@@ -423,6 +428,8 @@ class MemoryStore:
         for rows in (self._participants, self._meeting_messages):
             for row_id in [row_id for row_id, row in rows.items() if row.meeting_id == meeting_id]:
                 del rows[row_id]
+        for media in [media for media in self._media.values() if media.meeting_id == meeting_id]:
+            self._media[media.id] = attrs.evolve(media, meeting_id=None)  # ON DELETE SET NULL
         self._meeting_written(meeting_id)
         return True
 
@@ -629,3 +636,60 @@ class MemoryStore:
             return None
         reset.used = True
         return reset.user_id
+
+    # -- media ----------------------------------------------------------------
+    @_fired
+    def add_media(self, uploader_id: int, filename: str, content_type: str, size: int, sha256: str,
+                  file_type: str, storage_key: str, now: float, meeting_id: int | None = None,
+                  duration_ms: int | None = None, width: int | None = None, height: int | None = None,
+                  source_id: int | None = None, shared_with: Iterable[int] = (),
+                  quota: int | None = None) -> MediaRecord:
+        shared = sorted(set(shared_with) - {uploader_id})
+        self._require_users(uploader_id, *shared)
+        if meeting_id is not None and meeting_id not in self._meetings:
+            raise MeetingNotFound()
+        if quota is not None:
+            used = self._usage(uploader_id)
+            if used + size > quota:
+                raise quota_exceeded(used, size, quota)
+        self._last_media_id += 1
+        record = MediaRecord(self._last_media_id, uploader_id, meeting_id, filename, content_type, size, sha256,
+                             file_type, storage_key, float(now), duration_ms, width, height,
+                             source_id if source_id in self._media else None)
+        self._media[record.id] = record
+        self._media_grants.update((record.id, user_id) for user_id in shared)
+        return record
+
+    @_fired
+    def get_media(self, media_id: int) -> MediaRecord | None:
+        return self._media.get(media_id)
+
+    @_fired
+    def media_shared_with(self, media_id: int, user_id: int) -> bool:
+        return (media_id, user_id) in self._media_grants
+
+    @_fired
+    def list_media(self, offset: int, limit: int, user_id: int | None = None,
+                   meeting_id: int | None = None) -> tuple[int, list[MediaRecord]]:
+        found = [
+            media for media in sorted(self._media.values(), key=lambda media: media.id, reverse=True)
+            if (user_id is None or media.uploader_id == user_id or (media.id, user_id) in self._media_grants)
+            and (meeting_id is None or media.meeting_id == meeting_id)
+        ]
+        return _page(found, offset, limit)
+
+    @_fired
+    def delete_media(self, media_id: int) -> MediaRecord | None:
+        record = self._media.pop(media_id, None)
+        if record is not None:
+            self._media_grants = {grant for grant in self._media_grants if grant[0] != media_id}
+            for other in [m for m in self._media.values() if m.source_id == media_id]:
+                self._media[other.id] = attrs.evolve(other, source_id=None)
+        return record
+
+    @_fired
+    def media_usage(self, user_id: int) -> int:
+        return self._usage(user_id)
+
+    def _usage(self, user_id: int) -> int:
+        return sum(media.size for media in self._media.values() if media.uploader_id == user_id)

@@ -149,3 +149,29 @@ class RefreshTokenRecord:
     expires_at: float
     revoked_at: float | None = None
     replaced_by: str | None = None
+
+
+@attrs.frozen
+class MediaRecord:
+    """
+    An item of the REST media API: an upload, a processing result, or a file
+    sent with the TCP protocol. ``storage_key`` names its bytes in the file
+    storage and is always chosen by the server; ``duration_ms``, ``width`` and
+    ``height`` are known for audio, video and images. ``source_id`` is the
+    item a processing result was made from.
+    """
+
+    id: int
+    uploader_id: int
+    meeting_id: int | None
+    filename: str
+    content_type: str
+    size: int
+    sha256: str  # lower-case hex
+    file_type: str
+    storage_key: str
+    created_at: float
+    duration_ms: int | None = None
+    width: int | None = None
+    height: int | None = None
+    source_id: int | None = None

@@ -51,6 +51,7 @@ from wecompany.store.common import (
     fold_case,
     like_pattern,
     normalise_email,
+    quota_exceeded,
     room_exists,
     store_not_running,
     token_exists,
@@ -58,9 +59,10 @@ from wecompany.store.common import (
     username_exists,
 )
 from wecompany.store.dialect import Dialect
-from wecompany.store.interface import IMeetingStore, IStore
+from wecompany.store.interface import IMediaStore, IMeetingStore, IStore
 from wecompany.store.records import (
     FileRecord,
+    MediaRecord,
     MeetingMessageRecord,
     MeetingRecord,
     ParticipantRecord,
@@ -108,6 +110,8 @@ def _named(table: str, alias: str) -> str:
 _PARTICIPANTS = _named("participants", "p")
 _MEETING_MESSAGES = _named("meeting_messages", "m")
 
+_MEDIA = ("id, uploader_id, meeting_id, filename, content_type, size, sha256, file_type, storage_key, created_at,"
+          " duration_ms, width, height, source_id")
 _SELECT_USER = f"SELECT {_USER} FROM users"
 _SELECT_PROFILE = f"SELECT {_PROFILE} FROM profiles"
 _SELECT_FILE = f"SELECT {_FILE} FROM files"
@@ -170,6 +174,7 @@ class _Listing:
 
 
 _USERS = _Listing(_USER, "users", _user)
+_MEDIA_LIST = _Listing(_MEDIA, "media", lambda row: MediaRecord(*row))
 _MEETINGS = _Listing(_MEETING, "meetings", _meeting)
 _MEETING_MESSAGE_LIST = _Listing(_MEETING_MESSAGE, _MEETING_MESSAGES, _meeting_message)
 
@@ -185,7 +190,7 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-@implementer(IStore, IMeetingStore)
+@implementer(IStore, IMeetingStore, IMediaStore)
 @attrs.define
 class SQLStore:
     """IStore and IMeetingStore over an adbapi pool; see the module docstring."""
@@ -1167,3 +1172,80 @@ class SQLStore:
             (token_hash, now), "user_id",
         ).fetchone()
         return None if row is None else row[0]
+
+    # -- media ----------------------------------------------------------------
+    def add_media(self, uploader_id: int, filename: str, content_type: str, size: int, sha256: str,
+                  file_type: str, storage_key: str, now: float, meeting_id: int | None = None,
+                  duration_ms: int | None = None, width: int | None = None, height: int | None = None,
+                  source_id: int | None = None, shared_with: Iterable[int] = (),
+                  quota: int | None = None) -> Deferred[MediaRecord]:
+        values = {"uploader_id": uploader_id, "meeting_id": meeting_id, "filename": filename,
+                  "content_type": content_type, "size": size, "sha256": sha256, "file_type": file_type,
+                  "storage_key": storage_key, "created_at": now, "duration_ms": duration_ms, "width": width,
+                  "height": height, "source_id": source_id}
+        return self._write(self._add_media_txn, values, sorted(set(shared_with) - {uploader_id}), quota)
+
+    def _add_media_txn(self, txn: Any, values: dict[str, Any], shared_with: list[int],
+                       quota: int | None) -> MediaRecord:
+        uploader_id = values["uploader_id"]
+        # The uploader's row is locked first: of two uploads of one user,
+        # the second waits for the first to commit before it counts.
+        if self._one(txn, f"SELECT id FROM users WHERE id = ?{self._dialect.lock_rows}", (uploader_id,)) is None:
+            raise user_not_found()
+        if shared_with:
+            self._require_users(txn, shared_with)
+        if values["meeting_id"] is not None:
+            self._require_meeting_txn(txn, values["meeting_id"])
+        if values["source_id"] is not None and self._get_media_txn(txn, values["source_id"]) is None:
+            values = {**values, "source_id": None}  # deleted meanwhile: a result of nothing
+        if quota is not None:
+            used = self._media_usage_txn(txn, uploader_id)
+            if used + values["size"] > quota:
+                raise quota_exceeded(used, values["size"], quota)
+        row = self._insert(txn, "media", values, _MEDIA)
+        record = MediaRecord(*row)
+        for user_id in shared_with:
+            self._execute(txn, "INSERT INTO media_grants (media_id, user_id) VALUES (?, ?)", (record.id, user_id))
+        return record
+
+    def get_media(self, media_id: int) -> Deferred[MediaRecord | None]:
+        return self._read(self._get_media_txn, media_id)
+
+    def _get_media_txn(self, txn: Any, media_id: int) -> MediaRecord | None:
+        row = self._one(txn, f"SELECT {_MEDIA} FROM media WHERE id = ?", (media_id,))
+        return None if row is None else MediaRecord(*row)
+
+    def media_shared_with(self, media_id: int, user_id: int) -> Deferred[bool]:
+        return self._read(self._media_shared_txn, media_id, user_id)
+
+    def _media_shared_txn(self, txn: Any, media_id: int, user_id: int) -> bool:
+        return self._one(txn, "SELECT 1 FROM media_grants WHERE media_id = ? AND user_id = ?",
+                         (media_id, user_id)) is not None
+
+    def list_media(self, offset: int, limit: int, user_id: int | None = None,
+                   meeting_id: int | None = None) -> Deferred[tuple[int, list[MediaRecord]]]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if user_id is not None:
+            conditions.append("(uploader_id = ? OR id IN (SELECT media_id FROM media_grants WHERE user_id = ?))")
+            params += [user_id, user_id]
+        if meeting_id is not None:
+            conditions.append("meeting_id = ?")
+            params.append(meeting_id)
+        return self._read(self._page_txn, _MEDIA_LIST, conditions, params, "id DESC", offset, limit)
+
+    def delete_media(self, media_id: int) -> Deferred[MediaRecord | None]:
+        return self._write(self._delete_media_txn, media_id)
+
+    def _delete_media_txn(self, txn: Any, media_id: int) -> MediaRecord | None:
+        # Its grants go with it (ON DELETE CASCADE); results made from it keep
+        # their bytes and lose their source (ON DELETE SET NULL).
+        row = self._one(txn, f"DELETE FROM media WHERE id = ? RETURNING {_MEDIA}", (media_id,))
+        return None if row is None else MediaRecord(*row)
+
+    def media_usage(self, user_id: int) -> Deferred[int]:
+        return self._read(self._media_usage_txn, user_id)
+
+    def _media_usage_txn(self, txn: Any, user_id: int) -> int:
+        (used,) = self._one(txn, "SELECT COALESCE(SUM(size), 0) FROM media WHERE uploader_id = ?", (user_id,))
+        return int(used)

@@ -7,6 +7,11 @@ parsed at once on the reactor thread, and nothing of it is kept beyond the
 parts themselves. The parser is the ``multipart`` package's push parser, with limits on the number of parts, the size of each part's
 headers and the size of a field, so a body of 200,000 empty parts is refused
 after the first few instead of being taken apart.
+
+A form made with a ``file_sink`` (the media upload path's
+:class:`~wecompany.web.spool.SpoolUpload`) keeps no file part in memory:
+each chunk of a part with a file name goes to the sink as it is parsed, and
+the part is left with empty ``data`` and the sink as its ``spool``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Part:
     filename: str | None
     content_type: str
     data: bytes = attrs.field(repr=False)
+    #: The file sink that took the bytes of a file part, when the form has one.
+    spool: object | None = attrs.field(default=None, repr=False)
 
 
 def boundary_of(content_type: bytes | str | None) -> str | None:
@@ -64,11 +71,17 @@ class StreamingForm:
     malformed body and :class:`TooLarge` past a limit; after that the form is
     spent. :meth:`finish` returns field name -> parts, in order.
 
+    ``file_sink``, when given, takes the file parts: ``open(name, filename,
+    content_type)``, ``write(bytes)`` (each may raise a WeCompanyError,
+    which ends the form) and ``close()``.
+
     :raises InvalidInput: at construction, for a boundary the parser refuses.
     """
 
-    def __init__(self, boundary: str, limits: FormLimits = FormLimits()) -> None:
+    def __init__(self, boundary: str, limits: FormLimits = FormLimits(), file_sink=None) -> None:
         self.limits = limits
+        self.file_sink = file_sink
+        self._sinking = False
         if not 1 <= len(boundary) <= MAX_BOUNDARY:
             raise InvalidInput(f"malformed multipart body: the boundary must be 1-{MAX_BOUNDARY} characters")
         try:
@@ -113,6 +126,9 @@ class StreamingForm:
         if segment.disposition != "form-data" or segment.name is None:
             raise InvalidInput("malformed multipart body: a part is not form-data with a name")
         self._segment, self._chunks, self._size = segment, [], 0
+        self._sinking = segment.filename is not None and self.file_sink is not None
+        if self._sinking:
+            self.file_sink.open(segment.name, segment.filename, segment.content_type)
 
     def _data(self, chunk) -> None:
         segment = self._segment
@@ -121,10 +137,20 @@ class StreamingForm:
         if self._size > limit:
             what = "file" if segment.filename is not None else f"field {segment.name!r}"
             raise TooLarge(f"multipart {what} larger than {limit} bytes")
-        self._chunks.append(bytes(chunk))
+        if self._sinking:
+            self.file_sink.write(bytes(chunk))
+        else:
+            self._chunks.append(bytes(chunk))
 
     def _end(self) -> None:
         segment = self._segment
+        if self._sinking:
+            self.file_sink.close()
+            self.parts.setdefault(segment.name, []).append(
+                Part(segment.name, segment.filename, segment.content_type or "application/octet-stream", b"",
+                     spool=self.file_sink))
+            self._segment, self._sinking = None, False
+            return
         self.parts.setdefault(segment.name, []).append(
             Part(segment.name, segment.filename, segment.content_type or "application/octet-stream",
                  b"".join(self._chunks)))

@@ -12,6 +12,13 @@ A ``multipart/form-data`` body is not stored at all: each chunk goes to a
 :class:`~wecompany.web.multipart.StreamingForm` as it is read, which keeps
 only the parts, within its bounds, and the request then carries them as
 ``form``. A malformed one is answered 400 at once, without reading the rest.
+
+On the paths the site streams uploads for (``site.upload_sink_for(path)``,
+the media upload), the file part goes to a
+:class:`~wecompany.web.spool.SpoolUpload` instead, which writes it to a
+spool file in the disk thread pool and pauses the transport while the disk
+is behind; the request carries it as ``upload``, and discards it when the
+request ends unless a handler has claimed it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ class LimitedRequest(Request):
     """
 
     form = None
+    #: The :class:`~wecompany.web.spool.SpoolUpload` of a streamed upload, or None.
+    upload = None
+    _body_done = False
     _stream: StreamingForm | None = None
     _rejected = False
     _received = 0
@@ -57,8 +67,16 @@ class LimitedRequest(Request):
         boundary = boundary_of(self.requestHeaders.getRawHeaders(b"content-type", [None])[0])
         if boundary is not None:
             limits = getattr(site, "form_limits", None) or FormLimits()
+            sinks = getattr(site, "upload_sink_for", None)
+            make_sink = sinks(getattr(self.channel, "request_path", b"")) if sinks is not None else None
             try:
-                self._stream = StreamingForm(boundary, limits)
+                if make_sink is not None:
+                    # May start an admission check (the caller, its quota) that
+                    # refuses the upload while it arrives.
+                    self.upload = make_sink(self, length)
+                    self.upload.when_failed(self._reject)
+                    self.notifyFinish().addBoth(self._release_upload)
+                self._stream = StreamingForm(boundary, limits, file_sink=self.upload)
             except WeCompanyError as error:
                 self._reject(error)
                 return
@@ -91,19 +109,33 @@ class LimitedRequest(Request):
                 self._reject(error)
                 return
             self._stream = None
+        self._body_done = True
         self.wecompany_started = self.channel.site.reactor.seconds()
         super().requestReceived(command, path, version)
 
+    def _release_upload(self, _) -> None:
+        # The request is over (answered, or its connection lost).
+        if self.upload is not None and not self.upload.claimed:
+            self.upload.discard()
+
     def _reject(self, error: WeCompanyError) -> None:
         """Answer ``error`` in the envelope now, and close: the rest of the body is not read."""
+        if self._rejected or self._body_done:
+            return  # already answered, or the body is in and the handler answers
         self._rejected = True
+        if self.upload is not None:
+            self.upload.discard()
         self._stream = None
         self.content = None
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is None:  # the connection is gone already
+            return
         status = b"%d %s" % (error.code, RESPONSES.get(error.code, b"Error"))
-        body = dumps({"code": error.code, "message": error.message, "error": error.detail or error.message,
-                      "timestamp": rfc3339(self.channel.site.reactor.seconds()),
-                      "request_id": request_id_for(self)})
-        transport = self.channel.transport
+        answer = {"code": error.code, "message": error.message, "error": error.detail or error.message}
+        if error.error_code is not None:
+            answer["error_code"] = error.error_code
+        answer.update(timestamp=rfc3339(self.channel.site.reactor.seconds()), request_id=request_id_for(self))
+        body = dumps(answer)
         transport.write(b"HTTP/1.1 " + status + b"\r\n"
                         b"Content-Type: application/json; charset=utf-8\r\n"
                         b"Connection: close\r\n"

@@ -151,7 +151,7 @@ class WeCompanySite(Site):
     protocol = DeadlineChannel
 
     def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY,
-                 timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None):
+                 timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None, upload_sinks=()):
         # Bodies are parsed by the API, which answers malformed ones in its
         # envelope (Twisted would send a bare 400 and drop the connection).
         super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor, parsePOSTFormSubmission=False,
@@ -161,6 +161,9 @@ class WeCompanySite(Site):
         self.timeouts = timeouts or TimeoutPolicy()
         self.form_limits = form_limits or FormLimits()
         self._body_limits = tuple(body_limits)  # (path prefix bytes, limit)
+        # (path bytes, make_sink(request, declared length) -> SpoolUpload): the
+        # paths whose file parts are streamed to disk (wecompany.web.spool).
+        self._upload_sinks = dict(upload_sinks)
         self._max_body = max_body
         self.access_log = AccessLog(reactor)
 
@@ -169,6 +172,10 @@ class WeCompanySite(Site):
             if path.startswith(prefix):
                 return limit
         return self._max_body
+
+    def upload_sink_for(self, path: bytes):
+        """What makes the file sink of a multipart body to ``path``, or None to keep its parts in memory."""
+        return self._upload_sinks.get(path.rstrip(b"/")) if self._upload_sinks else None
 
     def log(self, request) -> None:
         if self.metrics is not None:
@@ -262,8 +269,12 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
+    upload_sinks = ()
     if api is not None:
         root.putChild(b"api", api.resource())
+        # The API's own upload paths: their body limits and file sinks.
+        body_limits = (*getattr(api, "body_limits", tuple)(), *body_limits)
+        upload_sinks = getattr(api, "upload_sinks", tuple)()
     if signaling is not None:
         from autobahn.twisted.resource import WebSocketResource
         ws = Resource()
@@ -271,4 +282,5 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         root.putChild(b"ws", ws)
         # A Site does not start the factories of the resources it serves.
         signaling.startFactory()
-    return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts)
+    return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts,
+                         upload_sinks=upload_sinks)
