@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from wecompany.domain.files import safe_name
 from wecompany.errors import Forbidden, InvalidInput, MediaNotFound, MeetingNotFound, QuotaExceeded
+from wecompany.media.process import probe
 
 #: Where uploaded items and processing results are in the file storage.
 UPLOAD_KEYS = "media/uploads/"
@@ -93,33 +94,6 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def probe(path: str) -> tuple[int | None, int | None, int | None, bool, bool]:
-    """
-    PyAV's view of a media file -> (duration_ms, width, height, has_video,
-    has_audio); all None/False when PyAV cannot open it.
-    """
-    import av
-
-    try:
-        with av.open(path, metadata_errors="ignore") as container:
-            video = next(iter(container.streams.video), None)
-            audio = next(iter(container.streams.audio), None)
-            duration = None
-            if container.duration is not None and container.duration > 0:
-                duration = container.duration * 1000 // av.time_base
-            else:
-                for stream in (video, audio):
-                    if stream is not None and stream.duration and stream.time_base:
-                        duration = int(stream.duration * stream.time_base * 1000)
-                        break
-            width = height = None
-            if video is not None and video.codec_context.width:
-                width, height = video.codec_context.width, video.codec_context.height
-            return duration, width, height, video is not None, audio is not None
-    except Exception:  # FFmpeg errors of every kind: the bytes are not media PyAV reads
-        return None, None, None, False, False
-
-
 def inspect(path: str) -> Inspection:
     """Sniff and (for audio, video and images) probe the file at ``path``."""
     with open(path, "rb") as fh:
@@ -127,8 +101,9 @@ def inspect(path: str) -> Inspection:
     content_type, kind = sniff(head)
     if kind not in ("image", "audio", "video"):
         return Inspection(content_type, kind)
-    duration, width, height, has_video, has_audio = probe(path)
-    if kind == "video" and not has_video and has_audio:
+    probed = probe(path)  # the processing engine's prober (PyAV): one view of what a file is
+    duration, width, height = probed["duration_ms"], probed["width"], probed["height"]
+    if kind == "video" and probed["kind"] == "audio":
         # A WebM or MP4 with sound only (what a browser records from a microphone).
         kind, content_type = "audio", "audio/" + content_type.split("/", 1)[1]
     if kind == "image":
