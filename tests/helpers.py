@@ -53,14 +53,15 @@ CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_node=1, s3_client=None,
-                node_links=None, **options):
+                node_links=None, run_job=None, **options):
     """
     The daemon's domain, built by the daemon's own :func:`build_domain`, on
     a fake clock (at 2023-11-14), the in-memory store (or ``store``: nodes
     of one cluster share theirs) and runners that do their thread work in
     place. ``options`` are :class:`Config` fields; the per-address auth
     budget is lifted unless given (many tests log in from one address).
-    ``s3_client`` is the (fake) client of ``file_storage="s3://..."``.
+    ``s3_client`` is the (fake) client of ``file_storage="s3://..."``;
+    ``run_job`` runs media jobs (default: in a child process, as the daemon does).
     """
     from twisted.internet.task import Clock
 
@@ -87,7 +88,7 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
     return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
                         run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
                         meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
-                        redis_link=redis_link, node_links=node_links,
+                        redis_link=redis_link, node_links=node_links, run_job=run_job,
                         s3_client_factory=None if s3_client is None else lambda: s3_client)
 
 

@@ -562,6 +562,15 @@ class Config:
     media_quota: int = _option(5 * 1024 * MiB, parse_bytes(0, 1024 * MiB * MiB),
                                "bytes of media one user may keep (uploads and processing results); "
                                "K/M/G/T suffixes allowed")
+    media_workers: int = _option(2, parse_count,
+                                 "media-processing jobs (POST /media/process, /video/enhancement) run at once, "
+                                 "each in a child process")
+    media_queue: int = _option(8, parse_count,
+                               "media-processing jobs that may wait for a worker; past them a job is refused "
+                               "with 503")
+    media_job_timeout: float = _option(3600.0, parse_seconds,
+                                       "seconds a media-processing job may run before it is stopped (it fails "
+                                       "with 4002)")
     jwt_secret: bytes | None = _option(None, optional(parse_secret),
                                        "HS256 secret for access tokens, at least 32 bytes "
                                        "(default: generated once into DATA_DIR/jwt.secret)",

@@ -55,6 +55,8 @@ class WeCompanyService(MultiService):
         for the process's garbage collector (the daemon's, not in tests).
     :param files: optional FileService; uploads an earlier run left
         unfinished are removed once the store has started.
+    :param media_jobs: optional :class:`~wecompany.media.jobs.JobQueue`,
+        stopped before the thread pools.
     :param cluster_node: optional :class:`~wecompany.mirror.cluster.ClusterNode`,
         started with the store and stopped (the node leaves the cluster)
         once the clients are gone.
@@ -64,10 +66,12 @@ class WeCompanyService(MultiService):
 
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
-                 startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None) -> None:
+                 startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None,
+                 media_jobs=None) -> None:
         super().__init__()
         self.store = store
         self.listeners = list(listeners)
+        self.media_jobs = media_jobs
         self.tcp_factory = tcp_factory
         self.calls = calls
         self.threadpools = list(threadpools)
@@ -214,6 +218,9 @@ class WeCompanyService(MultiService):
         if self.cluster_node is not None:
             # After the clients are gone (their sessions left the cluster): then the node leaves.
             await self._step("leaving the cluster", self.cluster_node.stop)
+        if self.media_jobs is not None:
+            # Waiting jobs fail, running ones are stopped (their child processes killed).
+            await self._step("stopping the media jobs", self.media_jobs.stop)
         if self.recorder is not None:
             await self._step("closing the recordings", self.recorder.stop)
         await self._step("closing the store", self.store.stop)

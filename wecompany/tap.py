@@ -209,6 +209,8 @@ def build_service(config: Config, reactor):
     # files gets its own small pool so a burst of logins cannot starve it.
     hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
+    # Media jobs: each thread only waits on its job's child process.
+    media_pool = ThreadPool(minthreads=0, maxthreads=config.media_workers, name="wecompany-media")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
 
     node_links = None
@@ -223,7 +225,7 @@ def build_service(config: Config, reactor):
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
-                          node_links=node_links)
+                          node_links=node_links, run_media=partial(deferToThreadPool, reactor, media_pool))
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
@@ -267,6 +269,7 @@ def build_service(config: Config, reactor):
         warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
                         "unless every node opens this same file, give them --database postgresql://...")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
-                            threadpools=(hash_pool, disk_pool), recorder=domain.recorder, reactor=reactor,
+                            threadpools=(hash_pool, disk_pool, media_pool), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node)
+                            collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node,
+                            media_jobs=domain.processing.jobs)

@@ -43,6 +43,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
         self.file_storage = domain.storage
         self.media = domain.media
+        self.processing = domain.processing
         self.rendered_pages = RenderedPages()
         self._openapi = None
 

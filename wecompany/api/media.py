@@ -22,6 +22,7 @@ from wecompany.api.views import MESSAGE_SCHEMA, page_schema, page_view
 from wecompany.domain.ids import MAX_ID
 from wecompany.domain.media import FORM_SLACK, check_file_type
 from wecompany.errors import InvalidInput, WeCompanyError
+from wecompany.media.process import ENHANCE_OPERATIONS, PROCESS_TYPES
 from wecompany.times import rfc3339
 from wecompany.web.download import StoredFile
 from wecompany.web.spool import SpoolUpload
@@ -48,6 +49,33 @@ MEDIA_SCHEMA = {
         "duration_ms": {"type": "integer", "description": "audio and video"},
         "width": {"type": "integer", "description": "video and images"},
         "height": {"type": "integer", "description": "video and images"},
+    },
+}
+
+PROCESS_FIELDS = {
+    "media_id": Field("integer", required=True, minimum=1),
+    "process_type": Field("string", required=True, choices=PROCESS_TYPES),
+    "params": Field("object", nullable=True, description="the process type's parameters (docs/media-processing.rst)"),
+}
+
+ENHANCE_FIELDS = {
+    "media_id": Field("integer", required=True, minimum=1),
+    "operations": Field("array", required=True, max_length=len(ENHANCE_OPERATIONS),
+                        description="any of " + ", ".join(ENHANCE_OPERATIONS)),
+    "scale": Field("integer", minimum=2, description="upscale factor (with operations upscale)"),
+}
+
+JOB_STARTED_SCHEMA = {"type": "object", "required": ["job_id", "status"],
+                      "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}}}
+
+JOB_SCHEMA = {
+    "type": "object", "required": ["job_id", "status", "progress", "result_media_id", "error"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "result_media_id": {"type": "integer", "nullable": True, "description": "the result item, once done"},
+        "error": {"type": "string", "nullable": True, "description": "why it failed"},
     },
 }
 
@@ -175,3 +203,28 @@ class MediaRoutes:
     async def delete_media(self, call: Call):
         await self.media.delete(call.user.id, call.params["media_id"])
         return {"message": "media deleted"}
+
+    # -- processing -----------------------------------------------------------------
+    @endpoint("POST", "/v1/media/process",
+              summary="Process an item the caller may read (" + ", ".join(PROCESS_TYPES) + "), off the "
+                      "reactor in a child process; the result becomes a new item of the caller's. Answers "
+                      "202 with the job to poll; 503 when the queue is full",
+              tag="media", status=202, body=PROCESS_FIELDS, data=JOB_STARTED_SCHEMA, errors=(400, 401, 404, 503))
+    async def process_media(self, call: Call):
+        b = call.body
+        return await self.processing.submit(call.user.id, b["media_id"], b["process_type"], b.get("params"))
+
+    @endpoint("GET", "/v1/media/process/<string:job_id>", summary="A processing job of the caller's",
+              tag="media", data=JOB_SCHEMA, errors=(401, 404))
+    async def media_job(self, call: Call):
+        return self.processing.status(call.user.id, call.params["job_id"])
+
+    @endpoint("POST", "/v1/video/enhancement",
+              summary="Enhance a video or image item (denoise, sharpen, low-light contrast with CLAHE, "
+                      "upscale) with OpenCV, as a processing job: 202 with the job to poll at "
+                      "/media/process/{job_id}; 503 with 4001 when OpenCV is not installed",
+              tag="ai", status=202, body=ENHANCE_FIELDS, data=JOB_STARTED_SCHEMA, errors=(400, 401, 404, 503))
+    async def enhance_video(self, call: Call):
+        b = call.body
+        params = {"operations": b["operations"], **({"scale": b["scale"]} if "scale" in b else {})}
+        return await self.processing.submit(call.user.id, b["media_id"], "enhance", params)

@@ -25,7 +25,8 @@ class Field:
     """
     One field. ``kind``: ``string``, ``integer``, ``number``, ``boolean``,
     ``datetime`` (RFC 3339 string -> POSIX seconds), ``object`` (nested
-    ``fields``).
+    ``fields``; without them, any object, which the handler validates),
+    ``array`` (of anything; ``max_length`` items at most).
     """
 
     kind: str
@@ -79,11 +80,19 @@ class Field:
         elif kind == "object":
             if not isinstance(value, dict):
                 raise InvalidInput(f"{name} must be an object")
+            if self.fields is None and not self.strict:
+                return value  # free-form: the handler checks it
             if self.strict:
                 unknown = sorted(set(value) - set(self.fields or {}))
                 if unknown:
                     raise InvalidInput(f"unknown field {name}.{unknown[0]}")
             return parse_fields(self.fields or {}, value, prefix=f"{name}.")
+        elif kind == "array":
+            if not isinstance(value, list):
+                raise InvalidInput(f"{name} must be an array")
+            if self.max_length is not None and len(value) > self.max_length:
+                raise InvalidInput(f"{name} must have at most {self.max_length} items")
+            return value
         else:  # pragma: no cover - a programming error in a declaration
             raise ValueError(f"unknown field kind {kind}")
         if self.minimum is not None and value < self.minimum:
@@ -101,11 +110,15 @@ class Field:
             schema = object_schema(self.fields or {})
             if self.strict:
                 schema["additionalProperties"] = False
+        elif self.kind == "array":
+            schema = {"type": "array", "items": {}}
+            if self.max_length is not None:
+                schema["maxItems"] = self.max_length
         else:
             schema = {"type": self.kind}
-        for key, attr in (("minLength", "min_length"), ("maxLength", "max_length"),
+        for key, attr in (("minLength", "min_length"), ("maxLength", "max_length" if self.kind != "array" else ""),
                           ("minimum", "minimum"), ("maximum", "maximum")):
-            if getattr(self, attr) is not None:
+            if attr and getattr(self, attr) is not None:
                 schema[key] = getattr(self, attr)
         if self.choices is not None:
             schema["enum"] = list(self.choices)

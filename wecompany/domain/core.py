@@ -25,6 +25,8 @@ from wecompany.domain.ice import IceServers
 from wecompany.domain.ids import IdGenerator
 from wecompany.domain.lifecycle import AccountLifecycle
 from wecompany.domain.media import MediaService
+from wecompany.domain.processing import MediaProcessing
+from wecompany.media.jobs import JobQueue
 from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
@@ -86,6 +88,8 @@ class Domain:
     meeting_pages: MeetingPages
     #: The REST media API's items (uploads, processing results, TCP transfers).
     media: MediaService
+    #: Processing jobs on those items (POST /media/process, /video/enhancement).
+    processing: MediaProcessing
 
     def live_counts(self) -> dict:
         """
@@ -103,7 +107,7 @@ class Domain:
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
                  user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
                  mailer=None, id_node: int | None = None, redis_link=None, node_links=None,
-                 s3_client_factory=None) -> Domain:
+                 s3_client_factory=None, run_media: Runner | None = None, run_job=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -122,6 +126,10 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
         fake) when the daemon is clustered (``--redis``); None otherwise.
     :param node_links: the :class:`~wecompany.mirror.medialink.NodeLinks`
         for call media between nodes (``--node-link``), or None.
+    :param run_media: runs media-processing jobs in their thread pool
+        (each thread waits on a child process); default ``run_disk``.
+    :param run_job: runs one job in such a thread (default: in a child
+        process, :func:`wecompany.media.isolated.run_isolated`).
     :param s3_client_factory: makes the S3 client when ``--file-storage``
         is ``s3://`` (default: boto3's); tests pass a fake.
     """
@@ -154,6 +162,10 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     spool_dir = os.path.join(config.data_dir, "spool")
     media = MediaService(store, storage, run_disk, clock, spool_dir, max_upload=config.max_upload,
                          quota=config.media_quota)
+    jobs = JobQueue(clock, run_media or run_disk, workers=config.media_workers, max_queued=config.media_queue,
+                    timeout=config.media_job_timeout)
+    processing = MediaProcessing(media, jobs, run_disk, os.path.join(spool_dir, "jobs"),
+                                 **({"run_job": run_job} if run_job is not None else {}))
     files = FileService(store, directory, registry, storage, spool_dir, run_disk,
                         clock, chunk_size=file_chunk_size(config.max_frame),
                         node=cluster.node_id if cluster.enabled else None, media=media)
@@ -171,4 +183,5 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
-                  cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media)
+                  cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media,
+                  processing=processing)

@@ -162,6 +162,10 @@ class JobQueue:
         return {"job_id": job.job_id, "status": job.status, "progress": round(job.progress, 4),
                 "result_media_id": job.result_media_id, "error": job.error}
 
+    def has_room(self) -> bool:
+        """Whether :meth:`submit` would take one more job now."""
+        return not self._stopping and len(self._running) + len(self._queued) < self.workers + self.max_queued
+
     def counts(self) -> dict:
         """How many jobs are queued and running now."""
         return {"queued": len(self._queued), "running": len(self._running)}
