@@ -460,3 +460,52 @@ class MediaLinkTests(ClusterCase):
         b.node._resync.stop()
         self.settle(2 * NODE_TIMEOUT)
         self.assertEqual(a_links.addresses, {})
+
+
+class MediaJobTests(ClusterCase):
+    """A media job runs on one node; its owner may poll it on any (wecompany.mirror.jobs)."""
+
+    def status(self, node, owner, job_id):
+        return run(node.domain.processing.status(owner, job_id))
+
+    def test_a_job_is_seen_from_another_node_by_its_owner_only(self):
+        from wecompany.errors import NotFound
+        a, b = self.node("a"), self.node("b")
+        jobs = a.domain.processing.jobs
+        job = jobs.submit(7, lambda progress, cancelled: progress(0.5) or "result")  # runs at once here
+        self.settle()
+        self.assertEqual(job.status, "done")
+        seen = self.successResultOf(self.status(b, 7, job.job_id))
+        self.assertEqual(seen, jobs.to_json(job))
+        self.failureResultOf(self.status(b, 8, job.job_id), NotFound)  # someone else's
+        self.failureResultOf(self.status(b, 7, "no-such-job"), NotFound)
+        self.failureResultOf(self.status(b, 7, "x" * 500), NotFound)
+        # It is forgotten everywhere with the queue's memory of it.
+        self.settle(601)
+        self.failureResultOf(self.status(b, 7, job.job_id), NotFound)
+
+    def test_a_running_jobs_progress_is_written_every_second(self):
+        from wecompany.media.jobs import Job
+        a, b = self.node("a"), self.node("b")
+        mirror = a.domain.processing.mirror
+        job = Job(job_id="j1", owner_id=7, created_at=self.clock.seconds(), status="running")
+        mirror.changed(job)
+        self.settle()
+        self.assertEqual(self.successResultOf(self.status(b, 7, "j1"))["progress"], 0.0)
+        job.report(0.25)  # as the worker thread does
+        self.settle(1.0)
+        self.assertEqual(self.successResultOf(self.status(b, 7, "j1"))["progress"], 0.25)
+        job.status = "done"
+        mirror.changed(job)
+        self.settle()
+        self.assertFalse(mirror._loop.running)
+
+    def test_without_redis_another_node_cannot_tell(self):
+        from wecompany.errors import NotFound
+        a, b = self.node("a"), self.node("b")
+        job = a.domain.processing.jobs.submit(7, lambda progress, cancelled: None)
+        self.settle()
+        self.server.crash()
+        self.settle()
+        self.failureResultOf(self.status(b, 7, job.job_id), NotFound)
+        self.assertEqual(self.successResultOf(self.status(a, 7, job.job_id))["status"], "done")  # its own node can

@@ -217,7 +217,7 @@ class MediaRoutes:
     @endpoint("GET", "/v1/media/process/<string:job_id>", summary="A processing job of the caller's",
               tag="media", data=JOB_SCHEMA, errors=(401, 404))
     async def media_job(self, call: Call):
-        return self.processing.status(call.user.id, call.params["job_id"])
+        return await self.processing.status(call.user.id, call.params["job_id"])
 
     @endpoint("POST", "/v1/video/enhancement",
               summary="Enhance a video or image item (denoise, sharpen, low-light contrast with CLAHE, "

@@ -27,6 +27,7 @@ from wecompany.domain.lifecycle import AccountLifecycle
 from wecompany.domain.media import MediaService
 from wecompany.domain.processing import MediaProcessing
 from wecompany.media.jobs import JobQueue
+from wecompany.mirror.jobs import JobMirror
 from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
@@ -43,6 +44,8 @@ from wecompany.domain.usercache import UserCache
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
+#: Seconds a finished media job can still be read.
+KEEP_FINISHED = 600.0
 
 
 @attrs.frozen
@@ -162,9 +165,13 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     spool_dir = os.path.join(config.data_dir, "spool")
     media = MediaService(store, storage, run_disk, clock, spool_dir, max_upload=config.max_upload,
                          quota=config.media_quota)
+    job_mirror = None
+    if cluster.enabled:  # a client polls its job on any node
+        job_mirror = JobMirror(cluster, clock, JobQueue.to_json, keep=KEEP_FINISHED, timeout=config.media_job_timeout)
     jobs = JobQueue(clock, run_media or run_disk, workers=config.media_workers, max_queued=config.media_queue,
-                    timeout=config.media_job_timeout)
-    processing = MediaProcessing(media, jobs, run_disk, os.path.join(spool_dir, "jobs"),
+                    keep_finished=KEEP_FINISHED, timeout=config.media_job_timeout,
+                    on_change=job_mirror.changed if job_mirror is not None else None)
+    processing = MediaProcessing(media, jobs, run_disk, os.path.join(spool_dir, "jobs"), mirror=job_mirror,
                                  **({"run_job": run_job} if run_job is not None else {}))
     files = FileService(store, directory, registry, storage, spool_dir, run_disk,
                         clock, chunk_size=file_chunk_size(config.max_frame),

@@ -22,13 +22,15 @@ import shutil
 
 from twisted.logger import Logger
 
-from wecompany.errors import Unavailable
+from wecompany.errors import NotFound, Unavailable
 from wecompany.media.isolated import run_isolated
 from wecompany.media.process import Limits, validate
 from wecompany.privatefs import make_private_dir, open_private
 
 #: Bytes read from the file storage at a time when an item is fetched for a job.
 FETCH_BLOCK = 1 << 20
+#: Job ids are 22 characters; anything much longer names no job.
+MAX_JOB_ID = 64
 
 
 class MediaProcessing:
@@ -44,9 +46,11 @@ class MediaProcessing:
 
     log = Logger()
 
-    def __init__(self, media, jobs, run_disk, work_dir: str, run_job=run_isolated, limits: Limits = Limits()) -> None:
+    def __init__(self, media, jobs, run_disk, work_dir: str, run_job=run_isolated, limits: Limits = Limits(),
+                 mirror=None) -> None:
         self.media = media
         self.jobs = jobs
+        self.mirror = mirror  # a JobMirror when clustered: the jobs other nodes run
         self._run_disk = run_disk
         self.work_dir = os.path.abspath(work_dir)
         self._run_job = run_job
@@ -72,9 +76,21 @@ class MediaProcessing:
                       kind=process_type, item=record.id)
         return {"job_id": job.job_id, "status": job.status}
 
-    def status(self, user_id: int, job_id: str) -> dict:
-        """The caller's job: ``{job_id, status, progress, result_media_id, error}``; else NotFound."""
-        return self.jobs.to_json(self.jobs.get(job_id, user_id))
+    async def status(self, user_id: int, job_id: str) -> dict:
+        """
+        The caller's job: ``{job_id, status, progress, result_media_id,
+        error}``, from this node's queue or, in a cluster, as the node
+        running it last wrote it; else NotFound.
+        """
+        try:
+            return self.jobs.to_json(self.jobs.get(job_id, user_id))
+        except NotFound:
+            if self.mirror is None or len(job_id) > MAX_JOB_ID:
+                raise
+        found = await self.mirror.look_up(job_id)
+        if found is None or found.get("owner") != user_id:
+            raise NotFound("no such job")
+        return found["job"]
 
     async def _source(self, record, job_dir: str) -> tuple[str, bool]:
         """Where the job reads the item: (path, whether it is a copy made for the job)."""

@@ -116,7 +116,7 @@ class JobQueue:
     log = Logger()
 
     def __init__(self, clock, run_in_thread, *, workers: int = 2, max_queued: int = 8,
-                 keep_finished: float = 600.0, timeout: float = 3600.0) -> None:
+                 keep_finished: float = 600.0, timeout: float = 3600.0, on_change=None) -> None:
         if workers < 1 or max_queued < 0:
             raise ValueError("workers must be at least 1 and max_queued at least 0")
         self._clock = clock
@@ -125,6 +125,8 @@ class JobQueue:
         self.max_queued = max_queued
         self.keep_finished = keep_finished
         self.timeout = timeout
+        #: ``on_change(job)``, on the reactor thread, whenever a job's status changes (a cluster mirrors it).
+        self.on_change = on_change
         self._jobs: dict[str, Job] = {}
         self._queued: deque[Job] = deque()
         self._running: set[Job] = set()
@@ -146,8 +148,20 @@ class JobQueue:
         self._jobs[job.job_id] = job
         self._queued.append(job)
         self.log.debug("media job {job_id} queued for {owner}", job_id=job.job_id, owner=owner_id)
+        self._changed(job)
         self._start_next()
         return job
+
+    def running(self) -> list[Job]:
+        """The jobs running now."""
+        return list(self._running)
+
+    def _changed(self, job: Job) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(job)
+            except Exception:
+                self.log.failure("telling of media job {job_id} failed", job_id=job.job_id)
 
     def get(self, job_id: str, owner_id) -> Job:
         """``owner_id``'s job ``job_id``; :class:`~wecompany.errors.NotFound` for any other id."""
@@ -203,6 +217,7 @@ class JobQueue:
             job.started_at = self._clock.seconds()
             job._finished = defer.Deferred()
             job._timeout_call = self._clock.callLater(self.timeout, self._time_out, job)
+            self._changed(job)
             d = defer.Deferred.fromCoroutine(self._run(job))
             d.addErrback(lambda failure, job=job: self.log.failure(
                 "media job {job_id} went wrong", failure, job_id=job.job_id))
@@ -255,6 +270,7 @@ class JobQueue:
         self._running.discard(job)
         if not self._stopping:
             job._expiry_call = self._clock.callLater(self.keep_finished, self._forget, job.job_id)
+        self._changed(job)
         if job._finished is not None:
             finished, job._finished = job._finished, None
             finished.callback(None)
