@@ -475,6 +475,7 @@ class TransferTests(MediaCase):
             item = page["list"][0]
             self.assertEqual((item["filename"], item["uploader_id"], item["size"], item["content_type"]),
                              ("tone.wav", self.alice_id, len(data), "audio/wav"))
+            self.assertAlmostEqual(item["duration_ms"], 300, delta=20)  # probed like an upload
             code, body, _ = self.get(item["download_url"], token)
             self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, hashlib.sha256(data).hexdigest()))
             code, body, _ = self.get(item["download_url"], token, headers={"Range": "bytes=100-199"})

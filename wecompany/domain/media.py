@@ -206,12 +206,16 @@ class MediaService:
         ``storage_key``) becomes an item of its sender, shared with its
         recipient -> MediaRecord.
         """
-        head = await self.storage.read(storage_key, 0, SNIFF_BYTES)
-        content_type, kind = sniff(head)
+        path_of = getattr(self.storage, "path_of", None)
+        if path_of is not None:  # a directory: probed like an upload
+            info = await self._run(inspect, path_of(storage_key))
+        else:  # object storage: sniffed from the first bytes, not fetched whole to be probed
+            info = Inspection(*sniff(await self.storage.read(storage_key, 0, SNIFF_BYTES)))
         shared = [record.recipient_id] if record.recipient_id is not None else []
-        return await self.store.add_media(record.owner_id, upload_name(record.name), content_type, record.size,
-                                          record.sha256, kind, storage_key, self.clock.seconds(),
-                                          shared_with=shared)
+        return await self.store.add_media(record.owner_id, upload_name(record.name), info.content_type,
+                                          record.size, record.sha256, info.kind, storage_key,
+                                          self.clock.seconds(), duration_ms=info.duration_ms, width=info.width,
+                                          height=info.height, shared_with=shared)
 
     async def _add(self, owner_id: int, path: str, size: int, sha256: str, filename: str, info: Inspection, *,
                    meeting_id, file_type, quota, source_id=None):
