@@ -87,6 +87,8 @@ class EnvelopeTests(SynchronousTestCase):
         self.assertIn("wecompany_http_request_duration_seconds_bucket", text)
         self.assertIn("wecompany_online_users 0.0", text)
         self.assertIn("wecompany_active_calls 0.0", text)
+        self.assertIn("wecompany_media_jobs_running 0.0", text)
+        self.assertIn("wecompany_media_jobs_queued 0.0", text)
 
     def test_methods_no_one_defined_are_one_label(self):
         for method in ("BREW", "WHATEVER", "GET"):

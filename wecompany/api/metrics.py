@@ -29,6 +29,10 @@ _GAUGES = (
     ("wecompany_calls", "Calls ringing or active", "calls", lambda c: c.count),
     ("wecompany_rooms", "Meeting rooms with live participants", "rooms", lambda rooms: rooms()),
     ("wecompany_tcp_connections", "Open binary-protocol connections", "tcp_factory", lambda f: len(f.connections)),
+    ("wecompany_media_jobs_running", "Media-processing jobs running on this node", "media_jobs",
+     lambda q: q.counts()["running"]),
+    ("wecompany_media_jobs_queued", "Media-processing jobs waiting for a worker on this node", "media_jobs",
+     lambda q: q.counts()["queued"]),
 )
 
 # Only when clustered (--redis): (name, help, reading of Cluster.status()).
@@ -86,6 +90,7 @@ class Metrics:
         self.tcp_factory = tcp_factory
         self.rooms = domain.rooms.room_count if domain is not None else None
         self.cluster = domain.cluster if domain is not None else None
+        self.media_jobs = domain.processing.jobs if domain is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("wecompany_http_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)
