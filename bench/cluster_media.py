@@ -174,11 +174,7 @@ def main(args) -> int:
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--calls", type=int, default=100)
-    p.add_argument("--rate", type=float, default=50.0, help="packets/s per party")
-    p.add_argument("--size", type=int, default=1000, help="media payload bytes")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per run")
-    p.add_argument("--procs", type=int, default=2, help="client processes")
+    media.add_load_options(p)
     p.add_argument("--paths", default="Redis,node links", type=lambda v: [x.strip() for x in v.split(",")],
                    help="how media crosses nodes, comma-separated: Redis (pub/sub), node links (--node-link)")
     p.add_argument("--same-node", action="store_true", help="also run the cluster with both parties on one node")

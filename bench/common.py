@@ -447,6 +447,17 @@ class Daemon:
         return self.proc.returncode
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 # -- a cluster: private Redis, a scratch PostgreSQL database, several daemons -----------------
 
 DEFAULT_POSTGRESQL = os.environ.get("WECOMPANY_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -489,13 +500,7 @@ class RedisServer:
         return rss_kib(self.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
 
 
 class ScratchDatabase:
@@ -612,13 +617,7 @@ class Baseline:
         return rss_kib(self.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.proc.stdout.close()
 
 

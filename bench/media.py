@@ -338,13 +338,18 @@ def main(args) -> int:
     return 0
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_load_options(p) -> None:
+    """The call load's options (also bench/cluster_media.py's)."""
     p.add_argument("--calls", type=int, default=100)
     p.add_argument("--rate", type=float, default=50.0, help="packets/s per party")
     p.add_argument("--size", type=int, default=1000, help="media payload bytes")
     p.add_argument("--duration", type=float, default=30.0, help="seconds per run")
     p.add_argument("--procs", type=int, default=2, help="client processes")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_load_options(p)
     p.add_argument("--stalls", action="store_true",
                    help="also tell whether slow packets are bunched in time (machine stalls) or spread")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the forwarder run")
