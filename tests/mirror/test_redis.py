@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.mirror.fakeredis import FakeCommands, FakeRedisServer
 from tests.services import PrivateRedis, redis_url, unique_prefix
@@ -71,6 +71,70 @@ class LinkTests(LinkCase):
         await link.publish("news", "after the restart")
         await self.until(lambda: heard, "a message after the restart")
         self.assertEqual(heard, ["after the restart"])
+
+
+    async def test_a_redis_that_stops_answering_is_left_and_found_again(self):
+        import os
+        import signal
+        server = await PrivateRedis(self).start()
+        link = self.link(server.url)
+        link.start()
+        await self.until(lambda: link.up, "the link to come up")
+        os.kill(server.process.pid, signal.SIGSTOP)  # the connections stay open; nothing answers
+        try:
+            await self.until(lambda: not link.up, "the link to give up on a silent Redis")
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        await self.until(lambda: link.up, "the link to come back")
+
+
+class LatePongTests(SynchronousTestCase):
+    """A PING answered late on a connection that keeps sending is not an outage (no sockets: a fake clock)."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        self.clock = Clock()
+        self.link = RedisLink(self.clock, parse_redis("redis", "redis://127.0.0.1:1/0"), ping_interval=3.0,
+                              ping_timeout=3.0)
+        self.proto = FakeConnection()
+        self.link._commands = self.proto
+
+    def test_silent_is_dropped(self):
+        self.link._ping()
+        self.clock.advance(3.0)
+        self.clock.advance(0)
+        self.assertTrue(self.proto.aborted)
+
+    def test_busy_is_kept(self):
+        self.link._ping()
+        self.clock.advance(2.0)
+        self.proto.heard_at = self.clock.seconds()  # pub/sub traffic, the PONG still queued behind it
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+        self.assertFalse(self.proto.aborted)
+
+    def test_what_arrives_in_the_same_turn_as_the_timeout_counts(self):
+        # The reactor was behind: the timer and the waiting bytes come due together; reads go first.
+        self.link._ping()
+        # Due at the same moment, after the PING's timer: as the reactor reads after running its timers.
+        self.clock.callLater(3.0, setattr, self.proto, "heard_at", 3.0)
+        self.clock.advance(3.0)
+        self.assertFalse(self.proto.aborted)
+
+
+class FakeConnection:
+    heard_at = float("-inf")  # as a connection that never brought anything
+
+    def __init__(self):
+        self.aborted = False
+        self.transport = self
+
+    def ping(self):
+        from twisted.internet.defer import Deferred
+        return Deferred()
+
+    def abortConnection(self):
+        self.aborted = True
 
 
 def server_subscribers(server: PrivateRedis) -> int:

@@ -4,8 +4,9 @@ commands and publishing, one that only subscribes.
 
 Both are made through the injected reactor (``ClientService`` with an
 endpoint on it), reconnect for ever with exponential backoff, and are
-checked with ``PING``: one that does not answer within ``ping_timeout`` is
-dropped and made again. The link is *up* while both connections are; the
+checked with ``PING``: one that does not answer within ``ping_timeout``,
+and brought nothing else meanwhile, is dropped and made again (a busy one
+is late, not dead). The link is *up* while both connections are; the
 cluster is told each time it goes down and comes back, so it can report the
 outage and publish its state again.
 
@@ -70,18 +71,32 @@ class RedisLink:
         self.on_up: Callable[[], None] | None = None
         self.on_down: Callable[[], None] | None = None
         self.up = False
+        self._stopping = False
         self.downs = 0  # how many times the link went down (metrics)
         self._commands = None
         self._subscriber = None
         self._handlers: dict[str, Callable[[str], None]] = {}
         link = self
 
+        class Commands(txredisapi.RedisProtocol):
+            heard_at = float("-inf")  # when the connection last brought anything (it is alive, however busy)
+
+            def dataReceived(self, data, *more):  # txredisapi calls it again itself, with an argument more
+                self.heard_at = link.reactor.seconds()
+                super().dataReceived(data, *more)
+
         class Subscriber(txredisapi.SubscriberProtocol):
+            heard_at = float("-inf")
+
+            def dataReceived(self, data, *more):  # txredisapi calls it again itself, with an argument more
+                self.heard_at = link.reactor.seconds()
+                super().dataReceived(data, *more)
+
             def messageReceived(self, pattern, channel, message):
                 link._dispatch(channel, message)
 
         self._services = {
-            "commands": self._service(txredisapi.RedisProtocol, "commands"),
+            "commands": self._service(Commands, "commands"),
             "subscriber": self._service(Subscriber, "subscriber"),
         }
         self._connection_error = txredisapi.ConnectionError
@@ -105,6 +120,7 @@ class RedisLink:
         self._pinger.start(self.ping_interval, now=False)
 
     def stop(self) -> Deferred:
+        self._stopping = True
         if self._pinger.running:
             self._pinger.stop()
         return DeferredList([service.stopService() for service in self._services.values()], consumeErrors=True)
@@ -137,6 +153,8 @@ class RedisLink:
             self.log.info("Redis at {address} is up", address=str(self.address))
             if self.on_up is not None:
                 self.on_up()
+        elif self._stopping:
+            self.log.info("the connections to Redis at {address} are closed", address=str(self.address))
         else:
             self.downs += 1
             self.log.warn("Redis at {address} is down: this node serves its own clients only until it is back",
@@ -148,12 +166,24 @@ class RedisLink:
         for proto in (self._commands, self._subscriber):
             if proto is None:
                 continue
+            sent_at = self.reactor.seconds()
             d = proto.ping()
             d.addTimeout(self.ping_timeout, self.reactor)
-            d.addErrback(self._unanswered, proto)
+            d.addErrback(self._unanswered, proto, sent_at)
 
-    def _unanswered(self, failure, proto) -> None:
-        self.log.warn("Redis did not answer PING in time ({why}): reconnecting", why=failure.getErrorMessage())
+    def _unanswered(self, failure, proto, sent_at: float) -> None:
+        # A PONG queued behind a burst of pub/sub traffic, or a reactor that
+        # was itself behind, is late, not lost: dropping the connection then
+        # would lose every message published meanwhile (pub/sub keeps
+        # nothing). So the connection is dropped only if nothing at all came
+        # from it since the PING, looked at after this reactor turn's reads.
+        self.reactor.callLater(0, self._recheck, proto, sent_at, failure.getErrorMessage())
+
+    def _recheck(self, proto, sent_at: float, why: str) -> None:
+        if proto.heard_at >= sent_at:
+            self.log.info("Redis answered PING late but is sending: the connection stays")
+            return
+        self.log.warn("Redis did not answer PING in time ({why}), and sent nothing since: reconnecting", why=why)
         if proto.transport is not None:
             proto.transport.abortConnection()
 
