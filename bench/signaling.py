@@ -315,21 +315,32 @@ class WsClient(asyncio.Protocol):
         self.transport.close()
 
 
-async def open_client(port: int, spec: dict, stats: Stats, timeout: float = 60.0) -> WsClient:
+async def open_client(port: int, spec: dict, stats: Stats, timeout: float = 60.0, factory=None) -> WsClient:
     """
     Connect, upgrade, send join and wait for room-info; the client or an
     exception. A spec with a ``port`` goes there (a cluster's nodes), others to ``port``.
     """
+    c = await open_socket(port, spec, stats, timeout, factory)
+    try:
+        c.send_frame(1, JOIN)
+        await asyncio.wait_for(c.room_info, timeout)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+async def open_socket(port: int, spec: dict, stats: Stats, timeout: float = 60.0, factory=None) -> WsClient:
+    """Connect and upgrade (no join yet): the client (``factory``, a :class:`WsClient` subclass) or an exception."""
     port = spec.get("port", port)
     path = (f"/ws/signaling?meeting_id={spec['meeting_id']}&user_id={spec['user_id']}"
             f"&peer_id={spec['peer_id']}&token={spec['token']}")
     loop = asyncio.get_running_loop()
+    make = factory or WsClient
     _, c = await asyncio.wait_for(loop.create_connection(
-        lambda: WsClient(f"127.0.0.1:{port}", path, spec["index"], stats), "127.0.0.1", port), timeout)
+        lambda: make(f"127.0.0.1:{port}", path, spec["index"], stats), "127.0.0.1", port), timeout)
     try:
         await asyncio.wait_for(c.opened, timeout)
-        c.send_frame(1, JOIN)
-        await asyncio.wait_for(c.room_info, timeout)
     except BaseException:
         c.close()
         raise
