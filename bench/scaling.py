@@ -295,25 +295,26 @@ def main(args) -> int:
         for w in spaces:
             w.close()
 
+    rows = [("figure", "per round", "median", "target", "verdict")]
+    if rest_runs:  # --rounds 0: the chat only
+        print()
+        print(rest_table(rest_runs, args))
+        by = {k: [r for r in rest_runs if r["label"].startswith(k)] for k in
+              ("one node, direct", "one node, HAProxy", "two nodes, HAProxy")}
+        rounds = range(len(by["two nodes, HAProxy"]))
+        vs_direct = [by["two nodes, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
+        vs_proxy = [by["two nodes, HAProxy"][i]["rate"] / by["one node, HAProxy"][i]["rate"] for i in rounds]
+        proxy_cost = [by["one node, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
+        r_direct, r_proxy = lower_median(vs_direct), lower_median(vs_proxy)
+        errs = sum(r["status_errors"] + r["socket_errors"] for r in rest_runs)
+        rows += [("REST two nodes (HAProxy) / one node direct", " / ".join(f"{x:.2f}" for x in vs_direct),
+                  f"{r_direct:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_direct >= TARGET_RATIO)),
+                 ("REST two nodes (HAProxy) / one node (HAProxy)", " / ".join(f"{x:.2f}" for x in vs_proxy),
+                  f"{r_proxy:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_proxy >= TARGET_RATIO)),
+                 ("REST one node through HAProxy / direct", " / ".join(f"{x:.2f}" for x in proxy_cost),
+                  f"{lower_median(proxy_cost):.2f} x", "(the proxy's cost)", ""),
+                 ("REST errors (non-2xx, socket)", f"{errs}", "", "0", verdict(errs == 0))]
     print()
-    print(rest_table(rest_runs, args))
-    by = {k: [r for r in rest_runs if r["label"].startswith(k)] for k in
-          ("one node, direct", "one node, HAProxy", "two nodes, HAProxy")}
-    rounds = range(len(by["two nodes, HAProxy"]))
-    vs_direct = [by["two nodes, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
-    vs_proxy = [by["two nodes, HAProxy"][i]["rate"] / by["one node, HAProxy"][i]["rate"] for i in rounds]
-    proxy_cost = [by["one node, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
-    r_direct, r_proxy = lower_median(vs_direct), lower_median(vs_proxy)
-    print()
-    errs = sum(r["status_errors"] + r["socket_errors"] for r in rest_runs)
-    rows = [("figure", "per round", "median", "target", "verdict"),
-            ("REST two nodes (HAProxy) / one node direct", " / ".join(f"{x:.2f}" for x in vs_direct),
-             f"{r_direct:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_direct >= TARGET_RATIO)),
-            ("REST two nodes (HAProxy) / one node (HAProxy)", " / ".join(f"{x:.2f}" for x in vs_proxy),
-             f"{r_proxy:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_proxy >= TARGET_RATIO)),
-            ("REST one node through HAProxy / direct", " / ".join(f"{x:.2f}" for x in proxy_cost),
-             f"{lower_median(proxy_cost):.2f} x", "(the proxy's cost)", ""),
-            ("REST errors (non-2xx, socket)", f"{errs}", "", "0", verdict(errs == 0))]
     if chats:
         print(chat_table(chats, args))
         print()
@@ -344,7 +345,8 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=2, help="wrk's threads")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds of wrk before each run")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the three REST runs (median judged)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the three REST runs (median judged; 0: no REST, the chat only)")
     p.add_argument("--rooms", type=int, default=200, help="chat rooms (0: no chat runs)")
     p.add_argument("--room-size", type=int, default=10)
     p.add_argument("--chat-duration", type=float, default=30.0, help="seconds of chat per run")
