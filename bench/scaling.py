@@ -31,7 +31,8 @@ processes' CPU. Target (issue 9): REST throughput two nodes / one node
 **>= 1.6x**, PASS/FAIL; the chat's figures are reported (its own target,
 fan-out p99 < 50 ms, is shown).
 
-    python bench/scaling.py            # 3 rounds of REST, then the chat on each  (~6 min)
+    python bench/scaling.py            # 3 rounds of REST, then the chat on each  (~7 min)
+    python bench/scaling.py --rounds 0 --interval 2   # the chat alone, at 1,000 messages/s
     python bench/scaling.py --quick    # smoke test: 200 users, 2 s runs, 40 chat clients (< 1.5 min)
 
 Needs ``wrk``, ``haproxy``, ``redis-server`` and a PostgreSQL server (``--postgresql``).
