@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -520,6 +521,11 @@ class ScratchDatabase:
         head, _, _ = server.rpartition("/")
         self.url = f"{head}/{self.name}"
 
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL server processes serving this database now (the nodes' connections), for CPU figures."""
+        rows = self.admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)).fetchall()
+        return [pid for (pid,) in rows if os.path.exists(f"/proc/{pid}/stat")]
+
     def drop(self) -> None:
         self.admin.execute(self._sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             self._sql.Identifier(self.name)))
@@ -587,6 +593,98 @@ class ClusterNodes:
             self.database.drop()
             self.database = None
         return statuses
+
+
+def cpu_seconds_of(pids) -> float:
+    """utime + stime summed over ``pids``, skipping any that have gone (a database backend may close)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            total += cpu_seconds(pid)
+    return total
+
+
+HAPROXY_EXAMPLE = os.path.join(REPO_ROOT, "etc", "haproxy", "wecompany.cfg")
+
+
+def haproxy_config(example: str, desktop_port: int, site_port: int, nodes, proxy_protocol: bool = False) -> str:
+    """
+    ``etc/haproxy/wecompany.cfg`` for ``nodes`` (:class:`Daemon` s) on
+    loopback, as ``tests/e2e/test_haproxy.py`` rewrites it: its listeners on
+    the given ports, no syslog or stats socket, a lower ``maxconn``, one
+    ``server`` line per node (the example's two lines are the pattern). With
+    ``proxy_protocol=False`` the PROXY header to the nodes is left out, so the
+    same nodes can also be measured without HAProxy (the nodes then need plain
+    ``tcp:`` endpoints, as :class:`Daemon` gives them).
+    """
+    text = example.replace("    log /dev/log local0\n", "").replace("maxconn 200000", "maxconn 4000")
+    text = text.replace("    stats socket /run/haproxy/admin.sock mode 660 level admin\n", "")
+    text = text.replace("bind :8888", f"bind 127.0.0.1:{desktop_port}").replace(
+        "bind :80\n", f"bind 127.0.0.1:{site_port}\n")
+    text = text.replace("default-server check port 8000 ", "default-server check ")
+    if not proxy_protocol:
+        text = text.replace(" check-send-proxy send-proxy-v2", "")
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("server node1 10.0.0.11:8888"):
+            out += [f"    server node{i} 127.0.0.1:{n.port} port {n.http_port}" for i, n in enumerate(nodes, 1)]
+        elif stripped.startswith("server node1 10.0.0.11:8000"):
+            out += [f"    server node{i} 127.0.0.1:{n.http_port}" for i, n in enumerate(nodes, 1)]
+        elif stripped.startswith("server node"):
+            continue
+        else:
+            out.append(line)
+    text = "\n".join(out) + "\n"
+    if re.search(r"10\.0\.0\.1\d:", text) or (not proxy_protocol and "send-proxy" in text):
+        raise RuntimeError("etc/haproxy/wecompany.cfg changed shape: update common.haproxy_config")
+    return text
+
+
+class HAProxy:
+    """
+    The real ``haproxy`` (``-db``: in the foreground) in front of ``nodes``,
+    from the example config (:func:`haproxy_config`), on free loopback ports:
+    ``site_port`` (HTTP and WebSocket) and ``desktop_port`` (TCP). Waits until
+    ``/health`` answers through it and HAProxy's checks have run once.
+    """
+
+    def __init__(self, workdir: str, nodes, proxy_protocol: bool = False, timeout: float = 20.0) -> None:
+        exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+        if exe is None:
+            raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+        self.desktop_port, self.site_port = free_port(), free_port()
+        with open(HAPROXY_EXAMPLE, encoding="utf-8") as f:
+            self.config = haproxy_config(f.read(), self.desktop_port, self.site_port, nodes, proxy_protocol)
+        self.path = os.path.join(workdir, f"haproxy-{self.site_port}.cfg")
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(self.config)
+        self.log = os.path.join(workdir, f"haproxy-{self.site_port}.log")
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([exe, "-db", "-f", self.path], stdout=self._out, stderr=subprocess.STDOUT,
+                                     preexec_fn=_raise_child_nofile)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if health(self.site_port):
+                time.sleep(2.5)  # one round of the checks (inter 2s)
+                return
+            time.sleep(0.2)
+        self.stop()
+        with open(self.log, errors="replace") as f:
+            raise RuntimeError(f"haproxy did not serve /health on :{self.site_port}: {f.read()[-800:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
 
 
 def health(http_port: int) -> dict:

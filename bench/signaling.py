@@ -315,17 +315,32 @@ class WsClient(asyncio.Protocol):
         self.transport.close()
 
 
-async def open_client(port: int, spec: dict, stats: Stats, timeout: float = 60.0) -> WsClient:
-    """Connect, upgrade, send join and wait for room-info; the client or an exception."""
+async def open_client(port: int, spec: dict, stats: Stats, timeout: float = 60.0, factory=None) -> WsClient:
+    """
+    Connect, upgrade, send join and wait for room-info; the client or an
+    exception. A spec with a ``port`` goes there (a cluster's nodes), others to ``port``.
+    """
+    c = await open_socket(port, spec, stats, timeout, factory)
+    try:
+        c.send_frame(1, JOIN)
+        await asyncio.wait_for(c.room_info, timeout)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+async def open_socket(port: int, spec: dict, stats: Stats, timeout: float = 60.0, factory=None) -> WsClient:
+    """Connect and upgrade (no join yet): the client (``factory``, a :class:`WsClient` subclass) or an exception."""
+    port = spec.get("port", port)
     path = (f"/ws/signaling?meeting_id={spec['meeting_id']}&user_id={spec['user_id']}"
             f"&peer_id={spec['peer_id']}&token={spec['token']}")
     loop = asyncio.get_running_loop()
+    make = factory or WsClient
     _, c = await asyncio.wait_for(loop.create_connection(
-        lambda: WsClient(f"127.0.0.1:{port}", path, spec["index"], stats), "127.0.0.1", port), timeout)
+        lambda: make(f"127.0.0.1:{port}", path, spec["index"], stats), "127.0.0.1", port), timeout)
     try:
         await asyncio.wait_for(c.opened, timeout)
-        c.send_frame(1, JOIN)
-        await asyncio.wait_for(c.room_info, timeout)
     except BaseException:
         c.close()
         raise
@@ -651,11 +666,19 @@ async def wait_ready(ready_q, procs, n, timeout):
     return ready == n
 
 
-async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, profile_path=None):
+async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, profile_path=None, more_pids=()):
     """
     The chat load against the server on ``port`` (process ``pid``): connect and
     join every client, chat for ``args.duration`` s, collect. -> the figures.
+    For a cluster, the specs name their node's ``port`` and ``more_pids`` are
+    the other nodes (and Redis): the server's CPU and RSS are their sums
+    (``cpu.per_pid_s`` has each), the reactor thread's is ``pid``'s.
     """
+    pids = (pid, *more_pids)
+
+    def server_rss() -> int:
+        return sum(common.rss_kib(p) for p in pids)
+
     n_chat = len(chat_specs)
     ready_q, result_q = ctx.Queue(), ctx.Queue()
     start_value = ctx.Value("d", 0.0)
@@ -675,13 +698,13 @@ async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, pro
             raise RuntimeError("chat client processes did not get ready")
         connect_s = time.monotonic() - t_conn
         await asyncio.sleep(2.0)  # the last room-info refreshes
-        rss_all = common.rss_kib(pid)
+        rss_all = server_rss()
         start_at = time.monotonic() + 0.5
         start_value.value = start_at
         print(f"all connected in {connect_s:.1f} s; every client chats every {args.interval:g} s for "
               f"{args.duration:g} s ...", flush=True)
         await asyncio.sleep(max(0.0, start_at + WARMUP - time.monotonic()))
-        cpu = common.CpuMeter(pid)
+        cpu = common.CpuMeter(pid, *more_pids)
         cpu.start()
         reactor0 = common.task_cpu_seconds(pid, pid)
         if profile_path is not None:
@@ -689,11 +712,11 @@ async def chat_phase(ctx, port: int, pid: int, chat_specs, chat_rooms, args, pro
         rss_samples = []
         end = start_at + args.duration
         while time.monotonic() < end:
-            rss_samples.append(common.rss_kib(pid))
+            rss_samples.append(server_rss())
             await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
         cpu.stop()
         reactor_pct = 100 * (common.task_cpu_seconds(pid, pid) - reactor0) / cpu.wall
-        rss_end = common.rss_kib(pid)
+        rss_end = server_rss()
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(None, collect, result_q, args.procs, args.drain + 120)
         for p in procs:
