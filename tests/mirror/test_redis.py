@@ -225,3 +225,12 @@ def _normal(value):
         return [int(v) for v in value]
     return int(value)
 
+
+
+class ParserTests(SynchronousTestCase):
+    def test_replies_are_parsed_by_hiredis(self):
+        # txredisapi's pure-Python parser reads each bulk string of a pub/sub
+        # message in a reactor turn of its own: too slow for a busy cluster.
+        import txredisapi
+        self.assertTrue(issubclass(txredisapi.SubscriberProtocol, txredisapi.HiredisProtocol))
+        self.assertTrue(issubclass(txredisapi.RedisProtocol, txredisapi.HiredisProtocol))

@@ -100,6 +100,10 @@ class RedisLink:
             "subscriber": self._service(Subscriber, "subscriber"),
         }
         self._connection_error = txredisapi.ConnectionError
+        if not issubclass(txredisapi.SubscriberProtocol, txredisapi.HiredisProtocol):
+            # Without hiredis, txredisapi parses replies in Python, a reactor turn per bulk string.
+            self.log.warn("hiredis is not installed: the subscription to Redis will fall behind under load "
+                          "(pip install hiredis)")
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
 
