@@ -60,3 +60,19 @@ class ReadmeOptionsTests(SynchronousTestCase):
         readme = REPO_ROOT.child("README.rst").getContent().decode("utf-8")
         listed = {line.split()[0][2:] for line in readme.splitlines() if line.startswith("    --")}
         self.assertEqual(listed, {field.name.replace("_", "-") for field in attrs.fields(Config)})
+
+
+class NoMergeLeftoversTests(SynchronousTestCase):
+    def test_no_conflict_markers_in_the_tree(self):
+        found = []
+        for top in ("wecompany", "tests", "twisted", "docs", "bench", "etc", "README.rst", "setup.cfg", ".ci"):
+            base = REPO_ROOT.child(top)
+            paths = [base] if base.isfile() else (base.walk() if base.exists() else [])
+            for path in paths:
+                if not path.isfile() or path.splitext()[1] not in ("", ".py", ".rst", ".cfg", ".txt", ".sql",
+                                                                    ".ini", ".example", ".service"):
+                    continue
+                for number, line in enumerate(path.getContent().split(b"\n"), 1):
+                    if line.startswith((b"<<<<<<< ", b">>>>>>> ")):  # (7 = is also an RST underline)
+                        found.append(f"{path.path}:{number}")
+        self.assertEqual(found, [])
