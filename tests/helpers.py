@@ -53,14 +53,16 @@ CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_node=1, s3_client=None,
-                **options):
+                run_ai=None, ai_http=None, ai_engines=None, **options):
     """
     The daemon's domain, built by the daemon's own :func:`build_domain`, on
     a fake clock (at 2023-11-14), the in-memory store (or ``store``: nodes
     of one cluster share theirs) and runners that do their thread work in
     place. ``options`` are :class:`Config` fields; the per-address auth
     budget is lifted unless given (many tests log in from one address).
-    ``s3_client`` is the (fake) client of ``file_storage="s3://..."``.
+    ``s3_client`` is the (fake) client of ``file_storage="s3://..."``;
+    ``run_ai``, ``ai_http`` and ``ai_engines`` go to ``build_domain`` (AI
+    work runs in place unless ``run_ai`` says otherwise).
     """
     from twisted.internet.task import Clock
 
@@ -87,7 +89,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
     return build_domain(Config(data_dir=test.mktemp(), **options), clock, store, secret=TEST_SECRET,
                         run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
                         meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
-                        redis_link=redis_link, s3_client_factory=None if s3_client is None else lambda: s3_client)
+                        redis_link=redis_link, s3_client_factory=None if s3_client is None else lambda: s3_client,
+                        run_ai=run_ai or synchronous_runner, ai_http=ai_http, ai_engines=ai_engines)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:

@@ -161,6 +161,7 @@ def build_service(config: Config, reactor):
 
     from wecompany.api.app import RestAPI
     from wecompany.api.metrics import Metrics
+    from wecompany.api.ai import ai_body_limits
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
     from wecompany.connections import AddressCounter, CappedFactory
@@ -210,10 +211,20 @@ def build_service(config: Config, reactor):
     hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
+    # AI engines are CPU-bound and slow: a pool of their own (--ai-workers), so
+    # they never take the threads of hashing or file work (wecompany.ai.service).
+    ai_pool = ThreadPool(minthreads=0, maxthreads=config.ai_workers, name="wecompany-ai")
+    ai_http = None
+    if config.kserve_url is not None:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+        ai_http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
 
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
-                          user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link)
+                          user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
+                          run_ai=partial(deferToThreadPool, reactor, ai_pool), ai_http=ai_http)
+    reactor.callWhenRunning(domain.ai.warm_up)  # loads the models in the AI pool, once it runs
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
@@ -231,7 +242,8 @@ def build_service(config: Config, reactor):
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
                      metrics=Metrics(domain, tcp_factory), signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
-                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
+                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
+                                  *ai_body_limits(config.ai_max_audio_bytes)),
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
                                             idle_timeout=config.http_idle_timeout))
@@ -254,6 +266,6 @@ def build_service(config: Config, reactor):
         warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
                         "unless every node opens this same file, give them --database postgresql://...")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
-                            threadpools=(hash_pool, disk_pool), recorder=domain.recorder, reactor=reactor,
+                            threadpools=(hash_pool, disk_pool, ai_pool), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node)

@@ -10,6 +10,7 @@ import secrets
 from klein import Klein
 
 from wecompany.api.admin import AdminRoutes
+from wecompany.api.ai import AIRoutes
 from wecompany.api.auth import AuthRoutes
 from wecompany.api.meetings import MeetingRoutes, RenderedPages
 from wecompany.api.signaling import SignalingRoutes
@@ -21,7 +22,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes, AIRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
@@ -41,6 +42,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.clock = domain.clock
         self.address_limiter = domain.auth_limiter  # the auth routes' budget, shared with the TCP port
         self.file_storage = domain.storage
+        self.ai = domain.ai
         self.rendered_pages = RenderedPages()
         self._openapi = None
 
