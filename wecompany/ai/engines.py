@@ -145,9 +145,15 @@ class PocketSphinxRecognizer(Engine):
         from pocketsphinx import Decoder
         return Decoder(samprate=self.rate, loglevel="FATAL")
 
+    #: Below this RMS (-80 dBFS) the input is digital silence, in which the
+    #: decoder's features degenerate and it "hears" a word (measured: "dog").
+    silence_rms = 1e-4
+
     def run(self, samples) -> Transcript:
         import numpy as np
 
+        if len(samples) == 0 or float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < self.silence_rms:
+            return Transcript("", 0.0, ())
         with self._free_lock:
             decoder = self._free.pop() if self._free else None
         if decoder is None:
