@@ -103,7 +103,8 @@ class KServeModel:
                 if 400 <= response.code < 500:
                     raise EngineFailed(f"the inference server refused the request ({response.code}): {text}")
                 raise Unavailable(f"the inference server answered {response.code}", error_code=AI_UNAVAILABLE)
-            raw = await _within(_limited_content(response, MAX_RESPONSE), self.clock, self.timeout)
+            raw = await _within(Deferred.fromCoroutine(_limited_content(response, MAX_RESPONSE)), self.clock,
+                                self.timeout)
         except (EngineFailed, Unavailable) as error:
             self.error = str(error)
             raise

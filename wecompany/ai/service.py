@@ -164,8 +164,16 @@ class AIService:
             return await self._submit(_with_engine, engine, f, *args)
         except EngineFailed as error:
             raise ProcessingFailed(f"{engine.name} failed: {error}") from None
+        except WeCompanyError:
+            raise  # the input's fault (400, 413), or the pool's (503)
         except ImportError:
             raise unavailable(f"the {engine.kind} engine ({engine.name}) cannot be loaded: {engine.error}") from None
+        except Exception:
+            if not engine.loaded:
+                raise unavailable(f"the {engine.kind} engine ({engine.name}) cannot be loaded: "
+                                  f"{engine.error}") from None
+            log.failure("AI engine {name} failed", name=engine.name)
+            raise ProcessingFailed(f"{engine.name} failed on this input") from None
 
     @staticmethod
     def _check(engine) -> None:
