@@ -37,15 +37,18 @@ class HeldRunner:
 
     def __init__(self):
         self.jobs = []
+        self.cancelled = []
 
     def __call__(self, f, *args):
-        d = Deferred()
+        d = Deferred(self.cancelled.append)
         self.jobs.append((d, f, args))
         return d
 
     def release_all(self):
         jobs, self.jobs = self.jobs, []
         for d, f, args in jobs:
+            if d in self.cancelled:
+                continue  # as EngineProcesses does: a cancelled job's result is never delivered
             try:
                 d.callback(f(*args))
             except Exception as error:
@@ -166,20 +169,25 @@ class PoolTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(d).code, 200)
         self.assertEqual(api.domain.ai.in_flight, 0)
 
-    def test_a_request_past_the_timeout_is_503_and_keeps_its_slot_until_its_thread_ends(self):
+    def test_a_request_past_the_timeout_is_503_and_its_job_is_cancelled(self):
         runner = HeldRunner()
         api = Api(self, run_ai=runner, ai_max_pending=1, ai_timeout=5)
         token = api.user("alice")
         [d] = self._start(api, token, 1)
+        [(job, _, _)] = runner.jobs
         api.clock.advance(5)
         api.agent.flush()
         response = self.successResultOf(d)
         body = json.loads(self.successResultOf(response.content()))
         self.assertEqual((response.code, body["error_code"]), (503, 4001))
         self.assertIn("did not finish within 5 s", body["message"])
-        self.assertEqual(api.domain.ai.in_flight, 1)  # the work still runs
-        runner.release_all()
+        # The runner was told to stop the work (EngineProcesses kills its worker): the slot is free.
+        self.assertEqual(runner.cancelled, [job])
         self.assertEqual(api.domain.ai.in_flight, 0)
+        [held] = self._start(api, token, 1)
+        runner.release_all()
+        api.agent.flush()
+        self.assertEqual(self.successResultOf(held).code, 200)
 
 
 class DenoisingTests(SynchronousTestCase):

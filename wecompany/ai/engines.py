@@ -4,9 +4,14 @@ The local engines: each a small object with the same face.
 ``name``, ``kind`` (what it does), ``model`` (which model it runs),
 ``version`` (of the package that carries it), ``available()`` (its
 package is installed: checked without importing it), ``load()`` (import
-and build the model; slow, so it runs in the AI thread pool, once, behind
-a lock) and ``run(...)`` (the work, also in the pool). Nothing here touches
-the network: every model ships inside its package.
+and build the model; slow, so it runs once, behind a lock, in each AI
+worker process) and ``run(...)`` (the work, also in a worker process:
+wecompany.ai.processes). Nothing here touches the network: every model
+ships inside its package.
+
+An engine pickles as a fresh, unloaded copy of itself (that is how each
+worker process gets its own); the daemon's copy never loads, and shows
+what the workers reported (:meth:`Engine.record_load`).
 
 An engine whose package is missing, or whose model failed to load, says so
 in :meth:`Engine.status`; the service answers 503 (4001) for it. An engine
@@ -50,6 +55,9 @@ class Engine:
         self._loaded = False
         self.error: str | None = None
 
+    def __reduce__(self):
+        return type(self), (self.__dict__.get("modules"),)
+
     def available(self) -> bool:
         """Every module it needs is installed (found, not imported)."""
         try:
@@ -86,6 +94,13 @@ class Engine:
 
     def _load(self) -> None:
         raise NotImplementedError
+
+    def record_load(self, error: str | None) -> None:
+        """What loading it elsewhere (the worker processes) gave: None for loaded, else why not."""
+        if error is None:
+            self.error, self._loaded = None, True
+        else:
+            self.error = error
 
     def status(self) -> dict:
         if self._loaded:

@@ -2,14 +2,16 @@
 The AI service of the domain: the engines, and the bounded pool they run in.
 
 Every request's work (base64 and audio decoding, the engine, encoding the
-answer) runs in the AI thread pool through the injected ``run_ai`` runner,
-never on the reactor thread. The pool is bounded twice: it has
-``--ai-workers`` threads, and at most ``--ai-max-pending`` requests may be
-running or waiting for one; past that a request is refused at once with
-503 (4001, "AI engines busy"), so a burst cannot queue up unbounded work.
-A request that has not finished after ``--ai-timeout`` seconds is answered
-503 (4001); its thread cannot be stopped, so it keeps its slot until it
-ends, and the bound holds.
+answer) is a job of :mod:`wecompany.ai.jobs`, run through the injected
+``run_ai`` runner: in the daemon, :class:`~wecompany.ai.processes.EngineProcesses`,
+``--ai-workers`` worker processes, never the reactor's process (the
+engines hold the GIL: bench/ai_gil.py). At most ``--ai-max-pending``
+requests may be running or waiting for a worker; past that a request is
+refused at once with 503 (4001, "AI engines busy"), so a burst cannot
+queue up unbounded work. A request that has not finished after
+``--ai-timeout`` seconds is answered 503 (4001) and its job cancelled:
+dropped if it still waits, its worker process killed and replaced if it
+runs. Its slot is free once the runner's Deferred has failed.
 
 An engine that is not installed, or failed to load, is 503 (4001); an
 engine that ran and failed is 422 (4002). No answer is ever made up.
@@ -22,15 +24,16 @@ import binascii
 import re
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wecompany.ai import audio as audio_io
+from wecompany.ai import jobs
 from wecompany.ai.audio import AudioLimits
 from wecompany.ai.engines import (EMOTION, SYNTHESIS, EngineFailed, PocketSphinxRecognizer, RNNoiseDenoiser,
                                   SpectralGateDenoiser, VaderSentiment)
-from wecompany.ai.kserve import AUDIO_RATE, KServeModel, audio_request, synthetic_score
+from wecompany.ai.kserve import KServeModel, synthetic_score
 from wecompany.errors import AI_FAILED, AI_UNAVAILABLE, InvalidInput, Unavailable, WeCompanyError
 
 log = Logger()
@@ -93,7 +96,11 @@ class AIEngines:
 
 class AIService:
     """
-    :param run_ai: ``f(callable, *args) -> Deferred``, in the AI thread pool.
+    :param run_ai: ``run_ai(job, engine, *args) -> Deferred`` of ``job(engine, *args)``
+        (a function of :mod:`wecompany.ai.jobs`), run off the reactor's
+        process (:class:`~wecompany.ai.processes.EngineProcesses`; in place
+        in unit tests). Cancelling the Deferred must stop the job: the
+        request's slot is given back once the Deferred has failed.
     :param emotion: the :class:`KServeModel` for emotion in speech, or None.
     :param synthesis: the :class:`KServeModel` for synthetic-speech detection, or None.
     :param anonymous: whether the token-less ``/api/v1/ai/`` aliases serve.
@@ -124,8 +131,8 @@ class AIService:
 
     # -- the pool --------------------------------------------------------------
 
-    def _submit(self, f, *args) -> Deferred:
-        """Run ``f(*args)`` in the pool, within the bounds; -> a Deferred of its result."""
+    def _submit(self, job, engine, *args) -> Deferred:
+        """Run ``job(engine, *args)`` through ``run_ai``, within the bounds; -> a Deferred of its result."""
         if self.in_flight >= self.max_pending:
             raise unavailable(f"AI engines busy ({self.max_pending} requests under way), try again shortly")
         self.in_flight += 1
@@ -138,14 +145,16 @@ class AIService:
                     outer.errback(result)
                 else:
                     outer.callback(result)
-            elif isinstance(result, Failure) and not result.check(WeCompanyError, EngineFailed):
+            elif isinstance(result, Failure) and not result.check(WeCompanyError, EngineFailed, CancelledError):
                 log.failure("AI job failed after its request timed out", result)
             return None
 
         def too_late():
             if not outer.called:
                 outer.errback(unavailable(f"the AI engine did not finish within {self.timeout:g} s"))
+            inner.cancel()  # the runner drops the job, or kills the worker process running it
 
+        inner = self.run_ai(job, engine, *args)
         timer = self.clock.callLater(self.timeout, too_late)
 
         def stop_timer(result):
@@ -154,14 +163,14 @@ class AIService:
             return result
 
         outer.addBoth(stop_timer)
-        self.run_ai(f, *args).addBoth(finished)
+        inner.addBoth(finished)
         return outer
 
-    async def _run(self, engine, f, *args):
-        """``f(*args)`` in the pool, with ``engine`` loaded; engine errors become 503 / 422."""
+    async def _run(self, engine, job, *args):
+        """``job(engine, *args)`` through the runner; engine errors become 503 / 422."""
         self._check(engine)
         try:
-            return await self._submit(_with_engine, engine, f, *args)
+            return await self._submit(job, engine, *args)
         except EngineFailed as error:
             raise ProcessingFailed(f"{engine.name} failed: {error}") from None
         except WeCompanyError:
@@ -185,15 +194,20 @@ class AIService:
             raise unavailable(f"the {engine.kind} engine ({engine.name}) cannot be loaded: {engine.error}")
 
     def warm_up(self) -> Deferred:
-        """Load every installed local engine in the pool (the daemon calls it at start)."""
+        """Load every installed local engine through the runner (the daemon calls it at start)."""
         from twisted.internet.defer import DeferredList
 
         def load(engine):
-            d = self.run_ai(engine.load)
-            d.addCallbacks(lambda _: log.info("AI engine {name} loaded ({model})", name=engine.name,
-                                              model=engine.model),
-                           lambda failure: log.warn("AI engine {name} not loaded: {error}", name=engine.name,
-                                                    error=engine.error or failure.getErrorMessage()))
+            def loaded(error):
+                engine.record_load(error)
+                if error is None:
+                    log.info("AI engine {name} loaded ({model})", name=engine.name, model=engine.model)
+                else:
+                    log.warn("AI engine {name} not loaded: {error}", name=engine.name, error=error)
+
+            d = self.run_ai(jobs.load, engine)
+            d.addCallbacks(loaded, lambda failure: log.warn("AI engine {name} not loaded: {error}",
+                                                            name=engine.name, error=failure.getErrorMessage()))
             return d
 
         return DeferredList([load(engine) for engine in self.engines.local() if engine.available()])
@@ -205,16 +219,9 @@ class AIService:
         if language is not None and language.strip().lower() not in getattr(engine, "languages", ()):
             raise InvalidInput(f"language {language[:16]!r} is not supported: this server recognises "
                                f"{', '.join(getattr(engine, 'languages', ()))}")
-        limits = self.limits
-
-        def work(engine):
-            decoded = audio_io.decode(source.raw_bytes(limits), engine.rate, source.format, source.sample_rate,
-                                      source.channels, limits)
-            return decoded, engine.run(decoded.samples)
-
-        decoded, transcript = await self._run(engine, work)
+        duration_ms, transcript = await self._run(engine, jobs.recognize, source, self.limits)
         return {"text": transcript.text, "confidence": transcript.confidence, "language": "en-US",
-                "duration_ms": decoded.duration_ms, "engine": engine.name,
+                "duration_ms": duration_ms, "engine": engine.name,
                 "words": [{"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms,
                            "confidence": w.confidence} for w in transcript.words]}
 
@@ -225,19 +232,7 @@ class AIService:
         if engine is None:
             raise InvalidInput(f"engine must be one of: {', '.join(self.engines.denoisers)}")
         wanted = audio_io.canonical_format(output_format)
-        limits = self.limits
-
-        def work(engine):
-            decoded = audio_io.decode(source.raw_bytes(limits), engine.rate, source.format, source.sample_rate,
-                                      source.channels, limits)
-            clean = engine.run(decoded.samples)
-            fmt = wanted or decoded.source_format
-            back = _resample(clean, engine.rate, decoded.source_rate)
-            data, rate = audio_io.encode(back, decoded.source_rate, fmt)
-            return {"audio_data": base64.b64encode(data).decode("ascii"), "audio_format": fmt,
-                    "sample_rate": rate, "duration_ms": decoded.duration_ms, "engine": engine.name}
-
-        return await self._run(engine, work)
+        return await self._run(engine, jobs.denoise, source, self.limits, wanted)
 
     async def emotion_of_text(self, text: str) -> dict:
         if not text.strip():
@@ -245,40 +240,35 @@ class AIService:
         if len(text) > MAX_TEXT:
             raise InvalidInput(f"text must be at most {MAX_TEXT} characters")
         engine = self.engines.text_emotion
-        scores = await self._run(engine, lambda engine: engine.run(text))
+        scores = await self._run(engine, jobs.text_emotion, text)
         return {"emotion": scores.label, "confidence": scores.confidence, "emotions": scores.scores,
                 "kind": "sentiment", "engine": engine.name, **scores.extra}
 
     async def emotion_of_speech(self, source: AudioInput) -> dict:
         if self.emotion_model is None:
             raise unavailable("no emotion model is configured on this server (--kserve-url, --emotion-model)")
-        return await self._remote(self.emotion_model, self._audio_body, source)
+        return await self._remote(self.emotion_model, source)
 
     async def detect_synthesis(self, source: AudioInput) -> dict:
         model = self.synthesis_model
         if model is None:
             raise unavailable("no synthetic-speech model is configured on this server "
                               "(--kserve-url, --synthesis-model)")
-        scores = await self._remote_scores(model, self._audio_body, source)
+        scores = await self._remote_scores(model, source)
         score = synthetic_score(scores)
         return {"is_synthetic": score >= 0.5, "confidence": round(max(score, 1 - score), 4),
                 "score": round(score, 4), "engine": f"{model.name}:{model.model}"}
 
-    def _audio_body(self, source: AudioInput) -> bytes:
-        decoded = audio_io.decode(source.raw_bytes(self.limits), AUDIO_RATE, source.format, source.sample_rate,
-                                  source.channels, self.limits)
-        return audio_request(decoded.samples)
-
-    async def _remote_scores(self, model: KServeModel, build, *args):
+    async def _remote_scores(self, model: KServeModel, source: AudioInput):
         self._check(model)
-        body = await self._submit(build, *args)  # decoding and the JSON body: CPU work, in the pool
+        body = await self._submit(jobs.kserve_body, None, source, self.limits)  # decoding and JSON: CPU work
         try:
             return model.scores(await model.infer(body))
         except EngineFailed as error:
             raise ProcessingFailed(f"{model.name} model {model.model} failed: {error}") from None
 
-    async def _remote(self, model: KServeModel, build, *args) -> dict:
-        scores = await self._remote_scores(model, build, *args)
+    async def _remote(self, model: KServeModel, source: AudioInput) -> dict:
+        scores = await self._remote_scores(model, source)
         return {"emotion": scores.label, "confidence": scores.confidence, "emotions": scores.scores,
                 "kind": "emotion", "engine": f"{model.name}:{model.model}"}
 
@@ -305,26 +295,6 @@ class AIService:
             "timeout_seconds": self.timeout, "max_pending": self.max_pending, "workers": self.workers},
             "audio_formats": list(audio_io.FORMATS), "anonymous": self.anonymous,
             "denoisers": list(self.engines.denoisers), "default_denoiser": self.default_denoiser}
-
-
-def _with_engine(engine, f, *args):
-    engine.load()
-    return f(engine, *args)
-
-
-def _resample(samples, rate: int, to_rate: int):
-    if rate == to_rate:
-        return samples
-    import av
-    import numpy as np
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=to_rate)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32).reshape(1, -1),
-                                       format="flt", layout="mono")
-    frame.sample_rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def build_ai(config, clock, run_ai, *, http=None, engines: AIEngines | None = None, resolve_media=None,
