@@ -609,9 +609,9 @@ class Config:
     ai_anonymous_burst: float = _option(5.0, parse_rate,
                                         "requests one client address may make on the token-less AI aliases "
                                         "in a burst")
-    ai_workers: int = _option(2, parse_count, "threads that run AI engines (speech recognition, denoising)")
+    ai_workers: int = _option(2, parse_count, "worker processes that run AI engines (speech recognition, denoising)")
     ai_max_pending: int = _option(8, parse_count,
-                                  "AI requests running or waiting for a thread; more are answered 503 (4001)")
+                                  "AI requests running or waiting for a worker; more are answered 503 (4001)")
     ai_timeout: float = _option(60.0, parse_seconds,
                                 "seconds an AI request may take, waiting included, before it is answered 503")
     ai_max_audio_bytes: int = _option(10 * MiB, parse_size, "largest audio an AI request may send, in bytes")

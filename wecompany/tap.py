@@ -159,6 +159,8 @@ def build_service(config: Config, reactor):
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
+    from wecompany.ai.processes import EngineProcesses
+    from wecompany.ai.service import AIEngines
     from wecompany.api.app import RestAPI
     from wecompany.api.metrics import Metrics
     from wecompany.api.ai import ai_body_limits
@@ -211,9 +213,11 @@ def build_service(config: Config, reactor):
     hash_pool = ThreadPool(minthreads=0, maxthreads=max(2, os.cpu_count() or 2), name="wecompany-hash")
     disk_pool = ThreadPool(minthreads=0, maxthreads=4, name="wecompany-disk")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
-    # AI engines are CPU-bound and slow: a pool of their own (--ai-workers), so
-    # they never take the threads of hashing or file work (wecompany.ai.service).
-    ai_pool = ThreadPool(minthreads=0, maxthreads=config.ai_workers, name="wecompany-ai")
+    # AI engines hold the GIL for seconds: they run in worker processes
+    # (--ai-workers), each loading the models once, never in the reactor's
+    # process (wecompany.ai.processes, bench/ai_gil.py).
+    ai_engines = AIEngines()
+    ai_processes = EngineProcesses(reactor, ai_engines.local(), config.ai_workers)
     ai_http = None
     if config.kserve_url is not None:
         from treq.client import HTTPClient
@@ -223,8 +227,9 @@ def build_service(config: Config, reactor):
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
-                          run_ai=partial(deferToThreadPool, reactor, ai_pool), ai_http=ai_http)
-    reactor.callWhenRunning(domain.ai.warm_up)  # loads the models in the AI pool, once it runs
+                          run_ai=ai_processes, ai_http=ai_http, ai_engines=ai_engines)
+    # The service starts the processes (each loads the models); this records what they loaded.
+    reactor.callWhenRunning(domain.ai.warm_up)
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
@@ -266,6 +271,6 @@ def build_service(config: Config, reactor):
         warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
                         "unless every node opens this same file, give them --database postgresql://...")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
-                            threadpools=(hash_pool, disk_pool, ai_pool), recorder=domain.recorder, reactor=reactor,
+                            threadpools=(hash_pool, disk_pool), process_pools=(ai_processes,), recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node)
