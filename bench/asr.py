@@ -13,15 +13,21 @@ threads and ``--ai-max-pending`` (4) slots, waits until
    checked to hold the counting words;
 2. **concurrency**: ``max-pending + 4`` requests at once, each on its own
    connection: how many are served (200) and how many are refused at once
-   (503, error code 4001, "busy"), with the served ones' latency.
+   (503, error code 4001, "busy"), with the served ones' latency;
+3. **liveness**: while ``--ai-workers`` recognitions run back to back
+   (``--liveness-rounds`` of them each), another client asks the cheap
+   ``GET /api/v1/ai/health`` every 20 ms: its latency is how long the
+   reactor is kept from answering anyone while the engines run (the GIL
+   of a thread pool froze it for seconds).
 
-Printed with the daemon's CPU, and the CPU the hypervisor stole
+Printed with the CPU of the daemon and its AI worker processes, and the CPU the hypervisor stole
 (``common.steal_seconds``) and other processes used during each phase.
-Targets: **RTF below 1** (faster than real time on one worker), and
+Targets: **RTF below 1** (faster than real time on one worker),
 **exactly max-pending served, every other request 503** (the bound holds,
-nothing queues past it).
+nothing queues past it), and **the health probe's max latency under
+250 ms** while recognition runs (p99 printed too).
 
-    python bench/asr.py            # 10 x 10 s, then the burst      (~1 min)
+    python bench/asr.py            # 10 x 10 s, the burst, liveness (~2 min)
     python bench/asr.py --quick    # 3 x 2.2 s                      (< 30 s)
 """
 
@@ -73,6 +79,23 @@ async def recognise(port: int, token: str, body: dict, timeout: float = 180.0):
         conn.close()
 
 
+async def probe(port: int, token: str, running: asyncio.Event) -> list[float]:
+    """GET /api/v1/ai/health every 20 ms while ``running`` is set -> each answer's latency in s."""
+    conn = await common.http_connect(port)
+    latencies = []
+    try:
+        while running.is_set():
+            t0 = time.perf_counter()
+            status, answer = await common.api(conn, "GET", "/api/v1/ai/health", token)
+            if status != 200:
+                raise RuntimeError(f"health answered {status}: {answer}")
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+    finally:
+        conn.close()
+    return latencies
+
+
 async def wait_loaded(port: int, token: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     conn = await common.http_connect(port)
@@ -106,7 +129,7 @@ async def run(args) -> int:
         print(f"clip: {duration:.2f} s of speech, {len(audio)} bytes; --ai-workers {args.workers}, "
               f"--ai-max-pending {args.max_pending}")
 
-        meter = common.CpuMeter(daemon.pid)
+        meter = common.CpuMeter(daemon.pid, tree=True)
         meter.start()
         c0 = common.own_cpu_seconds()
         times, wrong = [], 0
@@ -122,7 +145,7 @@ async def run(args) -> int:
         rtf_ok = statistics.median(rtfs) < 1.0 and wrong == 0
         ok &= rtf_ok
         print(table([("requests", "RTF median", "RTF worst", "s per request", "transcripts wrong",
-                      "server CPU %", "noise"),
+                      "daemon+workers CPU %", "noise"),
                      (len(times), fmt(statistics.median(rtfs), 3), fmt(rtfs[-1], 3),
                       fmt(statistics.median(times), 2), wrong, fmt(meter.server_pct, 0),
                       meter.noise(common.own_cpu_seconds() - c0))],
@@ -130,7 +153,7 @@ async def run(args) -> int:
         print(f"  target RTF < 1 and every transcript right: {verdict(rtf_ok)}")
 
         burst = args.max_pending + 4
-        meter = common.CpuMeter(daemon.pid)
+        meter = common.CpuMeter(daemon.pid, tree=True)
         meter.start()
         c0 = common.own_cpu_seconds()
         steal0 = common.steal_seconds()
@@ -151,6 +174,39 @@ async def run(args) -> int:
                       fmt(common.steal_seconds() - steal0, 2), meter.noise(common.own_cpu_seconds() - c0))],
                     title="concurrency (one burst)"))
         print(f"  target: {args.max_pending} served, the rest 503 at once: {verdict(bound_ok)}")
+
+        meter = common.CpuMeter(daemon.pid, tree=True)
+        meter.start()
+        c0 = common.own_cpu_seconds()
+        running = asyncio.Event()
+        running.set()
+        prober = asyncio.ensure_future(probe(daemon.http_port, token, running))
+
+        async def back_to_back():
+            for _ in range(args.liveness_rounds):
+                status, answer, _ = await recognise(daemon.http_port, token, body)
+                if status != 200:
+                    raise RuntimeError(f"recognition answered {status}: {answer}")
+
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(*(back_to_back() for _ in range(args.workers)))
+        finally:
+            running.clear()
+        probes = await prober
+        wall = time.perf_counter() - t0
+        meter.stop()
+        live_ok = bool(probes) and max(probes) < 0.25
+        ok &= live_ok
+        print(table([("recognitions", "s", "probes", "probe p50 ms", "probe p99 ms", "probe max ms",
+                      "daemon+workers CPU %", "noise"),
+                     (args.workers * args.liveness_rounds, fmt(wall, 1), len(probes),
+                      fmt(1000 * common.percentile(probes, 50), 1), fmt(1000 * common.percentile(probes, 99), 1),
+                      fmt(1000 * max(probes), 1), fmt(meter.server_pct, 0),
+                      meter.noise(common.own_cpu_seconds() - c0))],
+                    title=f"liveness (GET /api/v1/ai/health every 20 ms while {args.workers} recognitions run "
+                          f"back to back)"))
+        print(f"  target: the probe's max latency under 250 ms: {verdict(live_ok)}")
     finally:
         status = daemon.stop()
         print(f"daemon exit status: {status}")
@@ -164,12 +220,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the clip, in seconds")
     parser.add_argument("--workers", type=int, default=2, help="--ai-workers of the daemon")
     parser.add_argument("--max-pending", type=int, default=4, help="--ai-max-pending of the daemon")
+    parser.add_argument("--liveness-rounds", type=int, default=3,
+                        help="recognitions each worker runs during the liveness probe")
     parser.add_argument("--max-wait", type=float, default=180.0, help="seconds to wait for a quiet machine")
     parser.add_argument("--quick", action="store_true", help="smoke test: 3 requests of the 2.2 s clip")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and log")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.seconds = 3, 0.0
+        args.requests, args.seconds, args.liveness_rounds = 3, 0.0, 1
     return asyncio.run(run(args))
 
 

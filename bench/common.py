@@ -123,6 +123,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children, ...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parents.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and of every live process below it (the daemon and its AI workers)."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -210,19 +240,21 @@ class CpuMeter:
     machine shows up as noise).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, tree: bool = False) -> None:
         self.pid = pid
+        # tree: the server's CPU includes its child processes' (the AI worker processes).
+        self._cpu = tree_cpu_seconds if tree else cpu_seconds
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        self.c0 = cpu_seconds(self.pid)
+        self.c0 = self._cpu(self.pid)
         self.o0 = own_cpu_seconds()
         self.m0 = machine_busy_seconds()
         self.s0 = steal_seconds()
 
     def stop(self) -> None:
         self.wall = time.monotonic() - self.t0
-        self.server_s = cpu_seconds(self.pid) - self.c0
+        self.server_s = self._cpu(self.pid) - self.c0
         self.server_pct = 100.0 * self.server_s / self.wall
         self.client_pct = 100.0 * (own_cpu_seconds() - self.o0) / self.wall
         self.machine_s = machine_busy_seconds() - self.m0
