@@ -156,6 +156,30 @@ class EngineProcessesTests(TestCase):
         return deferred(go())
 
 
+    def test_a_daemon_killed_outright_leaves_no_worker_behind(self):
+        import subprocess
+        import sys
+        # The "daemon" starts a worker, says its pid, and dies without stopping it (as SIGKILL would).
+        script = ("import os; from wecompany.ai.processes import BlockingWorker; w = BlockingWorker([]); "
+                  "print(w.pid, flush=True); os._exit(0)")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                             cwd=root, env={**os.environ, "PYTHONPATH": root})
+        pid = int(out.stdout.split()[0])
+
+        async def go():
+            await wait_for(lambda: gone(pid) or _zombie(pid))
+        return deferred(go())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 class ReactorStaysLiveTests(TestCase):
     """
     The point of the worker processes: while PocketSphinx decodes (holding

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -53,8 +54,15 @@ _engines: dict = {}
 
 def _initialize(engines) -> None:
     """A worker's first act: load every engine (failures are kept in ``engine.error``, reported by _hello)."""
-    # Ctrl-C on ``twistd -n`` reaches the whole process group: the daemon stops its workers itself.
+    # Ctrl-C on ``twistd -n`` and systemd's SIGTERM reach the whole process group: the daemon stops
+    # its workers itself, in order, after its clients (EngineProcesses.stop). SIGKILL still works.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A worker blocked on its call queue never sees the daemon die (it holds both ends of the queue's
+    # pipe): it watches the daemon's sentinel instead, so a daemon killed with SIGKILL leaves no workers.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="wecompany-ai-watch", daemon=True).start()
     for engine in engines:
         _engines[engine.name] = engine
         if engine.available():
@@ -62,6 +70,11 @@ def _initialize(engines) -> None:
                 engine.load()
             except Exception:
                 pass
+
+
+def _exit_with(sentinel) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _hello() -> tuple[int, dict]:
