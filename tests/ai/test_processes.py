@@ -24,7 +24,7 @@ from wecompany.ai.audio import AudioLimits
 from wecompany.ai.engines import EngineFailed, PocketSphinxRecognizer
 from wecompany.ai.processes import EngineProcesses, WorkerDied
 from wecompany.ai.service import AIEngines, AIService, AudioInput
-from wecompany.errors import InvalidInput
+from wecompany.errors import InvalidInput, Unavailable
 
 # -- jobs (module-level: a worker process imports this module to run them) --
 
@@ -151,7 +151,8 @@ class EngineProcessesTests(TestCase):
             for d in [job, *queued]:
                 with self.assertRaises(Exception):
                     await d
-            self.assertRaises(Exception, pool, sleep_then_answer, None, 0)
+            with self.assertRaisesRegex(Unavailable, "stopping"):
+                await pool(sleep_then_answer, None, 0)
             self.flushLoggedErrors()
         return deferred(go())
 

@@ -37,7 +37,7 @@ import threading
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.logger import Logger
 
 from wecompany.errors import AI_UNAVAILABLE, Unavailable
@@ -232,7 +232,7 @@ class EngineProcesses:
     def __call__(self, job, engine, *args) -> Deferred:
         """Run ``job(engine, *args)`` in a worker (``engine`` is that worker's loaded copy) -> a Deferred."""
         if self.stopping:
-            raise Unavailable("the server is stopping", error_code=AI_UNAVAILABLE)
+            return fail(Unavailable("the server is stopping", error_code=AI_UNAVAILABLE))
         if not self.started:
             self.start()
         entry = _Job(job, engine.name if engine is not None else None, args, None)

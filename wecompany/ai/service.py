@@ -154,7 +154,11 @@ class AIService:
                 outer.errback(unavailable(f"the AI engine did not finish within {self.timeout:g} s"))
             inner.cancel()  # the runner drops the job, or kills the worker process running it
 
-        inner = self.run_ai(job, engine, *args)
+        try:
+            inner = self.run_ai(job, engine, *args)
+        except BaseException:
+            self.in_flight -= 1
+            raise
         timer = self.clock.callLater(self.timeout, too_late)
 
         def stop_timer(result):
