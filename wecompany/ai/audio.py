@@ -7,7 +7,8 @@ FLAC) into mono float32 samples at the rate an engine wants, within
 the decoded samples are counted as they come, so a small file that would
 decode to hours of audio is refused after the first ``max_seconds``.
 :func:`encode` writes samples back in one of those formats. Both are CPU
-work: they run in the AI thread pool, never on the reactor thread.
+work: they run in the AI worker processes (wecompany.ai.jobs), never in the
+reactor's process.
 
 Anything FFmpeg cannot make sense of is :class:`InvalidInput`, with a
 message that says why.

@@ -19,7 +19,7 @@ answer is read, is this module's convention (docs/ai.rst):
 
 The client is treq (non-blocking), injected, with its own timeout on the
 injected clock; the request body (a large JSON array) is built in the AI
-thread pool by the caller, not here.
+worker processes by the caller (wecompany.ai.jobs.kserve_body), not here.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ AUDIO_RATE = 16000
 
 
 def audio_request(samples) -> bytes:
-    """The infer request for mono 16 kHz float32 ``samples`` (CPU work: call it in the pool)."""
+    """The infer request for mono 16 kHz float32 ``samples`` (CPU work: a worker process runs it)."""
     data = [round(float(x), 5) for x in samples]
     return json.dumps({"inputs": [{"name": "audio", "shape": [1, len(data)], "datatype": "FP32", "data": data}]},
                       separators=(",", ":")).encode()

@@ -58,7 +58,7 @@ def unavailable(message: str) -> Unavailable:
 class AudioInput:
     """
     What a request carries: the bytes (multipart, or a media item), or the
-    base64 text of JSON (decoded in the pool), and what the client says of
+    base64 text of JSON (decoded in a worker process), and what the client says of
     them.
     """
 

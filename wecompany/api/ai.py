@@ -7,7 +7,7 @@ Audio comes as base64 JSON (``audio_data`` with ``audio_format`` or
 other fields beside it), or as a ``media_id`` once a media store resolves
 ids (:attr:`~wecompany.ai.service.AIService.resolve_media`; until then a
 ``media_id`` is 400). All the work is the domain's
-:class:`~wecompany.ai.service.AIService`, off the reactor thread.
+:class:`~wecompany.ai.service.AIService`, in the AI worker processes.
 
 The ``/api/v1/ai/`` routes are what browser clients of this family call
 without a token. With a Bearer token they serve its user; without one they
