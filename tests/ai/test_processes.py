@@ -181,6 +181,39 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+class ServiceOverProcessesTests(TestCase):
+    """AIService on real worker processes: what a dying worker looks like to a request."""
+
+    timeout = 120
+
+    def test_a_recognition_whose_worker_is_killed_is_503_and_the_next_is_served(self):
+        async def go():
+            import numpy as np
+
+            from tests.ai.support import wav_bytes
+            from wecompany.ai.audio import decode
+            engines = AIEngines()
+            pool = EngineProcesses(reactor, [engines.recognizer], 1)
+            self.addCleanup(pool.stop)
+            await pool.start()
+            ai = AIService(reactor, pool, engines=engines, limits=AudioLimits(), max_pending=2, timeout=60)
+            await ai.warm_up()
+            long = wav_bytes(np.tile(decode(speech(), 16000).samples, 10), 16000)  # 22 s: seconds to decode
+            [pid] = pool.pids
+            request = deferred(ai.recognize(AudioInput(data=long, format="wav")))
+            await wait_for(lambda: pool.busy == 1)
+            os.kill(pid, signal.SIGKILL)
+            with self.assertRaises(Unavailable) as caught:
+                await request
+            self.assertEqual((caught.exception.code, caught.exception.error_code), (503, 4001))
+            self.assertEqual(ai.in_flight, 0)
+            answer = await ai.recognize(AudioInput(data=speech(), format="wav"))
+            self.assertEqual(answer["text"], "one two three four five")
+            self.assertNotIn(pid, pool.pids)
+            self.flushLoggedErrors()
+        return deferred(go())
+
+
 class ReactorStaysLiveTests(TestCase):
     """
     The point of the worker processes: while PocketSphinx decodes (holding
