@@ -124,6 +124,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, their children, ...), from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parents.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and of every live process below it (the daemon and its AI workers)."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -211,14 +241,16 @@ class CpuMeter:
     machine shows up as noise).
     """
 
-    def __init__(self, pid: int, *more: int) -> None:
+    def __init__(self, pid: int, *more: int, tree: bool = False) -> None:
         # Several pids (the nodes of a cluster, and Redis): their sum is "the server".
         self.pid = pid
         self.pids = (pid, *more)
+        # tree: the server's CPU includes its child processes' (the AI worker processes).
+        self._cpu = tree_cpu_seconds if tree else cpu_seconds
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        self.p0 = [cpu_seconds(p) for p in self.pids]
+        self.p0 = [self._cpu(p) for p in self.pids]
         self.o0 = own_cpu_seconds()
         self.m0 = machine_busy_seconds()
         self.s0 = steal_seconds()
@@ -226,7 +258,7 @@ class CpuMeter:
     def stop(self) -> None:
         self.wall = time.monotonic() - self.t0
         #: CPU seconds of each pid, in the order given.
-        self.per_pid_s = [cpu_seconds(p) - c for p, c in zip(self.pids, self.p0)]
+        self.per_pid_s = [self._cpu(p) - c for p, c in zip(self.pids, self.p0)]
         self.server_s = sum(self.per_pid_s)
         self.server_pct = 100.0 * self.server_s / self.wall
         self.client_pct = 100.0 * (own_cpu_seconds() - self.o0) / self.wall

@@ -53,7 +53,7 @@ CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_node=1, s3_client=None,
-                node_links=None, run_job=None, **options):
+                node_links=None, run_job=None, run_ai=None, ai_http=None, ai_engines=None, **options):
     """
     The daemon's domain, built by the daemon's own :func:`build_domain`, on
     a fake clock (at 2023-11-14), the in-memory store (or ``store``: nodes
@@ -62,6 +62,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
     budget is lifted unless given (many tests log in from one address).
     ``s3_client`` is the (fake) client of ``file_storage="s3://..."``;
     ``run_job`` runs media jobs (default: in a child process, as the daemon does).
+    ``run_ai``, ``ai_http`` and ``ai_engines`` go to ``build_domain`` (AI
+    work runs in place unless ``run_ai`` says otherwise).
     """
     from twisted.internet.task import Clock
 
@@ -89,7 +91,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
                         run_hash=synchronous_runner, run_disk=synchronous_runner, user_cache=user_cache,
                         meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
                         redis_link=redis_link, node_links=node_links, run_job=run_job,
-                        s3_client_factory=None if s3_client is None else lambda: s3_client)
+                        s3_client_factory=None if s3_client is None else lambda: s3_client,
+                        run_ai=run_ai or synchronous_runner, ai_http=ai_http, ai_engines=ai_engines)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:

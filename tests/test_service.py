@@ -152,6 +152,23 @@ class FakePool:
         self.started = False
 
 
+class FakeProcessPool:
+    """Stands in for EngineProcesses: its stop is a Deferred the test fires."""
+
+    def __init__(self, events: list) -> None:
+        self.events = events
+        self.started = False
+        self.stopped = Deferred()
+
+    def start(self) -> None:
+        self.events.append("processes start")
+        self.started = True
+
+    def stop(self) -> Deferred:
+        self.events.append("processes stop")
+        return self.stopped
+
+
 class RecordingCollector:
     """Stands in for the gc module."""
 
@@ -304,6 +321,23 @@ class WeCompanyServiceTests(SynchronousTestCase):
         ])
         for party in (caller, callee):
             self.assertEqual(party.events[-1], CallEnded(party.events[-1].call_id, "shutdown"))
+
+    def test_ai_worker_processes_start_with_the_reactor_and_stop_after_the_store(self) -> None:
+        processes = FakeProcessPool(self.events)
+        service = WeCompanyService(
+            store=self.store, listeners=[], tcp_factory=self.factory, calls=self.calls,
+            threadpools=[FakePool(self.events)], process_pools=[processes], reactor=self.clock)
+        self.start(service)
+        self.assertEqual(self.events[:3], ["store prepare", "pool start", "processes start"])
+        self.store.gate.callback(None)
+        self.successResultOf(service.ready)
+        del self.events[:]
+        d = service.stopService()
+        self.assertNoResult(d)  # waits for the workers to be gone
+        self.assertEqual(self.events[-2:], ["store stop", "processes stop"])
+        processes.stopped.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.events[-1], "pool stop")
 
     def test_a_step_that_fails_does_not_skip_the_rest(self) -> None:
         """A stop step raising (closing WebSockets once did) is logged; the pools still stop, so the process exits."""

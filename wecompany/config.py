@@ -472,6 +472,39 @@ def parse_ice_urls(scheme: str) -> Callable[[str, object], tuple[str, ...]]:
     return parse
 
 
+def parse_inference_url(name: str, value: object) -> str:
+    """An ``http://`` or ``https://`` base URL of a KServe v2 inference server, without credentials."""
+    expected = "an http:// or https:// URL such as http://127.0.0.1:8000"
+    text = _text(name, value, expected).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise _fail(name, value, expected)
+    if "@" in parts.netloc:
+        raise ConfigError(f"{option_label(name)}: credentials do not belong in the URL (the value is not shown)")
+    return text
+
+
+def parse_model_name(name: str, value: object) -> str:
+    """A model name on the inference server: letters, digits, dots, dashes and underscores."""
+    text = _text(name, value, "a model name such as emotion_wav2vec")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", text):
+        raise _fail(name, value, "1-128 letters, digits, dots, dashes or underscores")
+    return text
+
+
+def parse_choice(*choices: str) -> Callable[[str, object], str]:
+    """One of ``choices``."""
+
+    def parse(name: str, value: object) -> str:
+        text = _text(name, value, "one of " + ", ".join(choices)).lower()
+        if text not in choices:
+            raise _fail(name, value, "one of " + ", ".join(choices))
+        return text
+
+    parse.__doc__ = "One of: " + ", ".join(choices) + "."
+    return parse
+
+
 def optional(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
     """Wrap ``parse`` so that ``None`` or an empty string means "not set"."""
 
@@ -624,6 +657,40 @@ class Config:
     heartbeat_interval: float = _option(30.0, parse_seconds,
                                         "seconds between client heartbeats that clients are told to use")
 
+    # The AI engines (wecompany.ai, docs/ai.rst).
+    ai_anonymous: bool = _option(False, parse_bool,
+                                 "serve the token-less /api/v1/ai/ aliases (health, info, asr, emotion, synthesis) "
+                                 "to anyone: CPU-heavy work for unauthenticated clients, rate-limited per address")
+    ai_anonymous_rate: float = _option(0.2, parse_rate,
+                                       "requests per second one client address may make on the token-less AI "
+                                       "aliases, sustained")
+    ai_anonymous_burst: float = _option(5.0, parse_rate,
+                                        "requests one client address may make on the token-less AI aliases "
+                                        "in a burst")
+    ai_workers: int = _option(2, parse_count, "worker processes that run AI engines (speech recognition, denoising)")
+    ai_max_pending: int = _option(8, parse_count,
+                                  "AI requests running or waiting for a worker; more are answered 503 (4001)")
+    ai_timeout: float = _option(60.0, parse_seconds,
+                                "seconds an AI request may take, waiting included, before it is answered 503")
+    ai_max_audio_bytes: int = _option(10 * MiB, parse_size, "largest audio an AI request may send, in bytes")
+    ai_max_audio_seconds: float = _option(120.0, parse_seconds, "longest audio an AI request may send, in seconds")
+    ai_denoiser: str = _option("rnnoise", parse_choice("rnnoise", "spectral-gate"),
+                               "denoising engine used when a request names none: rnnoise (speech) or "
+                               "spectral-gate (any sound with quieter stretches)")
+    kserve_url: str | None = _option(None, optional(parse_inference_url),
+                                     "base URL of a KServe v2 / Triton HTTP inference server for the emotion and "
+                                     "synthetic-speech models (default: none; those requests answer 503)")
+    emotion_model: str | None = _option(None, optional(parse_model_name),
+                                        "model on --kserve-url that finds the emotion in speech")
+    emotion_labels: tuple | None = _option(None, optional(parse_list),
+                                           "comma-separated labels of the emotion model's scores, in order, "
+                                           "when its answer carries none")
+    synthesis_model: str | None = _option(None, optional(parse_model_name),
+                                          "model on --kserve-url that scores speech as synthetic")
+    synthesis_labels: tuple | None = _option(None, optional(parse_list),
+                                             "comma-separated labels of the synthesis model's scores, in order, "
+                                             "when it gives more than one and no labels")
+
     def __attrs_post_init__(self) -> None:
         # Port 0 asks the system for a free port, so two of them never clash.
         # (also behind a wrapper: haproxy:tcp:0).
@@ -639,6 +706,9 @@ class Config:
                                   "interface=ADDRESS")
         elif self.node_link_address is not None:
             raise ConfigError("node-link-address: it needs --node-link")
+        for model in ("emotion_model", "synthesis_model"):
+            if getattr(self, model) is not None and self.kserve_url is None:
+                raise ConfigError(f"{option_label(model)}: the model needs the server it is on: give --kserve-url")
 
     @property
     def database_kind(self) -> str:

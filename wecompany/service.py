@@ -50,6 +50,9 @@ class WeCompanyService(MultiService):
     :param tcp_factory: the binary protocol's factory (for its graceful shutdown).
     :param calls: the CallService (ends every call on shutdown).
     :param threadpools: ``ThreadPool`` s for hashing and disk work.
+    :param process_pools: pools of worker processes (the AI engines'):
+        ``start()`` with the reactor, ``stop() -> Deferred`` (bounded: it
+        kills what does not exit) after the store.
     :param recorder: optional CallRecorder.
     :param collector: optional :class:`~wecompany.runtime.CollectorTuning`
         for the process's garbage collector (the daemon's, not in tests).
@@ -64,7 +67,7 @@ class WeCompanyService(MultiService):
 
     log = Logger()
 
-    def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), recorder=None,
+    def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), process_pools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
                  startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None,
                  media_jobs=None) -> None:
@@ -75,6 +78,7 @@ class WeCompanyService(MultiService):
         self.tcp_factory = tcp_factory
         self.calls = calls
         self.threadpools = list(threadpools)
+        self.process_pools = list(process_pools)
         self.recorder = recorder
         self.reactor = reactor
         self.shutdown_grace = shutdown_grace
@@ -143,6 +147,9 @@ class WeCompanyService(MultiService):
         started_at = self.reactor.seconds()
         for pool in self.threadpools:
             pool.start()
+        for pool in self.process_pools:
+            if not pool.started:
+                pool.start()  # not awaited: the models load while the daemon gets ready
         await self.store.start()
         if self.cluster_node is not None:
             self.cluster_node.start()
@@ -224,6 +231,9 @@ class WeCompanyService(MultiService):
         if self.recorder is not None:
             await self._step("closing the recordings", self.recorder.stop)
         await self._step("closing the store", self.store.stop)
+        for pool in self.process_pools:
+            if pool.started:
+                await self._step("stopping the AI worker processes", pool.stop)
         for pool in self.threadpools:
             if pool.started:
                 await self._step("stopping a thread pool", pool.stop)

@@ -159,8 +159,11 @@ def build_service(config: Config, reactor):
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
+    from wecompany.ai.processes import EngineProcesses
+    from wecompany.ai.service import AIEngines
     from wecompany.api.app import RestAPI
     from wecompany.api.metrics import Metrics
+    from wecompany.api.ai import ai_body_limits
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
     from wecompany.connections import AddressCounter, CappedFactory
@@ -212,6 +215,16 @@ def build_service(config: Config, reactor):
     # Media jobs: each thread only waits on its job's child process.
     media_pool = ThreadPool(minthreads=0, maxthreads=config.media_workers, name="wecompany-media")
     run_disk = storage_errors_unavailable(partial(deferToThreadPool, reactor, disk_pool))
+    # AI engines hold the GIL for seconds: they run in worker processes
+    # (--ai-workers), each loading the models once, never in the reactor's
+    # process (wecompany.ai.processes, bench/ai_gil.py).
+    ai_engines = AIEngines()
+    ai_processes = EngineProcesses(reactor, ai_engines.local(), config.ai_workers)
+    ai_http = None
+    if config.kserve_url is not None:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+        ai_http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
 
     node_links = None
     if config.node_link is not None:
@@ -225,7 +238,10 @@ def build_service(config: Config, reactor):
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
-                          node_links=node_links, run_media=partial(deferToThreadPool, reactor, media_pool))
+                          node_links=node_links, run_media=partial(deferToThreadPool, reactor, media_pool),
+                          run_ai=ai_processes, ai_http=ai_http, ai_engines=ai_engines)
+    # The service starts the processes (each loads the models); this records what they loaded.
+    reactor.callWhenRunning(domain.ai.warm_up)
     cluster_node = None
     if redis_link is not None:
         from wecompany.mirror.cluster import ClusterNode
@@ -243,7 +259,8 @@ def build_service(config: Config, reactor):
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
                      metrics=Metrics(domain, tcp_factory), signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
-                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),),
+                     body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
+                                  *ai_body_limits(config.ai_max_audio_bytes)),
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
                                             idle_timeout=config.http_idle_timeout))
@@ -269,7 +286,8 @@ def build_service(config: Config, reactor):
         warnings.append(f"--redis with SQLite ({sqlite_path}): the nodes of a cluster must share one database; "
                         "unless every node opens this same file, give them --database postgresql://...")
     return WeCompanyService(store=domain.store, listeners=listeners, tcp_factory=tcp_factory, calls=domain.calls,
-                            threadpools=(hash_pool, disk_pool, media_pool), recorder=domain.recorder, reactor=reactor,
+                            threadpools=(hash_pool, disk_pool, media_pool), process_pools=(ai_processes,),
+                            recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs)

@@ -6,6 +6,7 @@ import json
 
 from tests.helpers import make_domain
 from tests.sitetesting import site_client
+from wecompany.api.ai import ai_body_limits
 from wecompany.api.app import RestAPI
 from wecompany.api.metrics import Metrics
 from wecompany.web.site import make_site
@@ -39,7 +40,8 @@ class Api:
         self.metrics = Metrics(d)
         self.rest = RestAPI(d)
         self.site = make_site(d.store, d, reactor=d.clock, api=self.rest, metrics=self.metrics,
-                              body_limits=((b"/api/v1/users/upload-avatar", 3 << 20),))
+                              body_limits=((b"/api/v1/users/upload-avatar", 3 << 20),
+                                           *ai_body_limits(d.config.ai_max_audio_bytes)))
         # Through the site itself: its body limits, deadlines and metrics apply.
         self.treq, self.agent = site_client(self.site)
 

@@ -10,6 +10,7 @@ import secrets
 from klein import Klein
 
 from wecompany.api.admin import AdminRoutes
+from wecompany.api.ai import AIRoutes
 from wecompany.api.auth import AuthRoutes
 from wecompany.api.media import MediaRoutes
 from wecompany.api.meetings import MeetingRoutes, RenderedPages
@@ -22,7 +23,8 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes, MediaRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes, MediaRoutes,
+              AIRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
@@ -44,6 +46,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.file_storage = domain.storage
         self.media = domain.media
         self.processing = domain.processing
+        self.ai = domain.ai
         self.rendered_pages = RenderedPages()
         self._openapi = None
 

@@ -65,6 +65,8 @@ def _operation(ep, path: str, index: int) -> dict:
     if ep.body is not None:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": object_schema(ep.body)}}}
+        if ep.raw_body is not None:  # either body
+            op["requestBody"]["content"][ep.raw_body] = {"schema": {"type": "object", "additionalProperties": True}}
     elif ep.raw_body is not None:
         op["requestBody"] = {"required": True,
                              "content": {ep.raw_body: {"schema": {"type": "object", "additionalProperties": True}}}}

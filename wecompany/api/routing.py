@@ -125,8 +125,8 @@ def _wrap(handler, ep: Endpoint):
         if ep.auth != PUBLIC:
             user = await self.authenticate(request, admin=ep.auth == ADMIN)
         body = {}
-        if ep.body is not None:
-            body = parse_json(read_body(request), ep.body)
+        if ep.body is not None and not (ep.raw_body and getattr(request, "form", None) is not None):
+            body = parse_json(read_body(request), ep.body)  # (a raw_body alternative is the handler's to read)
         query = parse_query(request.args, ep.query) if ep.query else {}
         result = await handler(self, Call(request, user, body, query, params))
         if isinstance(result, bytes) and not isinstance(result, envelope.Encoded):

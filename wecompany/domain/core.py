@@ -41,6 +41,7 @@ from wecompany.mirror.limits import SharedLimits
 from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
 from wecompany.storage import IFileStorage, open_storage
 from wecompany.domain.usercache import UserCache
+from wecompany.ai.service import AIService, build_ai
 from wecompany.times import rfc3339
 
 Runner = Callable[..., object]  # f(callable, *args) -> Deferred, in a thread pool
@@ -93,6 +94,8 @@ class Domain:
     media: MediaService
     #: Processing jobs on those items (POST /media/process, /video/enhancement).
     processing: MediaProcessing
+    #: The AI engines and their bounded pool (wecompany.ai.service).
+    ai: AIService | None = None
 
     def live_counts(self) -> dict:
         """
@@ -110,7 +113,8 @@ class Domain:
 def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runner, run_disk: Runner,
                  user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
                  mailer=None, id_node: int | None = None, redis_link=None, node_links=None,
-                 s3_client_factory=None, run_media: Runner | None = None, run_job=None) -> Domain:
+                 s3_client_factory=None, run_media: Runner | None = None, run_job=None,
+                 run_ai: Runner | None = None, ai_http=None, ai_engines=None, resolve_media=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -135,6 +139,12 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
         process, :func:`wecompany.media.isolated.run_isolated`).
     :param s3_client_factory: makes the S3 client when ``--file-storage``
         is ``s3://`` (default: boto3's); tests pass a fake.
+    :param run_ai: runs AI engines in their thread pool (default: ``run_disk``'s).
+    :param ai_http: the treq client for the KServe models (``--kserve-url``).
+    :param ai_engines: the local :class:`~wecompany.ai.service.AIEngines` (default: all of them).
+    :param resolve_media: ``async (user, media_id) -> bytes`` for AI inputs
+        given as a media id (default: the media item's bytes, if the user may
+        read it, within the AI audio limit).
     """
     # Caches of stored rows are only correct if the store tells them of every write.
     if user_cache not in store.user_caches or meeting_pages not in store.meeting_caches:
@@ -186,9 +196,15 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                               listeners=[rooms, room_mirror] if cluster.enabled else [rooms], pages=meeting_pages)
     lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
+    if resolve_media is None:
+        def resolve_media(user, media_id):
+            return media.read_for_ai(user, media_id, config.ai_max_audio_bytes)
+    ai = build_ai(config, clock, run_ai or run_disk, http=ai_http, engines=ai_engines, resolve_media=resolve_media,
+                  anonymous_limiter=KeyedRateLimiter(clock, config.ai_anonymous_rate, config.ai_anonymous_burst,
+                                                     shared=shared))
     return Domain(config=config, clock=clock, store=store, run_disk=run_disk, tokens=tokens, hasher=hasher,
                   guard=guard, auth_limiter=auth_limiter, accounts=accounts, registry=registry,
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
                   cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media,
-                  processing=processing)
+                  processing=processing, ai=ai)

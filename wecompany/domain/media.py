@@ -27,7 +27,15 @@ import attrs
 from twisted.logger import Logger
 
 from wecompany.domain.files import safe_name
-from wecompany.errors import Forbidden, InvalidInput, MediaNotFound, MeetingNotFound, QuotaExceeded
+from wecompany.errors import (
+    Forbidden,
+    InvalidInput,
+    MediaNotFound,
+    MeetingNotFound,
+    QuotaExceeded,
+    TooLarge,
+    Unauthenticated,
+)
 from wecompany.media.process import probe
 
 #: Where uploaded items and processing results are in the file storage.
@@ -255,6 +263,25 @@ class MediaService:
         if await self.store.media_shared_with(media_id, user_id):
             return record
         raise MediaNotFound()
+
+    async def read_for_ai(self, user, media_id: int, limit: int) -> bytes:
+        """
+        The bytes of an item ``user`` may read, for an AI request that names
+        it (``media_id``), if it has at most ``limit`` bytes.
+        """
+        if user is None:  # the token-less AI aliases: stored media are for their readers only
+            raise Unauthenticated("media_id needs a bearer token")
+        record = await self.readable(user.id, media_id)
+        if record.size > limit:
+            raise TooLarge(f"media item {media_id} has {record.size} bytes; an AI request takes at most {limit}")
+        chunks, offset = [], 0
+        while offset < record.size:
+            block = await self.storage.read(record.storage_key, offset, min(1 << 20, record.size - offset))
+            if not block:
+                break
+            chunks.append(block)
+            offset += len(block)
+        return b"".join(chunks)
 
     async def delete(self, user_id: int, media_id: int):
         """
