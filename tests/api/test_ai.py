@@ -95,8 +95,7 @@ class RecognitionTests(SynchronousTestCase):
                              ({"audio_data": b64(speech()), "format": "exe"}, "not supported"),
                              ({"audio_data": b64(b"\0" * 100), "format": "pcm"}, "sample_rate"),
                              ({"audio_data": b64(speech()), "language": "fr"}, "language"),
-                             ({}, "send the audio"),
-                             ({"media_id": 5}, "media_id is not supported yet")):
+                             ({}, "send the audio")):
             code, answer, _ = api.request("POST", "/api/v1/speech/recognition", body, token=token)
             self.assertEqual(code, 400, (body.keys(), answer))
             self.assertRegex(answer["message"], reason)
@@ -349,3 +348,33 @@ class AnonymousAliasTests(SynchronousTestCase):
         code, body, _ = api.request("GET", "/api/v1/ai/health")
         self.assertEqual(code, 200)
         self.assertEqual(body["data"]["engines"]["recognition:pocketsphinx"], "loaded")
+
+
+class MediaIdTests(SynchronousTestCase):
+    """Audio named by a stored media item (``media_id``) instead of sent."""
+
+    def test_a_stored_item_is_recognised_for_those_who_may_read_it(self):
+        from tests.api.test_media import form
+        api = Api(self)
+        alice, bob = api.user("alice"), api.user("bob")
+        raw, headers = form(("file", speech(), "numbers.wav", "audio/wav"))
+        code, reply, _ = api.request("POST", "/api/v1/media/upload", token=alice, raw=raw, headers=headers)
+        self.assertEqual(code, 201, reply)
+        media_id = reply["data"]["id"]
+        code, body, _ = api.request("POST", "/api/v1/speech/recognition", {"media_id": media_id}, token=alice)
+        self.assertEqual((code, body["data"]["text"]), (200, "one two three four five"), body)
+        code, body, _ = api.request("POST", "/api/v1/speech/recognition", {"media_id": media_id}, token=bob)
+        self.assertEqual((code, body["error_code"]), (404, 3002))  # not his to read
+        code, body, _ = api.request("POST", "/api/v1/speech/recognition", {"media_id": 999999}, token=alice)
+        self.assertEqual(code, 404)
+
+    def test_an_item_over_the_audio_limit_is_413(self):
+        from tests.api.test_media import form
+        api = Api(self, ai_max_audio_bytes=20_000)
+        alice = api.user("alice")
+        raw, headers = form(("file", speech(), "numbers.wav", "audio/wav"))
+        code, reply, _ = api.request("POST", "/api/v1/media/upload", token=alice, raw=raw, headers=headers)
+        self.assertEqual(code, 201, reply)
+        code, body, _ = api.request("POST", "/api/v1/speech/recognition", {"media_id": reply["data"]["id"]},
+                                    token=alice)
+        self.assertEqual(code, 413, body)

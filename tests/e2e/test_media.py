@@ -13,6 +13,7 @@ import time
 
 import treq
 from twisted.internet import reactor, task
+from twisted.internet.task import deferLater
 from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -185,7 +186,12 @@ class MediaDaemonTests(DaemonTestCase):
             pass  # the daemon may close before the client has read the answer
         else:
             self.assertEqual(code, 413, reply)
-        self.assertEqual(os.listdir(os.path.join(daemon.data_dir, "spool")), [])
+        # The spool file goes in the disk pool, just after the answer: allow it a moment.
+        spool = os.path.join(daemon.data_dir, "spool")
+        deadline = reactor.seconds() + 10
+        while os.listdir(spool) and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(os.listdir(spool), [])
 
 
 class MediaS3Tests(DaemonTestCase):

@@ -141,7 +141,11 @@ class OpenApiFuzzTests(DaemonTestCase):
                             "response_schema_conformance",
                 "--max-examples", FUZZ_EXAMPLES, "--seed", FUZZ_SEED, "--no-color",
                 # Would delete the fuzzing account itself midway.
-                "--exclude-path", "/api/v1/users/account"]
+                "--exclude-path", "/api/v1/users/account",
+                # Without a KServe server (none here) their documented answer to audio is 503, 4001;
+                # their input handling is tested in tests/api/test_ai.py.
+                "--exclude-path", "/api/v1/speech/synthesis-detection", "--exclude-path", "/api/v1/ai/synthesis",
+                "--exclude-path", "/api/v1/speech/emotion", "--exclude-path", "/api/v1/ai/emotion"]
         env = {**daemon_environment(), "SCHEMATHESIS_HOOKS": ""}
         out, err, status = await getProcessOutputAndValue(sys.executable, argv, env=env, path=os.getcwd())
         report = (out + err).decode("utf-8", "replace")
