@@ -137,6 +137,43 @@ def rest_run(args, label: str, port: int, setup: Setup, idle: Setup, script: str
     return result
 
 
+def rest_run_split(args, label: str, ports: list[int], setup: Setup, idle: Setup, script: str,
+                   token_file: str) -> dict:
+    """
+    wrk against each node directly, at once, the connections and threads
+    shared out (what a client-side or DNS balancer does, without a proxy
+    on the same cores): the figures summed (latencies: the worse node's).
+    """
+    import argparse
+    from concurrent.futures import ThreadPoolExecutor
+
+    print(f"REST {label}: wrk on {', '.join(f':{p}' for p in ports)} at once ...", flush=True)
+    share = argparse.Namespace(**{**vars(args), "connections": max(1, args.connections // len(ports)),
+                                  "threads": max(1, args.threads // len(ports))})
+
+    def each(duration):
+        with ThreadPoolExecutor(len(ports)) as pool:
+            return list(pool.map(lambda port: rest_auth.run_wrk(share, port, PROFILE_PATH, script, token_file,
+                                                                duration), ports))
+
+    if args.warmup > 0:
+        each(args.warmup)
+    groups = setup.groups()
+    groups["idle cluster"] = idle.all_pids()
+    meter = GroupMeter(groups)
+    meter.start()
+    parts = each(args.duration)
+    meter.stop()
+    result = {"requests": sum(p["requests"] for p in parts), "rate": sum(p["rate"] for p in parts),
+              "p50": max(p["p50"] for p in parts), "p99": max(p["p99"] for p in parts),
+              "max": max(p["max"] for p in parts), "status_errors": sum(p["status_errors"] for p in parts),
+              "socket_errors": sum(p["socket_errors"] for p in parts)}
+    nodes = [k for k in groups if k.startswith("node ")]
+    result.update(label=label, meter=meter, nodes_pct=[meter.pct(k) for k in nodes],
+                  node_s=sum(meter.cpu_s[k] for k in nodes))
+    return result
+
+
 def rest_table(runs: list[dict], args) -> str:
     rows = [("run", "req/s", "p50 ms", "p99 ms", "errors", "nodes CPU", "redis", "postgres", "haproxy", "wrk",
              "idle cluster", "steal", "others", "req/node-CPU-s")]
@@ -282,6 +319,8 @@ def main(args) -> int:
                                       token_files[one.name]))
             rest_runs.append(rest_run(args, "two nodes, HAProxy" + tag, two.proxy.site_port, two, one, script,
                                       token_files[two.name]))
+            rest_runs.append(rest_run_split(args, "two nodes, direct" + tag, [n.http_port for n in two.nodes], two,
+                                            one, script, token_files[two.name]))
 
         if args.rooms:
             for s, other in ((one, two), (two, one)):
@@ -301,14 +340,18 @@ def main(args) -> int:
         print()
         print(rest_table(rest_runs, args))
         by = {k: [r for r in rest_runs if r["label"].startswith(k)] for k in
-              ("one node, direct", "one node, HAProxy", "two nodes, HAProxy")}
+              ("one node, direct", "one node, HAProxy", "two nodes, HAProxy", "two nodes, direct")}
         rounds = range(len(by["two nodes, HAProxy"]))
+        split = [by["two nodes, direct"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
+        r_split = lower_median(split)
         vs_direct = [by["two nodes, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
         vs_proxy = [by["two nodes, HAProxy"][i]["rate"] / by["one node, HAProxy"][i]["rate"] for i in rounds]
         proxy_cost = [by["one node, HAProxy"][i]["rate"] / by["one node, direct"][i]["rate"] for i in rounds]
         r_direct, r_proxy = lower_median(vs_direct), lower_median(vs_proxy)
         errs = sum(r["status_errors"] + r["socket_errors"] for r in rest_runs)
-        rows += [("REST two nodes (HAProxy) / one node direct", " / ".join(f"{x:.2f}" for x in vs_direct),
+        rows += [("REST two nodes direct / one node direct", " / ".join(f"{x:.2f}" for x in split),
+                  f"{r_split:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_split >= TARGET_RATIO)),
+                 ("REST two nodes (HAProxy) / one node direct", " / ".join(f"{x:.2f}" for x in vs_direct),
                   f"{r_direct:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_direct >= TARGET_RATIO)),
                  ("REST two nodes (HAProxy) / one node (HAProxy)", " / ".join(f"{x:.2f}" for x in vs_proxy),
                   f"{r_proxy:.2f} x", f">= {TARGET_RATIO:g} x", verdict(r_proxy >= TARGET_RATIO)),
