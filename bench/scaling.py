@@ -313,11 +313,10 @@ def main(args) -> int:
 
         # Unmeasured rounds first: each daemon's first requests are slower (its caches fill, its
         # allocator grows); a one-node run measured first looked 40 % slower than the third.
+        targets = [(port, s.name) for s in setups for port in (s.proxy.site_port, *(n.http_port for n in s.nodes))]
         for round_ in range(args.warm_rounds if args.rounds else 0):
-            for port in (one.nodes[0].http_port, one.proxy.site_port, two.proxy.site_port, *(n.http_port for n in
-                                                                                            two.nodes)):
-                rest_auth.run_wrk(args, port, PROFILE_PATH, script, token_files[two.name if port in (
-                    two.proxy.site_port, *(n.http_port for n in two.nodes)) else one.name], args.duration / 2)
+            for port, name in targets:
+                rest_auth.run_wrk(args, port, PROFILE_PATH, script, token_files[name], args.duration / 2)
         for round_ in range(args.rounds):
             tag = f" #{round_ + 1}" if args.rounds > 1 else ""
             rest_runs.append(rest_run(args, "one node, direct" + tag, one.nodes[0].http_port, one, two, script,

@@ -8,6 +8,8 @@ daemon's child process.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.defer import Deferred
 
 from tests.api.test_media import MEDIA, MediaCase
@@ -35,6 +37,10 @@ class ProcessingCase(MediaCase):
         self.assertEqual(code, expect, reply)
         return reply.get("data", reply)
 
+    def job_dirs(self):
+        jobs = os.path.join(self.domain.media.spool_dir, "jobs")
+        return os.listdir(jobs) if os.path.isdir(jobs) else []
+
     def result_of(self, started: dict) -> dict:
         job = self.job(started["job_id"])
         self.assertEqual((job["status"], job["error"], job["progress"]), ("done", None, 1.0), job)
@@ -58,11 +64,6 @@ class ProcessTests(ProcessingCase):
         listed = self.get(MEDIA)[1]["data"]["list"]
         self.assertEqual({item["id"] for item in listed}, {source["id"], result["id"]})
         self.assertEqual(self.job_dirs(), [])  # nothing left of the job
-
-    def job_dirs(self):
-        import os
-        jobs = os.path.join(self.domain.media.spool_dir, "jobs")
-        return os.listdir(jobs) if os.path.isdir(jobs) else []
 
     def test_extract_audio_and_a_thumbnail(self):
         source = self.upload(webm(seconds=1.0))
@@ -200,3 +201,26 @@ class ChildProcessTests(MediaCase):
         self.assertEqual(job["data"]["status"], "done", job)
         code, info, _ = self.get(f"{MEDIA}/info/{job['data']['result_media_id']}")
         self.assertEqual(info["data"]["content_type"], "video/webm")
+
+
+class ObjectStorage:
+    """The directory storage seen as object storage is: no local path for a key (S3's case)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.read_size = inner.read_size
+
+    def __getattr__(self, name):
+        if name == "path_of":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class FetchedSourceTests(ProcessingCase):
+    def test_an_item_without_a_local_path_is_fetched_for_the_job_and_the_copy_removed(self):
+        source = self.upload(webm(seconds=1.0), filename="talk.webm")
+        self.domain.media.storage = ObjectStorage(self.domain.media.storage)
+        self.assertFalse(hasattr(self.domain.media.storage, "path_of"))
+        result = self.result_of(self.process(source["id"], "transcode", {"format": "mp4"}))
+        self.assertEqual(result["content_type"], "video/mp4")
+        self.assertEqual(self.job_dirs(), [])

@@ -274,14 +274,17 @@ class MediaService:
         record = await self.readable(user.id, media_id)
         if record.size > limit:
             raise TooLarge(f"media item {media_id} has {record.size} bytes; an AI request takes at most {limit}")
-        chunks, offset = [], 0
+        return b"".join([block async for block in self.blocks(record)])
+
+    async def blocks(self, record, size: int = 1 << 20):
+        """An item's bytes from the file storage, ``size`` at a time, in order."""
+        offset = 0
         while offset < record.size:
-            block = await self.storage.read(record.storage_key, offset, min(1 << 20, record.size - offset))
+            block = await self.storage.read(record.storage_key, offset, min(size, record.size - offset))
             if not block:
-                break
-            chunks.append(block)
+                return
             offset += len(block)
-        return b"".join(chunks)
+            yield block
 
     async def delete(self, user_id: int, media_id: int):
         """

@@ -100,13 +100,8 @@ class MediaProcessing:
         path = os.path.join(job_dir, "source")
         out = await self._run_disk(open_private, path, "wb")
         try:
-            offset = 0
-            while True:
-                block = await self.media.storage.read(record.storage_key, offset, FETCH_BLOCK)
-                if not block:
-                    break
+            async for block in self.media.blocks(record, FETCH_BLOCK):
                 await self._run_disk(out.write, block)
-                offset += len(block)
         finally:
             await self._run_disk(out.close)
         return path, True
