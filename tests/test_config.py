@@ -444,3 +444,31 @@ class FileStorageOptionTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, Config.from_sources, {"file_storage": text}, {})
             self.assertNotIn("hunter2", str(error), text)
             self.assertIn("credentials", str(error), text)
+
+
+class OperationsOptionTests(SynchronousTestCase):
+    def test_defaults(self):
+        config = Config.from_sources({}, {}, None)
+        self.assertEqual((config.registration, config.web_root, config.metrics_port, config.log_format,
+                          config.log_level, config.trusted_proxies), ("open", None, None, "text", "info", None))
+
+    def test_trusted_proxies_are_networks(self):
+        import ipaddress
+        config = Config.from_sources({"trusted_proxies": "10.0.0.0/8, 127.0.0.1,fd00::/8"}, {}, None)
+        self.assertEqual(config.trusted_proxies, (ipaddress.ip_network("10.0.0.0/8"),
+                                                  ipaddress.ip_network("127.0.0.1/32"),
+                                                  ipaddress.ip_network("fd00::/8")))
+        self.assertIn(ipaddress.ip_address("10.2.3.4"), config.trusted_proxies[0])
+
+    def test_bad_values(self):
+        for key, value in (("trusted_proxies", "10.0.0.0/33"), ("trusted_proxies", "proxy.example.com"),
+                           ("registration", "invite"), ("log_format", "xml"), ("log_level", "loud"),
+                           ("metrics_port", "tcp:8000"), ("metrics_port", "nine")):
+            with self.subTest(key=key, value=value):
+                self.assertRaises(ConfigError, Config.from_sources, {key: value}, {}, None)
+
+    def test_metrics_port_apart_from_the_others(self):
+        config = Config.from_sources({"metrics_port": "tcp:9100:interface=127.0.0.1"}, {}, None)
+        self.assertEqual(config.metrics_port, "tcp:9100:interface=127.0.0.1")
+        # Port 0 twice is two free ports, not a clash.
+        Config.from_sources({"port": "tcp:0", "http_port": "tcp:0", "metrics_port": "tcp:0"}, {}, None)

@@ -505,6 +505,22 @@ def parse_choice(*choices: str) -> Callable[[str, object], str]:
     return parse
 
 
+def parse_networks(name: str, value: object) -> tuple:
+    """
+    Comma-separated addresses or CIDR blocks (``10.0.0.0/8, ::1``) as
+    :mod:`ipaddress` networks; a bare address is a network of one.
+    """
+    import ipaddress
+
+    networks = []
+    for item in parse_list(name, value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise _fail(name, item, "an address or CIDR block such as 10.0.0.0/8, 127.0.0.1 or fd00::/8") from None
+    return tuple(networks)
+
+
 def optional(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
     """Wrap ``parse`` so that ``None`` or an empty string means "not set"."""
 
@@ -691,11 +707,34 @@ class Config:
                                              "comma-separated labels of the synthesis model's scores, in order, "
                                              "when it gives more than one and no labels")
 
+    # Running it (docs/operations.rst).
+    registration: str = _option("open", parse_choice("open", "closed"),
+                                "open: anyone may register (TCP REGISTER, POST /api/v1/auth/register); "
+                                "closed: only an administrator makes accounts (wecompany user add, the console)")
+    web_root: str | None = _option(None, optional(parse_path),
+                                   "directory of a web client's static files served at / on the HTTP port "
+                                   "(the API, WebSocket, /health and /metrics paths take precedence; "
+                                   "default: the built-in console)")
+    metrics_port: str | None = _option(None, optional(parse_endpoint),
+                                       "endpoint of a listener of its own for /metrics (e.g. "
+                                       "tcp:9100:interface=127.0.0.1); default: /metrics on the HTTP site")
+    log_format: str = _option("text", parse_choice("text", "json"),
+                              "text (one line per event) or json (one JSON object per line)")
+    log_level: str = _option("info", parse_choice("debug", "info", "warn", "error", "critical"),
+                             "the least severe level logged")
+    trusted_proxies: tuple | None = _option(None, optional(parse_networks),
+                                            "addresses or CIDR blocks of reverse proxies whose X-Forwarded-For "
+                                            "(HTTP) and PROXY protocol header (TCP port) name the real client; "
+                                            "from any other peer both are ignored")
+
     def __attrs_post_init__(self) -> None:
         # Port 0 asks the system for a free port, so two of them never clash.
         # (also behind a wrapper: haproxy:tcp:0).
         if self.port == self.http_port and not re.match(r"^(haproxy:)?[a-z0-9]+:0(:|$)", self.port):
             raise ConfigError(f"port and http-port: both are {self.port!r}; they must differ")
+        if self.metrics_port is not None and self.metrics_port in (self.port, self.http_port) \
+                and not re.match(r"^[a-z0-9]+:0(:|$)", self.metrics_port):
+            raise ConfigError(f"metrics-port: {self.metrics_port!r} is already another listener's; they must differ")
         if self.node_link is not None:
             if self.redis is None:
                 raise ConfigError("node-link: links between the nodes of a cluster need --redis")
