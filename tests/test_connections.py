@@ -12,7 +12,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import make_domain
+from wecompany.config import parse_networks
 from wecompany.connections import AddressCounter, CappedFactory, address_key
+from wecompany.proxies import TrustedProxies
 from wecompany.tcp import codec
 from wecompany.tcp.protocol import WeCompanyFactory
 
@@ -74,6 +76,19 @@ class CappedFactoryTests(SynchronousTestCase):
         _, transport = connect(factory, "10.0.0.1")
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
+
+    def test_a_trusted_proxy_is_not_counted(self):
+        # It carries many clients (X-Forwarded-For names them); the proxy keeps the cap per client.
+        trusted = TrustedProxies.of(parse_networks("trusted-proxies", "10.9.0.0/16"))
+        counter = AddressCounter(1, exempt=trusted)
+        factory = CappedFactory(Factory.forProtocol(Echo), counter, b"503 go away")
+        for _ in range(5):
+            _, transport = connect(factory, "10.9.0.1")
+            self.assertEqual(transport.value(), b"")
+        connect(factory, "10.8.0.1")
+        _, transport = connect(factory, "10.8.0.1")  # anyone else is
+        self.assertEqual(transport.value(), b"503 go away")
+        self.assertIsNone(counter.key_for(IPv4Address("TCP", "10.9.3.3", 1)))
 
     def test_the_count_follows_a_protocol_swap(self):
         # A WebSocket upgrade replaces the wrapped protocol; the wrapper still sees the close.

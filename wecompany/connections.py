@@ -7,6 +7,12 @@ of 600). Each listener counts its own connections per address: an IPv4
 address, or the /64 network of an IPv6 one (what one IPv6 host is usually
 given). A connection over the cap is told why, in the port's own protocol,
 and closed before any of its input is read.
+
+A trusted proxy's own connections (``--trusted-proxies``) are not counted:
+they carry many clients. Behind a PROXY-protocol port the cap counts the
+clients the headers name (:mod:`wecompany.proxyprotocol` builds the port's
+protocol for that address); behind an X-Forwarded-For proxy the proxy keeps
+the cap per client.
 """
 
 from __future__ import annotations
@@ -35,16 +41,29 @@ def address_key(address) -> str:
 
 
 class AddressCounter:
-    """Open connections per address key, at most ``limit`` each; memory grows only with live connections."""
+    """
+    Open connections per address key, at most ``limit`` each; memory grows
+    only with live connections. ``exempt`` (a
+    :class:`~wecompany.proxies.TrustedProxies`) are not counted.
+    """
 
     log = Logger()
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, exempt=None) -> None:
         self.limit = limit
+        self.exempt = exempt
         self._open: dict[str, int] = {}
         self.refused = 0
 
-    def acquire(self, key: str) -> bool:
+    def key_for(self, address) -> str | None:
+        """What a connection from ``address`` is counted by, or None if it is not counted (a trusted proxy)."""
+        if self.exempt and self.exempt.trusts(address):
+            return None
+        return address_key(address)
+
+    def acquire(self, key: str | None) -> bool:
+        if key is None:
+            return True
         count = self._open.get(key, 0)
         if count >= self.limit:
             self.refused += 1
@@ -55,7 +74,9 @@ class AddressCounter:
         self._open[key] = count + 1
         return True
 
-    def release(self, key: str) -> None:
+    def release(self, key: str | None) -> None:
+        if key is None:
+            return
         count = self._open.get(key, 0) - 1
         if count > 0:
             self._open[key] = count
@@ -78,7 +99,7 @@ class Refusal(Protocol):
 
 
 class _Counted(ProtocolWrapper):
-    address: str = ""
+    address: str | None = None
 
 
 class CappedFactory(WrappingFactory):
@@ -99,7 +120,7 @@ class CappedFactory(WrappingFactory):
         self.refusal = refusal
 
     def buildProtocol(self, addr):
-        key = address_key(addr)
+        key = self.counter.key_for(addr)
         if not self.counter.acquire(key):
             return Refusal(self.refusal)
         wrapper = super().buildProtocol(addr)

@@ -171,6 +171,8 @@ def build_service(config: Config, reactor):
     from wecompany.domain.meetingpages import MeetingPages
     from wecompany.domain.usercache import UserCache
     from wecompany.privatefs import exposure_warnings, make_private_dir, storage_errors_unavailable
+    from wecompany.proxies import TrustedProxies
+    from wecompany.proxyprotocol import ProxyHeaderFactory, proxy_protocol_port
     from wecompany.runtime import CollectorTuning
     from wecompany.service import Listener, WeCompanyService
     from wecompany.signaling.protocol import SignalingFactory
@@ -249,13 +251,16 @@ def build_service(config: Config, reactor):
         cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms, domain.files,
                                    caches={USERS: user_cache, MEETINGS: meeting_pages})
 
+    trusted = TrustedProxies.of(config.trusted_proxies)
     tcp_factory = WeCompanyFactory(
         domain, max_frame=config.max_frame, login_timeout=config.login_timeout, idle_timeout=config.idle_timeout,
-        allow_anonymous=config.allow_anonymous, connection_cap=AddressCounter(config.max_connections_per_address))
+        allow_anonymous=config.allow_anonymous,
+        connection_cap=AddressCounter(config.max_connections_per_address, exempt=trusted))
     signaling = SignalingFactory(domain, reactor=reactor, max_message=config.ws_max_message,
                                  message_rate=config.ws_rate, message_burst=config.ws_burst,
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
-                                 allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path)
+                                 allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path,
+                                 trusted_proxies=trusted)
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
                      metrics=Metrics(domain, tcp_factory), signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
@@ -263,11 +268,19 @@ def build_service(config: Config, reactor):
                                   *ai_body_limits(config.ai_max_audio_bytes)),
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
-                                            idle_timeout=config.http_idle_timeout))
-    http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address), TOO_MANY_CONNECTIONS)
+                                            idle_timeout=config.http_idle_timeout),
+                     trusted_proxies=trusted)
+    http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address, exempt=trusted),
+                                 TOO_MANY_CONNECTIONS)
 
-    listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),
-                 Listener("http", serverFromString(reactor, with_backlog(config.http_port)), http_factory)]
+    def listener(name: str, description: str, factory) -> Listener:
+        # haproxy:ENDPOINT with --trusted-proxies: the PROXY protocol from those peers only.
+        inner = proxy_protocol_port(description)
+        if inner is not None and trusted:
+            description, factory = inner, ProxyHeaderFactory(factory, trusted, reactor)
+        return Listener(name, serverFromString(reactor, with_backlog(description)), factory)
+
+    listeners = [listener("tcp", config.port, tcp_factory), listener("http", config.http_port, http_factory)]
     if node_links is not None:
         listeners.append(Listener("node-link", serverFromString(reactor, config.node_link), node_links.factory(),
                                   on_listening=node_links.listening))
@@ -278,6 +291,10 @@ def build_service(config: Config, reactor):
                                   *([os.path.join(stored, "media"), os.path.join(stored, "avatars")] if stored
                                     else []),
                                   *([config.record_calls] if config.record_calls else [])])
+    for option, description in (("port", config.port), ("http-port", config.http_port)):
+        if proxy_protocol_port(description) is not None and not trusted:
+            warnings.append(f"--{option} {description}: a PROXY header is believed from any peer; name the "
+                            "proxies with --trusted-proxies, or keep the port reachable from them alone")
     if config.redis is not None and config.file_storage is None:
         warnings.append(f"--redis without --file-storage: avatars and files sent to this node stay in "
                         f"{config.data_dir}, out of the other nodes' reach; give every node the same "

@@ -6,6 +6,7 @@ import json
 
 from tests.helpers import make_domain
 from tests.sitetesting import site_client
+from wecompany.proxies import TrustedProxies
 from wecompany.api.ai import ai_body_limits
 from wecompany.api.app import RestAPI
 from wecompany.api.metrics import Metrics
@@ -28,7 +29,8 @@ class Api:
     ``domain_options``), and a client for them.
     """
 
-    def __init__(self, test, address_rate: float = 1000.0, address_burst: float = 1000.0, **domain_options):
+    def __init__(self, test, address_rate: float = 1000.0, address_burst: float = 1000.0, trusted_proxies=None,
+                 **domain_options):
         self.test = test
         self.mailer = RecordingMailer()
         self.domain = d = make_domain(test, mailer=self.mailer, auth_rate=address_rate, auth_burst=address_burst,
@@ -41,7 +43,8 @@ class Api:
         self.rest = RestAPI(d)
         self.site = make_site(d.store, d, reactor=d.clock, api=self.rest, metrics=self.metrics,
                               body_limits=((b"/api/v1/users/upload-avatar", 3 << 20),
-                                           *ai_body_limits(d.config.ai_max_audio_bytes)))
+                                           *ai_body_limits(d.config.ai_max_audio_bytes)),
+                              trusted_proxies=TrustedProxies.of(trusted_proxies))
         # Through the site itself: its body limits, deadlines and metrics apply.
         self.treq, self.agent = site_client(self.site)
 

@@ -4,6 +4,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import PASSWORD, Api
+from wecompany.config import parse_networks
 from wecompany.errors import Unauthenticated
 from wecompany.times import rfc3339
 
@@ -71,6 +72,28 @@ class RegisterTests(SynchronousTestCase):
         api.clock.advance(1)
         code, _, _ = api.request("POST", "/api/v1/auth/register", {"username": "user9x"})
         self.assertEqual(code, 400)  # allowed again (and invalid for other reasons)
+
+
+    def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(self):
+        # The site's peer in these tests is 127.0.0.1: here, a trusted proxy.
+        api = Api(self, address_rate=1, address_burst=2,
+                  trusted_proxies=parse_networks("trusted-proxies", "127.0.0.0/8"))
+
+        def register(client: str) -> int:
+            return api.request("POST", "/api/v1/auth/register", {"username": "x"},
+                               headers={"X-Forwarded-For": f"{client}, 127.0.0.2"})[0]
+
+        self.assertEqual([register("203.0.113.1") for _ in range(3)], [400, 400, 429])
+        self.assertEqual(register("203.0.113.2"), 400)  # another client behind the same proxy
+
+    def test_a_spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing(self):
+        api = Api(self, address_rate=1, address_burst=2)  # no trusted proxies: 127.0.0.1 is a client
+
+        def register(client: str) -> int:
+            return api.request("POST", "/api/v1/auth/register", {"username": "x"},
+                               headers={"X-Forwarded-For": client})[0]
+
+        self.assertEqual([register(f"203.0.113.{i}") for i in range(3)], [400, 400, 429])
 
 
 class LoginTests(SynchronousTestCase):

@@ -11,6 +11,7 @@ import json
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.address import IPv4Address
 
 from tests.api.harness import Api
 from wecompany.signaling.protocol import NUMBERS, SignalingFactory, SignalingProtocol
@@ -99,6 +100,31 @@ class SignalingTestCase(SynchronousTestCase):
 
 
 class HandshakeTests(SignalingTestCase):
+    def client_address_of(self, trusted: str | None, forwarded: str | None) -> str:
+        from wecompany.config import parse_networks
+        from wecompany.proxies import TrustedProxies
+
+        networks = parse_networks("trusted-proxies", trusted) if trusted else None
+        factory = SignalingFactory(self.api.domain, ping_interval=0, ping_timeout=0,
+                                   trusted_proxies=TrustedProxies.of(networks))
+        self.rest_join("alice")
+        proto = Captured()
+        proto.factory = factory
+        proto.transport = FakeTransport()  # its peer is 192.0.2.7
+        params = {"meeting_id": self.meeting_id, "user_id": self.uid("alice"), "peer_id": "p",
+                  "token": self.token("alice")}
+        headers = {"x-forwarded-for": forwarded} if forwarded is not None else {}
+        self.assertIsNone(self.successResultOf(proto.onConnect(self.request(params, headers))))
+        return proto.client_address
+
+    def test_the_client_address_behind_a_trusted_proxy(self):
+        self.assertEqual(self.client_address_of("192.0.2.0/24", "203.0.113.4, 192.0.2.9"), "203.0.113.4")
+        self.assertEqual(self.client_address_of("192.0.2.0/24", None), "192.0.2.7")
+        self.assertEqual(self.client_address_of("192.0.2.0/24", "bogus"), "192.0.2.7")
+        # From a peer that is not trusted, the header is ignored.
+        self.assertEqual(self.client_address_of(None, "203.0.113.4"), "192.0.2.7")
+        self.assertEqual(self.client_address_of("10.0.0.0/8", "203.0.113.4"), "192.0.2.7")
+
     def test_missing_or_bad_parameters_are_400(self):
         self.rest_join("alice")
         for override in ({"meeting_id": None}, {"meeting_id": "abc"}, {"user_id": "-1"}, {"peer_id": None},
@@ -552,6 +578,9 @@ class FakeTransport:
 
     def abortConnection(self):
         self.aborted = True
+
+    def getPeer(self):
+        return IPv4Address("TCP", "192.0.2.7", 40000)
 
 
 class SlowConsumerTests(SignalingTestCase):

@@ -177,3 +177,40 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(0)
         self.assertEqual(len(self.access(events)), 3)
+
+
+class ClientAddressTests(SynchronousTestCase):
+    """The access log names the client a trusted proxy's X-Forwarded-For gives, and no other."""
+
+    def logged_clients(self, trusted: str | None, forwarded: str, peer: str = "127.0.0.1") -> list:
+        from twisted.internet.address import IPv4Address
+        from twisted.logger import globalLogPublisher
+
+        from tests.sitetesting import SiteAgent, WholeBody
+        from treq.client import HTTPClient
+        from wecompany.config import parse_networks
+        from wecompany.proxies import TrustedProxies
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = MemoryStore()
+        store.start()
+        proxies = TrustedProxies.of(parse_networks("trusted-proxies", trusted) if trusted else None)
+        site = make_site(store, trusted_proxies=proxies)
+        agent = SiteAgent(site, IPv4Address("TCP", peer, 40000))
+        treq = HTTPClient(agent, data_to_body_producer=WholeBody)
+        d = treq.get("http://localhost/health", headers={"X-Forwarded-For": [forwarded]})
+        agent.flush()
+        self.successResultOf(self.successResultOf(d).content())
+        site.reactor.advance(0)
+        return [r[0] for e in events if e.get("log_namespace") == "wecompany.access" for r in e["requests"]]
+
+    def test_from_a_trusted_proxy(self):
+        self.assertEqual(self.logged_clients("127.0.0.1", "198.51.100.1, 203.0.113.9"), ["203.0.113.9"])
+        self.assertEqual(self.logged_clients("127.0.0.1", "2001:db8::9"), ["2001:db8::9"])
+
+    def test_spoofed_or_malformed(self):
+        self.assertEqual(self.logged_clients(None, "203.0.113.9"), ["127.0.0.1"])
+        self.assertEqual(self.logged_clients("10.0.0.0/8", "203.0.113.9"), ["127.0.0.1"])
+        self.assertEqual(self.logged_clients("127.0.0.1", "not-an-address"), ["127.0.0.1"])

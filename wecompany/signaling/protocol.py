@@ -27,6 +27,7 @@ from wecompany.domain.interfaces import IClient
 from wecompany.domain.ratelimit import ALLOW, CLOSE, WARN, FloodGuard
 from wecompany.domain.rooms import SIGNALS, SignalEvent
 from wecompany.domain.sessions import Identity
+from wecompany.proxies import NO_PROXIES, host_of
 from wecompany.jsontext import decode_json
 from wecompany.errors import (
     Forbidden, InternalError, InvalidInput, RateLimited, TooLarge, Unauthenticated, WeCompanyError,
@@ -69,6 +70,8 @@ class SignalingProtocol(WebSocketServerProtocol):
     user = None
     meeting = None
     peer_id: str | None = None
+    #: The client's address: the peer's, or what a trusted proxy's X-Forwarded-For names.
+    client_address: str = "-"
     dialect: str = SEED
     _open = False
     _closing = False
@@ -76,6 +79,11 @@ class SignalingProtocol(WebSocketServerProtocol):
 
     # -- handshake --------------------------------------------------------------
     def onConnect(self, request):
+        peer = host_of(self.transport.getPeer()) if self.transport is not None else None
+        if peer is not None:
+            # Autobahn joins repeated headers with ", ", as one list.
+            forwarded = request.headers.get("x-forwarded-for")
+            self.client_address = self.factory.trusted_proxies.forwarded_client(peer, [forwarded] if forwarded else [])
         if not self.factory.origin_allowed(request.origin):
             raise ConnectionDeny(403, f"origin {request.origin!r} is not allowed")
         params = request.params
@@ -113,6 +121,8 @@ class SignalingProtocol(WebSocketServerProtocol):
             return None
         self.user, self.meeting, self.peer_id = user, meeting, peer
         self.identity = Identity.of_user(user)
+        self._log.info("{user} opened the signaling of meeting {meeting} from {address}", user=user.id,
+                       meeting=meeting_id, address=self.client_address)
         return None  # accept, no subprotocol
 
     def _deny(self, failure):
@@ -230,7 +240,8 @@ class SignalingProtocol(WebSocketServerProtocol):
         message = self._prepared(event)
         if not self._gate.admit(len(message.payloadHybi)):
             # The client stopped reading: cut it off before its backlog grows further.
-            self._log.info("dropping slow signaling client {user}", user=self.user.id if self.user else "?")
+            self._log.info("dropping slow signaling client {user} ({address})",
+                           user=self.user.id if self.user else "?", address=self.client_address)
             self._closing = True
             self.transport.abortConnection()
             return
@@ -297,6 +308,8 @@ class SignalingFactory(WebSocketServerFactory):
     :param domain: the :class:`~wecompany.domain.core.Domain`: its accounts
         (the token check), rooms, and chat (presence: a signaling user is
         online). Limits from config.
+    :param trusted_proxies: a :class:`~wecompany.proxies.TrustedProxies`:
+        the peers whose X-Forwarded-For names the client.
     :param fast_path: serve :class:`~wecompany.signaling.fastpath.FastPathProtocol`,
         which relies on Autobahn internals, while its checks hold; otherwise
         (or when they fail) plain, public Autobahn serves.
@@ -311,8 +324,9 @@ class SignalingFactory(WebSocketServerFactory):
     def __init__(self, domain, *, max_message: int = 1 << 20,
                  message_rate: float = 50.0, message_burst: float = 100.0, ping_interval: float = 30.0,
                  ping_timeout: float = 60.0, allowed_origins=("*",), max_send_buffer: int | None = None,
-                 reactor=None, fast_path: bool = True) -> None:
+                 reactor=None, fast_path: bool = True, trusted_proxies=NO_PROXIES) -> None:
         super().__init__(reactor=reactor)
+        self.trusted_proxies = trusted_proxies  # whose X-Forwarded-For names the client
         self.fast_path = fast_path
         self.fast_path_checked = False
         if fast_path:

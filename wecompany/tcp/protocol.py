@@ -66,7 +66,7 @@ class WeCompanyProtocol(Int32StringReceiver):
     _log = Logger()
 
     identity: Identity | None = None
-    address_key = ""  # what the factory's connection cap counts this connection by
+    address_key: str | None = ""  # what the factory's connection cap counts this connection by (None: not counted)
     _closing = False
     _lost = False
     _login_call = None
@@ -524,7 +524,7 @@ class WeCompanyFactory(ServerFactory):
         self._all_closed: list[Deferred] = []
 
     def buildProtocol(self, addr):
-        key = address_key(addr)
+        key = self.connection_cap.key_for(addr) if self.connection_cap is not None else address_key(addr)
         if self.connection_cap is not None and not self.connection_cap.acquire(key):
             return Refusal(_frame(codec.encode_error(Unavailable.code, "too many connections from your address")))
         proto = WeCompanyProtocol(self)

@@ -31,6 +31,7 @@ from twisted.web.server import Request
 from wecompany.api.envelope import dumps, request_id_for
 from wecompany.times import rfc3339
 from wecompany.errors import TooLarge, WeCompanyError
+from wecompany.proxies import address_for, host_of
 from wecompany.web.multipart import FormLimits, StreamingForm, boundary_of
 
 DEFAULT_MAX_BODY = 64 << 10
@@ -55,6 +56,27 @@ class LimitedRequest(Request):
     _rejected = False
     _received = 0
     _limit = DEFAULT_MAX_BODY
+    _client_address = None
+
+    def getClientAddress(self):
+        """
+        The client's address: the peer's (after any PROXY header), or, from a
+        trusted proxy (``site.trusted_proxies``, a
+        :class:`~wecompany.proxies.TrustedProxies`), the one its
+        ``X-Forwarded-For`` names. Everything that asks for a request's client
+        (the access log, the rate limits, the API) asks this.
+        """
+        if self._client_address is not None:
+            return self._client_address
+        peer = super().getClientAddress()
+        site = getattr(self.channel, "site", None)
+        trusted = getattr(site, "trusted_proxies", None)
+        host = host_of(peer)
+        if not trusted or host is None:
+            return peer
+        client = trusted.forwarded_client(host, self.requestHeaders.getRawHeaders(b"x-forwarded-for", []))
+        self._client_address = peer if client == host else address_for(client)
+        return self._client_address
 
     def gotLength(self, length):
         site = self.channel.site

@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from wecompany import __version__
+from wecompany.proxies import NO_PROXIES
 from wecompany.web.channel import DeadlineChannel, TimeoutPolicy
 from wecompany.web.multipart import FormLimits
 from wecompany.web.request import DEFAULT_MAX_BODY, LimitedRequest
@@ -145,13 +146,16 @@ class WeCompanySite(Site):
     before they are stored and forms parsed as they arrive
     (:class:`~wecompany.web.request.LimitedRequest`), every finished request
     counted by route, and an access log without query strings (they can
-    carry tokens): :class:`AccessLog`.
+    carry tokens): :class:`AccessLog`. ``trusted_proxies`` (a
+    :class:`~wecompany.proxies.TrustedProxies`) are the peers whose
+    X-Forwarded-For names the client (``LimitedRequest.getClientAddress``).
     """
 
     protocol = DeadlineChannel
 
     def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY,
-                 timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None, upload_sinks=()):
+                 timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None, upload_sinks=(),
+                 trusted_proxies=NO_PROXIES):
         # Bodies are parsed by the API, which answers malformed ones in its
         # envelope (Twisted would send a bare 400 and drop the connection).
         super().__init__(resource, requestFactory=LimitedRequest, reactor=reactor, parsePOSTFormSubmission=False,
@@ -166,6 +170,7 @@ class WeCompanySite(Site):
         self._upload_sinks = dict(upload_sinks)
         self._max_body = max_body
         self.access_log = AccessLog(reactor)
+        self.trusted_proxies = trusted_proxies
 
     def max_body_for(self, path: bytes) -> int:
         for prefix, limit in self._body_limits:
@@ -256,11 +261,13 @@ def _static_route(path: bytes) -> str:
 
 
 def make_site(store, live=None, reactor=None, api=None, metrics=None,
-              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None) -> Site:
+              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
+              trusted_proxies=NO_PROXIES) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
-    domain, whose live counts ``/health`` reports.
+    domain, whose live counts ``/health`` reports. ``trusted_proxies``: whose
+    X-Forwarded-For is believed.
     """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
@@ -283,4 +290,4 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         # A Site does not start the factories of the resources it serves.
         signaling.startFactory()
     return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts,
-                         upload_sinks=upload_sinks)
+                         upload_sinks=upload_sinks, trusted_proxies=trusted_proxies)
