@@ -436,6 +436,29 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(service.reactor, self.reactor)
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))
 
+    def test_trusted_proxies_reach_every_transport(self) -> None:
+        from wecompany.proxyprotocol import ProxyHeaderFactory
+        service = self.build(trusted_proxies="10.0.0.0/8", port="haproxy:tcp:7001:interface=127.0.0.1")
+        tcp, http = service.listeners
+        # The PROXY protocol is ours (trusted peers only), on the plain endpoint inside haproxy:.
+        self.assertIsInstance(tcp.factory, ProxyHeaderFactory)
+        self.assertIs(tcp.factory.wrappedFactory, service.tcp_factory)
+        self.assertIsInstance(tcp.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(http.factory, CappedFactory)  # no haproxy: on it, so no PROXY protocol
+        site = http.factory.wrappedFactory
+        for trusted in (tcp.factory.trusted, site.trusted_proxies, http.factory.counter.exempt,
+                        service.tcp_factory.connection_cap.exempt, service.signaling.trusted_proxies):
+            self.assertTrue(trusted.trusts("10.1.2.3"))
+            self.assertFalse(trusted.trusts("192.0.2.1"))
+        self.assertEqual(service.startup_warnings, [])
+
+    def test_a_proxy_protocol_port_without_trusted_proxies_is_warned_about(self) -> None:
+        from wecompany.proxyprotocol import ProxyHeaderFactory
+        service = self.build(http_port="haproxy:tcp:7002")
+        self.assertNotIsInstance(service.listeners[1].factory, ProxyHeaderFactory)  # Twisted's wrapper, as before
+        [warning] = service.startup_warnings
+        self.assertIn("--http-port haproxy:tcp:7002: a PROXY header is believed from any peer", warning)
+
     def test_a_fresh_data_directory_is_private_whatever_the_umask(self) -> None:
         previous = os.umask(0o022)
         self.addCleanup(os.umask, previous)
