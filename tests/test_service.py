@@ -26,7 +26,7 @@ from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
 from wecompany.errors import Unavailable
 from wecompany.runtime import CollectorTuning
-from wecompany.service import Listener, WeCompanyService
+from wecompany.service import CannotStart, Listener, WeCompanyService, listen_failure
 from wecompany.store.memory import MemoryStore
 from wecompany.tcp.protocol import WeCompanyFactory
 
@@ -268,10 +268,22 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.assertFalse([e for e in self.events if "listen" in e])
 
     def test_listen_failure_raises_and_stops_earlier_ports(self) -> None:
-        self.endpoints[1].result = fail(CannotListenError("127.0.0.1", 8000, OSError("in use")))
+        import errno
+        self.endpoints[1].result = fail(CannotListenError("127.0.0.1", 8000, OSError(errno.EADDRINUSE, "in use")))
         service = self.make_service()
-        self.assertRaises(CannotListenError, service.privilegedStartService)
+        error = self.assertRaises(CannotStart, service.privilegedStartService)
         self.assertEqual(self.events[-3:], ["tcp listen", "http listen", "tcp stop listening"])
+        self.assertEqual(str(error), "cannot listen on http: address already in use")
+        self.assertIsInstance(error.__cause__, CannotListenError)
+
+    def test_a_listen_failure_names_the_endpoint_and_its_option(self) -> None:
+        import errno
+        listener = Listener("http", None, None, description="tcp:80", option="http-port")
+        for number, text in ((errno.EADDRINUSE, "address already in use"), (errno.EACCES, "permission denied")):
+            failure = listen_failure(listener, CannotListenError("", 80, OSError(number, "x")))
+            self.assertEqual(str(failure), f"cannot listen on tcp:80 (http-port): {text}")
+        self.assertEqual(str(listen_failure(listener, ValueError("no such interface"))),
+                         "cannot listen on tcp:80 (http-port): no such interface")
 
     def test_ready_waits_for_a_listener_that_listens_later(self) -> None:
         later: Deferred = Deferred()

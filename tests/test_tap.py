@@ -120,9 +120,64 @@ class TwistdCommandLineTests(SynchronousTestCase):
             cwd=workdir.path, env=environ, capture_output=True, text=True, timeout=60,
         )
         self.assertEqual(result.returncode, 1, result.stderr)
-        # twistd prints the usage and the error to standard output.
-        self.assertIn("port: 'tcpp:80' is not a valid endpoint", result.stdout)
+        # The error first, then only a hint (twistd itself would print its whole --help above it).
+        lines = result.stderr.splitlines()
+        self.assertTrue(lines[0].startswith("wecompany: port: 'tcpp:80' is not a valid endpoint"), result.stderr)
+        self.assertEqual(lines[1:], ["Run 'twistd wecompany --help' for the options."])
+        self.assertNotIn("Usage:", result.stdout + result.stderr)
         self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")
+
+    def twistd(self, *argv: str, cwd: str) -> subprocess.CompletedProcess:
+        environ = {key: value for key, value in os.environ.items() if not key.startswith("WECOMPANY_")}
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT.path, environ.get("PYTHONPATH")]))
+        return subprocess.run([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *argv],
+                              cwd=cwd, env=environ, capture_output=True, text=True, timeout=60)
+
+    def test_version(self) -> None:
+        from importlib.metadata import version
+        workdir = FilePath(self.mktemp())
+        workdir.makedirs()
+        result = self.twistd("wecompany", "--version", cwd=workdir.path)
+        self.assertEqual((result.returncode, result.stdout, result.stderr),
+                         (0, f"WeCompany {version('wecompany')}\n", ""))
+        self.assertEqual(workdir.listdir(), [])
+
+    def test_usage_error_from_building_the_service_is_one_line_too(self) -> None:
+        workdir = FilePath(self.mktemp())
+        workdir.makedirs()
+        result = self.twistd("--nodaemon", "wecompany", "--data-dir", workdir.child("data").path,
+                             "--redis", "redis://127.0.0.1:1/0", cwd=workdir.path)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertTrue(result.stderr.startswith("wecompany: --redis: the nodes of a cluster must sign tokens"),
+                        result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+
+class PidFileTests(SynchronousTestCase):
+    """Where twistd's pid file goes: nowhere under --nodaemon, the data directory for a daemon."""
+
+    def parse_as_twistd(self, argv: list[str]):
+        from twisted.scripts.twistd import ServerOptions
+        options = ServerOptions()
+        options.parseOptions(argv)
+        return options
+
+    def test_none_under_nodaemon(self) -> None:
+        data = os.path.abspath(self.mktemp())
+        self.assertEqual(self.parse_as_twistd(["-n", "wecompany", "--data-dir", data])["pidfile"], "")
+
+    def test_in_the_data_directory_for_a_daemon(self) -> None:
+        data = os.path.abspath(self.mktemp())
+        options = self.parse_as_twistd(["wecompany", "--data-dir", data])
+        self.assertEqual(options["pidfile"], os.path.join(data, "twistd.pid"))
+
+    def test_an_explicit_one_is_kept(self) -> None:
+        data = os.path.abspath(self.mktemp())
+        for argv, expected in ((["--pidfile", "/run/wecompany/wecompany.pid"], "/run/wecompany/wecompany.pid"),
+                               (["-n", "--pidfile", "/run/wecompany/wecompany.pid"], "/run/wecompany/wecompany.pid"),
+                               (["--pidfile="], "")):
+            options = self.parse_as_twistd([*argv, "wecompany", "--data-dir", data])
+            self.assertEqual(options["pidfile"], expected, argv)
 
 
 class FileStorageStartupTests(SynchronousTestCase):
@@ -160,7 +215,7 @@ class FileStorageStartupTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn("s3:// needs boto3, which is not installed; install it with: pip install 'wecompany[s3]'",
-                      result.stdout)
+                      result.stderr.splitlines()[0])
         self.assertEqual(workdir.listdir(), [], "nothing (pid file, log, data dir) may be created")
 
 

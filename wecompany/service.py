@@ -5,7 +5,9 @@ Start-up does everything that can fail for a reason an operator must fix
 *synchronously*, before twistd runs the reactor: the database schema is
 prepared (migrations) and every port listens. twistd reports an exception
 there and exits non-zero, so "address in use" or "database newer than this
-server" never looks like a successful start. What remains (connection pool,
+server" never looks like a successful start; a port that cannot listen is
+one line (:class:`CannotStart`), ``wecompany: cannot listen on tcp:8888
+(port): address already in use``. What remains (connection pool,
 thread pools) starts with the reactor; should that fail, the daemon stops
 and still exits non-zero.
 
@@ -40,6 +42,54 @@ class Listener:
     endpoint: object
     factory: object
     on_listening: object = None
+    #: The endpoint string and the option it came from, for the one line a failure to listen is.
+    description: str | None = None
+    option: str | None = None
+
+
+class CannotStart(Exception):
+    """
+    Start-up cannot go on for a reason the operator must fix (a port in
+    use); the message is the whole story, so it is reported as one line
+    (:func:`report_start_failures`), not as a traceback.
+    """
+
+
+def listen_failure(listener: Listener, error: BaseException) -> CannotStart:
+    """``cannot listen on tcp:8888 (port): address already in use`` for a failed listen."""
+    where = listener.description or listener.name
+    if listener.option:
+        where = f"{where} ({listener.option})"
+    reason = getattr(error, "socketError", None) or error
+    number = getattr(reason, "errno", None)
+    text = os.strerror(number).lower() if isinstance(number, int) else str(reason)
+    return CannotStart(f"cannot listen on {where}: {text}")
+
+
+def report_start_failures() -> None:
+    """
+    Make a :class:`CannotStart` that ends the process print one line,
+    ``wecompany: <message>``, on the original standard error.
+
+    twistd lets an exception from ``privilegedStartService`` end the process
+    (after removing its pid file, and telling a daemon's parent, which prints
+    it and exits 1); Python would print its traceback, into the log, where
+    twistd has redirected standard error. Only the daemon's composition root
+    (:func:`wecompany.tap.makeService`) calls this; every other exception is
+    reported as before.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if isinstance(value, CannotStart):
+            stream = sys.__stderr__
+            if stream is not None:
+                stream.write(f"wecompany: {value}\n")
+                stream.flush()
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 class WeCompanyService(MultiService):
@@ -92,6 +142,7 @@ class WeCompanyService(MultiService):
         self.ports: dict[str, object] = {}
         self._pending: list[tuple[str, Deferred]] = []
         self._prepared = False
+        self._failed_listener: Listener | None = None
         self._starting: Deferred | None = None
         self._stopping = False
 
@@ -110,11 +161,17 @@ class WeCompanyService(MultiService):
         try:
             for listener in self.listeners:
                 self._listen(listener)
+        except Exception as error:
+            self._stop_ports()
+            failure = listen_failure(self._failed_listener, error)
+            self.log.critical("{problem}", problem=str(failure))
+            raise failure from error
         except BaseException:
             self._stop_ports()
             raise
 
     def _listen(self, listener: Listener) -> None:
+        self._failed_listener = listener  # until it listens
         d = listener.endpoint.listen(listener.factory)
         outcome: list = []
 

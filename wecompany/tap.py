@@ -11,6 +11,7 @@ error before anything listens.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 import attrs
@@ -77,6 +78,24 @@ class Options(usage.Options):
         if environ is not None:
             self.environ = environ
 
+    def opt_version(self) -> None:
+        """Print WeCompany's version and exit."""
+        print(f"WeCompany {installed_version()}")
+        sys.exit(0)
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Parse, and under twistd (``self.parent`` is its options) answer a
+        usage error with the error itself, first: twistd would print its
+        whole ``--help`` above it.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if self.parent is None:
+                raise
+            exit_with_usage_error(error)
+
     def postOptions(self) -> None:
         cli = {}
         for field in attrs.fields(Config):
@@ -93,6 +112,46 @@ class Options(usage.Options):
             check_location(self.config.file_storage)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        if self.parent is not None:
+            self._place_pid_file(self.parent)
+
+    def _place_pid_file(self, twistd_options) -> None:
+        """
+        twistd writes ``twistd.pid`` in the working directory unless given
+        ``--pidfile``: left at that default, there is none under ``--nodaemon``
+        (a service manager or a terminal holds the process), and a daemon's is
+        ``twistd.pid`` in the data directory. An explicit ``--pidfile``
+        (``--pidfile=`` for none) is kept.
+        """
+        if twistd_options.get("pidfile") != DEFAULT_TWISTD_PIDFILE:
+            return
+        if twistd_options.get("nodaemon") or twistd_options.get("debug"):
+            twistd_options["pidfile"] = ""
+        else:
+            twistd_options["pidfile"] = os.path.join(os.path.abspath(self.config.data_dir), "twistd.pid")
+
+
+#: twistd's own default for --pidfile (twisted.scripts._twistd_unix.ServerOptions).
+DEFAULT_TWISTD_PIDFILE = "twistd.pid"
+
+
+def installed_version() -> str:
+    """WeCompany's version from the installed package's metadata (the source tree's if it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wecompany")
+    except PackageNotFoundError:
+        from wecompany import __version__
+        return __version__
+
+
+def exit_with_usage_error(error, stream=None) -> None:
+    """The error on one line, a hint, and exit status 1 (as twistd's own usage errors)."""
+    stream = stream if stream is not None else sys.stderr
+    stream.write(f"wecompany: {error}\nRun 'twistd wecompany --help' for the options.\n")
+    stream.flush()
+    sys.exit(1)
 
 
 def makeService(options, reactor=None):
@@ -113,7 +172,13 @@ def makeService(options, reactor=None):
     # txaio's loop: the daemon's reactor, set the way txaio documents.
     import txaio
     txaio.config.loop = reactor
-    return build_service(options.config, reactor)
+    from wecompany.service import report_start_failures
+    # A start-up failure (a port in use) ends twistd with one line, not a traceback.
+    report_start_failures()
+    try:
+        return build_service(options.config, reactor)
+    except usage.UsageError as error:  # found while building (a driver missing, a cluster without a secret)
+        exit_with_usage_error(error)
 
 
 DEFAULT_BACKLOG = 1024
@@ -273,17 +338,21 @@ def build_service(config: Config, reactor):
     http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address, exempt=trusted),
                                  TOO_MANY_CONNECTIONS)
 
-    def listener(name: str, description: str, factory) -> Listener:
+    def listener(name: str, option: str, description: str, factory) -> Listener:
+        given = description
         # haproxy:ENDPOINT with --trusted-proxies: the PROXY protocol from those peers only.
         inner = proxy_protocol_port(description)
         if inner is not None and trusted:
             description, factory = inner, ProxyHeaderFactory(factory, trusted, reactor)
-        return Listener(name, serverFromString(reactor, with_backlog(description)), factory)
+        return Listener(name, serverFromString(reactor, with_backlog(description)), factory,
+                        description=given, option=option)
 
-    listeners = [listener("tcp", config.port, tcp_factory), listener("http", config.http_port, http_factory)]
+    listeners = [listener("tcp", "port", config.port, tcp_factory),
+                 listener("http", "http-port", config.http_port, http_factory)]
     if node_links is not None:
         listeners.append(Listener("node-link", serverFromString(reactor, config.node_link), node_links.factory(),
-                                  on_listening=node_links.listening))
+                                  on_listening=node_links.listening, description=config.node_link,
+                                  option="node-link"))
 
     stored = getattr(domain.storage, "root", None)  # a directory, unless the files are in S3
     warnings = exposure_warnings([config.data_dir, *database_files,

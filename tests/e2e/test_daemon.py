@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 
 from twisted.internet import reactor, task
@@ -308,8 +309,57 @@ class LifecycleTests(DaemonTestCase):
         result = await daemon.wait_for(outcome, "an exit or readiness", fail_on_exit=False)
         self.assertEqual(result, "exited",
                          f"the daemon reported ready although port {port} is taken\n{daemon.report()}")
-        self.assertIn("CannotListenError", daemon.log_text())
         self.assertNotEqual(await daemon.wait_exit(), 0, daemon.report())
+        # One line on standard error, and the same in the log; no traceback anywhere.
+        line = f"cannot listen on tcp:{port}:interface=127.0.0.1 (port): address already in use"
+        self.assertEqual(daemon.output.splitlines(), [f"wecompany: {line}"], daemon.report())
+        self.assertIn(line, daemon.log_text())
+        self.assertNotIn("Traceback", daemon.output + daemon.log_text())
+
+    async def test_no_pid_file_in_the_working_directory(self) -> None:
+        """
+        Without --pidfile, twistd -n writes none, and a daemon (no -n) writes
+        its own in the data directory and removes it when it stops.
+        """
+        for nodaemon in (True, False):
+            daemon = TwistdDefaults(self, nodaemon=nodaemon)
+            pid_file = os.path.join(daemon.data_dir, "twistd.pid")
+            if nodaemon:
+                await daemon.start()
+                self.assertFalse(os.path.exists(pid_file))
+            else:
+                daemon.spawn()
+                self.assertEqual(await daemon.wait_exit(), 0, daemon.report())  # the parent, once started
+                await daemon.wait_for(lambda: True if "WeCompany is ready" in daemon.log_text() else None,
+                                      "the daemon to be ready", fail_on_exit=False)
+                with open(pid_file) as f:
+                    pid = int(f.read())
+                self.addCleanup(_kill_if_running, pid)  # the daemon is not the process the harness reaps
+                os.kill(pid, signal.SIGTERM)
+                await daemon.wait_for(lambda: None if os.path.exists(pid_file) else True,
+                                      "the pid file to be removed", fail_on_exit=False)
+            self.assertEqual([name for name in os.listdir(daemon.base_dir) if name.endswith(".pid")], [])
+            if nodaemon:
+                self.assertEqual(await daemon.stop(), 0, daemon.report())
+
+
+def _kill_if_running(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class TwistdDefaults(Daemon):
+    """A daemon started without --pidfile (and, unless ``nodaemon``, without -n): twistd's defaults."""
+
+    def __init__(self, testcase, nodaemon: bool) -> None:
+        super().__init__(testcase)
+        self.nodaemon = nodaemon
+
+    def argv(self, log_path: str) -> list[str]:
+        argv = [arg for arg in super().argv(log_path) if arg != "--pidfile="]
+        return argv if self.nodaemon else [arg for arg in argv if arg != "-n"]
 
 
 class ProtocolTests(DaemonTestCase):
