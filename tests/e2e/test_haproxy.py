@@ -3,7 +3,8 @@ The shipped HAProxy example (etc/haproxy/wecompany.cfg) in front of two
 real nodes: the file itself, with only its addresses changed to the test's
 free loopback ports, run by the real haproxy. The desktop protocol and the
 site (REST and WebSocket) pass through it, the nodes see the clients' own
-addresses (the PROXY protocol), and a stopped node is taken out.
+addresses (the PROXY protocol, believed from HAProxy alone: --trusted-proxies),
+and a stopped node is taken out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wecompany.tcp.codec import MsgType
 
 EXAMPLE = os.path.join(REPO_ROOT, "etc", "haproxy", "wecompany.cfg")
 PROXIED = "haproxy:tcp:0:interface=127.0.0.1"
+HAPROXY = "127.0.0.1"  # where HAProxy's connections to the nodes come from
 
 
 def test_config(example: str, desktop_port: int, site_port: int, nodes) -> str:
@@ -86,8 +88,7 @@ class HAProxyTests(ClusterCase):
 
     async def test_two_nodes_behind_the_example_haproxy(self) -> None:
         nodes = await self.cluster(2, extra=("--port", PROXIED, "--http-port", PROXIED,
-                                             # HAProxy keeps the cap per client (the nodes see its address first)
-                                             "--max-connections-per-address", "100000"), wait=False)
+                                             "--trusted-proxies", HAPROXY), wait=False)
         for node in nodes:
             async def sees_two(node=node):
                 health = await self.health(node)
@@ -132,9 +133,54 @@ class HAProxyTests(ClusterCase):
         self.assertEqual(await self.tcp_connections(nodes[0]), 2)
         self.assertTrue(erin.token)
 
-    async def through(self, port: int, name: str) -> Client:
+    async def test_the_nodes_see_the_clients_and_trust_only_the_proxy(self) -> None:
+        """
+        With --trusted-proxies naming HAProxy (127.0.0.1), the nodes see each
+        client's own address on both ports; a peer that is not HAProxy is a
+        plain client: its X-Forwarded-For is ignored and its PROXY header refused.
+        """
+        nodes = await self.cluster(2, extra=("--port", PROXIED, "--http-port", PROXIED,
+                                             "--trusted-proxies", HAPROXY), wait=False)
+        desktop, site = await self.haproxy(nodes)
+
+        def logged(text: str):
+            return lambda: _succeed(any(text in node.log_text() for node in nodes))
+
+        # The desktop protocol through HAProxy, from 127.0.0.3.
+        alice = await self.through(desktop, "alice", source="127.0.0.3")
+        await self.eventually(logged(f"{alice.user_id} logged in from 127.0.0.3"),
+                              "a node to log the TCP client's own address")
+        # The site through HAProxy, from 127.0.0.2.
+        await self.get_from("127.0.0.2", site, "/health")
+        await self.eventually(logged("127.0.0.2 GET /health"), "a node to log the HTTP client's own address")
+
+        node = nodes[0]
+        # Straight to a node from 127.0.0.4, which is not HAProxy: a plain client, whose
+        # X-Forwarded-For changes nothing.
+        answer = await self.get_from("127.0.0.4", node.http_port, "/health",
+                                     extra_headers="X-Forwarded-For: 198.51.100.9\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer)
+        await self.eventually(lambda: _succeed("127.0.0.4 GET /health" in node.log_text()),
+                              "the node to log the direct client's own address")
+        self.assertNotIn("198.51.100.9", node.log_text())
+        # A PROXY header from it is refused: closed, unanswered, whatever address it claims.
+        header = b"PROXY TCP4 198.51.100.10 127.0.0.1 40000 %d\r\n" % node.http_port
+        self.assertEqual(await self.get_from("127.0.0.4", node.http_port, "/health", header), b"")
+        await self.eventually(lambda: _succeed("PROXY header from 127.0.0.4, which is not in --trusted-proxies"
+                                               in node.log_text()), "the node to log the refusal")
+        self.assertNotIn("198.51.100.10", node.log_text())
+        # From HAProxy's own address, a proxy further out (say nginx at 127.0.0.1) is
+        # trusted too: its X-Forwarded-For, walked from the right, names the client.
+        header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 %d\r\n" % node.http_port
+        await self.get_from("127.0.0.1", node.http_port, "/health", header,
+                            extra_headers="X-Forwarded-For: 192.0.2.66, 127.0.0.1\r\n")
+        await self.eventually(lambda: _succeed("192.0.2.66 GET /health" in node.log_text()),
+                              "the node to log the client a trusted proxy's X-Forwarded-For names")
+
+    async def through(self, port: int, name: str, source: str | None = None) -> Client:
         client = Client(self, name)
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), client.protocol)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5,
+                                                 bindAddress=(source, 0) if source else None), client.protocol)
         self.addCleanup(client.abort)
         await client.register(name)
         return await self.settled(client)
@@ -152,7 +198,7 @@ class HAProxyTests(ClusterCase):
         header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 %d\r\n" % node.http_port
         return await self.get_from("127.0.0.1", node.http_port, path, header)
 
-    async def get_from(self, source: str, port: int, path: str, header: bytes = b"") -> bytes:
+    async def get_from(self, source: str, port: int, path: str, header: bytes = b"", extra_headers: str = "") -> bytes:
         """The whole answer to one GET, sent from ``source`` (a loopback address)."""
         done = Deferred()
 
@@ -160,7 +206,7 @@ class HAProxyTests(ClusterCase):
             data = b""
 
             def connectionMade(self):
-                self.transport.write(header + f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n"
+                self.transport.write(header + f"GET {path} HTTP/1.0\r\nHost: x\r\n{extra_headers}\r\n"
                                      .encode())
 
             def dataReceived(self, data):
