@@ -124,3 +124,73 @@ class SpoolTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(self.upload.path))
         d = Deferred.fromCoroutine(self.upload.result())
         self.assertEqual(self.failureResultOf(d, TooLarge).value.message, "quota")
+
+
+class SyncTests(SynchronousTestCase):
+    """What arrives is synced to disk as it goes (beside the writes), so the end has little left to sync."""
+
+    def setUp(self):
+        self.runner = ManualRunner()
+        self.producer = Producer()
+        self.directory = self.mktemp()
+        self.upload = SpoolUpload(self.directory, self.runner, self.producer, max_size=10_000,
+                                  high_water=5000, low_water=300, max_batch=400, sync_every=500)
+        self.errors = []
+        self.upload.when_failed(self.errors.append)
+        self.upload.open("file", "a.bin", "application/octet-stream")
+
+    def names(self):
+        return [f.__name__ for _, f, _ in self.runner.jobs]
+
+    def run_named(self, name):
+        index = self.names().index(name)
+        d, f, args = self.runner.jobs.pop(index)
+        maybeDeferred(f, *args).chainDeferred(d)
+
+    def test_synced_every_so_many_bytes_beside_the_writes(self):
+        self.upload.write(b"a" * 400)
+        self.runner.run_all()  # open, write, hash: 400 written, no sync yet
+        self.upload.write(b"b" * 400)
+        self.runner.run_one()
+        self.runner.run_one()  # 800 written since the start: a sync begins
+        self.upload.write(b"c" * 100)
+        self.assertEqual(sorted(self.names()), ["hash", "sync", "write"])  # the next batch does not wait for it
+        d = Deferred.fromCoroutine(self.upload.result())
+        self.run_named("write")
+        self.run_named("hash")
+        self.assertNoResult(d)  # every byte written, but the sync under way is awaited
+        self.assertEqual(self.names(), ["sync"])
+        self.runner.run_all()  # the sync, then the finish
+        self.assertEqual(self.successResultOf(d).size, 900)
+        self.assertEqual(self.errors, [])
+
+    def test_a_failed_sync_fails_the_upload(self):
+        self.upload.write(b"a" * 400)
+        self.runner.run_all()
+        self.upload.write(b"b" * 400)
+        self.runner.run_one()
+        self.runner.run_one()
+        d, f, _ = self.runner.jobs.pop(0)
+        self.assertEqual(f.__name__, "sync")
+        d.errback(OSError(5, "Input/output error"))
+        self.assertEqual(len(self.errors), 1)
+        self.assertIsInstance(self.errors[0], Unavailable)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.runner.run_all()
+        self.assertFalse(os.path.exists(self.upload.path))  # discarded
+        result = Deferred.fromCoroutine(self.upload.result())
+        self.failureResultOf(result, Unavailable)
+
+    def test_discard_waits_for_the_sync(self):
+        self.upload.write(b"a" * 400)
+        self.runner.run_all()
+        self.upload.write(b"b" * 400)
+        self.runner.run_one()
+        self.runner.run_one()
+        self.assertEqual(self.names(), ["sync"])
+        d = self.upload.discard()
+        self.assertEqual(self.names(), ["sync"])  # the file is not closed under the sync
+        self.runner.run_one()
+        self.runner.run_all()
+        self.successResultOf(d)
+        self.assertFalse(os.path.exists(self.upload.path))

@@ -29,6 +29,7 @@ from collections import deque
 import attrs
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wecompany.errors import InvalidInput, TooLarge, Unavailable, WeCompanyError
 from wecompany.privatefs import make_private_dir, open_private
@@ -65,6 +66,10 @@ class _SpoolFile:
         for chunk in chunks:
             self.digest.update(chunk)  # hashlib lets go of the GIL for large chunks
 
+    def sync(self) -> None:
+        """Put what was written so far on disk (beside the writes), so the final fsync has little left."""
+        os.fdatasync(self.handle.fileno())
+
     def finish(self) -> str:
         if self.handle is None:  # an empty file
             self.open()
@@ -98,12 +103,14 @@ class SpoolUpload:
     log = Logger()
 
     def __init__(self, directory: str, run_in_thread, producer, max_size: int,
-                 high_water: int = 4 * MiB, low_water: int = 1 * MiB, max_batch: int = 1 * MiB) -> None:
+                 high_water: int = 16 * MiB, low_water: int = 4 * MiB, max_batch: int = 4 * MiB,
+                 sync_every: int = 32 * MiB) -> None:
         self.path = os.path.join(directory, f"upload-{secrets.token_hex(12)}")
         self.max_size = max_size
         self.high_water = high_water
         self.low_water = low_water
         self.max_batch = max_batch
+        self.sync_every = sync_every
         self._on_error = None
         self.filename: str | None = None
         self.content_type: str | None = None
@@ -120,6 +127,8 @@ class SpoolUpload:
         self._error: WeCompanyError | None = None
         self._discarded: Deferred | None = None
         self._idle_waiters: list[Deferred] = []
+        self._unsynced = 0  # bytes written since the last sync began
+        self._syncing: Deferred | None = None
 
     @property
     def paused(self) -> bool:
@@ -232,14 +241,37 @@ class SpoolUpload:
 
     def _written(self, _, size: int) -> None:
         self._busy = False
+        self._unsynced += size
+        if self._unsynced >= self.sync_every and self._syncing is None and self._discarded is None:
+            self._start_sync()
         if self._discarded is None:
             self._waiting -= size
             if self._waiting <= self.low_water:
                 self._resume()
         self._pump()
 
+    def _start_sync(self) -> None:
+        # The storage fsyncs the file before it is named (nothing stored is
+        # lost in a crash); syncing as it arrives spreads that wait over the
+        # upload instead of making the client wait for it all at the end
+        # (bench/media_transfer.py). It runs beside the next writes.
+        self._unsynced = 0
+        syncing = self._syncing = self._run(self._file.sync)
+
+        def synced(result):
+            self._syncing = None
+            if isinstance(result, Failure):
+                self._io_failed(result)
+            else:
+                self._wake()
+
+        syncing.addBoth(synced)
+
     def _write_failed(self, failure) -> None:
         self._busy = False
+        self._io_failed(failure)
+
+    def _io_failed(self, failure) -> None:
         error = failure.value
         if not isinstance(error, WeCompanyError):
             self.log.failure("writing spool file {path} failed", failure, path=self.path)
@@ -261,7 +293,8 @@ class SpoolUpload:
             self._producer.resumeProducing()
 
     async def _idle(self) -> None:
-        while self._busy or (self._queue and self._error is None and self._discarded is None):
+        while self._busy or self._syncing is not None or (self._queue and self._error is None
+                                                          and self._discarded is None):
             waiter: Deferred = Deferred()
             self._idle_waiters.append(waiter)
             await waiter
