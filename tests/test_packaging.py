@@ -61,6 +61,13 @@ class ReadmeOptionsTests(SynchronousTestCase):
         listed = {line.split()[0][2:] for line in readme.splitlines() if line.startswith("    --")}
         self.assertEqual(listed, {field.name.replace("_", "-") for field in attrs.fields(Config)})
 
+    def test_the_configuration_guide_describes_every_option(self):
+        from wecompany.config import Config
+        guide = REPO_ROOT.child("docs").child("configuration.rst").getContent().decode("utf-8")
+        missing = [name.replace("_", "-") for name in Config.option_names()
+                   if f"``{name.replace('_', '-')}``" not in guide]
+        self.assertEqual(missing, [])
+
 
 class NoMergeLeftoversTests(SynchronousTestCase):
     def test_no_conflict_markers_in_the_tree(self):
