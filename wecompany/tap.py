@@ -216,6 +216,21 @@ def build_store(config: Config, reactor, user_caches=(), meeting_caches=()):
     return SQLiteStore(config.sqlite_path, reactor=reactor, **caches)
 
 
+def check_startup(config: Config) -> None:
+    """
+    What start-up refuses beyond :class:`Config`'s own checks (``wecompany
+    check-config`` asks the same); :func:`build_store` adds the database's.
+
+    :raises usage.UsageError: saying what to change.
+    """
+    if config.redis is not None and config.jwt_secret is None:
+        # A secret generated in each node's data directory would make every
+        # token good on one node only.
+        raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
+                               "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
+                               "keep it out of the process list)")
+
+
 def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
@@ -245,12 +260,7 @@ def build_service(config: Config, reactor):
     from wecompany.web.channel import TimeoutPolicy
     from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
-    if config.redis is not None and config.jwt_secret is None:
-        # A secret generated in each node's data directory would make every
-        # token good on one node only.
-        raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
-                               "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
-                               "keep it out of the process list)")
+    check_startup(config)
     # The store tells the caches of its writes; in a cluster it also tells
     # the relays, which tell the other nodes' caches (wecompany.mirror.caches).
     user_cache, meeting_pages = UserCache(reactor), MeetingPages(reactor)
