@@ -7,7 +7,9 @@ threads, no wall time (``MemoryReactorClock``).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,6 +24,7 @@ from twisted.web.server import Site
 from tests.helpers import FakeClient
 from wecompany.config import Config
 from wecompany.connections import CappedFactory
+from wecompany.control import ControlFactory
 from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
 from wecompany.errors import Unavailable
@@ -409,7 +412,10 @@ class WeCompanyServiceTests(SynchronousTestCase):
 
 class BuildServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.data_dir = os.path.abspath(self.mktemp())
+        # Short enough for the control socket's Unix address (trial's own temporary paths may not be).
+        base = tempfile.mkdtemp(prefix="wc-")
+        self.addCleanup(shutil.rmtree, base, True)
+        self.data_dir = os.path.join(base, "data")
         self.reactor = MemoryReactorClock()
 
     def build(self, **options):
@@ -422,8 +428,14 @@ class BuildServiceTests(SynchronousTestCase):
         service = self.build(max_frame="64K", login_timeout="2", idle_timeout="30", ring_timeout="5",
                              max_call="60")
         self.assertIsInstance(service, WeCompanyService)
-        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
-        tcp, http = service.listeners
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http", "control"])
+        tcp, http, control = service.listeners
+        control.endpoint.listen(control.factory)
+        # The control socket: in the data directory, private, with a lock file (wantPID).
+        path, factory, _, mode, want_pid = self.reactor.unixServers[-1]
+        self.assertEqual((path, mode, want_pid), (os.path.join(self.data_dir, "control.sock"), 0o600, True))
+        self.assertIsInstance(factory, ControlFactory)
+        self.assertIs(factory.admin.accounts, service.tcp_factory.accounts)  # the daemon's own domain
         self.assertEqual(self.reactor.tcpServers, [])  # nothing listens until the service starts
         for listener_, port, interface in ((tcp, 7001, "127.0.0.1"), (http, 7002, "")):
             self.assertIsInstance(listener_.endpoint, TCP4ServerEndpoint)
@@ -451,7 +463,7 @@ class BuildServiceTests(SynchronousTestCase):
     def test_trusted_proxies_reach_every_transport(self) -> None:
         from wecompany.proxyprotocol import ProxyHeaderFactory
         service = self.build(trusted_proxies="10.0.0.0/8", port="haproxy:tcp:7001:interface=127.0.0.1")
-        tcp, http = service.listeners
+        tcp, http, _ = service.listeners
         # The PROXY protocol is ours (trusted peers only), on the plain endpoint inside haproxy:.
         self.assertIsInstance(tcp.factory, ProxyHeaderFactory)
         self.assertIs(tcp.factory.wrappedFactory, service.tcp_factory)
@@ -491,6 +503,14 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIn(f"{self.data_dir} is open to other local users (mode 0755)", warnings[0])
         self.assertIn(f"chmod 600 {database}", warnings[1])
         self.assertEqual(stat.S_IMODE(os.stat(self.data_dir).st_mode), 0o755)  # warned about, not changed
+
+    def test_a_data_directory_too_long_for_a_control_socket_is_warned_about(self) -> None:
+        self.data_dir = os.path.join(self.data_dir, "d" * 100)
+        service = self.build()
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
+        [warning] = service.startup_warnings
+        self.assertIn("no control socket", warning)
+        self.assertIn("too long for a Unix socket", warning)
 
     def test_listening_uses_the_injected_reactor(self) -> None:
         service = self.build()

@@ -86,6 +86,12 @@ class Forbidden(WeCompanyError):
     default_message = "forbidden"
 
 
+class RegistrationClosed(Forbidden):
+    """``--registration closed``: clients cannot make accounts; an administrator does."""
+
+    default_message = "registration is closed: ask an administrator for an account"
+
+
 class NotFound(WeCompanyError):
     """An id that names nothing (user, call, meeting, file...)."""
 

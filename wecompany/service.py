@@ -152,7 +152,8 @@ class WeCompanyService(MultiService):
         super().privilegedStartService()
         self._prepared = True
         for warning in self.startup_warnings:
-            self.log.warn("{warning}", warning=warning)
+            # Not a field named "warning": trial (and twisted.logger's legacy bridge) take that for a Python warning.
+            self.log.warn("{problem}", problem=warning)
         if self.collector is not None:
             self.collector.at_start()
         prepare = getattr(self.store, "prepare", None)

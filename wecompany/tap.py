@@ -216,6 +216,21 @@ def build_store(config: Config, reactor, user_caches=(), meeting_caches=()):
     return SQLiteStore(config.sqlite_path, reactor=reactor, **caches)
 
 
+def check_startup(config: Config) -> None:
+    """
+    What start-up refuses beyond :class:`Config`'s own checks (``wecompany
+    check-config`` asks the same); :func:`build_store` adds the database's.
+
+    :raises usage.UsageError: saying what to change.
+    """
+    if config.redis is not None and config.jwt_secret is None:
+        # A secret generated in each node's data directory would make every
+        # token good on one node only.
+        raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
+                               "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
+                               "keep it out of the process list)")
+
+
 def build_service(config: Config, reactor):
     """:func:`makeService` for an already validated :class:`Config` (tests call this)."""
     from functools import partial
@@ -245,12 +260,7 @@ def build_service(config: Config, reactor):
     from wecompany.web.channel import TimeoutPolicy
     from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
 
-    if config.redis is not None and config.jwt_secret is None:
-        # A secret generated in each node's data directory would make every
-        # token good on one node only.
-        raise usage.UsageError("--redis: the nodes of a cluster must sign tokens with one secret: give each "
-                               "the same --jwt-secret (WECOMPANY_JWT_SECRET or jwt-secret in the config file "
-                               "keep it out of the process list)")
+    check_startup(config)
     # The store tells the caches of its writes; in a cluster it also tells
     # the relays, which tell the other nodes' caches (wecompany.mirror.caches).
     user_cache, meeting_pages = UserCache(reactor), MeetingPages(reactor)
@@ -354,12 +364,18 @@ def build_service(config: Config, reactor):
                                   on_listening=node_links.listening, description=config.node_link,
                                   option="node-link"))
 
+    control_listener, control_warning = control_socket(config, reactor, domain)
+    if control_listener is not None:
+        listeners.append(control_listener)
+
     stored = getattr(domain.storage, "root", None)  # a directory, unless the files are in S3
     warnings = exposure_warnings([config.data_dir, *database_files,
                                   os.path.join(config.data_dir, "jwt.secret"), domain.files.spool_dir,
                                   *([os.path.join(stored, "media"), os.path.join(stored, "avatars")] if stored
                                     else []),
                                   *([config.record_calls] if config.record_calls else [])])
+    if control_warning is not None:
+        warnings.append(control_warning)
     for option, description in (("port", config.port), ("http-port", config.http_port)):
         if proxy_protocol_port(description) is not None and not trusted:
             warnings.append(f"--{option} {description}: a PROXY header is believed from any peer; name the "
@@ -377,3 +393,25 @@ def build_service(config: Config, reactor):
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs)
+
+
+def control_socket(config: Config, reactor, domain):
+    """
+    The control socket's :class:`~wecompany.service.Listener` for ``wecompany
+    user ...`` (:mod:`wecompany.control`), or a warning saying why there is none.
+    """
+    from twisted.internet.endpoints import UNIXServerEndpoint
+
+    from wecompany.control import ControlFactory, socket_path, usable_socket_path
+    from wecompany.domain.useradmin import UserAdministration
+    from wecompany.service import Listener
+
+    path = socket_path(config.data_dir)
+    if not usable_socket_path(path):
+        return None, (f"no control socket: {path} is too long for a Unix socket; 'wecompany user ...' "
+                      "then changes the database directly: this daemon's cached accounts catch up within "
+                      "a minute, but the sessions it holds are not signed out (use a shorter --data-dir)")
+    # wantPID: a lock file beside it, so a stale socket (a killed daemon's) is replaced.
+    endpoint = UNIXServerEndpoint(reactor, path, mode=0o600, wantPID=True)
+    return Listener("control", endpoint, ControlFactory(UserAdministration(domain)),
+                    description=f"unix:{path}", option="the control socket"), None

@@ -55,6 +55,18 @@ class RegisterTests(SynchronousTestCase):
                                          {"username": "bob", "email": "A@example.com", "password": PASSWORD})
         self.assertEqual((code, body["code"], body["error_code"]), (400, 400, 1002))
 
+    def test_closed_registration_is_403(self):
+        api = Api(self, registration="closed")
+        code, body, _ = api.request("POST", "/api/v1/auth/register",
+                                    {"username": "alice", "email": "a@example.com", "password": PASSWORD})
+        self.assertEqual((code, body["code"]), (403, 403))
+        self.assertEqual(body["message"], "registration is closed: ask an administrator for an account")
+        self.assertEqual(api.domain.store.list_users(0, 10).result[0], 0)
+        # An account an operator made logs in as usual.
+        self.successResultOf(Deferred.fromCoroutine(api.domain.accounts.create("alice", PASSWORD)))
+        code, body, _ = api.request("POST", "/api/v1/auth/login", {"username": "alice", "password": PASSWORD})
+        self.assertEqual(code, 200)
+
     def test_malformed_json(self):
         for raw in (b"{not json", b"[1,2]", b'"text"', b"\xff\xfe"):
             code, body, _ = self.api.request("POST", "/api/v1/auth/register", raw=raw,

@@ -10,7 +10,7 @@ from wecompany.domain.passwords import PasswordHasher, PasswordPolicy, check_ema
 from wecompany.domain.ratelimit import TokenBucket
 from wecompany.domain.tokens import TokenIssuer
 from wecompany.errors import (
-    EmailTaken, Forbidden, InvalidCredentials, InvalidInput, Unauthenticated, UsernameTaken,
+    EmailTaken, Forbidden, InvalidCredentials, InvalidInput, RegistrationClosed, Unauthenticated, UsernameTaken,
 )
 
 GOOD = "Secret-pass1"
@@ -57,6 +57,27 @@ class AccountsTests(SynchronousTestCase):
         self.failureResultOf(run(self.accounts.authenticate("alice", GOOD, "10.0.0.1")), Forbidden)
         token = self.d.tokens.issue(user.id, "alice")
         self.failureResultOf(run(self.accounts.authenticate_token(token)), Forbidden)
+
+    def test_closed_registration_refuses_clients_but_not_operators(self):
+        closed = make_domain(self, registration="closed")
+        f = self.failureResultOf(run(closed.accounts.register("alice", GOOD)), RegistrationClosed)
+        self.assertEqual(f.value.code, 403)
+        self.assertIn("registration is closed", f.value.message)
+        self.assertIsNone(closed.store.get_user_by_username("alice").result)
+        admin = self.successResultOf(run(closed.accounts.create("alice", GOOD, "a@example.com", role="admin")))
+        self.assertEqual((admin.username, admin.role, admin.email), ("alice", "admin", "a@example.com"))
+        self.assertTrue(admin.password_hash.startswith("$argon2id$"))
+        # An operator's account obeys the same rules as a registration.
+        self.failureResultOf(run(closed.accounts.create("ALICE", GOOD)), UsernameTaken)
+        self.failureResultOf(run(closed.accounts.create("bobby", "short")), InvalidInput)
+
+    def test_operator_sets_a_password(self):
+        user = self.successResultOf(run(self.accounts.register("alice", GOOD)))
+        token = self.accounts.issue_token(user)
+        self.successResultOf(run(self.d.credentials.set_password(user, "Another-pass2")))
+        self.successResultOf(run(self.accounts.authenticate("alice", "Another-pass2", "10.0.0.1")))
+        self.failureResultOf(run(self.accounts.authenticate_token(token)), Unauthenticated)  # signed out
+        self.failureResultOf(run(self.d.credentials.set_password(user, "weak")), InvalidInput)
 
     def test_token_roundtrip(self):
         user = self.successResultOf(run(self.accounts.register("alice", GOOD)))

@@ -9,6 +9,7 @@ import os
 import struct
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -210,6 +211,23 @@ class AuthTests(ProtocolTestCase):
             result = auth_result(conn.frames()[0])
             self.assertFalse(result[0])
             self.assertIn(text, result[1])
+
+    def test_closed_registration_is_refused_and_closes(self):
+        domain = make_domain(self, max_frame=4096, registration="closed")
+        closed = WeCompanyFactory(domain, max_frame=4096, auth_fail_delay=1.0)
+        conn = Conn(closed, "10.0.0.9")
+        conn.send(b"\x09" + s16("alice") + s16(PASSWORD))
+        self.assertEqual(auth_result(conn.frames()[0]),
+                         (False, "registration is closed: ask an administrator for an account"))
+        self.assertIsNone(domain.store.get_user_by_username("alice").result)
+        self.assertFalse(conn.closed)
+        domain.clock.advance(1.0)
+        self.assertTrue(conn.closed)
+        # An account an operator made logs in as usual.
+        self.successResultOf(Deferred.fromCoroutine(domain.accounts.create("bobby", PASSWORD)))
+        other = Conn(closed, "10.0.0.10")
+        other.send(b"\x08" + s16("bobby") + s16(PASSWORD))
+        self.assertTrue(auth_result(other.frames()[0])[0])
 
     def test_failed_login_closes_after_delay(self):
         make_user(self.domain, "alice")

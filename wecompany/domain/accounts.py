@@ -8,8 +8,8 @@ import secrets
 from twisted.logger import Logger
 
 from wecompany.errors import (
-    USER_NOT_FOUND, WRONG_PASSWORD, Forbidden, InvalidCredentials, InvalidInput, Unauthenticated,
-    UsernameTaken,
+    USER_NOT_FOUND, WRONG_PASSWORD, Forbidden, InvalidCredentials, InvalidInput, RegistrationClosed,
+    Unauthenticated, UsernameTaken,
 )
 from wecompany.domain.passwords import PasswordPolicy, check_email, check_username
 
@@ -27,12 +27,15 @@ class Accounts:
     :param users: the :class:`~wecompany.domain.usercache.UserCache` token
         logins and profile reads go through (the store invalidates it); None:
         every read goes to the store.
+    :param open_registration: whether clients may register themselves
+        (``--registration open``); when not, :meth:`register` refuses and
+        accounts are made by an operator (:meth:`create`).
     """
 
     log = Logger()
 
     def __init__(self, store, hasher, tokens, clock, guard, policy: PasswordPolicy | None = None,
-                 users=None) -> None:
+                 users=None, open_registration: bool = True) -> None:
         self.store = store
         self.hasher = hasher
         self.tokens = tokens
@@ -40,10 +43,25 @@ class Accounts:
         self.guard = guard
         self.policy = policy or PasswordPolicy()
         self.users = users
+        self.open_registration = open_registration
 
     async def register(self, username: str, password: str, email: str | None = None,
                        nickname: str | None = None):
-        """Validate, hash off-thread and create the account -> UserRecord."""
+        """
+        A client registering itself (TCP REGISTER, REST register) -> UserRecord;
+        :class:`RegistrationClosed` under ``--registration closed``.
+        """
+        if not self.open_registration:
+            raise RegistrationClosed()
+        return await self.create(username, password, email, nickname)
+
+    async def create(self, username: str, password: str, email: str | None = None,
+                     nickname: str | None = None, role: str = "user"):
+        """
+        Validate, hash off-thread and create the account -> UserRecord: the
+        one way an account is made, by a client's registration or by an
+        operator (``wecompany user add``, whatever ``--registration`` says).
+        """
         check_username(username)
         if email is not None:
             check_email(email)
@@ -54,8 +72,9 @@ class Accounts:
             raise UsernameTaken()
         password_hash = await self.hasher.hash(password)
         user = await self.store.create_user(username, password_hash, email, nickname,
-                                            self.clock.seconds())
-        self.log.info("registered user {user_id} ({username})", user_id=user.id, username=user.username)
+                                            self.clock.seconds(), role=role)
+        self.log.info("registered user {user_id} ({username}, {role})", user_id=user.id, username=user.username,
+                      role=role)
         return user
 
     async def authenticate(self, login: str, password: str, address: str):
@@ -247,6 +266,16 @@ class Credentials:
         user = await self.store.get_user(user_id) if user_id is not None else None
         if user is None or user.status == "deleted":
             raise InvalidInput("invalid or expired reset token")
+        await self._set_password(user, new_password)
+
+    async def set_password(self, user, new_password: str) -> None:
+        """
+        An operator's new password for ``user`` (``wecompany user passwd``):
+        the same policy and hashing as a change or reset, and it signs the
+        user out everywhere.
+        """
+        if user.status == "deleted":
+            raise InvalidInput("the account is deleted")
         await self._set_password(user, new_password)
 
     async def _set_password(self, user, new_password: str) -> None:

@@ -167,7 +167,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                        per_target=config.login_failures_per_account, window=config.login_failure_window,
                        shared=shared)
     auth_limiter = KeyedRateLimiter(clock, config.auth_rate, config.auth_burst, shared=shared)
-    accounts = Accounts(store, hasher, tokens, clock, guard, users=user_cache)
+    accounts = Accounts(store, hasher, tokens, clock, guard, users=user_cache,
+                        open_registration=config.registration == "open")
     directory = UserDirectory(store, registry)
     recorder = CallRecorder(config.record_calls, clock) if config.record_calls else None
     calls = CallService(clock, config.ring_timeout, config.max_call, recorder=recorder, cluster=cluster)
