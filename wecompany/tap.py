@@ -256,8 +256,13 @@ def build_service(config: Config, reactor):
                                  message_rate=config.ws_rate, message_burst=config.ws_burst,
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path)
-    site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
-                     metrics=Metrics(domain, tcp_factory), signaling=signaling,
+    metrics = Metrics(domain, tcp_factory)
+    # The console's live dashboard (GET /api/v1/admin/live), its REST latencies read from the metrics.
+    from wecompany.api.live import histogram_reader
+    from wecompany.domain.dashboard import Dashboard, DashboardFeed
+    live_feed = DashboardFeed(Dashboard(domain, latency=histogram_reader(metrics.latency)), reactor)
+    site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain, live_feed=live_feed),
+                     metrics=metrics, signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
                                   *ai_body_limits(config.ai_max_audio_bytes)),
