@@ -202,6 +202,9 @@ def build_service(config: Config, reactor):
         user_relay, meeting_relay = relays(redis_link, all_channel(config.redis_prefix), config.node_id)
         user_caches.append(user_relay)
         meeting_caches.append(meeting_relay)
+    if config.web_root is not None and not os.path.isfile(os.path.join(config.web_root, "index.html")):
+        raise usage.UsageError(f"--web-root: {config.web_root} has no index.html (give the directory of a "
+                               "built web client)")
     store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches)
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
@@ -268,7 +271,8 @@ def build_service(config: Config, reactor):
                                   *ai_body_limits(config.ai_max_audio_bytes)),
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
-                                            idle_timeout=config.http_idle_timeout))
+                                            idle_timeout=config.http_idle_timeout),
+                     console=True, web_root=config.web_root, run_disk=run_disk)
     http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address), TOO_MANY_CONNECTIONS)
 
     listeners = [Listener("tcp", serverFromString(reactor, with_backlog(config.port)), tcp_factory),

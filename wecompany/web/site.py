@@ -256,16 +256,22 @@ def _static_route(path: bytes) -> str:
 
 
 def make_site(store, live=None, reactor=None, api=None, metrics=None,
-              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None) -> Site:
+              body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
+              console: bool = False, web_root: str | None = None, run_disk=None) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
     domain, whose live counts ``/health`` reports.
+
+    Every other path is static files (:mod:`wecompany.web.static`): those
+    of ``web_root`` (a single-page app; the console then at ``/console/``)
+    or, with ``console``, the built-in web console; otherwise 404. They are
+    read with ``run_disk`` (default: in place).
     """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
         reactor = Clock()
-    root = Resource()
+    root = _root(console, web_root, run_disk)
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
@@ -284,3 +290,15 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         signaling.startFactory()
     return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts,
                          upload_sinks=upload_sinks)
+
+
+def _root(console: bool, web_root: str | None, run_disk) -> Resource:
+    if web_root is None and not console:
+        return Resource()
+    from wecompany.web import static
+    if web_root is None:
+        return static.FallbackRoot(static.console_files(run_disk))
+    root = static.FallbackRoot(static.web_root_files(web_root, run_disk))
+    if console:
+        root.putChild(b"console", static.console_files(run_disk, mount=b"/console/"))
+    return root
