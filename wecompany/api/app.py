@@ -54,7 +54,6 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.ai = domain.ai
         self.rendered_pages = RenderedPages()
         self._openapi = None
-        self._docs = None
         if live_feed is None:
             from wecompany.domain.dashboard import Dashboard, DashboardFeed
             live_feed = DashboardFeed(Dashboard(domain), domain.clock)
@@ -93,18 +92,3 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
             self._openapi = dumps(build_document(type(self)))
         call.request.setHeader(b"content-type", b"application/json")
         return self._openapi
-
-    # Not endpoints (they are HTML, and not in the document they show).
-    @app.route("/docs", methods=["GET", "HEAD"])
-    def api_docs_redirect(self, request):
-        request.setResponseCode(301)
-        request.setHeader(b"location", b"/api/docs/")
-        return b""
-
-    @app.route("/docs/", branch=True, methods=["GET", "HEAD"])
-    def api_docs(self, request):
-        """``/api/docs/``: Swagger UI, served from the swagger-ui-bundle package, on ``/api/v1/openapi.json``."""
-        if self._docs is None:
-            from wecompany.web.static import api_docs_files
-            self._docs = api_docs_files(self.domain.run_disk)
-        return self._docs

@@ -259,7 +259,8 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
               body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
               console: bool = False, web_root: str | None = None, run_disk=None) -> Site:
     """
-    The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
+    The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given
+    (and ``/api/docs/``, Swagger UI on its document),
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
     domain, whose live counts ``/health`` reports.
 
@@ -277,7 +278,11 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         root.putChild(b"metrics", MetricsResource(metrics))
     upload_sinks = ()
     if api is not None:
-        root.putChild(b"api", api.resource())
+        # /api/docs/ (Swagger UI, HTML) beside the API's JSON endpoints, which are everything else under /api.
+        from wecompany.web.static import FallbackRoot, api_docs_files
+        api_root = FallbackRoot(api.resource())
+        api_root.putChild(b"docs", api_docs_files(run_disk))
+        root.putChild(b"api", api_root)
         # The API's own upload paths: their body limits and file sinks.
         body_limits = (*getattr(api, "body_limits", tuple)(), *body_limits)
         upload_sinks = getattr(api, "upload_sinks", tuple)()

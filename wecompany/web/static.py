@@ -215,8 +215,9 @@ class StaticFiles(Resource):
 
 class FallbackRoot(Resource):
     """
-    The site's root: its children (``api``, ``ws``, ``health``, ...) first,
-    and any other path is ``fallback``'s, which sees the whole path.
+    Its children first (at the site's root: ``api``, ``ws``, ``health``, ...;
+    at ``/api``: ``docs``), and any other path is ``fallback``'s, which sees
+    the whole rest of the path.
     """
 
     def __init__(self, fallback) -> None:
