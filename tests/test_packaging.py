@@ -83,3 +83,22 @@ class NoMergeLeftoversTests(SynchronousTestCase):
                     if line.startswith((b"<<<<<<< ", b">>>>>>> ")):  # (7 = is also an RST underline)
                         found.append(f"{path.path}:{number}")
         self.assertEqual(found, [])
+
+
+class WebFilesPackagedTests(SynchronousTestCase):
+    """The console's and the API docs' files ship in the wheel (package data) and the sdist (MANIFEST.in)."""
+
+    def test_console_and_docs_are_package_data(self):
+        import configparser
+
+        setup = configparser.ConfigParser()
+        setup.read(REPO_ROOT.child("setup.cfg").path)
+        patterns = [p.strip() for p in setup["options.package_data"]["wecompany.web"].split(",")]
+        self.assertEqual(sorted(patterns), ["apidocs/*", "console/*"])
+        manifest = REPO_ROOT.child("MANIFEST.in").getContent().decode("utf-8")
+        for name in ("console", "apidocs"):
+            directory = REPO_ROOT.child("wecompany").child("web").child(name)
+            self.assertIn(f"recursive-include wecompany/web/{name} *", manifest)
+            # "dir/*" does not reach into subdirectories: there must be none.
+            self.assertEqual([c.basename() for c in directory.children() if c.isdir()], [])
+            self.assertTrue(directory.child("index.html").isfile())

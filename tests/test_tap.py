@@ -244,3 +244,16 @@ class StoreSelectionTests(SynchronousTestCase):
         self.assertIn("--database: postgresql://wc:***@db/wecompany?nonsense=yes is not a usable PostgreSQL URL",
                       str(error))
         self.assertNotIn("s3cret-pw", str(error))
+
+
+class WebRootTests(SynchronousTestCase):
+    def test_a_web_root_without_an_index_is_a_usage_error(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from wecompany.tap import build_service
+        empty = self.mktemp()
+        os.makedirs(empty)
+        config = Config(data_dir=self.mktemp(), web_root=os.path.abspath(empty))
+        error = self.assertRaises(usage.UsageError, build_service, config, MemoryReactorClock())
+        self.assertIn("--web-root", str(error))
+        self.assertIn("has no index.html", str(error))

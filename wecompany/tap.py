@@ -279,6 +279,9 @@ def build_service(config: Config, reactor):
         user_relay, meeting_relay = relays(redis_link, all_channel(config.redis_prefix), config.node_id)
         user_caches.append(user_relay)
         meeting_caches.append(meeting_relay)
+    if config.web_root is not None and not os.path.isfile(os.path.join(config.web_root, "index.html")):
+        raise usage.UsageError(f"--web-root: {config.web_root} has no index.html (give the directory of a "
+                               "built web client)")
     store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches)
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
@@ -336,15 +339,20 @@ def build_service(config: Config, reactor):
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path,
                                  trusted_proxies=trusted)
-    site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
-                     metrics=Metrics(domain, tcp_factory), signaling=signaling,
+    metrics = Metrics(domain, tcp_factory)
+    # The console's live dashboard (GET /api/v1/admin/live), its REST latencies read from the metrics.
+    from wecompany.api.live import histogram_reader
+    from wecompany.domain.dashboard import Dashboard, DashboardFeed
+    live_feed = DashboardFeed(Dashboard(domain, latency=histogram_reader(metrics.latency)), reactor)
+    site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain, live_feed=live_feed),
+                     metrics=metrics, signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
                                   *ai_body_limits(config.ai_max_audio_bytes)),
                      timeouts=TimeoutPolicy(header_timeout=config.http_header_timeout,
                                             body_timeout=config.http_body_timeout,
                                             idle_timeout=config.http_idle_timeout),
-                     trusted_proxies=trusted)
+                     trusted_proxies=trusted, console=True, web_root=config.web_root, run_disk=run_disk)
     http_factory = CappedFactory(site, AddressCounter(config.max_connections_per_address, exempt=trusted),
                                  TOO_MANY_CONNECTIONS)
 

@@ -12,6 +12,7 @@ from klein import Klein
 from wecompany.api.admin import AdminRoutes
 from wecompany.api.ai import AIRoutes
 from wecompany.api.auth import AuthRoutes
+from wecompany.api.live import LiveRoutes
 from wecompany.api.media import MediaRoutes
 from wecompany.api.meetings import MeetingRoutes, RenderedPages
 from wecompany.api.signaling import SignalingRoutes
@@ -23,16 +24,20 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 
 @install
-class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, SignalingRoutes, MediaRoutes,
-              AIRoutes):
+class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, LiveRoutes, SignalingRoutes,
+              MediaRoutes, AIRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
+
+    :param live_feed: the :class:`~wecompany.domain.dashboard.DashboardFeed`
+        of ``GET /api/v1/admin/live`` (default: one over ``domain`` without
+        REST latencies; the daemon's reads them from its metrics).
     """
 
     app = Klein()
 
-    def __init__(self, domain) -> None:
+    def __init__(self, domain, live_feed=None) -> None:
         self.domain = domain
         self.store = domain.store
         self.accounts = domain.accounts
@@ -49,6 +54,10 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.ai = domain.ai
         self.rendered_pages = RenderedPages()
         self._openapi = None
+        if live_feed is None:
+            from wecompany.domain.dashboard import Dashboard, DashboardFeed
+            live_feed = DashboardFeed(Dashboard(domain), domain.clock)
+        self.live_feed = live_feed
 
     def resource(self):
         return self.app.resource()

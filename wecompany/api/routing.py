@@ -46,6 +46,7 @@ class Endpoint:
     aliases: tuple[str, ...] = ()
     raw_body: str | None = None  # content type of a non-JSON body (multipart uploads)
     rate_limited: bool = False  # per client address, before anything else is looked at
+    produces: str | None = None  # content type of a success that is not the JSON envelope (a stream)
 
     @property
     def label(self) -> str:
@@ -67,13 +68,13 @@ class Call:
 def endpoint(method: str, path: str, *, summary: str, tag: str, auth: str = USER,
              body: dict | None = None, query: dict | None = None, status: int = 200,
              data: dict | None = None, errors: tuple[int, ...] = (), aliases: tuple[str, ...] = (),
-             raw_body: str | None = None, rate_limited: bool = False):
+             raw_body: str | None = None, rate_limited: bool = False, produces: str | None = None):
     """Declare a handler ``async def f(self, call: Call) -> data``."""
 
     def decorate(f):
         f.__wecompany_endpoint__ = Endpoint(method, path, summary, tag, auth, body, query, status, data,
                                             tuple(errors) + ((429,) if rate_limited else ()), f.__name__,
-                                            tuple(aliases), raw_body, rate_limited)
+                                            tuple(aliases), raw_body, rate_limited, produces)
         return f
 
     return decorate

@@ -96,6 +96,10 @@ class CallService:
     def count(self) -> int:
         return len(self._calls)
 
+    def in_progress(self) -> list[Call]:
+        """The calls ringing or active on this node, oldest first (the console's dashboard lists them)."""
+        return sorted(self._calls.values(), key=lambda call: call.created_at)
+
     def new_call_id(self) -> str:
         return self._make_call_id()
 

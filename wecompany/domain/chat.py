@@ -78,6 +78,8 @@ class ChatService:
         self.cluster = cluster if cluster is not None else LocalCluster()
         self._draining: dict[str, _Drain] = {}
         self._inflight: Counter[str] = Counter()
+        #: Text messages sent through this node since it started (the dashboard's messages per second).
+        self.texts_sent = 0
 
     # -- sessions -----------------------------------------------------------
     def open_session(self, client) -> None:
@@ -119,6 +121,7 @@ class ChatService:
     # -- text ---------------------------------------------------------------
     async def send_text(self, client, to: str, text: str) -> TextAck:
         sender = client.identity
+        self.texts_sent += 1
         message_id = self.ids.next_id()
         now = self.clock.seconds()
         if to == BROADCAST:

@@ -262,23 +262,34 @@ def _static_route(path: bytes) -> str:
 
 def make_site(store, live=None, reactor=None, api=None, metrics=None,
               body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
-              trusted_proxies=NO_PROXIES) -> Site:
+              trusted_proxies=NO_PROXIES, console: bool = False, web_root: str | None = None,
+              run_disk=None) -> Site:
     """
-    The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
+    The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given
+    (and ``/api/docs/``, Swagger UI on its document),
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
     domain, whose live counts ``/health`` reports. ``trusted_proxies``: whose
     X-Forwarded-For is believed.
+
+    Every other path is static files (:mod:`wecompany.web.static`): those
+    of ``web_root`` (a single-page app; the console then at ``/console/``)
+    or, with ``console``, the built-in web console; otherwise 404. They are
+    read with ``run_disk`` (default: in place).
     """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
         reactor = Clock()
-    root = Resource()
+    root = _root(console, web_root, run_disk)
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
     if metrics is not None:
         root.putChild(b"metrics", MetricsResource(metrics))
     upload_sinks = ()
     if api is not None:
-        root.putChild(b"api", api.resource())
+        # /api/docs/ (Swagger UI, HTML) beside the API's JSON endpoints, which are everything else under /api.
+        from wecompany.web.static import FallbackRoot, api_docs_files
+        api_root = FallbackRoot(api.resource())
+        api_root.putChild(b"docs", api_docs_files(run_disk))
+        root.putChild(b"api", api_root)
         # The API's own upload paths: their body limits and file sinks.
         body_limits = (*getattr(api, "body_limits", tuple)(), *body_limits)
         upload_sinks = getattr(api, "upload_sinks", tuple)()
@@ -291,3 +302,15 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         signaling.startFactory()
     return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts,
                          upload_sinks=upload_sinks, trusted_proxies=trusted_proxies)
+
+
+def _root(console: bool, web_root: str | None, run_disk) -> Resource:
+    if web_root is None and not console:
+        return Resource()
+    from wecompany.web import static
+    if web_root is None:
+        return static.FallbackRoot(static.console_files(run_disk))
+    root = static.FallbackRoot(static.web_root_files(web_root, run_disk))
+    if console:
+        root.putChild(b"console", static.console_files(run_disk, mount=b"/console/"))
+    return root
