@@ -65,8 +65,13 @@ def run_isolated(process_type: str, src_path: str, dst_dir: str, params: dict, l
     outcome = None
     stderr = b""
     try:
-        child.stdin.write(json.dumps(request).encode())
-        child.stdin.close()
+        try:
+            child.stdin.write(json.dumps(request).encode())
+            child.stdin.close()
+        except BrokenPipeError:
+            # The child is gone before reading its request: what it said (on
+            # stderr) and its exit status, read below, tell why.
+            pass
         with selectors.DefaultSelector() as selector:
             selector.register(child.stdout, selectors.EVENT_READ)
             selector.register(child.stderr, selectors.EVENT_READ)
