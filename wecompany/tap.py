@@ -243,7 +243,7 @@ def build_service(config: Config, reactor):
     from wecompany.signaling.protocol import SignalingFactory
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.web.channel import TimeoutPolicy
-    from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
+    from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_metrics_site, make_site
 
     if config.redis is not None and config.jwt_secret is None:
         # A secret generated in each node's data directory would make every
@@ -326,8 +326,9 @@ def build_service(config: Config, reactor):
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path,
                                  trusted_proxies=trusted)
+    metrics = Metrics(domain, tcp_factory)
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
-                     metrics=Metrics(domain, tcp_factory), signaling=signaling,
+                     metrics=metrics, serve_metrics=config.metrics_port is None, signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
                                   *ai_body_limits(config.ai_max_audio_bytes)),
@@ -349,6 +350,10 @@ def build_service(config: Config, reactor):
 
     listeners = [listener("tcp", "port", config.port, tcp_factory),
                  listener("http", "http-port", config.http_port, http_factory)]
+    if config.metrics_port is not None:  # /metrics apart from the clients (and off the HTTP site)
+        listeners.append(Listener("metrics", serverFromString(reactor, config.metrics_port),
+                                  make_metrics_site(metrics, reactor), description=config.metrics_port,
+                                  option="metrics-port"))
     if node_links is not None:
         listeners.append(Listener("node-link", serverFromString(reactor, config.node_link), node_links.factory(),
                                   on_listening=node_links.listening, description=config.node_link,

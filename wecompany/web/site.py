@@ -262,19 +262,21 @@ def _static_route(path: bytes) -> str:
 
 def make_site(store, live=None, reactor=None, api=None, metrics=None,
               body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
-              trusted_proxies=NO_PROXIES) -> Site:
+              trusted_proxies=NO_PROXIES, serve_metrics: bool = True) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given,
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
     domain, whose live counts ``/health`` reports. ``trusted_proxies``: whose
-    X-Forwarded-For is believed.
+    X-Forwarded-For is believed. ``metrics`` counts the site's requests; with
+    ``serve_metrics`` false they are not served here (``--metrics-port``
+    serves them on :func:`make_metrics_site`), and ``/metrics`` is a 404.
     """
     if reactor is None:  # tests without a clock
         from twisted.internet.task import Clock
         reactor = Clock()
     root = Resource()
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
-    if metrics is not None:
+    if metrics is not None and serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics))
     upload_sinks = ()
     if api is not None:
@@ -291,3 +293,26 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         signaling.startFactory()
     return WeCompanySite(root, reactor=reactor, metrics=metrics, body_limits=body_limits, timeouts=timeouts,
                          upload_sinks=upload_sinks, trusted_proxies=trusted_proxies)
+
+
+class MetricsSite(Site):
+    """
+    The ``--metrics-port`` listener's site: ``/metrics`` and nothing else
+    (Synapse and LiveKit serve their metrics the same way, apart from the
+    clients). Scrapes are not access-logged: a Prometheus polling every few
+    seconds would drown the log.
+    """
+
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
+def make_metrics_site(metrics, reactor) -> Site:
+    """A site of its own serving ``metrics`` (a :class:`~wecompany.api.metrics.Metrics`) at ``/metrics``."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    site = MetricsSite(root, reactor=reactor)
+    site.displayTracebacks = False
+    return site
