@@ -114,6 +114,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         if self.parent is not None:
             self._place_pid_file(self.parent)
+            # --log-format and --log-level: twistd's --logger, writing where twistd would.
+            from wecompany.logs import install_observer_factory
+            install_observer_factory(self.parent, self.config.log_format, self.config.log_level)
 
     def _place_pid_file(self, twistd_options) -> None:
         """

@@ -5,6 +5,8 @@ log (its format, level and the access lines).
 
 from __future__ import annotations
 
+import json
+
 import treq
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
@@ -46,3 +48,34 @@ class MetricsListenerTests(OperationsTestCase):
         response, body = await self.get(daemon.http_port, "/metrics")
         self.assertEqual(response.code, 200, body)
         self.assertIn(b"wecompany_http_requests_total", body)
+
+
+class LogTests(OperationsTestCase):
+    async def test_json_lines_from_a_real_run(self) -> None:
+        """--log-format json: every line of the log is one JSON object, the daemon's own lines among them."""
+        daemon = await self.start_daemon("--log-format", "json")
+        response, _ = await self.get(daemon.http_port, "/health", headers={"User-Agent": "e2e-probe/1.0"})
+        self.assertEqual(response.code, 200)
+        await daemon.wait_for(lambda: True if '"wecompany.access"' in daemon.log_text() else None,
+                              "the access line")
+        self.assertEqual(await daemon.stop(), 0)
+        records = [json.loads(line) for line in daemon.log_text().splitlines()]
+        for record in records:
+            self.assertTrue({"time", "level", "namespace", "message"} <= set(record), record)
+        messages = [record["message"] for record in records]
+        self.assertIn("WeCompany is ready", messages)
+        self.assertIn("WeCompany stopped", messages)
+        listening = [r for r in records if r["message"].startswith("listening on port")]
+        self.assertEqual(sorted((r["listener"], r["port_number"]) for r in listening),
+                         sorted([("http", daemon.http_port), ("tcp", daemon.tcp_port)]))
+        self.assertEqual({r["level"] for r in records} - {"info", "warn", "error", "critical"}, set())
+
+    async def test_no_factory_start_and_stop_lines(self) -> None:
+        daemon = await self.start_daemon()
+        response, _ = await self.get(daemon.http_port, "/health")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await daemon.stop(), 0)
+        text = daemon.log_text()
+        self.assertIn("WeCompany stopped", text)
+        self.assertNotIn("Starting factory", text)
+        self.assertNotIn("Stopping factory", text)

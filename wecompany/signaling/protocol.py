@@ -319,6 +319,7 @@ class SignalingFactory(WebSocketServerFactory):
     """
 
     protocol = SignalingProtocol
+    noisy = False
     log = Logger()
 
     def __init__(self, domain, *, max_message: int = 1 << 20,

@@ -494,6 +494,8 @@ class WeCompanyFactory(ServerFactory):
     of one address: one more is sent ERROR 503 and closed.
     """
 
+    noisy = False  # no "Starting factory" / "Stopping factory" lines: the service logs its listeners
+
     _log = Logger()
 
     def __init__(self, domain, *, max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,

@@ -152,6 +152,7 @@ class WeCompanySite(Site):
     """
 
     protocol = DeadlineChannel
+    noisy = False
 
     def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY,
                  timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None, upload_sinks=(),
