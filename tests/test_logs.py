@@ -55,6 +55,33 @@ class JSONTests(SynchronousTestCase):
         self.assertIn("ZeroDivisionError", record["traceback"])
 
 
+class AccessJSONTests(SynchronousTestCase):
+    def test_an_access_batch_is_one_object_per_request(self) -> None:
+        from twisted.internet.task import Clock
+
+        from wecompany.web.site import AccessLog
+
+        out = io.StringIO()
+        from twisted.logger import globalLogPublisher
+        observer = observer_for(out, "json", "info")
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        log = AccessLog(Clock())
+        log.add("203.0.113.9", "GET", "/health", 200, 151, duration=0.0042, request_id="r1", user_agent="probe/1")
+        log.add("203.0.113.9", "POST", "/api/v1/auth/login", 401, 90, duration=None, request_id="r2")
+        log.flush()
+        first, second = (json.loads(line) for line in out.getvalue().splitlines())
+        self.assertEqual((first["namespace"], first["message"]),
+                         ("wecompany.access", '203.0.113.9 GET /health 200 151 4.2ms r1 "probe/1"'))
+        self.assertEqual({k: first[k] for k in ("client", "method", "path", "status", "bytes", "duration_ms",
+                                                "request_id", "user_agent")},
+                         {"client": "203.0.113.9", "method": "GET", "path": "/health", "status": 200, "bytes": 151,
+                          "duration_ms": 4.2, "request_id": "r1", "user_agent": "probe/1"})
+        self.assertEqual((second["status"], second["duration_ms"], second["request_id"]), (401, None, "r2"))
+        self.assertNotIn("requests", first)
+        self.assertNotIn("lines", first)
+
+
 class LevelTests(SynchronousTestCase):
     def emit(self, log):
         log.debug("debug line")

@@ -46,8 +46,8 @@ def _plain(value):
     return text if len(text) <= _MAX_FIELD else text[:_MAX_FIELD] + "..."
 
 
-def event_as_json(event: dict) -> str:
-    """One event as one line of JSON (without the newline)."""
+def event_as_json(event: dict, skip=()) -> str:
+    """One event as one line of JSON (without the newline); ``skip``: fields left out."""
     when = event.get("log_time")
     level = event.get("log_level")
     record = {
@@ -58,7 +58,7 @@ def event_as_json(event: dict) -> str:
         "message": formatEvent(event),
     }
     for key, value in event.items():
-        if key.startswith("log_") or key in _LEGACY_KEYS or key in record:
+        if key.startswith("log_") or key in _LEGACY_KEYS or key in record or key in skip:
             continue
         record[key] = value
     failure = event.get("log_failure")
@@ -71,9 +71,32 @@ def event_as_json(event: dict) -> str:
                            for key, value in record.items()}, ensure_ascii=False)
 
 
+#: The access log's namespace: its events are batches of requests (wecompany.web.site.AccessLog).
+ACCESS_NAMESPACE = "wecompany.access"
+
+
+def event_as_json_lines(event: dict) -> str:
+    """
+    The JSON lines of an event, each ending in a newline: one, or for an
+    access-log batch, one per request (its line of text as ``message``, its
+    fields beside it).
+    """
+    requests = event.get("requests")
+    if event.get("log_namespace") == ACCESS_NAMESPACE and isinstance(requests, list):
+        lines = str(event.get("lines", "")).split("\n")
+        out = []
+        for i, fields in enumerate(requests):
+            single = {key: value for key, value in event.items() if key.startswith("log_")}
+            single.update(fields)
+            single.update(log_format="{line}", line=lines[i] if i < len(lines) else "")
+            out.append(event_as_json(single, skip=("line",)))
+        return "".join(line + "\n" for line in out)
+    return event_as_json(event) + "\n"
+
+
 def json_file_observer(out) -> FileLogObserver:
-    """An observer writing each event to ``out`` as one line of JSON."""
-    return FileLogObserver(out, lambda event: event_as_json(event) + "\n")
+    """An observer writing each event to ``out`` as JSON, one object a line."""
+    return FileLogObserver(out, event_as_json_lines)
 
 
 #: What twisted.internet.protocol.Factory logs at each start and stop of a noisy factory.

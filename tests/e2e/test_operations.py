@@ -69,6 +69,13 @@ class LogTests(OperationsTestCase):
         self.assertEqual(sorted((r["listener"], r["port_number"]) for r in listening),
                          sorted([("http", daemon.http_port), ("tcp", daemon.tcp_port)]))
         self.assertEqual({r["level"] for r in records} - {"info", "warn", "error", "critical"}, set())
+        [access] = [r for r in records if r["namespace"] == "wecompany.access"]
+        self.assertEqual((access["method"], access["path"], access["status"], access["user_agent"]),
+                         ("GET", "/health", 200, "e2e-probe/1.0"))
+        self.assertEqual(access["request_id"], response.headers.getRawHeaders("x-request-id")[0])
+        self.assertIsInstance(access["duration_ms"], float)
+        self.assertGreaterEqual(access["duration_ms"], 0.0)
+        self.assertIn('"e2e-probe/1.0"', access["message"])
 
     async def test_no_factory_start_and_stop_lines(self) -> None:
         daemon = await self.start_daemon()
