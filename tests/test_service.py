@@ -25,6 +25,7 @@ from wecompany.config import Config
 from wecompany.connections import CappedFactory
 from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
+from wecompany.domain.stats import Stats
 from wecompany.errors import Unavailable
 from wecompany.runtime import CollectorTuning
 from wecompany.service import CannotStart, Listener, WeCompanyService, listen_failure
@@ -105,7 +106,7 @@ class RecordingFactory(WeCompanyFactory):
     def __init__(self, events: list, clock, calls) -> None:
         # Only the calls and the clock of a domain take part in a shutdown.
         super().__init__(SimpleNamespace(chat=None, accounts=None, calls=calls, files=None, auth_limiter=None,
-                                         clock=clock))
+                                         clock=clock, stats=Stats()))
         self.events = events
 
     def shutdown(self, grace: float = 3.0) -> Deferred:
