@@ -458,6 +458,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIsNone(service.recorder)
         self.assertTrue(service.handle_signals)
         self.assertEqual(service.collector, CollectorTuning())  # the daemon's, on the real gc module
+        self.assertIsNotNone(service.collector.pauses)  # timing every collection, for the metrics
         self.assertIsNotNone(service.files)
         self.assertEqual(service.reactor, self.reactor)
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))

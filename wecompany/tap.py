@@ -199,12 +199,13 @@ def with_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def build_store(config: Config, reactor, user_caches=(), meeting_caches=()):
+def build_store(config: Config, reactor, user_caches=(), meeting_caches=(), query_timings=None):
     """
     The store ``--database`` names: SQLite (the default) or PostgreSQL, not
-    yet started, telling ``user_caches`` and ``meeting_caches`` of its writes.
+    yet started, telling ``user_caches`` and ``meeting_caches`` of its writes
+    (and ``query_timings`` how long each call took).
     """
-    caches = {"user_caches": user_caches, "meeting_caches": meeting_caches}
+    caches = {"user_caches": user_caches, "meeting_caches": meeting_caches, "query_timings": query_timings}
     if config.database_kind == "postgresql":
         try:
             from wecompany.store.postgres import PostgreSQLStore
@@ -230,7 +231,8 @@ def build_service(config: Config, reactor):
     from wecompany.ai.processes import EngineProcesses
     from wecompany.ai.service import AIEngines
     from wecompany.api.app import RestAPI
-    from wecompany.api.metrics import Metrics
+    from wecompany.api.metrics import DB_BUCKETS, GC_BUCKETS, Metrics
+    from wecompany.domain.stats import Timings
     from wecompany.api.ai import ai_body_limits
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
@@ -272,7 +274,8 @@ def build_service(config: Config, reactor):
         user_relay, meeting_relay = relays(redis_link, all_channel(config.redis_prefix), config.node_id)
         user_caches.append(user_relay)
         meeting_caches.append(meeting_relay)
-    store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches)
+    store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches,
+                        query_timings=Timings(DB_BUCKETS))
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
     sqlite_path = config.sqlite_path  # None for PostgreSQL
@@ -329,7 +332,8 @@ def build_service(config: Config, reactor):
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path,
                                  trusted_proxies=trusted)
-    metrics = Metrics(domain, tcp_factory)
+    gc_pauses = Timings(GC_BUCKETS)  # fed by the collector's callback (CollectorTuning)
+    metrics = Metrics(domain, tcp_factory, gc_pauses=gc_pauses)
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain),
                      metrics=metrics, serve_metrics=config.metrics_port is None, signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
@@ -383,5 +387,5 @@ def build_service(config: Config, reactor):
                             threadpools=(hash_pool, disk_pool, media_pool), process_pools=(ai_processes,),
                             recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node,
+                            collector=CollectorTuning(pauses=gc_pauses), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs)

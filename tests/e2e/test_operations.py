@@ -37,6 +37,11 @@ class MetricsListenerTests(OperationsTestCase):
         self.assertEqual(response.code, 200, body)
         self.assertIn(b"wecompany_http_requests_total", body)
         self.assertIn(b"wecompany_tcp_connections", body)
+        for name in (b"wecompany_db_query_duration_seconds_bucket", b"wecompany_logins_total",
+                     b"wecompany_tcp_frames_total", b"process_cpu_seconds_total", b"python_info",
+                     b"python_gc_collections_total"):
+            self.assertIn(name, body)
+        self.assertNotIn(b"_created", body)
         response, _ = await self.get(daemon.http_port, "/metrics")
         self.assertEqual(response.code, 404)
         response, _ = await self.get(daemon.ports["metrics"], "/health")
