@@ -12,6 +12,7 @@ import stat
 import tempfile
 from types import SimpleNamespace
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -27,6 +28,7 @@ from wecompany.connections import CappedFactory
 from wecompany.control import ControlFactory
 from wecompany.domain.calls import CallService
 from wecompany.domain.events import CallEnded
+from wecompany.domain.stats import Stats
 from wecompany.errors import Unavailable
 from wecompany.runtime import CollectorTuning
 from wecompany.service import CannotStart, Listener, WeCompanyService, listen_failure
@@ -74,6 +76,9 @@ class FakePort:
         self.events.append(f"{self.name} stop listening")
         return succeed(None)
 
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 4000 + len(self.name))
+
 
 class FakeEndpoint:
     """An IStreamServerEndpoint that records ``listen`` and answers with ``result``."""
@@ -104,7 +109,7 @@ class RecordingFactory(WeCompanyFactory):
     def __init__(self, events: list, clock, calls) -> None:
         # Only the calls and the clock of a domain take part in a shutdown.
         super().__init__(SimpleNamespace(chat=None, accounts=None, calls=calls, files=None, auth_limiter=None,
-                                         clock=clock))
+                                         clock=clock, stats=Stats()))
         self.events = events
 
     def shutdown(self, grace: float = 3.0) -> Deferred:
@@ -226,6 +231,15 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.assertNoResult(service.ready)
         self.store.gate.callback(None)
         self.assertIsNone(self.successResultOf(service.ready))
+
+    def test_each_listener_says_where_it_listens(self) -> None:
+        """One line per listener, naming its port: the e2e harness (tests/e2e/daemon.py) reads them."""
+        from twisted.logger import capturedLogs, formatEvent
+        service = self.make_service()
+        with capturedLogs() as events:
+            service.privilegedStartService()
+        lines = [formatEvent(e) for e in events if "listening on" in e.get("log_format", "")]
+        self.assertEqual(lines, ["listening on port 4003 for tcp", "listening on port 4004 for http"])
 
     def test_collector_tuned_at_start_and_start_up_frozen_once_ready(self) -> None:
         service = self.make_service(collector=CollectorTuning(collector=RecordingCollector(self.events)))
@@ -456,6 +470,7 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertIsNone(service.recorder)
         self.assertTrue(service.handle_signals)
         self.assertEqual(service.collector, CollectorTuning())  # the daemon's, on the real gc module
+        self.assertIsNotNone(service.collector.pauses)  # timing every collection, for the metrics
         self.assertIsNotNone(service.files)
         self.assertEqual(service.reactor, self.reactor)
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt.secret")))
@@ -518,6 +533,36 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual([(port, interface) for port, _, _, interface in self.reactor.tcpServers],
                          [(7001, "127.0.0.1"), (7002, "")])
         self.assertIs(self.reactor.tcpServers[0][1], service.tcp_factory)
+
+    def test_a_metrics_port_serves_metrics_apart_from_the_http_site(self) -> None:
+        from treq.testing import StubTreq
+        service = self.build(metrics_port="tcp:9100:interface=127.0.0.1")
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http", "metrics"])
+        metrics = service.listeners[2]
+        self.assertEqual((metrics.option, metrics.description), ("metrics-port", "tcp:9100:interface=127.0.0.1"))
+        self.assertFalse(metrics.factory.noisy)
+        site = service.listeners[1].factory.wrappedFactory
+
+        def get(resource, path):
+            response = self.successResultOf(StubTreq(resource).get(f"http://localhost{path}"))
+            return response.code, self.successResultOf(response.content())
+
+        code, body = get(metrics.factory.resource, "/metrics")
+        self.assertEqual(code, 200)
+        self.assertIn(b"wecompany_http_requests", body)
+        self.assertEqual(get(metrics.factory.resource, "/health")[0], 404)  # only the metrics there
+        self.assertEqual(get(site.resource, "/metrics")[0], 404)
+        service.privilegedStartService()
+        self.assertEqual([(port, interface) for port, _, _, interface in self.reactor.tcpServers],
+                         [(7001, "127.0.0.1"), (7002, ""), (9100, "127.0.0.1")])
+
+    def test_without_a_metrics_port_metrics_are_on_the_http_site(self) -> None:
+        from treq.testing import StubTreq
+        service = self.build()
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
+        site = service.listeners[1].factory.wrappedFactory
+        response = self.successResultOf(StubTreq(site.resource).get("http://localhost/metrics"))
+        self.assertEqual(response.code, 200)
 
     def test_record_calls(self) -> None:
         service = self.build(record_calls=os.path.join(self.data_dir, "recordings"))

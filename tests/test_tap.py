@@ -180,6 +180,34 @@ class PidFileTests(SynchronousTestCase):
             self.assertEqual(options["pidfile"], expected, argv)
 
 
+class LoggerTests(SynchronousTestCase):
+    """--log-format and --log-level become twistd's --logger, writing where twistd would."""
+
+    parse_as_twistd = PidFileTests.parse_as_twistd
+
+    def setUp(self) -> None:
+        from wecompany import logs
+        self.addCleanup(setattr, logs, "_chosen", logs.chosen_factory())
+
+    def test_the_plugin_installs_its_observer_factory(self) -> None:
+        from wecompany.logs import ObserverFactory, chosen_factory, twistd_observer
+        data = os.path.abspath(self.mktemp())
+        options = self.parse_as_twistd(["-n", "--logfile", "/var/log/wc.log", "wecompany", "--data-dir", data,
+                                        "--log-format", "json", "--log-level", "warn"])
+        self.assertIs(options["logger"], twistd_observer)  # twistd imported the name
+        self.assertEqual(chosen_factory(), ObserverFactory("json", "warn", logfile="/var/log/wc.log",
+                                                           nodaemon=True))
+        self.parse_as_twistd(["wecompany", "--data-dir", data])
+        self.assertEqual(chosen_factory(), ObserverFactory("text", "info"))
+
+    def test_an_explicit_logger_is_kept(self) -> None:
+        data = os.path.abspath(self.mktemp())
+        options = self.parse_as_twistd(["--logger", "twisted.logger.textFileLogObserver", "wecompany",
+                                        "--data-dir", data, "--log-format", "json"])
+        from twisted.logger import textFileLogObserver
+        self.assertIs(options["logger"], textFileLogObserver)
+
+
 class FileStorageStartupTests(SynchronousTestCase):
     """What --file-storage needs is checked when the options are, before anything listens."""
 

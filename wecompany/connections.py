@@ -113,6 +113,7 @@ class CappedFactory(WrappingFactory):
     """
 
     protocol = _Counted
+    noisy = False
 
     def __init__(self, wrapped, counter: AddressCounter, refusal: bytes) -> None:
         super().__init__(wrapped)

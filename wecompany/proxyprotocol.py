@@ -284,6 +284,7 @@ class ProxyHeaderFactory(WrappingFactory):
     """
 
     protocol = ProxyHeaderProtocol
+    noisy = False
     log = Logger()
 
     def __init__(self, wrappedFactory, trusted, clock, timeout: float = HEADER_TIMEOUT) -> None:

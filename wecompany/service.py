@@ -189,7 +189,16 @@ class WeCompanyService(MultiService):
             d.addErrback(lambda f: None)  # raised below instead
             outcome[0].raiseException()
         else:
-            self.ports[listener.name] = outcome[0]
+            self._listening(listener.name, outcome[0])
+
+    def _listening(self, name: str, port) -> None:
+        """Keep the port, and say where it listens: one line per listener (the e2e harness reads it)."""
+        self.ports[name] = port
+        host = port.getHost()
+        where = getattr(host, "port", None)
+        if where is None:  # a UNIX socket
+            where = getattr(host, "name", host)
+        self.log.info("listening on port {port_number} for {listener}", port_number=where, listener=name)
 
     def startService(self) -> None:
         if not self._prepared:
@@ -218,7 +227,7 @@ class WeCompanyService(MultiService):
                 self.log.failure("removing interrupted uploads failed")
         while self._pending and not self._stopping:
             name, d = self._pending.pop(0)
-            self.ports[name] = await d
+            self._listening(name, await d)
         if self._stopping:
             return
         if self.collector is not None:

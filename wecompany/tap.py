@@ -114,6 +114,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         if self.parent is not None:
             self._place_pid_file(self.parent)
+            # --log-format and --log-level: twistd's --logger, writing where twistd would.
+            from wecompany.logs import install_observer_factory
+            install_observer_factory(self.parent, self.config.log_format, self.config.log_level)
 
     def _place_pid_file(self, twistd_options) -> None:
         """
@@ -196,12 +199,13 @@ def with_backlog(endpoint: str) -> str:
     return endpoint
 
 
-def build_store(config: Config, reactor, user_caches=(), meeting_caches=()):
+def build_store(config: Config, reactor, user_caches=(), meeting_caches=(), query_timings=None):
     """
     The store ``--database`` names: SQLite (the default) or PostgreSQL, not
-    yet started, telling ``user_caches`` and ``meeting_caches`` of its writes.
+    yet started, telling ``user_caches`` and ``meeting_caches`` of its writes
+    (and ``query_timings`` how long each call took).
     """
-    caches = {"user_caches": user_caches, "meeting_caches": meeting_caches}
+    caches = {"user_caches": user_caches, "meeting_caches": meeting_caches, "query_timings": query_timings}
     if config.database_kind == "postgresql":
         try:
             from wecompany.store.postgres import PostgreSQLStore
@@ -242,7 +246,8 @@ def build_service(config: Config, reactor):
     from wecompany.ai.processes import EngineProcesses
     from wecompany.ai.service import AIEngines
     from wecompany.api.app import RestAPI
-    from wecompany.api.metrics import Metrics
+    from wecompany.api.metrics import DB_BUCKETS, GC_BUCKETS, Metrics
+    from wecompany.domain.stats import Timings
     from wecompany.api.ai import ai_body_limits
     from wecompany.api.users import MAX_AVATAR
     from wecompany.config import load_or_create_secret
@@ -258,7 +263,7 @@ def build_service(config: Config, reactor):
     from wecompany.signaling.protocol import SignalingFactory
     from wecompany.tcp.protocol import WeCompanyFactory
     from wecompany.web.channel import TimeoutPolicy
-    from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_site
+    from wecompany.web.site import TOO_MANY_CONNECTIONS, free_bytes, make_metrics_site, make_site
 
     check_startup(config)
     # The store tells the caches of its writes; in a cluster it also tells
@@ -282,7 +287,8 @@ def build_service(config: Config, reactor):
     if config.web_root is not None and not os.path.isfile(os.path.join(config.web_root, "index.html")):
         raise usage.UsageError(f"--web-root: {config.web_root} has no index.html (give the directory of a "
                                "built web client)")
-    store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches)
+    store = build_store(config, reactor, user_caches=user_caches, meeting_caches=meeting_caches,
+                        query_timings=Timings(DB_BUCKETS))
     make_private_dir(config.data_dir)
     secret = config.jwt_secret or load_or_create_secret(config.data_dir)
     sqlite_path = config.sqlite_path  # None for PostgreSQL
@@ -339,13 +345,14 @@ def build_service(config: Config, reactor):
                                  ping_interval=config.ws_ping_interval, ping_timeout=config.ws_ping_timeout,
                                  allowed_origins=config.allowed_origins, fast_path=config.ws_fast_path,
                                  trusted_proxies=trusted)
-    metrics = Metrics(domain, tcp_factory)
+    gc_pauses = Timings(GC_BUCKETS)  # fed by the collector's callback (CollectorTuning)
+    metrics = Metrics(domain, tcp_factory, gc_pauses=gc_pauses)
     # The console's live dashboard (GET /api/v1/admin/live), its REST latencies read from the metrics.
-    from wecompany.api.live import histogram_reader
+    from wecompany.api.live import timings_reader
     from wecompany.domain.dashboard import Dashboard, DashboardFeed
-    live_feed = DashboardFeed(Dashboard(domain, latency=histogram_reader(metrics.latency)), reactor)
+    live_feed = DashboardFeed(Dashboard(domain, latency=timings_reader(metrics.latency)), reactor)
     site = make_site(domain.store, domain, reactor=reactor, api=RestAPI(domain, live_feed=live_feed),
-                     metrics=metrics, signaling=signaling,
+                     metrics=metrics, serve_metrics=config.metrics_port is None, signaling=signaling,
                      free_space=partial(run_disk, free_bytes, config.data_dir),
                      body_limits=((b"/api/v1/users/upload-avatar", MAX_AVATAR + (64 << 10)),
                                   *ai_body_limits(config.ai_max_audio_bytes)),
@@ -367,6 +374,10 @@ def build_service(config: Config, reactor):
 
     listeners = [listener("tcp", "port", config.port, tcp_factory),
                  listener("http", "http-port", config.http_port, http_factory)]
+    if config.metrics_port is not None:  # /metrics apart from the clients (and off the HTTP site)
+        listeners.append(Listener("metrics", serverFromString(reactor, config.metrics_port),
+                                  make_metrics_site(metrics, reactor), description=config.metrics_port,
+                                  option="metrics-port"))
     if node_links is not None:
         listeners.append(Listener("node-link", serverFromString(reactor, config.node_link), node_links.factory(),
                                   on_listening=node_links.listening, description=config.node_link,
@@ -399,7 +410,7 @@ def build_service(config: Config, reactor):
                             threadpools=(hash_pool, disk_pool, media_pool), process_pools=(ai_processes,),
                             recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
-                            collector=CollectorTuning(), files=domain.files, cluster_node=cluster_node,
+                            collector=CollectorTuning(pauses=gc_pauses), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs)
 
 

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.api.harness import Api
 from tests.helpers import FakeClient
-from wecompany.api.live import LiveStream, histogram_reader
+from wecompany.api.live import LiveStream, timings_reader
 from wecompany.api.metrics import Metrics
 from wecompany.domain.dashboard import Dashboard, DashboardFeed
 from wecompany.errors import Forbidden
@@ -98,7 +98,7 @@ class LiveEndpointTests(SynchronousTestCase):
 
     def test_rest_requests_appear_in_the_latency(self):
         metrics = Metrics(self.api.domain)
-        dashboard = Dashboard(self.api.domain, latency=histogram_reader(metrics.latency))
+        dashboard = Dashboard(self.api.domain, latency=timings_reader(metrics.latency))
         dashboard.snapshot(self.clock.seconds())
         metrics.observe("/api/v1/users/profile", "GET", 200, 0.004)
         metrics.observe("/api/v1/admin/live", "GET", 200, 600.0)  # a stream that ended: not a latency

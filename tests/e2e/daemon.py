@@ -29,9 +29,9 @@ POLL_INTERVAL = 0.02
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
-# The factories, maybe wrapped: "WeCompanySite (CappedFactory) (PROXY) starting on 8000".
-_TCP_PORT = re.compile(r"WeCompanyFactory (?:\(\w+\) )*starting on (\d+)")
-_HTTP_PORT = re.compile(r"WeCompanySite (?:\(\w+\) )*starting on (\d+)")
+# The daemon's own line per listener (wecompany.service): "listening on port 8000 for http",
+# in the text log and, as the "text" field, in the JSON one.
+_LISTENING = re.compile(r"listening on port (\d+) for ([\w-]+)")
 _READY = "WeCompany is ready"
 
 # Both listen on a free loopback port; the log says which.
@@ -109,6 +109,8 @@ class Daemon:
         self.log_path: str | None = None
         self.tcp_port: int | None = None
         self.http_port: int | None = None
+        #: Each listener's port by name ("tcp", "http", "metrics", ...), from the log.
+        self.ports: dict[str, int] = {}
         self._process: _DaemonProcess | None = None
         testcase.addCleanup(self.kill)
 
@@ -128,6 +130,7 @@ class Daemon:
         self.runs += 1
         self.log_path = os.path.join(self.base_dir, f"daemon-{self.runs}.log")
         self.tcp_port = self.http_port = None
+        self.ports = {}
         self._process = _DaemonProcess()
         argv = self.argv(self.log_path)
         self.reactor.spawnProcess(self._process, argv[0], argv, env=self.environ or daemon_environment(),
@@ -167,12 +170,13 @@ class Daemon:
             text = self.log_text()
             if _READY not in text:
                 return None
-            tcp, http = _TCP_PORT.search(text), _HTTP_PORT.search(text)
-            if tcp is None or http is None:
+            ports = {name: int(port) for port, name in _LISTENING.findall(text)}
+            if "tcp" not in ports or "http" not in ports:
                 self.testcase.fail(f"the daemon is ready but did not log both ports\n{self.report()}")
-            return int(tcp.group(1)), int(http.group(1))
+            return ports
 
-        self.tcp_port, self.http_port = await self.wait_for(ready, "the daemon to be ready", timeout)
+        self.ports = await self.wait_for(ready, "the daemon to be ready", timeout)
+        self.tcp_port, self.http_port = self.ports["tcp"], self.ports["http"]
         return self
 
     async def wait_for(self, condition, what: str, timeout: float = START_TIMEOUT,

@@ -284,7 +284,7 @@ class LifecycleTests(DaemonTestCase):
             self.assertNotEqual(status, 0, daemon.report())
             self.assertIn(named, daemon.output, daemon.report())
             everything = daemon.output + daemon.log_text()
-            self.assertNotIn("starting on", everything)
+            self.assertNotIn("listening on", everything)
             self.assertNotIn("WeCompany is ready", everything)
 
     async def test_start_up_failure_exits_non_zero(self) -> None:

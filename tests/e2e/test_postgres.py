@@ -68,7 +68,7 @@ class PostgreSQLDaemonTests(DaemonTestCase):
         self.assertNotEqual(status, 0, report)
         self.assertIn(f"cannot connect to the PostgreSQL database postgresql://wc@127.0.0.1:{port}/wecompany", report)
         self.assertNotIn("e2e-s3cret", report)
-        self.assertNotIn("starting on", report)  # no port was opened
+        self.assertNotIn("listening on", report)  # no port was opened
 
 
 def _without_password(url: str) -> str:

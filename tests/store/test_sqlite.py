@@ -52,6 +52,24 @@ class SQLiteOnlyTests(TestCase):
         await store.start()
         return store
 
+    async def test_every_call_is_timed_by_its_operation(self):
+        """The store's one run-in-thread path reports each call's latency under its operation's name."""
+        from wecompany.domain.stats import Timings
+        from wecompany.store.sql import operation_name
+        timings = Timings((0.001, 10.0))
+        store = SQLiteStore(":memory:", reactor, query_timings=timings)
+        await store.start()
+        self.addCleanup(store.stop)
+        await store.ping()
+        await store.ping()
+        await store.create_user("Alice", "argon2-hash", "alice@example.com", "Al", NOW)
+        await store.get_user_by_login("alice")
+        self.assertEqual(sum(timings.data["ping"][:-1]), 2)
+        self.assertEqual(sum(timings.data["user_by_login"][:-1]), 1)
+        self.assertIn("create_user", timings.data)
+        self.assertGreater(timings.data["ping"][-1], 0.0)
+        self.assertEqual(operation_name(lambda txn: None), "other")
+
     async def test_a_number_no_column_holds_is_invalid_input(self):
         # The transports bound ids; this is the backstop for one that slips through.
         store = await self.open_store()

@@ -136,23 +136,84 @@ class AccessLogTests(SynchronousTestCase):
         store.start()
         site = make_site(store)
         treq, agent = site_client(site)
+        responses = []
         for query in ("token=secret", "x=1"):
-            d = treq.get(f"http://localhost/health?{query}")
+            d = treq.get(f"http://localhost/health?{query}",
+                         headers={"User-Agent": "probe/1.0", "Authorization": "Bearer s3cret-token",
+                                  "Cookie": "session=s3cret-cookie"})
             agent.flush()
-            self.successResultOf(self.successResultOf(d).content())
+            responses.append(self.successResultOf(d))
+            self.successResultOf(responses[-1].content())
         d = treq.get("http://localhost/nowhere")
         agent.flush()
-        self.successResultOf(self.successResultOf(d).content())
+        responses.append(self.successResultOf(d))
+        self.successResultOf(responses[-1].content())
         self.assertEqual(self.access(events), [])  # at the end of the reactor's turn
         site.reactor.advance(0)
         [event] = self.access(events)
         lines = formatEvent(event).split("\n")
         self.assertEqual(len(lines), 3)
-        for line, path, code in zip(lines, ["/health", "/health", "/nowhere"], [200, 200, 404]):
-            self.assertRegex(line, rf"^\S+ GET {path} {code} \d+$")
-        self.assertNotIn("secret", formatEvent(event))
-        self.assertEqual([r[1:4] for r in event["requests"]],
-                         [("GET", "/health", 200), ("GET", "/health", 200), ("GET", "/nowhere", 404)])
+        ids = [response.headers.getRawHeaders("x-request-id")[0] for response in responses]
+        self.assertEqual(len(set(ids)), 3)  # one per request, each response carrying its own
+        for line, path, code, rid, agent_ in zip(lines, ["/health", "/health", "/nowhere"], [200, 200, 404], ids,
+                                                 ["probe/1.0", "probe/1.0", ""]):
+            self.assertRegex(line, rf'^\S+ GET {path} {code} \d+ \d+\.\dms {rid} "{agent_}"$')
+        self.assertNotIn("s3cret", formatEvent(event))
+        self.assertNotIn("s3cret", repr(event))
+        self.assertEqual([(r["method"], r["path"], r["status"], r["request_id"], r["user_agent"])
+                          for r in event["requests"]],
+                         [("GET", "/health", 200, ids[0], "probe/1.0"), ("GET", "/health", 200, ids[1], "probe/1.0"),
+                          ("GET", "/nowhere", 404, ids[2], "")])
+
+    def test_the_duration_is_from_the_request_in_to_its_end(self):
+        from twisted.logger import globalLogPublisher
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET
+
+        from tests.sitetesting import site_client
+        from wecompany.web.site import WeCompanySite
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        waiting = []
+
+        class Slow(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                waiting.append(request)
+                return NOT_DONE_YET
+
+        from twisted.internet.testing import MemoryReactorClock
+        site = WeCompanySite(Slow(), reactor=MemoryReactorClock())
+        treq, agent = site_client(site)
+        d = treq.get("http://localhost/slow")
+        agent.flush()
+        site.reactor.advance(0.25)
+        waiting[0].write(b"done")
+        waiting[0].finish()
+        agent.flush()
+        self.successResultOf(d)
+        site.reactor.advance(0)
+        [request] = [r for e in self.access(events) for r in e["requests"]]
+        self.assertEqual(request["duration_ms"], 250.0)
+
+    def test_a_user_agent_cannot_break_the_line(self):
+        from twisted.internet.task import Clock
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from wecompany.web.site import AccessLog
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        log = AccessLog(Clock())
+        log.add("127.0.0.1", "GET", "/", 200, 1, duration=0.001, request_id="r1",
+                user_agent='evil" 200\n127.0.0.1 GET /admin')
+        log.flush()
+        [event] = self.access(events)
+        self.assertEqual(formatEvent(event), '127.0.0.1 GET / 200 1 1.0ms r1 "evil\\x22 200\\x0a127.0.0.1 GET /admin"')
 
     @staticmethod
     def access(events):
@@ -204,7 +265,7 @@ class ClientAddressTests(SynchronousTestCase):
         agent.flush()
         self.successResultOf(self.successResultOf(d).content())
         site.reactor.advance(0)
-        return [r[0] for e in events if e.get("log_namespace") == "wecompany.access" for r in e["requests"]]
+        return [r["client"] for e in events if e.get("log_namespace") == "wecompany.access" for r in e["requests"]]
 
     def test_from_a_trusted_proxy(self):
         self.assertEqual(self.logged_clients("127.0.0.1", "198.51.100.1, 203.0.113.9"), ["203.0.113.9"])

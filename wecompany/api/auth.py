@@ -5,7 +5,7 @@ from __future__ import annotations
 from wecompany.api.routing import PUBLIC, Call, endpoint
 from wecompany.api.validation import Field
 from wecompany.api.views import MESSAGE_SCHEMA, TOKENS_SCHEMA, USER_SCHEMA, user_view
-from wecompany.errors import InvalidCredentials, InvalidInput
+from wecompany.errors import InvalidCredentials, InvalidInput, WeCompanyError
 
 PASSWORD = Field("string", required=True, min_length=1, max_length=1024)
 
@@ -34,8 +34,13 @@ class AuthRoutes:
             user, access, refresh = await self.credentials.login(call.body["username"], call.body["password"],
                                                                  self.client_address(call.request))
         except InvalidCredentials as e:
+            self.domain.stats.login("rest", ok=False)
             # The client family expects 400 with the reason for bad credentials.
             raise InvalidInput(e.message, error_code=e.error_code) from None
+        except WeCompanyError:  # refused (rate limits, a banned account)
+            self.domain.stats.login("rest", ok=False)
+            raise
+        self.domain.stats.login("rest", ok=True)
         return await self._tokens_view(user, access, refresh)
 
     @endpoint("POST", "/v1/auth/refresh", summary="Rotate a refresh token", tag="auth", auth=PUBLIC,

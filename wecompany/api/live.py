@@ -152,30 +152,31 @@ class _Subscriber:
                                 self.end("internal error")))
 
 
-def histogram_reader(histogram, skip_routes=("/api" + LIVE_PATH,)):
+def timings_reader(timings, skip_routes=("/api" + LIVE_PATH,)):
     """
-    A callable -> :class:`LatencyReading` of a Prometheus latency histogram
-    labelled by route (``Metrics.latency``), summed over the routes but
-    ``skip_routes`` (the live stream itself lasts minutes). Read through
-    the collector's public ``collect()``.
+    A callable -> :class:`LatencyReading` of the site's request latencies
+    (``Metrics.latency``, a :class:`~wecompany.domain.stats.Timings` by
+    route), summed over the routes but ``skip_routes`` (the live stream
+    itself lasts minutes); the counts are cumulative, as Prometheus's
+    ``le`` buckets are, with ``inf`` last.
     """
     skipped = frozenset(skip_routes)
 
     def read() -> LatencyReading:
-        buckets: dict[float, float] = {}
-        total = count = 0.0
-        for family in histogram.collect():
-            for sample in family.samples:
-                if sample.labels.get("route") in skipped:
-                    continue
-                if sample.name.endswith("_bucket"):
-                    bound = float(sample.labels["le"])
-                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
-                elif sample.name.endswith("_sum"):
-                    total += sample.value
-                elif sample.name.endswith("_count"):
-                    count += sample.value
-        bounds = tuple(sorted(buckets))
-        return LatencyReading(bounds, tuple(buckets[b] for b in bounds), total, count)
+        width = len(timings.buckets) + 1
+        per_bucket = [0] * width
+        total = 0.0
+        for route, row in list(timings.data.items()):
+            if route in skipped:
+                continue
+            for index in range(width):
+                per_bucket[index] += row[index]
+            total += row[-1]
+        cumulative, running = [], 0
+        for n in per_bucket:
+            running += n
+            cumulative.append(float(running))
+        bounds = (*timings.buckets, float("inf"))
+        return LatencyReading(bounds, tuple(cumulative), total, float(running))
 
     return read

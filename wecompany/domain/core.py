@@ -31,6 +31,7 @@ from wecompany.mirror.jobs import JobMirror
 from wecompany.domain.meetingpages import MeetingPages
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
+from wecompany.domain.stats import Stats
 from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
 from wecompany.domain.recording import CallRecorder
 from wecompany.domain.rooms import RoomService
@@ -96,6 +97,8 @@ class Domain:
     processing: MediaProcessing
     #: The AI engines and their bounded pool (wecompany.ai.service).
     ai: AIService | None = None
+    #: Counts the transports keep for the metrics (logins, frames, WebSocket messages).
+    stats: Stats = attrs.field(factory=Stats)
 
     def live_counts(self) -> dict:
         """

@@ -103,15 +103,27 @@ class LoginGuard:
         self.targets = FailureCounter(clock, per_target, window, max_keys)
         self.window = window
         self.shared = shared
+        self.refused = 0  # attempts refused (metrics)
 
     async def check_address(self, address: str) -> None:
         """Refuse an address with no attempt left before anything is looked up for it."""
-        if self.shared is not None and await self.shared.check(address, self.addresses.max_failures):
-            return
-        self.addresses.check(address)
+        try:
+            if self.shared is not None and await self.shared.check(address, self.addresses.max_failures):
+                return
+            self.addresses.check(address)
+        except RateLimited:
+            self.refused += 1
+            raise
 
     async def attempt(self, address: str, target: str) -> "GuessAttempt":
         """Take a slot on ``address`` and ``target`` (or raise :class:`RateLimited`)."""
+        try:
+            return await self._attempt(address, target)
+        except RateLimited:
+            self.refused += 1
+            raise
+
+    async def _attempt(self, address: str, target: str) -> "GuessAttempt":
         if self.shared is not None and await self.shared.reserve(address, target, self.addresses.max_failures,
                                                                  self.targets.max_failures):
             return GuessAttempt(self, address, target, shared=True)
@@ -202,12 +214,17 @@ class KeyedRateLimiter:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.shared = shared
+        self.refused = 0  # requests refused (metrics)
 
     async def hit(self, key: str) -> None:
         """One request from ``key``: on the cluster's budget, or (alone, or without Redis) this node's."""
-        if self.shared is not None and await self.shared.hit(key, self.rate, self.burst):
-            return
-        self.hit_here(key)
+        try:
+            if self.shared is not None and await self.shared.hit(key, self.rate, self.burst):
+                return
+            self.hit_here(key)
+        except RateLimited:
+            self.refused += 1
+            raise
 
     def hit_here(self, key: str) -> None:
         bucket = self._buckets.get(key)

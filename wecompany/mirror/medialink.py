@@ -46,7 +46,6 @@ import hmac
 import json
 import secrets
 
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -178,7 +177,21 @@ class LinkProtocol(Int32StringReceiver):
         self.links.lost(self)
 
 
+class _OneLink(Factory):
+    """``connectProtocol``'s one-shot factory, without its "Starting factory" line at every link."""
+
+    noisy = False
+
+    def __init__(self, protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol_instance
+
+
 class _LinkFactory(Factory):
+    noisy = False
+
     def __init__(self, links: "NodeLinks") -> None:
         self.links = links
 
@@ -300,7 +313,7 @@ class NodeLinks:
             return
         self._connecting.add(node)
         try:
-            d = connectProtocol(self.connect(address), LinkProtocol(self, expected=node))
+            d = self.connect(address).connect(_OneLink(LinkProtocol(self, expected=node)))
         except Exception as error:  # a malformed address announced
             self._connecting.discard(node)
             self._failed(node, address, error)

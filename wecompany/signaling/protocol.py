@@ -107,9 +107,12 @@ class SignalingProtocol(WebSocketServerProtocol):
         try:
             user = await factory.accounts.authenticate_token(token)
         except Forbidden as e:
+            factory.stats.login("ws", ok=False)
             raise ConnectionDeny(403, e.message) from None
         except Unauthenticated as e:
+            factory.stats.login("ws", ok=False)
             raise ConnectionDeny(401, e.message) from None
+        factory.stats.login("ws", ok=True)
         if user.id != user_id:
             raise ConnectionDeny(403, "the token belongs to another user")
         try:
@@ -141,6 +144,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._gate.attach(self.transport)
             no_delay(self.transport)  # signaling and chat are interactive
         factory.connections.add(self)
+        factory.stats.ws_opened += 1
         factory.chat.open_session(self)
         if factory.shutting_down:
             self.disconnect(WeCompanyError("server is shutting down", code=503))
@@ -152,6 +156,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         factory.rooms.release(self)  # leaves the room, and stops following it if no one here is in it
         if self._open:
             self._open = False
+            factory.stats.ws_closed += 1
             factory.chat.close_session(self)
 
     # -- receiving --------------------------------------------------------------
@@ -159,6 +164,7 @@ class SignalingProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         factory = self.factory
+        factory.stats.ws_messages_in += 1
         # A large message costs more: decoding it on the reactor thread takes
         # time in proportion to its size (one token per 16 KiB).
         verdict = self._flood.check(1 + len(payload) // MESSAGE_COST_BYTES)
@@ -245,6 +251,7 @@ class SignalingProtocol(WebSocketServerProtocol):
             self._closing = True
             self.transport.abortConnection()
             return
+        self.factory.stats.ws_messages_out += 1
         self._send_prepared(message)
 
     def _prepared(self, event: SignalEvent) -> PreparedMessage:
@@ -319,6 +326,7 @@ class SignalingFactory(WebSocketServerFactory):
     """
 
     protocol = SignalingProtocol
+    noisy = False
     log = Logger()
 
     def __init__(self, domain, *, max_message: int = 1 << 20,
@@ -326,6 +334,7 @@ class SignalingFactory(WebSocketServerFactory):
                  ping_timeout: float = 60.0, allowed_origins=("*",), max_send_buffer: int | None = None,
                  reactor=None, fast_path: bool = True, trusted_proxies=NO_PROXIES) -> None:
         super().__init__(reactor=reactor)
+        self.stats = domain.stats  # connections, messages and logins, for the metrics
         self.trusted_proxies = trusted_proxies  # whose X-Forwarded-For names the client
         self.fast_path = fast_path
         self.fast_path_checked = False

@@ -190,6 +190,15 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def operation_name(interaction: Callable[..., Any]) -> str:
+    """A database call's name for the metrics: its interaction's, without ``_`` and ``_txn`` (bounded: methods)."""
+    name = getattr(interaction, "__name__", "")
+    if not name.isidentifier():  # a lambda
+        return "other"
+    name = name.strip("_")
+    return name[:-4] if name.endswith("_txn") else name or "other"
+
+
 @implementer(IStore, IMeetingStore, IMediaStore)
 @attrs.define
 class SQLStore:
@@ -224,6 +233,11 @@ class SQLStore:
     #: Told ``invalidate(meeting_id)`` once a write to a meeting's row is done
     #: (see :class:`~wecompany.domain.meetingpages.MeetingPages`).
     meeting_caches: Sequence[Any] = attrs.field(default=(), kw_only=True)
+    #: Told ``observe(operation, seconds)`` of every database call, from the
+    #: call to its answer (the wait for the pool's connection included), the
+    #: operation named after its interaction (``get_user_by_login``): a
+    #: :class:`~wecompany.domain.stats.Timings`, for the metrics; or None.
+    query_timings: Any = attrs.field(default=None, kw_only=True)
 
     def _make_pool(self) -> ConnectionPool:
         raise NotImplementedError
@@ -344,7 +358,21 @@ class SQLStore:
         if self._messages_pending:
             # Messages asked for before this keep their place in the queue.
             self._flush_messages()
-        return self._watch_storage(self._pool.runInteraction(self._transaction, write, interaction, *args), write)
+        return self._watch_storage(self._timed(operation_name(interaction),
+                                               self._pool.runInteraction(self._transaction, write, interaction,
+                                                                         *args)), write)
+
+    def _timed(self, operation: str, d: Deferred[Any]) -> Deferred[Any]:
+        timings, clock = self.query_timings, self._clock()
+        if timings is None or clock is None:
+            return d
+        started = clock.seconds()
+
+        def done(result: Any) -> Any:
+            timings.observe(operation, clock.seconds() - started)
+            return result
+
+        return d.addBoth(done)
 
     def _watch_storage(self, d: Deferred[Any], write: bool) -> Deferred[Any]:
         """
@@ -1034,8 +1062,8 @@ class SQLStore:
         batch, self._messages_pending = self._messages_pending, []
         self._message_batches += 1
         assert self._pool is not None
-        d = self._pool.runInteraction(self._transaction, True, self._add_meeting_messages_txn,
-                                      [item for item, _ in batch])
+        d = self._timed("add_meeting_messages", self._pool.runInteraction(
+            self._transaction, True, self._add_meeting_messages_txn, [item for item, _ in batch]))
         self._watch_storage(d, write=True).addBoth(self._messages_committed, [waiter for _, waiter in batch])
 
     def _messages_committed(self, outcome: list[Any] | Failure, waiters: list[Deferred[Any]]) -> None:

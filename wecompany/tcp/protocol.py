@@ -143,6 +143,9 @@ class WeCompanyProtocol(Int32StringReceiver):
         prefix = self._media_prefix
         if prefix is None or prefix[0] != call_id:
             prefix = self._media_prefix = (call_id, codec.media_prefix(call_id))
+        stats = self.factory.stats
+        stats.tcp_frames_out[MEDIA_TYPE] += 1
+        stats.tcp_bytes_out[MEDIA_TYPE] += len(prefix[1]) + len(data) + 4
         self.transport.writeSequence((_U32.pack(len(prefix[1]) + len(data)) + prefix[1], data))
         return True
 
@@ -169,6 +172,9 @@ class WeCompanyProtocol(Int32StringReceiver):
             self._closing = True
             self.transport.abortConnection()
             return False
+        stats = self.factory.stats
+        stats.tcp_frames_out[body[0]] += 1
+        stats.tcp_bytes_out[body[0]] += len(body) + 4
         self.transport.write(_frame(body))
         return True
 
@@ -198,6 +204,9 @@ class WeCompanyProtocol(Int32StringReceiver):
             self._malformed_frame(MalformedMessage("empty message"), codec.NO_TYPE)
             return
         t = frame[0]
+        stats = self.factory.stats
+        stats.tcp_frames_in[t] += 1
+        stats.tcp_bytes_in[t] += len(frame) + 4
         if t == MEDIA_TYPE and self.identity is not None:
             self._media(frame)
             return
@@ -309,6 +318,8 @@ class WeCompanyProtocol(Int32StringReceiver):
             else:
                 user = await accounts.authenticate_token(msg.token)
         except Exception as e:
+            if not isinstance(msg, codec.Register):
+                self.factory.stats.login("tcp", ok=False)
             if isinstance(e, WeCompanyError):
                 text = e.message
             else:
@@ -321,6 +332,8 @@ class WeCompanyProtocol(Int32StringReceiver):
                 self._closing = True
                 self._close_call = self._clock.callLater(self.factory.auth_fail_delay, self._close_now)
             return
+        if not isinstance(msg, codec.Register):
+            self.factory.stats.login("tcp", ok=True)
         self._logged_in(Identity.of_user(user), accounts.issue_token(user))
 
     async def _anonymous(self, t: int, frame: bytes) -> None:
@@ -494,6 +507,8 @@ class WeCompanyFactory(ServerFactory):
     of one address: one more is sent ERROR 503 and closed.
     """
 
+    noisy = False  # no "Starting factory" / "Stopping factory" lines: the service logs its listeners
+
     _log = Logger()
 
     def __init__(self, domain, *, max_frame: int = 1 << 20, login_timeout: float = 10.0, idle_timeout: float = 90.0,
@@ -506,6 +521,7 @@ class WeCompanyFactory(ServerFactory):
         self.calls = domain.calls
         self.files = domain.files
         self.auth_limiter = domain.auth_limiter
+        self.stats = domain.stats  # frames, bytes and logins, for the metrics
         self.clock = domain.clock
         self.max_frame = max_frame
         self.login_timeout = login_timeout

@@ -133,6 +133,8 @@ class LimitedRequest(Request):
             self._stream = None
         self._body_done = True
         self.wecompany_started = self.channel.site.reactor.seconds()
+        # Every response carries its request id, which its access-log line names.
+        self.setHeader(b"x-request-id", request_id_for(self).encode())
         super().requestReceived(command, path, version)
 
     def _release_upload(self, _) -> None:
@@ -160,6 +162,7 @@ class LimitedRequest(Request):
         body = dumps(answer)
         transport.write(b"HTTP/1.1 " + status + b"\r\n"
                         b"Content-Type: application/json; charset=utf-8\r\n"
+                        b"X-Request-Id: " + request_id_for(self).encode() + b"\r\n"
                         b"Connection: close\r\n"
                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         transport.loseConnection()

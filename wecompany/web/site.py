@@ -152,6 +152,7 @@ class WeCompanySite(Site):
     """
 
     protocol = DeadlineChannel
+    noisy = False
 
     def __init__(self, resource, *, reactor, metrics=None, body_limits=(), max_body=DEFAULT_MAX_BODY,
                  timeouts: TimeoutPolicy | None = None, form_limits: FormLimits | None = None, upload_sinks=(),
@@ -192,9 +193,14 @@ class WeCompanySite(Site):
         self._log_access(request)
 
     def _log_access(self, request) -> None:
+        started = getattr(request, "wecompany_started", None)
+        user_agent = request.requestHeaders.getRawHeaders(b"user-agent", [b""])[0]
         self.access_log.add(getattr(request.getClientAddress(), "host", "-"),
                             request.method.decode("ascii", "replace"), request.path.decode("ascii", "replace")[:200],
-                            request.code, request.sentLength)
+                            request.code, request.sentLength,
+                            duration=self.reactor.seconds() - started if started is not None else None,
+                            request_id=getattr(request, "wecompany_request_id", None) or "-",
+                            user_agent=user_agent.decode("latin-1")[:MAX_USER_AGENT])
 
     def stopFactory(self) -> None:
         self.access_log.flush()
@@ -206,10 +212,28 @@ class WeCompanySite(Site):
 _access_log = Logger(namespace="wecompany.access")
 
 
+#: Characters of a User-Agent header kept in the access log.
+MAX_USER_AGENT = 200
+
+
+def _quoted(text: str) -> str:
+    """``text`` in double quotes, its quotes, backslashes and control characters escaped: one field, one line."""
+    if text.isprintable() and '"' not in text and "\\" not in text:  # nearly always
+        return f'"{text}"'
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\x{ord(c):02x}" for c in text) + '"'
+
+
 class AccessLog:
     """
-    One line per finished request (client address, method, path without the
-    query string, status, bytes sent), in the ``wecompany.access`` log.
+    One line per finished request, in the ``wecompany.access`` log: client
+    address, method, path without the query string, status, bytes sent,
+    duration, request id (the ``X-Request-Id`` the response carries) and the
+    quoted user agent::
+
+        203.0.113.9 GET /api/v1/users/me 200 312 1.8ms 5f0c...0001 "WeCompanyQt/2.1"
+
+    Nothing else of the request is logged: no query string (it can carry a
+    token), no Authorization or Cookie header, no body.
 
     The lines of the requests finished in one turn of the reactor go out as
     one event, at the end of the turn (or once ``max_lines`` are waiting):
@@ -217,7 +241,10 @@ class AccessLog:
     (a timestamp, the format, a write() to the log file), which cost a
     quarter of a cheap authenticated request when every request was an
     event of its own. The event's text is the lines, one per request;
-    ``requests`` holds them as (client, method, path, code, length) tuples.
+    ``requests`` holds them as dicts (``client``, ``method``, ``path``,
+    ``status``, ``bytes``, ``duration_ms``, ``request_id``, ``user_agent``),
+    in the same order; the JSON log writes one object per request from them
+    (:mod:`wecompany.logs`).
     """
 
     def __init__(self, reactor, max_lines: int = 1000) -> None:
@@ -227,9 +254,14 @@ class AccessLog:
         self._requests: list[tuple] = []
         self._flush_call = None
 
-    def add(self, client: str, method: str, path: str, code: int, length: int) -> None:
-        self._lines.append(f"{client} {method} {path} {code} {length}")
-        self._requests.append((client, method, path, code, length))
+    def add(self, client: str, method: str, path: str, code: int, length: int, *, duration: float | None = None,
+            request_id: str = "-", user_agent: str = "") -> None:
+        ms = round(duration * 1000, 3) if duration is not None else None
+        shown = f"{ms:.1f}ms" if ms is not None else "-"
+        self._lines.append(f"{client} {method} {_quoted(path)[1:-1]} {code} {length} {shown} {request_id} "
+                           f"{_quoted(user_agent)}")
+        self._requests.append({"client": client, "method": method, "path": path, "status": code, "bytes": length,
+                               "duration_ms": ms, "request_id": request_id, "user_agent": user_agent})
         if len(self._lines) >= self.max_lines:
             self.flush()
         elif self._flush_call is None:
@@ -263,13 +295,15 @@ def _static_route(path: bytes) -> str:
 def make_site(store, live=None, reactor=None, api=None, metrics=None,
               body_limits=(), signaling=None, timeouts: TimeoutPolicy | None = None, free_space=None,
               trusted_proxies=NO_PROXIES, console: bool = False, web_root: str | None = None,
-              run_disk=None) -> Site:
+              run_disk=None, serve_metrics: bool = True) -> Site:
     """
     The root: ``/health``, ``/metrics``, ``/api`` when a REST API is given
     (and ``/api/docs/``, Swagger UI on its document),
     and ``/ws/signaling`` when a signaling factory is. ``live``: the
     domain, whose live counts ``/health`` reports. ``trusted_proxies``: whose
-    X-Forwarded-For is believed.
+    X-Forwarded-For is believed. ``metrics`` counts the site's requests; with
+    ``serve_metrics`` false they are not served here (``--metrics-port``
+    serves them on :func:`make_metrics_site`), and ``/metrics`` is a 404.
 
     Every other path is static files (:mod:`wecompany.web.static`): those
     of ``web_root`` (a single-page app; the console then at ``/console/``)
@@ -281,7 +315,7 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
         reactor = Clock()
     root = _root(console, web_root, run_disk)
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
-    if metrics is not None:
+    if metrics is not None and serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics))
     upload_sinks = ()
     if api is not None:
@@ -314,3 +348,26 @@ def _root(console: bool, web_root: str | None, run_disk) -> Resource:
     if console:
         root.putChild(b"console", static.console_files(run_disk, mount=b"/console/"))
     return root
+
+
+class MetricsSite(Site):
+    """
+    The ``--metrics-port`` listener's site: ``/metrics`` and nothing else
+    (Synapse and LiveKit serve their metrics the same way, apart from the
+    clients). Scrapes are not access-logged: a Prometheus polling every few
+    seconds would drown the log.
+    """
+
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
+def make_metrics_site(metrics, reactor) -> Site:
+    """A site of its own serving ``metrics`` (a :class:`~wecompany.api.metrics.Metrics`) at ``/metrics``."""
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    site = MetricsSite(root, reactor=reactor)
+    site.displayTracebacks = False
+    return site
