@@ -537,7 +537,7 @@ class BuildServiceTests(SynchronousTestCase):
     def test_a_metrics_port_serves_metrics_apart_from_the_http_site(self) -> None:
         from treq.testing import StubTreq
         service = self.build(metrics_port="tcp:9100:interface=127.0.0.1")
-        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http", "metrics"])
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http", "metrics", "control"])
         metrics = service.listeners[2]
         self.assertEqual((metrics.option, metrics.description), ("metrics-port", "tcp:9100:interface=127.0.0.1"))
         self.assertFalse(metrics.factory.noisy)
@@ -559,7 +559,7 @@ class BuildServiceTests(SynchronousTestCase):
     def test_without_a_metrics_port_metrics_are_on_the_http_site(self) -> None:
         from treq.testing import StubTreq
         service = self.build()
-        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http"])
+        self.assertEqual([listener.name for listener in service.listeners], ["tcp", "http", "control"])
         site = service.listeners[1].factory.wrappedFactory
         response = self.successResultOf(StubTreq(site.resource).get("http://localhost/metrics"))
         self.assertEqual(response.code, 200)

@@ -317,6 +317,10 @@ def make_site(store, live=None, reactor=None, api=None, metrics=None,
     root.putChild(b"health", HealthResource(store, live, free_space, clock=reactor))
     if metrics is not None and serve_metrics:
         root.putChild(b"metrics", MetricsResource(metrics))
+    elif metrics is not None:
+        # On a listener of its own: here a plain 404, not the console's page.
+        from twisted.web.resource import NoResource
+        root.putChild(b"metrics", NoResource())
     upload_sinks = ()
     if api is not None:
         # /api/docs/ (Swagger UI, HTML) beside the API's JSON endpoints, which are everything else under /api.
