@@ -68,3 +68,33 @@ class MigrateTests(CommandTestMixin, TestCase):
         outcome = await self.ok("migrate")
         self.assertIn("schema version before: 2", outcome.out)
         self.assertIn(f"schema version after: {known_version()}", outcome.out)
+
+
+class PostgreSQLBackupTests(CommandTestMixin, TestCase):
+    """``wecompany backup`` with ``--database postgresql://...``: pg_dump, restored with pg_restore."""
+
+    async def test_a_dump_restores_into_an_empty_database(self) -> None:
+        import shutil
+        import subprocess
+
+        from tests import pgtesting
+        source = pgtesting.scratch_database(self)
+        if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+            if os.environ.get("CI"):
+                self.fail("pg_dump and pg_restore are needed (Debian: postgresql-client)")
+            self.skipTest("pg_dump or pg_restore is not installed")
+        await self.ok("--database", source, "user", "add", "alice", "--admin", "--password-stdin",
+                      stdin="Xq7-Lumen-Otter\n")
+        destination = os.path.join(self.base, "backup.dump")
+        outcome = await self.ok("--database", source, "backup", destination)
+        self.assertIn("not in the backup: the files", outcome.out)
+        self.assertEqual(stat.S_IMODE(os.stat(destination).st_mode), 0o600)
+        target = pgtesting.scratch_database(self)
+        restored = subprocess.run(["pg_restore", "--no-owner", "--dbname", target, destination],
+                                  capture_output=True, text=True, timeout=60)
+        self.assertEqual(restored.returncode, 0, restored.stderr)
+        copy = pgtesting.connect(self, target)
+        self.assertEqual(copy.execute("SELECT username, role FROM users ORDER BY id").fetchall(),
+                         [("alice", "admin")])
+        listed = await self.ok("--database", target, "user", "list")
+        self.assertIn("alice", listed.out)
