@@ -221,6 +221,7 @@ class FailureTests(ClusterCase):
         alice_ws = await ws_connect(self, n1.http_port, mid, people["alice"][0], "peer-alice", people["alice"][1])
         carol_ws = await ws_connect(self, n3.http_port, mid, people["carol"][0], "peer-carol", people["carol"][1])
         alice_ws.send({"type": "join"})
+        await next_message(alice_ws, "room-info")  # in the room first, or she would see the other in it, not join
         carol_ws.send({"type": "join"})
         await next_message(alice_ws, "user-joined")
         bob = await self.tcp_user(n1, "bob")
@@ -247,6 +248,7 @@ class FailureTests(ClusterCase):
         alice_ws = await ws_connect(self, n1.http_port, mid, people["alice"][0], "peer-alice", people["alice"][1])
         bob_ws = await ws_connect(self, n2.http_port, mid, people["bob"][0], "peer-bob", people["bob"][1])
         alice_ws.send({"type": "join"})
+        await next_message(alice_ws, "room-info")  # in the room first, or she would see the other in it, not join
         bob_ws.send({"type": "join"})
         await next_message(alice_ws, "user-joined")
         carol = await self.tcp_user(n1, "carol")
