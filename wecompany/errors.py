@@ -211,3 +211,15 @@ class QuotaExceeded(TooLarge):
 
     error_code = UPLOAD_FAILED
     default_message = "media quota exceeded"
+
+
+class PeerNotFound(NotFound):
+    """
+    An SFU peer id that is not (or no longer) open. The browser client tears
+    down and reconnects when a poll's 404 says ``peer not found``, so the
+    message keeps those words.
+    """
+
+    def __init__(self, peer_id: str) -> None:
+        super().__init__(f"peer not found: {peer_id}")
+        self.peer_id = peer_id
