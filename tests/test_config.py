@@ -472,3 +472,29 @@ class OperationsOptionTests(SynchronousTestCase):
         self.assertEqual(config.metrics_port, "tcp:9100:interface=127.0.0.1")
         # Port 0 twice is two free ports, not a clash.
         Config.from_sources({"port": "tcp:0", "http_port": "tcp:0", "metrics_port": "tcp:0"}, {}, None)
+
+
+class SfuOptionTests(SynchronousTestCase):
+    def test_defaults(self):
+        config = Config()
+        self.assertEqual((config.sfu, config.sfu_workers, config.sfu_addresses, config.sfu_public_address,
+                          config.sfu_udp_ports, config.sfu_require_token), (True, None, None, None, None, False))
+
+    def test_values(self):
+        config = Config(sfu="off", sfu_workers="3", sfu_addresses="127.0.0.1, ::1",
+                        sfu_public_address="203.0.113.5", sfu_udp_ports="40000 - 40099")
+        self.assertEqual((config.sfu, config.sfu_workers, config.sfu_addresses, config.sfu_public_address,
+                          config.sfu_udp_ports), (False, 3, ("127.0.0.1", "::1"), "203.0.113.5", (40000, 40099)))
+
+    def test_bad_values(self):
+        for name, value, words in (("sfu_udp_ports", "40000", "port range"),
+                                   ("sfu_udp_ports", "5000-4000", "LOW <= HIGH"),
+                                   ("sfu_udp_ports", "80-90", "1024"),
+                                   ("sfu_public_address", "example.com", "IP address"),
+                                   ("sfu_public_address", "192.0.2.1,192.0.2.2", "one IP address"),
+                                   ("sfu_addresses", "10.0.0.300", "IP address"),
+                                   ("sfu_workers", "0", "positive")):
+            with self.assertRaises(ConfigError) as caught:
+                Config(**{name: value})
+            self.assertIn(words, str(caught.exception))
+            self.assertIn(name.replace("_", "-"), str(caught.exception))

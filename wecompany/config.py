@@ -521,6 +521,41 @@ def parse_networks(name: str, value: object) -> tuple:
     return tuple(networks)
 
 
+def parse_addresses(name: str, value: object) -> tuple[str, ...]:
+    """Comma-separated IP addresses (``192.0.2.10, 2001:db8::1``), without ports."""
+    import ipaddress
+
+    addresses = []
+    for item in parse_list(name, value):
+        try:
+            addresses.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise _fail(name, item, "an IP address such as 192.0.2.10 or 2001:db8::1") from None
+    return tuple(addresses)
+
+
+def parse_address(name: str, value: object) -> str:
+    """One IP address (``192.0.2.10``), without a port."""
+    addresses = parse_addresses(name, value)
+    if len(addresses) != 1:
+        raise _fail(name, value, "one IP address such as 192.0.2.10")
+    return addresses[0]
+
+
+def parse_port_range(name: str, value: object) -> tuple[int, int]:
+    """A UDP port range ``LOW-HIGH`` (``40000-49999``), both ends included."""
+    if isinstance(value, tuple) and len(value) == 2:
+        low, high = value
+    else:
+        match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", str(value))
+        if match is None:
+            raise _fail(name, value, "a port range such as 40000-49999")
+        low, high = int(match.group(1)), int(match.group(2))
+    if not 1024 <= low <= high <= 65535:
+        raise _fail(name, value, "a port range LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+    return (low, high)
+
+
 def optional(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
     """Wrap ``parse`` so that ``None`` or an empty string means "not set"."""
 
@@ -706,6 +741,27 @@ class Config:
     synthesis_labels: tuple | None = _option(None, optional(parse_list),
                                              "comma-separated labels of the synthesis model's scores, in order, "
                                              "when it gives more than one and no labels")
+
+    # The meeting SFU (wecompany.sfu, docs/sfu.rst).
+    sfu: bool = _option(True, parse_bool,
+                        "serve the browser client's media path under /api/v1/webrtc, forwarding encoded "
+                        "audio and video between participants in worker processes (--no-sfu: those routes "
+                        "answer 503)")
+    sfu_workers: int | None = _option(None, optional(parse_count),
+                                      "media worker processes; each room lives in one (default: one per core)")
+    sfu_addresses: tuple | None = _option(None, optional(parse_addresses),
+                                          "comma-separated local addresses the media workers gather ICE host "
+                                          "candidates on (default: every interface but loopback)")
+    sfu_public_address: str | None = _option(None, optional(parse_address),
+                                             "address announced in the SFU's candidates instead of the local "
+                                             "one (a host behind 1:1 NAT, such as a cloud VM's public address)")
+    sfu_udp_ports: tuple | None = _option(None, optional(parse_port_range),
+                                          "UDP port range the media workers use, LOW-HIGH (default: any "
+                                          "free port); open it in the firewall")
+    sfu_require_token: bool = _option(False, parse_bool,
+                                      "require a Bearer token on every SFU call (the family's browser client "
+                                      "sends none; without this a peer is bound to the caller's open "
+                                      "signaling session: docs/sfu.rst says what that leaves open)")
 
     # Running it (docs/operations.rst).
     registration: str = _option("open", parse_choice("open", "closed"),
