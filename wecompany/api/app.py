@@ -18,6 +18,7 @@ from wecompany.api.meetings import MeetingRoutes, RenderedPages
 from wecompany.api.signaling import SignalingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
 from wecompany.api.users import UserRoutes
+from wecompany.api.webrtc import WebRTCRoutes
 from wecompany.errors import Forbidden, Unauthenticated
 
 CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csrf_token": {"type": "string"}}}
@@ -25,7 +26,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 @install
 class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, LiveRoutes, SignalingRoutes,
-              MediaRoutes, AIRoutes):
+              MediaRoutes, AIRoutes, WebRTCRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
@@ -52,6 +53,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.media = domain.media
         self.processing = domain.processing
         self.ai = domain.ai
+        self.sfu = domain.sfu
         self.rendered_pages = RenderedPages()
         self._openapi = None
         if live_feed is None:

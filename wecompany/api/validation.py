@@ -26,7 +26,9 @@ class Field:
     One field. ``kind``: ``string``, ``integer``, ``number``, ``boolean``,
     ``datetime`` (RFC 3339 string -> POSIX seconds), ``object`` (nested
     ``fields``; without them, any object, which the handler validates),
-    ``array`` (of anything; ``max_length`` items at most).
+    ``array`` (of anything; ``max_length`` items at most), ``id`` (a
+    positive id given as a JSON number or as its decimal string, as the
+    browser client's SFU calls send user ids).
     """
 
     kind: str
@@ -71,6 +73,11 @@ class Field:
                 raise InvalidInput(f"{name} must be an integer")
             if not -MAX_ID <= value <= MAX_ID:  # no database stores it, no id is that large
                 raise InvalidInput(f"{name} is out of range (at most {MAX_ID})")
+        elif kind == "id":
+            if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+                value = int(value, 10)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+                raise InvalidInput(f"{name} must be a positive id (a number or its decimal string)")
         elif kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InvalidInput(f"{name} must be a number")
@@ -114,6 +121,9 @@ class Field:
             schema = {"type": "array", "items": {}}
             if self.max_length is not None:
                 schema["maxItems"] = self.max_length
+        elif self.kind == "id":
+            schema = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                                {"type": "string", "pattern": "^[0-9]{1,20}$"}]}
         else:
             schema = {"type": self.kind}
         for key, attr in (("minLength", "min_length"), ("maxLength", "max_length" if self.kind != "array" else ""),

@@ -99,6 +99,8 @@ class Domain:
     ai: AIService | None = None
     #: Counts the transports keep for the metrics (logins, frames, WebSocket messages).
     stats: Stats = attrs.field(factory=Stats)
+    #: The meeting SFU (:class:`~wecompany.domain.sfu.SfuService`), or None (``--no-sfu``, or no media engine).
+    sfu: object | None = None
 
     def live_counts(self) -> dict:
         """
