@@ -296,6 +296,18 @@ class FramingTests(EngineTestBase):
         self.assertEqual(len([e for e in events if "not a protocol message" in e["log_format"]]), 2)
         self.open_peer(p, "room", "peer1")
 
+    def test_deeply_nested_json_is_not_a_crash(self) -> None:
+        (p,) = self.start()
+        p.feed(b"[" * 100_000 + b"\n")
+        self.assertEqual(p.signals, [])
+        self.open_peer(p, "room", "peer1")
+
+    def test_stdout_junk_logged_rate_limited(self) -> None:
+        (p,) = self.start()
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        p.feed(b"junk\n" * 1000)
+        self.assertEqual(len([e for e in events if "not a protocol message" in e["log_format"]]), 200)
+
     def test_request_lines_are_one_json_object_each(self) -> None:
         (p,) = self.start()
         self.engine.open_peer("room", "peer1", "v=0\r\na=x\n")
@@ -682,6 +694,25 @@ class SupervisionTests(EngineTestBase):
         self.assertEqual(self.successResultOf(d), "ans")
         self.successResultOf(dc)
 
+    def test_death_while_starting_fails_waiting_requests(self) -> None:
+        self.engine = self.make_engine(workers=1)
+        (p,) = self.start(up=False)
+        d = self.engine.open_peer("r1", "a", "o")
+        p.exit(code=1)
+        self.failureResultOf(d, Unavailable)
+        self.assertEqual(self.listener.calls, [("engine_lost", ["r1"])])
+        self.reactor.advance(1)
+        self.reactor.processes[-1].come_up()
+        self.assertEqual(self.reactor.processes[-1].requests(), [])  # nothing sent for the lost peer
+        self.failureResultOf(self.engine.request_keyframe("a"), PeerNotFound)
+
+    def test_ready_twice_is_harmless(self) -> None:
+        (p1, _) = self.start()
+        self.reactor.advance(30)
+        p1.send({"event": "ready", "pid": 1, "aiortc": "x"})
+        self.assertEqual(self.engine._slots[0].usable_since, 0)  # the stable-run clock is not reset
+        self.open_peer(p1, "r1", "a")
+
     def test_wait_for_starting_worker_bounded(self) -> None:
         self.engine = self.make_engine(workers=1, start_wait=3.0)
         (p,) = self.start(up=False)
@@ -827,11 +858,13 @@ class RealProcessTests(TestCase):
 
         script = os.path.join(os.path.dirname(__file__), "fake_worker.py")
         listener = RecordingListener()
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         engine = WorkerEngine(reactor, command=[sys.executable, script], workers=1,
                               request_timeout=20.0, ready_timeout=20.0)
         engine.start(listener)
         self.addCleanup(engine.stop)
-        answer = await engine.open_peer("room", "peer1", "v=0\r\n")
+        # ~500 KB each way: more than a pipe holds, so the stdin producer is paused and resumed for real.
+        answer = await engine.open_peer("room", "peer1", "v=0\r\n" + "a=x\r\n" * 100_000)
         self.assertEqual(len(answer), len("v=0\r\na=x-pad:\r\n") + 300_000)
         # Events written before the reply arrived before it.
         self.assertEqual([c[0] for c in listener.calls], ["candidate", "gathering_complete"])
@@ -843,3 +876,6 @@ class RealProcessTests(TestCase):
         await engine.close_peer("peer1")
         await engine.stop()
         self.assertEqual(listener.calls[2:], [])
+        # Its stderr reached the log, and its exit on shutdown scheduled no restart.
+        self.assertIn("fake worker starting", [e.get("line") for e in events])
+        self.assertEqual([e for e in events if "restart in" in e["log_format"]], [])

@@ -173,6 +173,7 @@ class WorkerProtocol(ProcessProtocol):
         self.pid: int | None = None
         self.ready_event: dict | None = None
         self.configured = False
+        self._announced = False
         self.lost_reason: str | None = None  # set once the worker is given up on
         self.ended = False
         self._ended_waiters: list[defer.Deferred] = []
@@ -332,12 +333,13 @@ class WorkerProtocol(ProcessProtocol):
             return
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
-            # A stray print in the worker: not ours, so log it rather than kill.
-            self._log.warn("SFU worker {pid}: not a protocol message on stdout: {line!r}",
-                           pid=self.pid, line=line[:200])
+            # A stray print in the worker: not ours, so log it (rate-limited) rather than kill.
+            if self._stderr_limit.allow():
+                self._log.warn("SFU worker {pid}: not a protocol message on stdout: {line!r}",
+                               pid=self.pid, line=line[:200])
             return
         if "event" in message:
             self._event_received(message)
@@ -390,7 +392,8 @@ class WorkerProtocol(ProcessProtocol):
         return d
 
     def _maybe_usable(self) -> None:
-        if self.usable:
+        if self.usable and not self._announced:
+            self._announced = True
             self.slot.worker_usable(self)
 
     def _stderr_received(self, data: bytes) -> None:
@@ -619,6 +622,8 @@ class WorkerEngine:
             del self._recordings[rid]
         slot.rooms.clear()
         slot.peers = 0
+        # Requests waiting for this worker to come up were meant for rooms that are gone now.
+        self._fail_waiters(slot, "media worker gone")
         if self._stopping:
             return
         for rid in recordings:
@@ -648,12 +653,12 @@ class WorkerEngine:
         slot.restarts += 1
         slot.restart_call = self._reactor.callLater(delay, self._spawn, slot)
 
-    def _fail_waiters(self, slot: _Slot) -> None:
+    def _fail_waiters(self, slot: _Slot, why: str = "media engine stopping") -> None:
         waiters, slot.waiters = slot.waiters, []
         for d, timer in waiters:
             if timer.active():
                 timer.cancel()
-            d.errback(Unavailable("media engine stopping"))
+            d.errback(Unavailable(why))
 
     def _tell(self, method: str, *args) -> None:
         if self._listener is None:
