@@ -371,6 +371,18 @@ class RequestTests(EngineTestBase):
         p.reply(request)
         self.assertIsNone(self.successResultOf(d))
 
+    def test_close_peer_the_worker_no_longer_has_is_fine(self) -> None:
+        (p,) = self.start()
+        self.open_peer(p, "room", "a")
+        d = self.engine.close_peer("a")
+        p.fail(p.requests()[0], "peer_not_found")
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.engine._rooms, {})
+
+    def test_start_twice_refused(self) -> None:
+        self.start()
+        self.assertRaises(RuntimeError, self.engine.start, self.listener)
+
     def test_timeout_fails_unavailable_and_late_reply_ignored(self) -> None:
         (p,) = self.start()
         self.open_peer(p, "room", "a")

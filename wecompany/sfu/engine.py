@@ -11,6 +11,18 @@ and is started again after a growing back-off.
 
 Nothing here touches media: that is the worker's job, in another process,
 so the reactor of the daemon never runs aiortc.
+
+Choices worth knowing:
+
+* A room stays on its worker while it has peers *or* recordings, so that a
+  recording can outlive a moment with nobody in the room.
+* Calls for peers the engine does not know fail with ``PeerNotFound`` at
+  once; ``close_peer`` forgets the peer at once, whatever the worker says.
+* A request times out after ``request_timeout`` (``Unavailable``), but the
+  worker is kept: only a dead, silent (never ready), line-limit breaking or
+  stdin-stuck worker is killed and restarted.
+* Workers that exit during :meth:`WorkerEngine.stop` are not reported with
+  ``engine_lost``: the caller asked for it.
 """
 
 from __future__ import annotations
