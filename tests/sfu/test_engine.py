@@ -204,7 +204,7 @@ class StartTests(EngineTestBase):
         engine.start(self.listener)
         self.assertGreaterEqual(len(self.reactor.spawned), 1)
         executable, args, env = self.reactor.spawned[0]
-        self.assertEqual(args, [sys.executable, "-m", "wecompany.sfu.worker"])
+        self.assertEqual(args, [sys.executable, "-P", "-m", "wecompany.sfu.worker"])
         self.assertEqual(env, dict(os.environ))
 
     def test_usable_needs_ready_and_configure(self) -> None:

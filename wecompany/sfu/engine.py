@@ -515,7 +515,9 @@ class WorkerEngine:
                  stop_timeout: float = 10.0, kill_timeout: float = 5.0, max_line: int = MAX_LINE,
                  stdin_limit: int = 1 << 20) -> None:
         self._reactor = reactor
-        self._command = list(command) if command else [sys.executable, "-m", "wecompany.sfu.worker"]
+        # -P: "-m" would otherwise put the daemon's working directory first on the
+        # worker's sys.path, where a stray wecompany/ would shadow the installed one.
+        self._command = list(command) if command else [sys.executable, "-P", "-m", "wecompany.sfu.worker"]
         self._env = dict(os.environ) if env is None else dict(env)
         self._count = workers if workers is not None else default_worker_count()
         if self._count < 1:
