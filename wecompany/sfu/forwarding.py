@@ -371,17 +371,22 @@ class Forwarder:
             raise InvalidInput(f"peer already open: {peer_id}")
         if len(self.peers) >= self.max_peers:
             raise Unavailable("worker has max_peers peers")
+        try:
+            ssrcs = _primary_ssrcs(offer_sdp)
+        except Exception as e:  # aiortc's parser raises whatever the text trips
+            raise InvalidInput(f"bad offer: {e!r}") from e
+        if not any(m.kind in ("audio", "video") for m in SessionDescription.parse(offer_sdp).media):
+            raise InvalidInput("bad offer: no audio or video section")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.ice_servers))
         peer = Peer(self, room, peer_id, pc)
         self.peers[peer_id] = peer
         try:
-            ssrcs = _primary_ssrcs(offer_sdp)
             pc.on("track", lambda track: self._on_track(peer, track, ssrcs))
             pc.on("connectionstatechange", lambda: self._on_state(peer))
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            except (ValueError, KeyError, IndexError) as e:
-                raise InvalidInput(f"bad offer: {e}") from e
+            except Exception as e:  # aiortc raises ValueError, OperationError, ... for SDP it refuses
+                raise InvalidInput(f"bad offer: {e!r}") from e
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             peer.tables = NegotiatedTables.from_sdp(pc.localDescription.sdp)
@@ -495,8 +500,8 @@ class Forwarder:
                 raise InvalidInput("no offer is pending")
             try:
                 await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
-            except (ValueError, KeyError, IndexError) as e:
-                raise InvalidInput(f"bad answer: {e}") from e
+            except Exception as e:  # as for offers
+                raise InvalidInput(f"bad answer: {e!r}") from e
         return {}
 
     async def request_keyframe(self, peer_id: str) -> dict:
