@@ -110,6 +110,12 @@ class WeCompanyService(MultiService):
         unfinished are removed once the store has started.
     :param media_jobs: optional :class:`~wecompany.media.jobs.JobQueue`,
         stopped before the thread pools.
+    :param sfu: optional ``(engine, service)``: the meeting SFU's
+        :class:`~wecompany.domain.interfaces.IMediaEngine` (its worker
+        processes), started with the service as its listener, and the
+        :class:`~wecompany.domain.sfu.SfuService`, whose housekeeping runs
+        while the daemon does. Stopped once the clients are gone and before
+        the store, so that recordings are finished and stored.
     :param cluster_node: optional :class:`~wecompany.mirror.cluster.ClusterNode`,
         started with the store and stopped (the node leaves the cluster)
         once the clients are gone.
@@ -120,8 +126,9 @@ class WeCompanyService(MultiService):
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), process_pools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
                  startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None,
-                 media_jobs=None) -> None:
+                 media_jobs=None, sfu=None) -> None:
         super().__init__()
+        self.sfu = sfu
         self.store = store
         self.listeners = list(listeners)
         self.media_jobs = media_jobs
@@ -217,6 +224,10 @@ class WeCompanyService(MultiService):
         for pool in self.process_pools:
             if not pool.started:
                 pool.start()  # not awaited: the models load while the daemon gets ready
+        if self.sfu is not None:
+            engine, sfu = self.sfu
+            engine.start(sfu)  # not awaited: the workers load aiortc while the daemon gets ready
+            sfu.start()
         await self.store.start()
         if self.cluster_node is not None:
             self.cluster_node.start()
@@ -289,6 +300,11 @@ class WeCompanyService(MultiService):
         if self.signaling is not None:
             await self._step("closing the signaling connections", self.signaling.shutdown)
         await self._step("closing the TCP connections", self.tcp_factory.shutdown, self.shutdown_grace)
+        if self.sfu is not None:
+            engine, sfu = self.sfu
+            sfu.stop()
+            # Every media connection closes; recordings are finished and stored (the store is still open).
+            await self._step("stopping the SFU's media workers", engine.stop)
         if self.cluster_node is not None:
             # After the clients are gone (their sessions left the cluster): then the node leaves.
             await self._step("leaving the cluster", self.cluster_node.stop)

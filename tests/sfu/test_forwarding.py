@@ -46,6 +46,14 @@ class AnnounceTests(unittest.TestCase):
         self.assertIn("c=IN IP4 0.0.0.0\r\n", sdp)
         self.assertEqual(announce_address(ANSWER, ["127.0.0.1"], None), ANSWER)
 
+    def test_without_host_addresses_every_host_candidate_is_announced(self) -> None:
+        # (--sfu-addresses not given: aioice gathered on every interface.)
+        sdp = announce_address(ANSWER, [], "203.0.113.7")
+        self.assertIn("a=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\n", sdp)
+        self.assertIn("c=IN IP4 203.0.113.7\r\n", sdp)
+        self.assertNotIn("127.0.0.1", sdp)
+        self.assertEqual(announce_address(ANSWER, [], None), ANSWER)
+
 
 class TablesTests(unittest.TestCase):
     def test_from_answer(self) -> None:

@@ -127,6 +127,7 @@ class RoomService:
         self._interest: dict[int, set] = {}  # meeting id -> the clients admitted to its room here
         self._interest_of: dict[object, int] = {}
         self._unseen: dict[str, float] = {}  # members elsewhere the room's record lacks -> since when
+        self._room_names: dict[str, int] = {}  # room ids found by room_by_id -> meeting id
 
     # -- admission (before the WebSocket upgrade) -----------------------------
     async def admit(self, user_id: int, meeting_id: int, client=None):
@@ -483,6 +484,39 @@ class RoomService:
                 self._remove_remote(member, "disconnected")
 
     # -- queries (REST and metrics) -----------------------------------------------
+    def room_by_id(self, room_id: str) -> Room | None:
+        """
+        The room named ``room_id`` here (its meeting's stable room id), or
+        None. Looked up often (the SFU's calls name rooms so): the name of a
+        room found is remembered, and a room whose members are all on other
+        nodes, whose name this node has not been told, is not found.
+        """
+        meeting_id = self._room_names.get(room_id)
+        room = self.rooms.get(meeting_id) if meeting_id is not None else None
+        if room is not None and room.room_id == room_id:
+            return room
+        self._room_names.pop(room_id, None)
+        room = next((r for r in self.rooms.values() if r.room_id == room_id), None) if room_id else None
+        if room is not None:
+            if len(self._room_names) > 2 * len(self.rooms) + 64:  # names of rooms long gone
+                self._room_names.clear()
+            self._room_names[room_id] = room.meeting_id
+        return room
+
+    def sessions_in(self, room_id: str, user_id: int) -> list[Member]:
+        """``user_id``'s open signaling sessions in the room named ``room_id``, here or elsewhere, in join order."""
+        room = self.room_by_id(room_id)
+        if room is None:
+            return []
+        return [m for m in room.members.values() if m.user_id == user_id]
+
+    def live_meeting_of(self, room_id: str) -> int | None:
+        """The id of the meeting whose room is named ``room_id``, while the room is here and the meeting not over."""
+        room = self.room_by_id(room_id)
+        if room is None or (room.meeting is not None and room.meeting.status in (ENDED, CANCELLED)):
+            return None
+        return room.meeting_id
+
     def room_count(self) -> int:
         """Rooms with a member on this node."""
         return len(self.local_room_ids())

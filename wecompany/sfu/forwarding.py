@@ -75,18 +75,28 @@ def is_keyframe(mime_type: str, data: bytes) -> bool:
 
 
 def announce_address(sdp: str, host_addresses: list[str], public_address: Optional[str]) -> str:
-    """Replace the host addresses by ``public_address`` in candidate and connection lines."""
+    """
+    Replace the host addresses by ``public_address`` in candidate and
+    connection lines (with no ``host_addresses`` given, the address of every
+    host candidate).
+    """
     if not public_address:
         return sdp
+    hosts = set(host_addresses)
+    if not hosts:
+        for line in sdp.split("\r\n"):
+            fields = line.split(" ")
+            if line.startswith("a=candidate:") and len(fields) > 7 and fields[6:8] == ["typ", "host"]:
+                hosts.add(fields[4])
     lines = []
     for line in sdp.split("\r\n"):
         if line.startswith("a=candidate:"):
             fields = line.split(" ")
-            if len(fields) > 4 and fields[4] in host_addresses:
+            if len(fields) > 4 and fields[4] in hosts:
                 fields[4] = public_address
             line = " ".join(fields)
         elif line.startswith("c=IN IP4 "):
-            if line[len("c=IN IP4 "):] in host_addresses:
+            if line[len("c=IN IP4 "):] in hosts:
                 line = "c=IN IP4 " + public_address
         lines.append(line)
     return "\r\n".join(lines)
@@ -336,9 +346,9 @@ class Forwarder:
     async def configure(self, host_addresses: list, public_address: Optional[str] = None,
                         udp_ports: Optional[list] = None, ice_servers: Optional[list] = None,
                         max_peers: int = 100) -> dict:
-        if not isinstance(host_addresses, list) or not host_addresses or not all(
-                isinstance(a, str) for a in host_addresses):
-            raise InvalidInput("host_addresses must be a non-empty list of strings")
+        # An empty list: every interface but loopback (aioice's own choice).
+        if not isinstance(host_addresses, list) or not all(isinstance(a, str) for a in host_addresses):
+            raise InvalidInput("host_addresses must be a list of strings")
         if public_address is not None and not isinstance(public_address, str):
             raise InvalidInput("public_address must be a string or null")
         if not isinstance(max_peers, int) or max_peers < 1:
@@ -356,7 +366,8 @@ class Forwarder:
         self.public_address = public_address
         self.ice_servers = servers
         self.max_peers = max_peers
-        aiortc_internals.restrict_host_addresses(self.host_addresses)
+        if self.host_addresses:
+            aiortc_internals.restrict_host_addresses(self.host_addresses)
         self.configured = True
         if self._watchdog is None:
             self._watchdog = asyncio.ensure_future(self._watch_rtp())
