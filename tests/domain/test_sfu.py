@@ -257,6 +257,12 @@ class AnswerTests(SfuTestCase):
         peer_id = self.h.open(7)
         self.assertEqual(self.sfu.peers[peer_id].session_id, first.session_id)
 
+    def test_two_tabs_bound_to_their_own_sessions(self):
+        first, second = self.h.sign_in(7), self.h.sign_in(7)
+        one, two, three = self.h.open(7), self.h.open(7), self.h.open(7)
+        self.assertEqual([self.sfu.peers[p].stream_id for p in (one, two, three)],
+                         [first.peer_id, second.peer_id, first.peer_id])
+
     def test_open_failure_forgets_the_peer(self):
         self.h.sign_in(7)
         d = self.sfu.answer(ROOM, "7", OFFER)

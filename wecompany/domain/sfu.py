@@ -363,7 +363,10 @@ class SfuService:
         sessions = self._sessions(room_id, user_id)
         if not sessions:
             raise Forbidden("join the meeting's room (signaling) before connecting media")
-        session = sessions[0]
+        # Each tab has its own signaling session: bind to the first not yet bound
+        # (two tabs of one user then get two tiles), else to the first.
+        bound = {p.session_id for p in self.peers.values() if p.room_id == room_id and p.user_id == user_id}
+        session = next((s for s in sessions if s.session_id not in bound), sessions[0])
         if getattr(session, "meeting_id", meeting_id) != meeting_id:
             raise Forbidden("the signaling session is in another meeting")
         room = self.rooms.get(room_id)
