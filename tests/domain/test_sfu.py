@@ -314,6 +314,7 @@ class LimitTests(SfuTestCase):
         self.h.sign_in(7)
         third = self.h.open(7)
         self.assertEqual(set(self.sfu.peers), {third})
+        self.assertEqual([p["peer_id"] for p in self.sfu.room_peers(ROOM)["peers"]], [third])
         self.assertEqual(self.sfu.counters.peers_closed["replaced"], 2)
         self.assertIn((first,), self.engine.named("close_peer"))
         self.assertIn((second,), self.engine.named("close_peer"))

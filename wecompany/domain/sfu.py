@@ -369,8 +369,8 @@ class SfuService:
         session = next((s for s in sessions if s.session_id not in bound), sessions[0])
         if getattr(session, "meeting_id", meeting_id) != meeting_id:
             raise Forbidden("the signaling session is in another meeting")
-        room = self.rooms.get(room_id)
-        self._check_limits(room, room_id, user_id, sessions)
+        self._check_limits(self.rooms.get(room_id), user_id, sessions)
+        room = self.rooms.get(room_id)  # the limits may have closed its last peers, and with them it
         if room is None:
             room = self.rooms[room_id] = SfuRoom(room_id, meeting_id, self.clock.seconds())
         elif room.meeting_id is None:
@@ -404,7 +404,7 @@ class SfuService:
         self._after_engine(peer)
         return {"peer_id": peer.peer_id, "answer_sdp": answer_sdp}
 
-    def _check_limits(self, room, room_id, user_id, sessions) -> None:
+    def _check_limits(self, room, user_id, sessions) -> None:
         if room is not None:
             mine = [p for p in room.peers.values() if p.user_id == user_id]
             if len(mine) >= self.limits.max_peers_per_user:
