@@ -596,13 +596,48 @@ class NegotiationTests(SfuTestCase):
         self.h.publish(a, "audio", "video")
         self.h.publish(b, "audio")  # audio only: no keyframe to ask for
         self.h.publish(c, "video")
+        asked = 0
         for peer in (a, b, c):
-            while self.engine.pending("renegotiate", peer):
-                self.engine.calls.clear()
-                self.h.negotiate(peer)
-                others = {a, c} - {peer}
-                self.assertEqual(set(self.engine.named("request_keyframe")), {(p,) for p in others})
-        self.assertGreater(self.sfu.counters.keyframes_requested, 0)
+            self.engine.calls.clear()
+            self.h.negotiate(peer)
+            self.clock.advance(0.5)  # requests folded within keyframe_interval go out
+            others = {a, c} - {peer}
+            self.assertEqual(set(self.engine.named("request_keyframe")), {(p,) for p in others})
+            asked += len(self.engine.named("request_keyframe"))
+        self.assertEqual(self.sfu.counters.keyframes_requested, asked)
+
+    def test_keyframe_requests_folded(self):
+        a, b, c = self.h.connect(1), self.h.connect(2), self.h.connect(3)
+        self.h.publish(a, "video")
+        self.engine.fire("renegotiate", b, result="o")
+        self.engine.fire("renegotiate", c, result="o")
+        self.engine.calls.clear()
+        self.sfu.answer_offer(b, ANSWER)
+        self.engine.fire("apply_answer", b)
+        self.assertEqual(self.engine.named("request_keyframe"), [(a,)])  # at once
+        self.clock.advance(0.2)
+        self.sfu.answer_offer(c, ANSWER)
+        self.engine.fire("apply_answer", c)  # 0.2 s later: folded...
+        self.assertEqual(self.engine.named("request_keyframe"), [(a,)])
+        self.clock.advance(0.29)
+        self.assertEqual(self.engine.named("request_keyframe"), [(a,)])
+        self.clock.advance(0.01)  # ...into one, 0.5 s after the first
+        self.assertEqual(self.engine.named("request_keyframe"), [(a,), (a,)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.sfu.counters.keyframes_requested, 2)
+
+    def test_folded_keyframe_request_cancelled_when_publisher_closes(self):
+        a, b, c = self.h.connect(1), self.h.connect(2), self.h.connect(3)
+        self.h.publish(a, "video")
+        self.engine.fire("renegotiate", b, result="o")
+        self.engine.fire("renegotiate", c, result="o")
+        for peer in (b, c):
+            self.sfu.answer_offer(peer, ANSWER)
+            self.engine.fire("apply_answer", peer)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.sfu.connection_state(a, "failed")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.engine.named("request_keyframe"), [(a,)])
 
     def test_keyframe_for_a_publisher_the_engine_lost(self):
         a, b = self.h.connect(1), self.h.connect(2)

@@ -21,7 +21,8 @@ Negotiation, per peer:
   answer, or while the engine is busy with this peer, sets ``reoffer``, and
   a fresh offer with the then-current streams follows the answer;
 * after every applied answer, the room's other video publishers are asked
-  for a keyframe, so the new receiver starts at once.
+  for a keyframe, so the new receiver starts at once (asks of one publisher
+  closer than ``keyframe_interval`` are folded into one at its end).
 
 Admission is this daemon's own: an SFU peer is bound to the user's open
 signaling session in the room (its signaling ``peer_id`` labels what it
@@ -98,6 +99,10 @@ class SfuLimits:
     disconnected_grace: float = 10.0
     session_grace: float = 10.0  # bound signaling session gone, user has none in the room
     sweep_interval: float = 2.0
+    # Keyframe requests to one publisher closer than this are folded into one at its end:
+    # in a full room one track change is an answer from every other peer, each asking
+    # every video publisher (64 peers: ~4000 PLIs and engine round trips at once).
+    keyframe_interval: float = 0.5
 
 
 # Connection states (IMediaEngineListener.connection_state)
@@ -184,6 +189,9 @@ class SfuPeer:
     offered: tuple = ()
     negotiated: tuple = ()
     tracks: dict = attrs.Factory(dict)  # track_id -> kind, in the order they came
+    published: tuple = ()  # the ForwardedStreams of ``tracks``, made once per change
+    keyframe_at: float | None = None  # when the engine was last asked for a keyframe
+    keyframe_call: object = None  # the folded request waiting for keyframe_interval
     gathering_complete: bool = False
     candidates_dropped: int = 0
     remote_candidates: int = 0
@@ -622,6 +630,7 @@ class SfuService:
                           peer_id=peer_id, track_id=track_id[:64])
             return
         peer.tracks[track_id] = kind
+        peer.published += (ForwardedStream(peer.peer_id, track_id, kind, peer.stream_id),)
         self._renegotiate_others(peer)
 
     def track_ended(self, peer_id, track_id) -> None:
@@ -629,6 +638,7 @@ class SfuService:
         if peer is None or track_id not in peer.tracks:
             return
         del peer.tracks[track_id]
+        peer.published = tuple(s for s in peer.published if s.track_id != track_id)
         self._renegotiate_others(peer)
 
     def recording_failed(self, recording_id, reason) -> None:
@@ -712,9 +722,8 @@ class SfuService:
         room = self.rooms.get(peer.room_id)
         if room is None:
             return ()
-        return tuple(ForwardedStream(other.peer_id, track_id, kind, other.stream_id)
-                     for other in room.peers.values() if other is not peer and not other.closed
-                     for track_id, kind in other.tracks.items())
+        return tuple(stream for other in room.peers.values() if other is not peer and not other.closed
+                     for stream in other.published)
 
     def _renegotiate_others(self, publisher) -> None:
         room = self.rooms.get(publisher.room_id)
@@ -764,15 +773,30 @@ class SfuService:
         if room is None:
             return
         for publisher in list(room.peers.values()):
-            if publisher is answerer or "video" not in publisher.tracks.values():
-                continue
-            self.counters.keyframes_requested += 1
-            try:
-                d = self.engine.request_keyframe(publisher.peer_id)
-            except Exception:
-                d = Deferred()
-                d.errback()
-            d.addErrback(self._keyframe_failed, publisher)
+            if publisher is not answerer and "video" in publisher.tracks.values():
+                self._request_keyframe(publisher)
+
+    def _request_keyframe(self, publisher) -> None:
+        """Ask ``publisher`` for a keyframe now, or once at the end of ``keyframe_interval`` after the last ask."""
+        if publisher.closed or publisher.keyframe_call is not None:
+            return
+        now = self.clock.seconds()
+        if publisher.keyframe_at is not None and now - publisher.keyframe_at < self.limits.keyframe_interval:
+            publisher.keyframe_call = self.clock.callLater(
+                publisher.keyframe_at + self.limits.keyframe_interval - now, self._folded_keyframe, publisher)
+            return
+        publisher.keyframe_at = now
+        self.counters.keyframes_requested += 1
+        try:
+            d = self.engine.request_keyframe(publisher.peer_id)
+        except Exception:
+            d = Deferred()
+            d.errback()
+        d.addErrback(self._keyframe_failed, publisher)
+
+    def _folded_keyframe(self, publisher) -> None:
+        publisher.keyframe_call = None
+        self._request_keyframe(publisher)
 
     def _keyframe_failed(self, failure, publisher) -> None:
         # Best effort: a lost keyframe request is not a broken connection, unless the engine has no such peer.
@@ -817,6 +841,11 @@ class SfuService:
         peer.closed = True
         peer.pending_offer = None
         peer.tracks = {}
+        peer.published = ()
+        if peer.keyframe_call is not None:
+            if peer.keyframe_call.active():
+                peer.keyframe_call.cancel()
+            peer.keyframe_call = None
         peer.local_candidates.clear()
         self.peers.pop(peer.peer_id, None)
         room = self.rooms.get(peer.room_id)
