@@ -980,12 +980,16 @@ class MeetingTests(SfuTestCase):
         self.other = self.h.connect(1, room_id="room-2")
 
     def test_meeting_ended(self):
+        self.h.publish(self.a, "audio", "video")
+        self.h.negotiate(self.b)
+        self.engine.calls.clear()
         self.sfu.meeting_changed(Meeting(10, ROOM, "ongoing"))
         self.assertEqual(len(self.sfu.peers), 3)
         self.sfu.meeting_changed(Meeting(10, ROOM, "ended"))
         self.assertEqual(set(self.sfu.peers), {self.other})
         self.assertNotIn(ROOM, self.sfu.rooms)
         self.assertEqual(sorted(self.engine.named("close_peer")), [(self.a,), (self.b,)])
+        self.assertEqual(self.engine.named("renegotiate"), [])  # b is not offered a's leaving
         self.assertEqual(self.sfu.counters.peers_closed["meeting_ended"], 2)
 
     def test_meeting_cancelled(self):

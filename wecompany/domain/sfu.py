@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from wecompany.domain.ids import MAX_ID
 from wecompany.domain.interfaces import IMediaEngineListener, IMeetingListener
+from wecompany.domain.meetings import CANCELLED, ENDED
 from wecompany.errors import (
     Conflict, Forbidden, InternalError, InvalidInput, NotFound, PeerNotFound, RateLimited,
     Unavailable, WeCompanyError,
@@ -135,7 +136,7 @@ _MAX_CANDIDATE = 1024
 _MAX_MID = 64
 _MAX_UFRAG = 256
 _MAX_TRACK_ID = 256
-_ENDED_STATUSES = ("ended", "cancelled")
+_ENDED_STATUSES = (ENDED, CANCELLED)
 
 
 @attrs.define
@@ -673,9 +674,10 @@ class SfuService:
 
     def _close_meeting(self, meeting_id, room_id) -> None:
         for room in [r for r in self.rooms.values() if r.meeting_id == meeting_id or r.room_id == room_id]:
+            # The room goes first: nobody left in it is offered the others' leaving.
+            del self.rooms[room.room_id]
             for peer in list(room.peers.values()):
                 self._close(peer, R_MEETING_ENDED)
-            self.rooms.pop(room.room_id, None)
 
     # -- housekeeping ------------------------------------------------------------------
     def sweep(self) -> None:
