@@ -321,11 +321,20 @@ def build_service(config: Config, reactor):
         node_links = NodeLinks(reactor, config.node_id, link_key(secret, config.redis_prefix),
                                connect=partial(clientFromString, reactor), address=config.node_link_address,
                                max_frame=config.max_frame)
+    media_engine = None
+    if config.sfu:
+        # The SFU's media runs in worker processes (aiortc on asyncio), never
+        # in the reactor's: forwarding stays off the TCP, REST and signaling
+        # paths and spreads over the cores (wecompany.sfu, docs/sfu.rst).
+        from wecompany.sfu.engine import WorkerEngine
+
+        media_engine = WorkerEngine(reactor, workers=config.sfu_workers, host_addresses=config.sfu_addresses or (),
+                                    public_address=config.sfu_public_address, udp_ports=config.sfu_udp_ports)
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,
                           node_links=node_links, run_media=partial(deferToThreadPool, reactor, media_pool),
-                          run_ai=ai_processes, ai_http=ai_http, ai_engines=ai_engines)
+                          run_ai=ai_processes, ai_http=ai_http, ai_engines=ai_engines, media_engine=media_engine)
     # The service starts the processes (each loads the models); this records what they loaded.
     reactor.callWhenRunning(domain.ai.warm_up)
     cluster_node = None
@@ -411,7 +420,8 @@ def build_service(config: Config, reactor):
                             recorder=domain.recorder, reactor=reactor,
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(pauses=gc_pauses), files=domain.files, cluster_node=cluster_node,
-                            media_jobs=domain.processing.jobs)
+                            media_jobs=domain.processing.jobs,
+                            sfu=(media_engine, domain.sfu) if domain.sfu is not None else None)
 
 
 def control_socket(config: Config, reactor, domain):

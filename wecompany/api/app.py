@@ -54,6 +54,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.processing = domain.processing
         self.ai = domain.ai
         self.sfu = domain.sfu
+        self.sfu_limiter = domain.sfu_limiter
         self.rendered_pages = RenderedPages()
         self._openapi = None
         if live_feed is None:

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from wecompany.api.envelope import dumps, request_id_for
 from wecompany.api.routing import PUBLIC, Call, endpoint
 from wecompany.api.validation import Field
-from wecompany.errors import Unauthenticated, Unavailable
+from wecompany.errors import Forbidden, Unauthenticated, Unavailable
 
 TAG = "webrtc"
 ROOM_ID = Field("string", required=True, min_length=1, max_length=128)
@@ -54,16 +54,24 @@ class WebRTCRoutes:
 
     def _sfu(self):
         if self.sfu is None:
-            raise Unavailable("the SFU is off on this server (--no-sfu)")
+            raise Unavailable("the SFU is off on this server")
         return self.sfu
 
-    async def _caller(self, request):
-        """The user a Bearer token proves, or None when none is sent (and none is required)."""
+    async def _caller(self, request, peer_id: str | None = None):
+        """
+        The id of the user a Bearer token proves, or None when none is sent
+        (and none is required); with ``peer_id``, that peer must be the
+        caller's (:meth:`~wecompany.domain.sfu.SfuService.check_caller`).
+        """
         if request.getHeader(b"authorization") is None:
             if self.domain.config.sfu_require_token:
                 raise Unauthenticated("this server requires a bearer token on SFU calls")
-            return None
-        return await self.authenticate(request)
+            caller = None
+        else:
+            caller = (await self.authenticate(request)).id
+        if peer_id is not None:
+            self.sfu.check_caller(peer_id, caller)
+        return caller
 
     @endpoint("POST", "/v1/webrtc/answer", summary="Open an SFU connection: the browser's offer in, the "
               "server's answer and a new peer id out", tag=TAG, auth=PUBLIC,
@@ -74,8 +82,8 @@ class WebRTCRoutes:
         sfu = self._sfu()
         caller = await self._caller(call.request)
         body = call.body
-        opened = await _result(sfu.answer(body["room_id"], body["user_id"], body["offer"]["sdp"], identity=caller,
-                                          address=self.client_address(call.request)))
+        await self.sfu_limiter.hit(self.client_address(call.request))  # each is a DTLS handshake in a worker
+        opened = await _result(sfu.answer(body["room_id"], body["user_id"], body["offer"]["sdp"], identity=caller))
         return _json(call.request, {"peer_id": opened["peer_id"],
                                     "answer": {"type": "answer", "sdp": opened["answer_sdp"]}})
 
@@ -95,9 +103,9 @@ class WebRTCRoutes:
                                                      "complete": {"type": "boolean"}}}, errors=_ERRORS)
     async def webrtc_candidates(self, call: Call):
         sfu = self._sfu()
-        caller = await self._caller(call.request)
         peer_id = call.params["peer_id"]
-        found = await _result(sfu.candidates(peer_id, identity=caller))
+        await self._caller(call.request, peer_id)
+        found = await _result(sfu.candidates(peer_id))
         return _json(call.request, {"peer_id": peer_id, "candidates": found["candidates"],
                                     "complete": found["complete"]})
 
@@ -107,9 +115,9 @@ class WebRTCRoutes:
               errors=_ERRORS)
     async def webrtc_offer(self, call: Call):
         sfu = self._sfu()
-        caller = await self._caller(call.request)
         peer_id = call.params["peer_id"]
-        sdp = await _result(sfu.pending_offer(peer_id, identity=caller))
+        await self._caller(call.request, peer_id)
+        sdp = await _result(sfu.pending_offer(peer_id))
         if sdp is None:
             call.request.setResponseCode(204)
             call.request.setHeader(b"cache-control", b"no-store")
@@ -120,9 +128,9 @@ class WebRTCRoutes:
               "server's offer", tag=TAG, auth=PUBLIC, body={"answer": ANSWER}, data=_MESSAGE, errors=_ERRORS)
     async def webrtc_peer_answer(self, call: Call):
         sfu = self._sfu()
-        caller = await self._caller(call.request)
         peer_id = call.params["peer_id"]
-        await _result(sfu.answer_offer(peer_id, call.body["answer"]["sdp"], identity=caller))
+        await self._caller(call.request, peer_id)
+        await _result(sfu.answer_offer(peer_id, call.body["answer"]["sdp"]))
         return _json(call.request, {"message": "answer applied", "peer_id": peer_id})
 
     @endpoint("POST", "/v1/webrtc/room/<string:room_id>/leave", summary="Close the caller's SFU connections in "
@@ -143,8 +151,9 @@ class WebRTCRoutes:
         sfu = self._sfu()
         caller = await self._caller(call.request)
         room_id, user_id = call.params["room_id"], call.body["user_id"]
-        room = await _result(sfu.join_room(room_id, user_id, identity=caller))
-        return _json(call.request, {"message": "joined the room", "room": room, "user_id": str(user_id)})
+        if caller is not None and caller != user_id:
+            raise Forbidden("the token is another user's")
+        return _json(call.request, await _result(sfu.join_room(room_id, user_id)))
 
     @endpoint("GET", "/v1/webrtc/room/<string:room_id>/peers", summary="The room's SFU connections", tag=TAG,
               auth=PUBLIC, errors=_ERRORS)
@@ -152,8 +161,7 @@ class WebRTCRoutes:
         sfu = self._sfu()
         await self._caller(call.request)
         room_id = call.params["room_id"]
-        peers = await _result(sfu.room_peers(room_id))
-        return _json(call.request, {"room_id": room_id, "peers": peers, "count": len(peers)})
+        return _json(call.request, await _result(sfu.room_peers(room_id)))
 
     @endpoint("GET", "/v1/webrtc/room/<string:room_id>/stats", summary="The room's SFU connections and streams",
               tag=TAG, auth=PUBLIC, errors=_ERRORS)
@@ -161,5 +169,4 @@ class WebRTCRoutes:
         sfu = self._sfu()
         await self._caller(call.request)
         room_id = call.params["room_id"]
-        stats = await _result(sfu.room_stats(room_id))
-        return _json(call.request, {"room_id": room_id, **stats})
+        return _json(call.request, await _result(sfu.room_stats(room_id)))

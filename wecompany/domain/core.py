@@ -36,6 +36,7 @@ from wecompany.domain.ratelimit import KeyedRateLimiter, LoginGuard
 from wecompany.domain.recording import CallRecorder
 from wecompany.domain.rooms import RoomService
 from wecompany.domain.sessions import SessionRegistry, UserDirectory
+from wecompany.domain.sfu import SfuService
 from wecompany.domain.tokens import TokenIssuer
 from wecompany.mirror.cluster import Cluster, LocalCluster
 from wecompany.mirror.limits import SharedLimits
@@ -101,6 +102,8 @@ class Domain:
     stats: Stats = attrs.field(factory=Stats)
     #: The meeting SFU (:class:`~wecompany.domain.sfu.SfuService`), or None (``--no-sfu``, or no media engine).
     sfu: object | None = None
+    #: SFU connections opened per client address (each is a DTLS handshake in a media worker).
+    sfu_limiter: KeyedRateLimiter | None = None
 
     def live_counts(self) -> dict:
         """
@@ -119,7 +122,8 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                  user_cache: UserCache, meeting_pages: MeetingPages, hash_cost: HashCost = HashCost(),
                  mailer=None, id_node: int | None = None, redis_link=None, node_links=None,
                  s3_client_factory=None, run_media: Runner | None = None, run_job=None,
-                 run_ai: Runner | None = None, ai_http=None, ai_engines=None, resolve_media=None) -> Domain:
+                 run_ai: Runner | None = None, ai_http=None, ai_engines=None, resolve_media=None,
+                 media_engine=None) -> Domain:
     """
     The domain of one daemon.
 
@@ -147,6 +151,9 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     :param run_ai: runs AI engines in their thread pool (default: ``run_disk``'s).
     :param ai_http: the treq client for the KServe models (``--kserve-url``).
     :param ai_engines: the local :class:`~wecompany.ai.service.AIEngines` (default: all of them).
+    :param media_engine: the SFU's :class:`~wecompany.domain.interfaces.IMediaEngine`
+        (the daemon's runs worker processes; tests pass a fake); without one,
+        or with ``--no-sfu``, there is no SFU (its routes answer 503).
     :param resolve_media: ``async (user, media_id) -> bytes`` for AI inputs
         given as a media id (default: the media item's bytes, if the user may
         read it, within the AI audio limit).
@@ -197,9 +204,17 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     room_mirror = RoomMirror(cluster) if cluster.enabled else LocalRoomMirror()
     rooms = RoomService(store, ice, clock, room_mirror, format_time=rfc3339)
-    # The rooms here follow a meeting's REST changes, and the mirror tells the rooms on the other nodes.
-    meetings = MeetingService(store, hasher, clock, guard,
-                              listeners=[rooms, room_mirror] if cluster.enabled else [rooms], pages=meeting_pages)
+    sfu = None
+    if config.sfu and media_engine is not None:
+        # An SFU peer is bound to its user's signaling session in the room (wecompany.domain.sfu).
+        sfu = SfuService(media_engine, clock, members=rooms.sessions_in, room_meeting=rooms.live_meeting_of,
+                         format_time=rfc3339)
+    # The rooms (and the SFU's) here follow a meeting's REST changes, and the mirror tells the rooms on the
+    # other nodes.
+    listeners = [rooms, room_mirror] if cluster.enabled else [rooms]
+    if sfu is not None:
+        listeners.append(sfu)
+    meetings = MeetingService(store, hasher, clock, guard, listeners=listeners, pages=meeting_pages)
     lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
     if resolve_media is None:
@@ -213,4 +228,5 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
                   cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media,
-                  processing=processing, ai=ai)
+                  processing=processing, ai=ai, sfu=sfu,
+                  sfu_limiter=KeyedRateLimiter(clock, 5.0, 50.0, shared=shared))

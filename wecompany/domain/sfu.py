@@ -865,6 +865,17 @@ class SfuService:
         d.addErrback(lambda f: self.log.failure("SFU engine close_peer({peer_id}) failed", f, peer_id=peer_id))
 
     # -- lookups ---------------------------------------------------------------------------
+    def check_caller(self, peer_id, identity) -> None:
+        """
+        A call on ``peer_id`` that carries a Bearer token (``identity``) must
+        come from the peer's own user (:class:`Forbidden`); without one the
+        unguessable peer id is what authorises it. Unknown peers are
+        :class:`PeerNotFound`.
+        """
+        peer = self._peer(peer_id)
+        if identity is not None and _identity_user(identity) != peer.user_id:
+            raise Forbidden("this SFU connection is another user's")
+
     def _peer(self, peer_id) -> SfuPeer:
         """The open peer ``peer_id`` (an HTTP call on it is activity), else :class:`PeerNotFound`."""
         peer = self.peers.get(peer_id) if isinstance(peer_id, str) else None
