@@ -53,7 +53,8 @@ CHEAP_HASH = HashCost(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_node=1, s3_client=None,
-                node_links=None, run_job=None, run_ai=None, ai_http=None, ai_engines=None, **options):
+                node_links=None, run_job=None, run_ai=None, ai_http=None, ai_engines=None, media_engine=None,
+                **options):
     """
     The daemon's domain, built by the daemon's own :func:`build_domain`, on
     a fake clock (at 2023-11-14), the in-memory store (or ``store``: nodes
@@ -63,7 +64,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
     ``s3_client`` is the (fake) client of ``file_storage="s3://..."``;
     ``run_job`` runs media jobs (default: in a child process, as the daemon does).
     ``run_ai``, ``ai_http`` and ``ai_engines`` go to ``build_domain`` (AI
-    work runs in place unless ``run_ai`` says otherwise).
+    work runs in place unless ``run_ai`` says otherwise). ``media_engine``:
+    the SFU's (a fake), without which there is no SFU.
     """
     from twisted.internet.task import Clock
 
@@ -92,7 +94,8 @@ def make_domain(test, clock=None, mailer=None, store=None, redis_link=None, id_n
                         meeting_pages=meeting_pages, hash_cost=CHEAP_HASH, mailer=mailer, id_node=id_node,
                         redis_link=redis_link, node_links=node_links, run_job=run_job,
                         s3_client_factory=None if s3_client is None else lambda: s3_client,
-                        run_ai=run_ai or synchronous_runner, ai_http=ai_http, ai_engines=ai_engines)
+                        run_ai=run_ai or synchronous_runner, ai_http=ai_http, ai_engines=ai_engines,
+                        media_engine=media_engine)
 
 
 def make_user(domain, username: str, password: str = "Secret-pass1") -> int:
