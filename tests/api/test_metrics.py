@@ -132,3 +132,4 @@ class RateLimitTests(MetricsTestCase):
         self.assertEqual(self.value("wecompany_rate_limit_refusals_total", limiter="auth"), 1)
         self.assertEqual(self.value("wecompany_logins_total", transport="tcp", outcome="failed"), 1)
         self.assertEqual(self.value("wecompany_logins_total", transport="tcp", outcome="ok"), 1)
+

@@ -226,6 +226,28 @@ class WebRTCRouteTests(SynchronousTestCase):
                          (1, 1, 1, 1))
         self.assertEqual(self.get("/room/unknown/peers")[0], 404)
 
+    def test_the_metrics_follow_the_peers(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def samples():
+            found = {}
+            for family in text_string_to_metric_families(self.api.metrics.render().decode()):
+                for sample in family.samples:
+                    found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            return found
+
+        self.assertEqual(samples()[("wecompany_sfu_peers", ())], 0)
+        peer = self.open("alice")
+        self.domain.sfu.connection_state(peer, "connected")
+        opened = samples()
+        self.assertEqual((opened[("wecompany_sfu_peers", ())], opened[("wecompany_sfu_peers_connected", ())],
+                          opened[("wecompany_sfu_peers_opened_total", ())], opened[("wecompany_sfu_rooms", ())]),
+                         (1, 1, 1, 1))
+        self.api.request("POST", f"/api/v1/meetings/{self.meeting_id}/end", {}, token=self.tokens["alice"])
+        ended = samples()
+        self.assertEqual(ended[("wecompany_sfu_peers", ())], 0)
+        self.assertEqual(sum(v for (name, _), v in ended.items() if name == "wecompany_sfu_peers_closed_total"), 1)
+
     def test_answers_per_address_are_limited(self):
         # mallory is refused (403) each time; the 51st attempt is refused before that.
         body = {"room_id": self.room_id, "user_id": str(self.ids["mallory"]), "offer": OFFER}

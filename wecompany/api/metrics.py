@@ -85,12 +85,47 @@ class _LiveState:
                 counter.add_metric(["dropped"], links.dropped)
                 counter.add_metric(["received"], links.received_packets)
                 yield counter
+        sfu = self.m.sfu
+        if sfu is not None:
+            yield from _sfu_families(sfu)
         calls = self.m.calls
         if calls is not None:
             counter = CounterMetricFamily("wecompany_media_packets", "Call media packets", labels=["outcome"])
             counter.add_metric(["relayed"], calls.relayed_packets)
             counter.add_metric(["dropped"], calls.dropped_packets)
             yield counter
+
+
+def _sfu_families(sfu):
+    """The meeting SFU's gauges and counters (:class:`~wecompany.domain.sfu.SfuService`)."""
+    gauges = sfu.gauges()
+    for name, text, value in (("wecompany_sfu_peers", "SFU connections open", gauges.peers),
+                              ("wecompany_sfu_peers_connected", "SFU connections connected", gauges.connected),
+                              ("wecompany_sfu_forwarded_streams", "Tracks the SFU forwards to subscribers",
+                               gauges.forwarded_streams),
+                              ("wecompany_sfu_rooms", "Rooms with SFU connections", gauges.rooms)):
+        gauge = GaugeMetricFamily(name, text)
+        gauge.add_metric([], value)
+        yield gauge
+    counts = sfu.counters
+    closed = CounterMetricFamily("wecompany_sfu_peers_closed", "SFU connections closed, by reason", labels=["reason"])
+    for reason, count in sorted(counts.peers_closed.items()):
+        closed.add_metric([reason], count)
+    yield closed
+    for name, text, value in (
+            ("wecompany_sfu_peers_opened", "SFU connections opened", counts.peers_opened),
+            ("wecompany_sfu_offers", "Renegotiation offers the SFU made", counts.offers),
+            ("wecompany_sfu_answers", "Answers to them applied", counts.answers),
+            ("wecompany_sfu_keyframe_requests", "Keyframes asked of publishers", counts.keyframes_requested),
+            ("wecompany_sfu_engine_errors", "Media-engine calls that failed", counts.engine_errors)):
+        counter = CounterMetricFamily(name, text)
+        counter.add_metric([], value)
+        yield counter
+    candidates = CounterMetricFamily("wecompany_sfu_candidates", "ICE candidates", labels=["outcome"])
+    candidates.add_metric(["received"], counts.candidates_received)
+    candidates.add_metric(["sent"], counts.candidates_sent)
+    candidates.add_metric(["dropped"], counts.candidates_dropped)
+    yield candidates
 
 
 #: Database operations: seconds from the call to its answer (the pool's queue included).
@@ -200,6 +235,7 @@ class Metrics:
         self.rooms = domain.rooms.room_count if domain is not None else None
         self.cluster = domain.cluster if domain is not None else None
         self.media_jobs = domain.processing.jobs if domain is not None else None
+        self.sfu = domain.sfu if domain is not None else None
         self.stats = domain.stats if domain is not None else Stats()
         self.query_timings = getattr(domain.store, "query_timings", None) if domain is not None else None
         self.gc_pauses = gc_pauses
