@@ -888,3 +888,24 @@ for _case in (HandshakeTests, RoomTests, MeetingFollowsRestTests, DialectTests, 
               PeerConflictTests, WireTests):
     globals()[f"PlainAutobahn{_case.__name__}"] = _with_plain_autobahn(_case)
 del _case
+
+
+class CountTests(SignalingTestCase):
+    """The counts the metrics read (wecompany_ws_connections, _messages)."""
+
+    def test_connections_and_messages_are_counted(self):
+        stats = self.api.domain.stats
+        alice, bob = self.connect("alice"), self.connect("bob")
+        self.assertEqual((stats.ws_opened, stats.ws_closed), (2, 0))
+        self.assertEqual(stats.ws_messages_in, 2)  # the two joins
+        sent_before = stats.ws_messages_out
+        delivered = len(alice.take()) + len(bob.take())
+        self.assertEqual(sent_before, delivered)  # room-info, user-joined... each message once
+        alice.send({"type": "ping"})
+        self.assertEqual((stats.ws_messages_in, [m["type"] for m in alice.take()]), (3, ["pong"]))
+        self.assertEqual(stats.ws_messages_out, sent_before + 1)
+        bob.onClose(True, 1000, "bye")
+        bob.onClose(True, 1000, "bye")  # told twice: counted once
+        self.assertEqual((stats.ws_opened, stats.ws_closed), (2, 1))
+        alice.onClose(False, 1006, None)
+        self.assertEqual((stats.ws_opened, stats.ws_closed), (2, 2))
