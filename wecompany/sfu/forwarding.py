@@ -45,6 +45,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from wecompany.errors import InvalidInput, PeerNotFound, Unavailable
 from wecompany.sfu import aiortc_internals
+from wecompany.sfu.ports import PortRange
 
 RTP_TIMEOUT = 10.0
 KEYFRAME_REQUEST_INTERVAL = 0.5
@@ -360,8 +361,12 @@ class Forwarder:
             servers.append(RTCIceServer(urls=server["urls"], username=server.get("username"),
                                         credential=server.get("credential")))
         if udp_ports is not None:
-            # aioice binds ephemeral ports and has no range option.
-            log(f"sfu: udp_ports {udp_ports} not supported, using ephemeral ports")
+            if not (isinstance(udp_ports, list) and len(udp_ports) == 2
+                    and all(isinstance(p, int) and not isinstance(p, bool) for p in udp_ports)
+                    and 0 < udp_ports[0] <= udp_ports[1] <= 65535):
+                raise InvalidInput("udp_ports must be [low, high]")
+            # Every host candidate's socket is bound in the range (wecompany.sfu.ports).
+            PortRange(*udp_ports).install(asyncio.get_running_loop())
         self.host_addresses = list(host_addresses)
         self.public_address = public_address
         self.ice_servers = servers
