@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import contextlib
 import fractions
 import json
 import math
@@ -649,6 +650,130 @@ async def baseline_room(n: int, procs: list[ClientProc], measure: float, srtp: b
             await forwarder.wait()
 
 
+async def daemon_room(n: int, procs: list[ClientProc], measure: float) -> dict:
+    """One room of ``n`` through the real daemon: REST join, signaling join, /api/v1/webrtc as the browser calls it."""
+    import shutil
+    import tempfile
+
+    import signaling
+
+    figures = {"n": n, "streams": n * (n - 1)}
+    data_dir = tempfile.mkdtemp(prefix="sfubench-")
+    names = [f"sfu{i}" for i in range(n)]
+    daemon = None
+    room_id = None
+    ids: dict = {}
+    sockets, pollers, conns = [], [], []
+    stop = asyncio.Event()
+    try:
+        secret, ids = common.prepare_accounts(data_dir, names)
+        tokens = common.mint_tokens(secret, ids)
+        daemon = common.Daemon(data_dir, ("--sfu-addresses", "127.0.0.1", "--sfu-workers", "1"))
+        daemon.start()
+        port = daemon.http_port
+        rest = await common.http_connect(port)
+        conns.append(rest)
+        status, env = await common.api(rest, "POST", "/api/v1/meetings", tokens[names[0]],
+                                       {"title": "sfu bench", "max_participants": n})
+        if status != 201:
+            raise RuntimeError(f"creating the meeting: {status} {env}")
+        meeting_id = env["data"]["meeting"]["id"]
+        for name in names:
+            status, env = await common.api(rest, "POST", f"/api/v1/meetings/{meeting_id}/join", tokens[name], {})
+            if status != 200:
+                raise RuntimeError(f"{name} joining: {status} {env}")
+            room_id = env["data"]["room_id"]
+        stats = signaling.Stats()
+        for i, name in enumerate(names):
+            sockets.append(await signaling.open_client(port, {
+                "meeting_id": meeting_id, "user_id": ids[name], "peer_id": f"web_{name}",
+                "token": tokens[name], "index": i}, stats))
+        owner = {i: procs[i % len(procs)] for i in range(n)}
+        peer_ids = {}
+        for i, name in enumerate(names):
+            offer = await owner[i].call("sfu_open", i)
+            status, body = await common.api(rest, "POST", "/api/v1/webrtc/answer", None, {
+                "room_id": str(room_id), "user_id": str(ids[name]), "offer": {"type": "offer", "sdp": offer}})
+            if status != 200:
+                raise RuntimeError(f"{name}: POST /api/v1/webrtc/answer: {status} {body}")
+            peer_ids[i] = body["peer_id"]
+            await owner[i].call("sfu_answer", i, body["answer"]["sdp"])
+        offers = {"count": 0}
+
+        async def poll(i: int) -> None:
+            # The browser's offer poll (every 800 ms there; 200 ms here, to set up faster).
+            conn = await common.http_connect(port)
+            conns.append(conn)
+            last = None
+            while not stop.is_set():
+                status, body = await common.api(conn, "GET", f"/api/v1/webrtc/peer/{peer_ids[i]}/offer")
+                if status == 200 and body["offer"]["sdp"] != last:
+                    last = body["offer"]["sdp"]
+                    offers["count"] += 1
+                    answer = await owner[i].call("sfu_reoffer", i, last)
+                    status, body = await common.api(conn, "POST", f"/api/v1/webrtc/peer/{peer_ids[i]}/answer",
+                                                    None, {"answer": {"type": "answer", "sdp": answer}})
+                    if status != 200:
+                        raise RuntimeError(f"POST answer: {status} {body}")
+                elif status not in (200, 204):
+                    raise RuntimeError(f"GET offer: {status} {body}")
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                except asyncio.TimeoutError:
+                    pass
+
+        pollers = [asyncio.ensure_future(poll(i)) for i in range(n)]
+        if not await wait_receiving(procs, n, 45.0):
+            failed = [p.exception() for p in pollers if p.done() and p.exception()]
+            figures["error"] = f"not every subscriber received every stream within 45 s {failed or ''}"
+            return figures
+        await asyncio.sleep(1.5)
+        # The daemon's process tree: the daemon and its media worker.
+        t0 = time.perf_counter_ns() + 200_000_000
+        t1 = t0 + int(measure * 1e9)
+        for proc in procs:
+            await proc.call("window", t0, t1)
+        await asyncio.sleep(max(0.0, (t0 - time.perf_counter_ns()) / 1e9))
+        workers = common.descendants(daemon.pid)
+        meter = common.CpuMeter(daemon.pid, *workers, *(p.pid for p in procs))
+        own0 = common.own_cpu_seconds()
+        meter.start()
+        await asyncio.sleep(measure)
+        meter.stop()
+        own = common.own_cpu_seconds() - own0
+        await asyncio.sleep(1.0)
+        results = [await proc.call("results") for proc in procs]
+        names_cpu = ["daemon"] + [f"worker{k}" for k in range(len(workers))] + [f"client{k}" for k in range(len(procs))]
+        figures.update(room_figures(n, results, meter, names_cpu, measure))
+        worker_pct = sum(v for k, v in figures["cpu"].items() if k.startswith("worker"))
+        figures["server_pct"] = figures["cpu"]["daemon"] + worker_pct
+        figures["per_stream_pct"] = figures["server_pct"] / figures["streams"]
+        figures["daemon_pct"], figures["worker_pct"] = figures["cpu"]["daemon"], worker_pct
+        figures["others_pct"] = meter.others_pct(own)
+        figures["server_offers"] = offers["count"]
+        return figures
+    finally:
+        stop.set()
+        for task in pollers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+        if room_id is not None and conns:  # the browser's leave route, for each user
+            for i, name in enumerate(names):
+                with contextlib.suppress(Exception):
+                    await common.api(conns[0], "POST", f"/api/v1/webrtc/room/{room_id}/leave", None,
+                                     {"user_id": str(ids[name])})
+        for proc in procs:
+            await proc.call("close")
+        for ws in sockets:
+            await ws.aclose()
+        for conn in conns:
+            conn.close()
+        if daemon is not None:
+            figures["exit_status"] = daemon.stop()
+            figures["tracebacks"] = daemon.log_text().count("Traceback")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def held(f: dict) -> tuple[bool, str]:
     """Did the room fit: no frame lost, worker under CPU_LIMIT, clients kept 30 fps? -> (ok, why not)."""
     if "error" in f:
@@ -708,7 +833,11 @@ async def run(args, procs: list[ClientProc], clip: list[bytes]) -> dict:
             why = reason
             break
         largest = n
-    return {"sfu": sfu_rows, "baseline": base_rows, "largest": largest, "why": why}
+    daemon_row = None
+    if args.daemon:
+        daemon_row = await daemon_room(args.daemon_n, procs, args.measure)
+        print(table([HEADER, row("daemon (HTTP)", daemon_row)]), flush=True)
+    return {"sfu": sfu_rows, "baseline": base_rows, "largest": largest, "why": why, "daemon": daemon_row}
 
 
 def report(args, out: dict, quiet: float) -> int:
@@ -741,6 +870,20 @@ def report(args, out: dict, quiet: float) -> int:
     summary.append(("largest room one core serves with no frame loss",
                     f"N={largest} ({largest * (largest - 1)} streams)" if largest else "none",
                     "", f"stopped: {out['why']}"))
+    d = out.get("daemon")
+    if d is not None:
+        rows = [HEADER, row("daemon (HTTP)", d)]
+        print()
+        print(table(rows, title=f"One room of {d['n']} through the real daemon (REST join, signaling join, "
+                                "/api/v1/webrtc answer + offer polls); CPU = daemon + its media worker"))
+        if "error" not in d:
+            print(f"daemon {d['daemon_pct']:.1f} % + worker {d['worker_pct']:.1f} % of a core; "
+                  f"{d['server_offers']} server offers answered; daemon exit status {d.get('exit_status')}, "
+                  f"{d.get('tracebacks')} tracebacks in its log")
+            summary.append((f"whole path through the daemon (N={d['n']})", f"{d['lost']}/{d['expected']} frames lost, "
+                            f"p99 {d['p99']:.1f} ms", "0 lost", verdict(d["lost"] == 0 and d["latency_samples"] > 0)))
+        else:
+            summary.append((f"whole path through the daemon (N={d['n']})", d["error"], "0 lost", "FAIL"))
     print()
     print(table(summary, title="Summary"))
     print(f"machine before the run: {fmt(quiet, 0)} % busy; load average now "
@@ -780,6 +923,9 @@ def parse(argv=None):
     p.add_argument("--baseline", default="plain,srtp",
                    help="baseline forwarder modes run at each N: plain, srtp, both (default) or none")
     p.add_argument("--procs", type=int, default=1, help="client processes")
+    p.add_argument("--daemon", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run one room through the real daemon's HTTP routes (default: on, off with --quick)")
+    p.add_argument("--daemon-n", type=int, default=3, help="participants of the daemon room")
     p.add_argument("--budget", type=float, default=360.0, help="start no new room after this many seconds")
     p.add_argument("--quick", action="store_true", help="smoke test: rooms of 2 and 3, short windows (< 30 s)")
     p.add_argument("--json", help="also write the figures to this file")
@@ -794,6 +940,8 @@ def parse(argv=None):
         ["plain", "srtp"] if args.baseline == "both" else [m for m in args.baseline.split(",") if m])
     if any(m not in ("plain", "srtp") for m in args.baseline):
         p.error("--baseline: plain, srtp, both or none")
+    if args.daemon is None:
+        args.daemon = not args.quick
     args.hard_timeout = args.budget + 300.0
     return args
 
