@@ -529,7 +529,18 @@ def room_figures(n: int, results: list[dict], meter: common.CpuMeter, pid_names:
                                         if not math.isnan(p["late_p99_ms"])), default=math.nan),
         "loop_lag_p99_ms": lag_p99,
         "steal_pct": meter.steal_pct, "others_pct": None, "load": os.getloadavg()[0],
+        # how long the server's thread was ready to run but had no CPU: the machine's share of its latency
+        "wait_pct": getattr(meter, "server_wait_pct", math.nan),
     }
+
+
+def run_queue_wait_s(pid: int) -> float:
+    """Seconds ``pid``'s main thread was runnable but waited for a CPU (``/proc/<pid>/schedstat``)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 async def measure_window(procs: list[ClientProc], server_pid: int, measure: float,
@@ -541,10 +552,12 @@ async def measure_window(procs: list[ClientProc], server_pid: int, measure: floa
     await asyncio.sleep(max(0.0, (t0 - time.perf_counter_ns()) / 1e9))
     meter = common.CpuMeter(server_pid, *(p.pid for p in procs))
     own0 = common.own_cpu_seconds()
+    wait0 = run_queue_wait_s(server_pid)
     meter.start()
     await asyncio.sleep(measure)
     meter.stop()
     own = common.own_cpu_seconds() - own0
+    meter.server_wait_pct = 100.0 * (run_queue_wait_s(server_pid) - wait0) / meter.wall
     await asyncio.sleep(grace)  # frames of the window still in flight
     results = [await proc.call("results") for proc in procs]
     return results, meter, own
@@ -789,15 +802,15 @@ def held(f: dict) -> tuple[bool, str]:
 
 def row(label: str, f: dict) -> tuple:
     if "error" in f:
-        return (label, f["n"], f["streams"]) + ("-",) * 11 + (f["error"],)
+        return (label, f["n"], f["streams"]) + ("-",) * 12 + (f["error"],)
     return (label, f["n"], f["streams"], fmt(f["server_pct"], 1), fmt(f["per_stream_pct"], 2),
             f"{f['lost']}/{f['expected']}", fmt(f["p50"], 1), fmt(f["p99"], 1), fmt(f["max"], 1),
             fmt(f["clients_pct"], 0), fmt(f["fps"], 1), fmt(f["late_p99_ms"], 1), fmt(f["steal_pct"], 1),
-            fmt(f["others_pct"], 0), held(f)[1] or "held")
+            fmt(f["others_pct"], 0), fmt(f["wait_pct"], 0), held(f)[1] or "held")
 
 
 HEADER = ("run", "N", "streams", "CPU %", "CPU/stream %", "lost/frames", "lat p50 ms", "p99", "max",
-          "clients CPU %", "pub fps", "send late p99 ms", "steal %", "others %", "")
+          "clients CPU %", "pub fps", "send late p99 ms", "steal %", "others %", "run-queue wait %", "")
 
 
 def clip_description(clip: list[bytes]) -> str:
