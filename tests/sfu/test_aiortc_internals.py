@@ -17,6 +17,7 @@ import aiortc
 import aiortc.rtcpeerconnection
 import av
 from aiortc import MediaStreamTrack, RTCRtpCodecParameters
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -139,6 +140,82 @@ class ReceiverTests(unittest.TestCase):
         plis = [p for data in transport.sent for p in RtcpPacket.parse(data)
                 if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI]
         self.assertEqual([(p.ssrc, p.media_ssrc) for p in plis], [(99, 1234)])
+
+
+def rtp(seq: int, timestamp: int, marker: bool = False, data: bytes | None = None) -> RtpPacket:
+    packet = RtpPacket(payload_type=102, sequence_number=seq, timestamp=timestamp, marker=int(marker), ssrc=5)
+    packet._data = data if data is not None else bytes([seq & 0xFF])  # what _handle_rtp_packet sets (depayloaded)
+    return packet
+
+
+class JitterBufferTests(unittest.TestCase):
+    def test_the_jitter_buffer_internals_it_builds_on(self) -> None:
+        self.assertEqual(parameters(JitterBuffer.__init__), ["self", "capacity", "prefetch", "is_video"])
+        self.assertEqual(parameters(JitterBuffer._remove_frame), ["self", "sequence_number"])
+        self.assertEqual(parameters(JitterBuffer.remove), ["self", "count"])
+        self.assertEqual(parameters(JitterFrame.__init__), ["self", "data", "timestamp"])
+        self.assertIn("self._remove_frame(packet.sequence_number)", inspect.getsource(JitterBuffer.add))
+        buffer = JitterBuffer(capacity=16)
+        for name in ("_packets", "_origin", "capacity"):
+            self.assertTrue(hasattr(buffer, name), name)
+        # The receiver assembles frames with the buffer it holds under this name.
+        self.assertIn("self.__jitter_buffer.add(packet)", inspect.getsource(RTCRtpReceiver._handle_rtp_packet))
+
+    def test_a_video_frame_goes_at_its_marker_not_at_the_next_frame(self) -> None:
+        buffer = aiortc_internals.ForwardingJitterBuffer("video")
+        self.assertEqual(buffer.add(rtp(10, 0)), (False, None))
+        pli, frame = buffer.add(rtp(11, 0, marker=True))
+        self.assertEqual((frame.data, frame.timestamp), (bytes([10, 11]), 0))
+        # Reordered: nothing until the gap is filled, then the whole frame.
+        self.assertEqual(buffer.add(rtp(13, 3000, marker=True))[1], None)
+        frame = buffer.add(rtp(12, 3000))[1]
+        self.assertEqual((frame.data, frame.timestamp), (bytes([12, 13]), 3000))
+        # A marker lost: the frame goes when the next one starts.
+        self.assertEqual(buffer.add(rtp(14, 6000))[1], None)
+        frame = buffer.add(rtp(15, 9000))[1]
+        self.assertEqual((frame.data, frame.timestamp), (bytes([14]), 6000))
+
+    def test_aiortcs_own_holds_the_frame_until_the_next(self) -> None:
+        # What the forwarding buffer is for (and the check that it differs).
+        buffer = JitterBuffer(capacity=512, is_video=True)
+        self.assertEqual(buffer.add(rtp(10, 0))[1], None)
+        self.assertEqual(buffer.add(rtp(11, 0, marker=True))[1], None)
+        self.assertEqual(buffer.add(rtp(12, 3000))[1].data, bytes([10, 11]))
+
+    def test_frames_a_late_packet_completes_are_all_handed_on(self) -> None:
+        # Single-packet frames 20, 21, 22 with 20 late: when it comes, all three are whole.
+        buffer = aiortc_internals.ForwardingJitterBuffer("video")
+        self.assertEqual(buffer.add(rtp(19, 0, marker=True))[1].timestamp, 0)
+        self.assertEqual(buffer.add(rtp(21, 6000, marker=True))[1], None)
+        self.assertEqual(buffer.add(rtp(22, 9000, marker=True))[1], None)
+        frame = buffer.add(rtp(20, 3000, marker=True))[1]
+        self.assertEqual((frame.timestamp, buffer.last_timestamp), (3000, 3000))
+        self.assertEqual([f.timestamp for f in buffer.take_ready()], [6000, 9000])
+        self.assertEqual(buffer.take_ready(), [])
+        # Not one frame behind for good: the next is handed on with its own packet.
+        self.assertEqual(buffer.add(rtp(23, 12000, marker=True))[1].timestamp, 12000)
+
+    def test_the_tap_passes_them_on_in_the_receivers_timeline(self) -> None:
+        frames = []
+        buffer = aiortc_internals.ForwardingJitterBuffer("video")
+        tap = aiortc_internals._FrameTap(lambda codec, data, ts: frames.append((data, ts)), lambda: None, buffer)
+        buffer.add(rtp(1, 0xFFFFF000 - 3000, marker=True))
+        buffer.add(rtp(3, (0xFFFFF000 + 3000) & 0xFFFFFFFF, marker=True))  # after the 32-bit wrap
+        _, frame = buffer.add(rtp(2, 0xFFFFF000, marker=True))
+        frame.timestamp = 3000  # as the receiver's TimestampMapper made it (its origin: the first frame)
+        tap.put((None, frame))
+        self.assertEqual(frames, [(bytes([2]), 3000), (bytes([3]), 6000)])
+
+    def test_audio_packets_go_at_once_and_late_ones_are_dropped(self) -> None:
+        buffer = aiortc_internals.ForwardingJitterBuffer("audio")
+        self.assertEqual(buffer.add(rtp(100, 0))[1].timestamp, 0)
+        self.assertEqual(buffer.add(rtp(102, 1920))[1].timestamp, 1920)  # 101 is missing: not waited for
+        self.assertEqual(buffer.add(rtp(101, 960))[1], None)  # late
+        self.assertEqual(buffer.add(rtp(103, 2880))[1].timestamp, 2880)
+        buffer = aiortc_internals.ForwardingJitterBuffer("audio")  # across the 16-bit wrap
+        self.assertIsNotNone(buffer.add(rtp(65535, 0))[1])
+        self.assertIsNotNone(buffer.add(rtp(0, 960))[1])
+        self.assertIsNone(buffer.add(rtp(65534, 0))[1])
 
 
 class SenderTests(unittest.TestCase):
