@@ -329,7 +329,8 @@ def build_service(config: Config, reactor):
         from wecompany.sfu.engine import WorkerEngine
 
         media_engine = WorkerEngine(reactor, workers=config.sfu_workers, host_addresses=config.sfu_addresses or (),
-                                    public_address=config.sfu_public_address, udp_ports=config.sfu_udp_ports)
+                                    public_address=config.sfu_public_address, udp_ports=config.sfu_udp_ports,
+                                    lazy=True)  # started by the first room: no media, no workers
     domain = build_domain(config, reactor, store, secret=secret,
                           run_hash=partial(deferToThreadPool, reactor, hash_pool), run_disk=run_disk,
                           user_cache=user_cache, meeting_pages=meeting_pages, redis_link=redis_link,

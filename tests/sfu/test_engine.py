@@ -199,6 +199,22 @@ class StartTests(EngineTestBase):
                 "max_peers": 50})
             self.assertIs(process.producer, process.protocol)
 
+    def test_lazy_workers_start_with_the_first_room(self) -> None:
+        engine = self.make_engine(lazy=True)
+        engine.start(self.listener)
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.successResultOf(engine.stats())["workers"], 0)
+        d = engine.open_peer("r1", "a", "offer")
+        self.assertEqual(len(self.reactor.spawned), 2)  # all of them, the room on one
+        for process in self.reactor.processes:
+            process.come_up()
+        [(process, request)] = [(p, r) for p in self.reactor.processes for r in p.requests()]
+        self.assertEqual(request["op"], "open_peer")
+        process.reply(request, {"answer_sdp": "answer"})
+        self.assertEqual(self.successResultOf(d), "answer")
+        engine.open_peer("r2", "b", "offer")
+        self.assertEqual(len(self.reactor.spawned), 2)  # started once
+
     def test_default_command_and_count(self) -> None:
         engine = WorkerEngine(self.reactor)
         engine.start(self.listener)
@@ -816,6 +832,16 @@ class StopTests(EngineTestBase):
         self.assertEqual(len(self.reactor.processes), 2)  # no restart
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertIsNone(self.successResultOf(self.engine.stop()))
+
+    def test_a_worker_still_starting_is_sent_sigterm_at_once(self) -> None:
+        # It holds nothing to finish, and would read shutdown only once aiortc is imported.
+        p1, p2 = self.start(up=False)
+        p2.come_up()
+        d = self.engine.stop()
+        self.assertEqual((p1.signals, p2.signals), (["TERM"], []))
+        p1.exit(code=None, signal=15)
+        p2.exit(0)
+        self.successResultOf(d)
 
     def test_stop_terms_then_kills(self) -> None:
         p1, p2 = self.start()

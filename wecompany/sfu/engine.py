@@ -256,7 +256,11 @@ class WorkerProtocol(ProcessProtocol):
         """Ask the worker to exit; SIGTERM after ``term_after`` s, SIGKILL ``kill_after`` s later."""
         if self.ended:
             return
-        if self.lost_reason is None:
+        if not self.usable:
+            # Still starting (importing aiortc): it holds nothing to finish, and
+            # would read the request only once started.
+            self.signal("TERM")
+        elif self.lost_reason is None:
             self.request("shutdown", {}, timeout=term_after + kill_after).addErrback(lambda f: None)
         self._stop_timers.append(self._clock.callLater(term_after, self.signal, "TERM"))
         self._stop_timers.append(self._clock.callLater(term_after + kill_after, self.signal, "KILL"))
@@ -501,7 +505,9 @@ class WorkerEngine:
     :param restart_backoff: ``(first, cap)`` delays before a restart; doubles
         each time, back to ``first`` once a worker ran ``stable_after`` seconds.
     :param stop_timeout, kill_timeout: :meth:`stop` sends SIGTERM that long
-        after ``shutdown``, then SIGKILL ``kill_timeout`` later.
+        after ``shutdown``, then SIGKILL ``kill_timeout`` later (at once to a
+        worker still starting).
+    :param lazy: start the workers with the first room, not in :meth:`start`.
     """
 
     _log = Logger()
@@ -513,8 +519,10 @@ class WorkerEngine:
                  ready_timeout: float = 30.0, start_wait: float | None = None,
                  restart_backoff: tuple[float, float] = (0.5, 30.0), stable_after: float = 60.0,
                  stop_timeout: float = 10.0, kill_timeout: float = 5.0, max_line: int = MAX_LINE,
-                 stdin_limit: int = 1 << 20) -> None:
+                 stdin_limit: int = 1 << 20, lazy: bool = False) -> None:
         self._reactor = reactor
+        self._lazy = lazy
+        self._spawned = False
         # -P: "-m" would otherwise put the daemon's working directory first on the
         # worker's sys.path, where a stray wecompany/ would shadow the installed one.
         self._command = list(command) if command else [sys.executable, "-P", "-m", "wecompany.sfu.worker"]
@@ -551,12 +559,23 @@ class WorkerEngine:
     # -- lifecycle ---------------------------------------------------------
 
     def start(self, listener) -> None:
+        """
+        Begin, reporting to ``listener``. With ``lazy`` the worker processes
+        start with the first room (a daemon whose meetings never send media
+        runs none); otherwise now.
+        """
         if self._slots:
             raise RuntimeError("WorkerEngine already started")
         self._listener = listener
         self._slots = [_Slot(self, i, self._backoff_first) for i in range(self._count)]
+        if not self._lazy:
+            self._spawn_all()
+
+    def _spawn_all(self) -> None:
+        self._spawned = True
         for slot in self._slots:
-            self._spawn(slot)
+            if slot.protocol is None and slot.restart_call is None:
+                self._spawn(slot)
 
     def stop(self) -> defer.Deferred:
         """
@@ -712,6 +731,8 @@ class WorkerEngine:
     def _ensure_room(self, room: str) -> _Slot:
         slot = self._rooms.get(room)
         if slot is None:
+            if not self._spawned:
+                self._spawn_all()
             slot = self._place()
             self._rooms[room] = slot
             slot.rooms.add(room)
