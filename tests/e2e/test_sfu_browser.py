@@ -106,9 +106,16 @@ class SfuBrowserTests(DaemonTestCase):
         alice, bob = await self.browser(), await self.browser()
         drivers = {"alice": alice, "bob": bob}
         base = f"http://127.0.0.1:{daemon.http_port}/"
+        def page(name: str, **options: str) -> str:
+            # Alice's page uses encoded insertable streams (an SEI in each sent H.264 frame) as the
+            # family's client does; Bob's first one is a plain WebRTC client.
+            query = {"username": name, "password": PASSWORD, "meeting": meeting_id, **options}
+            if name == "alice":
+                query["insertable"] = "1"
+            return base + "?" + urlencode(query)
+
         for name, driver in drivers.items():
-            url = base + "?" + urlencode({"username": name, "password": PASSWORD, "meeting": meeting_id})
-            await deferToThread(driver.get, url)
+            await deferToThread(driver.get, page(name))
         loaded = reactor.seconds()
 
         def tiles(driver) -> list:
@@ -181,4 +188,47 @@ class SfuBrowserTests(DaemonTestCase):
         state = await deferToThread(alice.execute_script, "return window.sfuState")
         self.assertEqual((state["connectionState"], state["connections"], state["errors"]), ("connected", 1, []),
                          await deferToThread(self.describe, alice))
+
+        # Bob comes back (a new page: new signaling and SFU peers), with insertable streams and without
+        # camera or microphone at first: he receives Alice, with the SEI her browser put in her frames
+        # (the SFU forwards, it does not decode), and she has no tile of him while he sends nothing.
+        await deferToThread(bob.get, page("bob", insertable="1", media="later"))
+        alice_key = await deferToThread(signaling_peer, alice)
+
+        def alice_seen():
+            found = tiles(bob)
+            return (len(found) == 1 and found[0]["label"] == "alice"
+                    and frames(bob).get(alice_key, 0) > 0 and bob.execute_script("return window.sfuState.seiSeen"))
+
+        seen = await self.until("bob to decode alice again", alice_seen, CONNECT_TIMEOUT, drivers.values(), daemon)
+        self.assertEqual(seen, {alice_key: "wecompany:alice"})
+        self.assertEqual(await deferToThread(tiles, alice), [])
+
+        # He starts his camera and microphone (replaceTrack, no renegotiation from his side): the SFU sees
+        # his media, offers it to Alice beside the m-lines of his first visit, and she shows him again.
+        await deferToThread(bob.execute_script, "window.sfuStartMedia()")
+        for name, driver in drivers.items():
+            other = "bob" if name == "alice" else "alice"
+
+            def back(driver=driver, other=other):
+                found = tiles(driver)
+                if len(found) != 1 or found[0]["label"] != other:
+                    return None
+                counts = frames(driver)
+                return found[0] if counts.get(found[0]["key"], 0) > 0 else None
+
+            tile = await self.until(f"{name} to decode {other} again", back, CONNECT_TIMEOUT, drivers.values(), daemon)
+            self.assertEqual(tile["key"], await deferToThread(signaling_peer, drivers[other]))
+        self.assertNotEqual(await deferToThread(signaling_peer, bob), bob_key)
+        bob_key = await deferToThread(signaling_peer, bob)
+
+        def bob_sei():
+            return alice.execute_script("return window.sfuState.seiSeen")
+
+        seen = await self.until("alice to read bob's SEI", bob_sei, 10.0, drivers.values(), daemon)
+        self.assertEqual(seen, {bob_key: "wecompany:bob"})
+        for name, driver in drivers.items():
+            state = await deferToThread(driver.execute_script, "return window.sfuState")
+            self.assertEqual((state["connectionState"], state["connections"], state["errors"]), ("connected", 1, []),
+                             await deferToThread(self.describe, driver))
         self.assertNotIn("Traceback", daemon.log_text())

@@ -14,8 +14,12 @@
   const RECONNECT_GAP_MS = 3000;
 
   const query = new URLSearchParams(location.search);
-  // ?insertable=1: encodedInsertableStreams as the family's client, with pass-through transforms.
+  // ?insertable=1: encodedInsertableStreams as the family's client: its sent H.264 frames carry an SEI
+  // user-data NAL (the family's UUID, "wecompany:<username>"), and received ones are searched for it.
   const insertable = query.get("insertable") === "1";
+  // ?media=later: no camera nor microphone until window.sfuStartMedia() (replaceTrack, no renegotiation).
+  const mediaLater = query.get("media") === "later";
+  const SEI_UUID = [0xb0, 0xf7, 0xb0, 0xa1, 0x6a, 0x3d, 0x4c, 0x53, 0x9b, 0x2e, 0x6a, 0x7d, 0x3e, 0x9f, 0x1c, 0x20];
 
   const state = {
     status: "idle",
@@ -32,6 +36,8 @@
     participants: [],
     offersHandled: 0,
     tilesRemoved: [],
+    seiSent: 0,
+    seiSeen: {}, // tile key -> the SEI text last read in its video
   };
   window.sfuState = state;
 
@@ -47,6 +53,8 @@
   let lastOfferSdp = null;
   let lastConnectAt = 0;
   let queuedCandidates = [];
+  let senders = null;
+  const transformed = new WeakSet();
   const tiles = new Map(); // key -> {key, element, video, label, stream}
 
   function note(message) {
@@ -102,8 +110,8 @@
 
   async function start(username, password, meetingId) {
     try {
-      setStatus("media");
-      localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+      state.username = username;
+      if (!mediaLater) await startMedia();
       setStatus("login");
       const login = await api("POST", "/api/v1/auth/login", { username, password }, { auth: false });
       token = login.data.data.token;
@@ -161,10 +169,88 @@
     if (h264.length) transceiver.setCodecPreferences([...h264, ...rest]);
   }
 
-  function passThrough(senderOrReceiver) {
+  async function startMedia() {
+    localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+    if (senders) {
+      await senders.audio.replaceTrack(localStream.getAudioTracks()[0] || null);
+      await senders.video.replaceTrack(localStream.getVideoTracks()[0] || null);
+    }
+    note("media started");
+  }
+
+  // Annex B start code at i (00 00 01): the NAL type after it, else -1.
+  function nalTypeAt(data, i) {
+    return data[i] === 0 && data[i + 1] === 0 && data[i + 2] === 1 && i + 3 < data.length ? data[i + 3] & 0x1f : -1;
+  }
+
+  function withSei(buffer, text) {
+    const data = new Uint8Array(buffer);
+    let at = -1;
+    for (let i = 0; i + 3 < data.length; i++) {
+      const type = nalTypeAt(data, i);
+      if (type === 1 || type === 5) {
+        at = i > 0 && data[i - 1] === 0 ? i - 1 : i;
+        break;
+      }
+    }
+    if (at < 0) return null;
+    const payload = new TextEncoder().encode(text);
+    // SEI (6), user_data_unregistered (5), size, UUID, text, rbsp trailing bits.
+    const sei = [0, 0, 0, 1, 0x06, 0x05, SEI_UUID.length + payload.length, ...SEI_UUID, ...payload, 0x80];
+    const out = new Uint8Array(data.length + sei.length);
+    out.set(data.subarray(0, at));
+    out.set(sei, at);
+    out.set(data.subarray(at), at + sei.length);
+    return out.buffer;
+  }
+
+  function readSei(buffer) {
+    const data = new Uint8Array(buffer);
+    for (let i = 0; i + 6 < data.length; i++) {
+      if (nalTypeAt(data, i) !== 6 || data[i + 4] !== 0x05) continue;
+      const size = data[i + 5];
+      const start = i + 6;
+      if (start + size > data.length || size < SEI_UUID.length) continue;
+      if (SEI_UUID.every((b, j) => data[start + j] === b)) {
+        return new TextDecoder().decode(data.subarray(start + SEI_UUID.length, start + size));
+      }
+    }
+    return null;
+  }
+
+  function transformSender(sender, kind) {
     try {
-      const { readable, writable } = senderOrReceiver.createEncodedStreams();
-      readable.pipeTo(writable).catch(() => {});
+      const { readable, writable } = sender.createEncodedStreams();
+      const text = `wecompany:${state.username}`;
+      readable.pipeThrough(new TransformStream({
+        transform(frame, controller) {
+          if (kind === "video") {
+            const changed = withSei(frame.data, text);
+            if (changed) {
+              frame.data = changed;
+              state.seiSent += 1;
+            }
+          }
+          controller.enqueue(frame);
+        },
+      })).pipeTo(writable).catch((e) => fail("sender transform", e));
+    } catch (e) {
+      fail("createEncodedStreams", e);
+    }
+  }
+
+  function transformReceiver(receiver, kind, key) {
+    try {
+      const { readable, writable } = receiver.createEncodedStreams();
+      readable.pipeThrough(new TransformStream({
+        transform(frame, controller) {
+          if (kind === "video") {
+            const text = readSei(frame.data);
+            if (text !== null) state.seiSeen[key] = text;
+          }
+          controller.enqueue(frame);
+        },
+      })).pipeTo(writable).catch((e) => fail("receiver transform", e));
     } catch (e) {
       fail("createEncodedStreams", e);
     }
@@ -193,9 +279,10 @@
       const video = connection.addTransceiver("video", { direction: "sendrecv" });
       preferH264(video);
       if (insertable) {
-        passThrough(audio.sender);
-        passThrough(video.sender);
+        transformSender(audio.sender, "audio");
+        transformSender(video.sender, "video");
       }
+      senders = { audio: audio.sender, video: video.sender };
       await audio.sender.replaceTrack((localStream && localStream.getAudioTracks()[0]) || null);
       await video.sender.replaceTrack((localStream && localStream.getVideoTracks()[0]) || null);
       connection.onicecandidate = (event) => {
@@ -314,6 +401,7 @@
       try { pc.close(); } catch (e) { /* closed already */ }
     }
     pc = null;
+    senders = null;
     state.sfuPeerId = null;
     state.connectionState = "closed";
     for (const key of Array.from(tiles.keys())) removeTile(key);
@@ -323,10 +411,13 @@
 
   function onTrack(event) {
     const track = event.track;
-    if (insertable) passThrough(event.receiver);
     const stream = event.streams && event.streams[0];
     const mid = event.transceiver && event.transceiver.mid;
     const key = stream ? stream.id : (mid != null ? `mid_${mid}` : `track_${track.id}`);
+    if (insertable && !transformed.has(event.receiver)) {
+      transformed.add(event.receiver); // an m-line reused by a later offer fires ontrack again
+      transformReceiver(event.receiver, track.kind, key);
+    }
     let tile = tiles.get(key);
     if (!tile) {
       const element = document.createElement("div");
@@ -437,6 +528,7 @@
   };
 
   window.sfuLeave = leave;
+  window.sfuStartMedia = () => startMedia().catch((e) => fail("media", e));
 
   document.getElementById("start-form").addEventListener("submit", (event) => {
     event.preventDefault();
