@@ -63,18 +63,15 @@ class SfuBrowserTests(DaemonTestCase):
         self.addCleanup(deferToThread, driver.quit)
         return driver
 
-    def describe(self, driver, daemon=None) -> str:
-        """The page's state and log, the browser console and the daemon's log tail, for failures."""
+    def describe(self, driver) -> str:
+        """The page's state and log and the browser console, for failures."""
         try:
             page = driver.execute_script(
                 "return {state: window.sfuState, tiles: window.sfuTiles ? window.sfuTiles() : null}")
             console = [entry["message"] for entry in driver.get_log("browser")][-30:]
         except Exception as e:  # noqa: BLE001 - a failure report must not fail
             page, console = f"(page unreadable: {e!r})", []
-        text = f"page: {json.dumps(page, indent=1, ensure_ascii=False)}\nconsole: {json.dumps(console, indent=1)}"
-        if daemon is not None:
-            text += "\n--- daemon log (tail) ---\n" + daemon.log_text()[-6000:]
-        return text
+        return f"page: {json.dumps(page, indent=1, ensure_ascii=False)}\nconsole: {json.dumps(console, indent=1)}"
 
     async def until(self, what: str, check, timeout: float, drivers, daemon):
         """Call ``check()`` in a thread until it returns something truthy; fail with every page's state."""
@@ -95,8 +92,7 @@ class SfuBrowserTests(DaemonTestCase):
         browser_or_skip(self)
         daemon = await self.start_daemon(*DAEMON_ARGS)
         http = Http(self, daemon)
-        names = ("alice", "bob")
-        for name in names:
+        for name in ("alice", "bob"):
             await http.register(name)
         host = (await http.login("alice"))["token"]
         code, body = await http.call("POST", "/api/v1/meetings", {"title": "SFU in browsers"}, token=host)
@@ -106,6 +102,7 @@ class SfuBrowserTests(DaemonTestCase):
         alice, bob = await self.browser(), await self.browser()
         drivers = {"alice": alice, "bob": bob}
         base = f"http://127.0.0.1:{daemon.http_port}/"
+
         def page(name: str, **options: str) -> str:
             # Alice's page uses encoded insertable streams (an SEI in each sent H.264 frame) as the
             # family's client does; Bob's first one is a plain WebRTC client.
