@@ -106,9 +106,14 @@ class DispatchTests(unittest.TestCase):
                                             "packets": 0, "bytes": 0}}, written)
         self.assertEqual(written[-2:], [{"id": 12, "result": {}}, {"shutdown": True}])
 
-    def test_recording_is_refused_not_faked(self) -> None:
+    def test_recording_ops(self) -> None:
         reply = dispatch(b'{"id": 13, "op": "stop_recording", "args": {"recording_id": "r"}}')[0]
+        self.assertEqual(reply, {"id": 13, "error": {"kind": "invalid", "message": "recording not found: r"}})
+        line = json.dumps({"id": 14, "op": "start_recording",
+                           "args": {"room": "x", "recording_id": "r", "path": "/nonexistent/dir/r.mkv"}})
+        reply = dispatch(line.encode())[0]
         self.assertEqual(reply["error"]["kind"], "invalid")
+        self.assertIn("cannot write the recording", reply["error"]["message"])
 
     def test_too_many_in_flight_is_busy(self) -> None:
         written: list[dict] = []
