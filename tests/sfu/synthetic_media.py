@@ -4,7 +4,8 @@ Encoded frames and fake published tracks for recording tests, without aiortc or 
 Also a script: ``python synthetic_media.py disk-full PATH LIMIT`` records
 synthetic publishers into PATH with the file size limited to LIMIT bytes
 (RLIMIT_FSIZE: writes past it fail with EFBIG, as on a full disk) and prints
-the events and the stop result as JSON.
+the events and the stop result as JSON; ``python synthetic_media.py
+until-killed PATH`` records in real time until it is killed.
 """
 
 from __future__ import annotations
@@ -169,7 +170,26 @@ async def disk_full(path: str) -> dict:
     return {"events": events, "result": result}
 
 
+async def until_killed(path: str) -> None:
+    """Record two synthetic publishers in about real time, printing ``at N`` after N seconds of media."""
+    from wecompany.sfu.recording import Recordings
+
+    recordings = Recordings(lambda event: None, clock=Clock(), seal_min=0.0, seal_wait=0.0)
+    clock = recordings.options["clock"]
+    publishers = [Publisher("a"), Publisher("b", "vp8")]
+    await recordings.start("room", "rec-1", path, [t for p in publishers for t in (p.audio, p.video)])
+    recording = recordings.by_id["rec-1"]
+    for step in range(1000):
+        start = 1000.0 + step / 10
+        await play(recording, clock, [(p, 1000.0, 1100.0) for p in publishers], start, start + 0.1)
+        await asyncio.sleep(0.1)
+        if step % 10 == 9:
+            print(f"at {(step + 1) // 10}", flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "until-killed":
+        asyncio.run(until_killed(sys.argv[2]))
     if sys.argv[1] == "disk-full":
         import resource
         import signal

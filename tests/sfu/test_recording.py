@@ -172,3 +172,20 @@ class RecordingTests(unittest.TestCase):
         streams = decode(self.path)
         self.assertEqual(len(streams), 4)
         self.assertGreater(min(s["frames"] for s in streams.values()), 10)
+
+    def test_a_file_cut_by_a_crash_reads_up_to_the_cut(self) -> None:
+        process = subprocess.Popen([sys.executable, SYNTHETIC, "until-killed", self.path], stdout=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            for line in process.stdout:
+                if line.strip() == b"at 4":
+                    break
+        finally:
+            process.kill()
+            process.wait()
+        # Written cluster by cluster (CLUSTER_MS), so at most about a second per stream is lost.
+        streams = decode(self.path)
+        self.assertEqual(len(streams), 4)
+        for title, stream in streams.items():
+            self.assertGreaterEqual(stream["last"], 2.5, title)
+            self.assertGreaterEqual(stream["frames"], 2.5 * (30 if title.endswith("video") else 50), title)

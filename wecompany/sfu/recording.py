@@ -63,6 +63,15 @@ QUEUE_LIMIT = 2000  # frames; three publishers send about 240 a second
 SEAL_MIN = 0.5  # seconds after the first stream is ready, so a publisher's other track can be seen
 SEAL_WAIT = 3.0  # at most this long for the streams present at the start to send a keyframe
 CLUSTER_MS = 1000
+MUXER_OPTIONS = {
+    "cluster_time_limit": str(CLUSTER_MS),
+    # Each cluster goes to the file when it is complete, not when PyAV's I/O buffer fills.
+    "flush_packets": "1",
+    # libavformat holds packets back until every stream has one (to interleave
+    # them): without a bound, a stream whose publisher left would hold all the
+    # others in memory for 10 s (its default).
+    "max_interleave_delta": str(CLUSTER_MS * 1000),
+}
 MERGE_SUFFIX = ".merging"
 
 # mime type -> (kind, PyAV codec name)
@@ -179,8 +188,7 @@ class _Output:
     def __init__(self, path: str, streams: list[StreamParams]) -> None:
         create_private(path)  # libavformat's file protocol keeps an existing file's mode
         self.path = path
-        self.container = av.open(path, "w", format="matroska",
-                                 options={"cluster_time_limit": str(CLUSTER_MS)})
+        self.container = av.open(path, "w", format="matroska", options=MUXER_OPTIONS)
         self.streams: dict[tuple[str, str], Any] = {}
         self.time_bases: dict[tuple[str, str], fractions.Fraction] = {}
         for params in streams:
@@ -244,7 +252,7 @@ def merge(paths: list[str], destination: str) -> None:
     try:
         tmp = destination + MERGE_SUFFIX
         create_private(tmp)
-        output = av.open(tmp, "w", format="matroska", options={"cluster_time_limit": str(CLUSTER_MS)})
+        output = av.open(tmp, "w", format="matroska", options=MUXER_OPTIONS)
         mapping = {}
         for container in inputs:
             for stream in container.streams:
