@@ -58,6 +58,8 @@ class RecordingTests(unittest.TestCase):
     async def record(self, plan, seconds: float = 10.0, live=None, **options) -> dict:
         """Record ``plan`` [(publisher, from, until)] (times from the start) for ``seconds``; -> stop's result."""
         clock = Clock()
+        # The frames come faster than real time here: a queue that holds them all, unless told otherwise.
+        options.setdefault("queue_limit", 100_000)
         recordings = Recordings(self.events.append, clock=clock, seal_min=0.0, seal_wait=3.0, **options)
         live = [p for p, since, _ in plan if since == 0] if live is None else live
         await recordings.start("room", "rec-1", self.path, [t for p in live for t in (p.audio, p.video)])
@@ -102,7 +104,8 @@ class RecordingTests(unittest.TestCase):
 
         async def scenario() -> dict:
             clock = Clock()
-            recordings = Recordings(self.events.append, clock=clock, seal_min=0.0, seal_wait=3.0)
+            recordings = Recordings(self.events.append, clock=clock, seal_min=0.0, seal_wait=3.0,
+                                    queue_limit=100_000)
             await recordings.start("room", "rec-1", self.path, [t for p in (a, b) for t in (p.audio, p.video)])
             rec = recordings.by_id["rec-1"]
             await play(rec, clock, [(a, T0, T0 + 10), (b, T0, T0 + 4), (late, T0 + 5, T0 + 10)], T0, T0 + 4)
