@@ -134,12 +134,13 @@ class RecordingTests(unittest.TestCase):
         self.assertEqual(len(result["tracks"]), 2)
 
     def test_a_full_queue_drops_and_counts(self) -> None:
-        a = Publisher("peer-a")
-        result = run(self.record([(a, 0, 3)], seconds=3, queue_limit=0))
-        # Every audio frame; of the video, the keyframes (a video stream that lost
-        # a frame ignores the rest until a keyframe, and asks for one).
-        self.assertEqual(result["dropped"], 150 + 3)
-        self.assertGreater(a.video.keyframe_requests, 80)
+        for limit in ({"queue_limit": 0}, {"queue_bytes": 0}):
+            a = Publisher("peer-a")
+            result = run(self.record([(a, 0, 3)], seconds=3, **limit))
+            # Every audio frame; of the video, the keyframes (a video stream that lost
+            # a frame ignores the rest until a keyframe, and asks for one).
+            self.assertEqual(result["dropped"], 150 + 3, limit)
+            self.assertGreater(a.video.keyframe_requests, 80)
 
     def test_unwritable_path_is_refused(self) -> None:
         self.path = os.path.join(self.directory, "missing", "rec.mkv")

@@ -35,7 +35,8 @@ joined mid-way pay for the merge, and it costs a copy of the file.
 Writing never happens on the event loop: frames go through a bounded queue
 to one writer thread per recording. When the queue is full (the disk is
 slower than the media), frames are dropped and counted (``dropped`` in the
-stop result); a video stream then waits for its next keyframe. Files are
+stop result); a video stream then waits for its next keyframe. The queue
+holds at most :data:`QUEUE_LIMIT` frames and :data:`QUEUE_BYTES` bytes. Files are
 created 0600, fsynced when the recording stops. A write error (disk full,
 ...) ends the writing and calls ``on_failed(reason)`` once; what was written
 is kept.
@@ -60,6 +61,7 @@ import av
 from wecompany.errors import InvalidInput, NotFound
 
 QUEUE_LIMIT = 2000  # frames; three publishers send about 240 a second
+QUEUE_BYTES = 64 << 20
 SEAL_MIN = 0.5  # seconds after the first stream is ready, so a publisher's other track can be seen
 SEAL_WAIT = 3.0  # at most this long for the streams present at the start to send a keyframe
 CLUSTER_MS = 1000
@@ -308,6 +310,7 @@ class _Writer(threading.Thread):
         self.buffered: list[tuple] = []
         self.parts: dict[tuple[str, str], _Output] = {}
         self.recorded: list[StreamParams] = []
+        self.taken_bytes = 0  # only this thread writes it; the loop reads it
 
     def run(self) -> None:
         while True:
@@ -320,6 +323,8 @@ class _Writer(threading.Thread):
                     future.set_exception(e)
                 return
             if self.failed is not None:
+                if command[0] == "packet":
+                    self.taken_bytes += len(command[3])
                 continue
             try:
                 self._handle(command)
@@ -329,7 +334,10 @@ class _Writer(threading.Thread):
     def _fail(self, reason: str) -> None:
         self.failed = reason
         self._close_all()
-        self.on_failed(reason)
+        try:
+            self.on_failed(reason)
+        except Exception:  # noqa: BLE001 - the loop is gone (exiting); the result still says it
+            pass
 
     def _handle(self, command: tuple) -> None:
         if command[0] == "open":
@@ -341,6 +349,7 @@ class _Writer(threading.Thread):
                     f"{self.path}.part-{len(self.parts) + 1}.mkv", [params])
             self.recorded.append(params)
         elif command[0] == "packet":
+            self.taken_bytes += len(command[3])
             if not self.sealed:
                 self.buffered.append(command)
             else:
@@ -421,7 +430,8 @@ class Recording:
 
     def __init__(self, recording_id: str, room: str, path: str, on_failed: Callable[[str], None], *,
                  clock: Callable[[], float] = time.monotonic, seal_min: float = SEAL_MIN,
-                 seal_wait: float = SEAL_WAIT, queue_limit: int = QUEUE_LIMIT) -> None:
+                 seal_wait: float = SEAL_WAIT, queue_limit: int = QUEUE_LIMIT,
+                 queue_bytes: int = QUEUE_BYTES) -> None:
         self.recording_id = recording_id
         self.room = room
         self.path = path
@@ -429,6 +439,8 @@ class Recording:
         self.seal_min = seal_min
         self.seal_wait = seal_wait
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
+        self._put_bytes = 0  # only the loop writes it
         self.dropped = 0
         self.failed: Optional[str] = None
         self.stopped = False
@@ -501,13 +513,15 @@ class Recording:
         if pts <= stream.last_pts:
             self.dropped += 1  # a repeated or reordered frame: Matroska wants rising times
             return
-        if self._commands.qsize() >= self.queue_limit:
+        if (self._commands.qsize() >= self.queue_limit
+                or self._put_bytes - self._writer.taken_bytes + len(data) > self.queue_bytes):
             self.dropped += 1
             if stream.kind == "video":
                 stream.need_keyframe = True
                 track.request_keyframe()
             return
         stream.last_pts = pts
+        self._put_bytes += len(data)
         self._commands.put(("packet", key, pts, data, keyframe))
 
     def on_track_end(self, track: Any) -> None:
@@ -543,8 +557,6 @@ class Recording:
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put(("finish", future))
         written = await asyncio.wrap_future(future)
-        # A failure while finishing is reported by the writer through _failed too.
-        await asyncio.sleep(0)
         result = {"duration": round(duration, 3), "size": written["size"], "tracks": written["tracks"],
                   "dropped": self.dropped}
         if written["failed"] is not None:
@@ -582,6 +594,8 @@ class Recordings:
         recording = self.by_id.get(recording_id)
         if recording is None or recording.stopped:
             raise NotFound(f"recording not found: {recording_id}")
+        if recording not in self.by_room.get(recording.room, []):
+            raise InvalidInput(f"recording {recording_id} is still starting")
         in_room = self.by_room.get(recording.room, [])
         if recording in in_room:
             in_room.remove(recording)
