@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
@@ -18,6 +19,7 @@ from wecompany.sfu import worker
 from wecompany.sfu.forwarding import Forwarder
 
 CLIENTS = os.path.join(os.path.dirname(__file__), "sfu_clients.py")
+RECORD_CLIENTS = os.path.join(os.path.dirname(__file__), "record_clients.py")
 
 
 def dispatch(*lines: bytes, forwarder_setup=None) -> list[dict]:
@@ -106,9 +108,14 @@ class DispatchTests(unittest.TestCase):
                                             "packets": 0, "bytes": 0}}, written)
         self.assertEqual(written[-2:], [{"id": 12, "result": {}}, {"shutdown": True}])
 
-    def test_recording_is_refused_not_faked(self) -> None:
+    def test_recording_ops(self) -> None:
         reply = dispatch(b'{"id": 13, "op": "stop_recording", "args": {"recording_id": "r"}}')[0]
+        self.assertEqual(reply, {"id": 13, "error": {"kind": "invalid", "message": "recording not found: r"}})
+        line = json.dumps({"id": 14, "op": "start_recording",
+                           "args": {"room": "x", "recording_id": "r", "path": "/nonexistent/dir/r.mkv"}})
+        reply = dispatch(line.encode())[0]
         self.assertEqual(reply["error"]["kind"], "invalid")
+        self.assertIn("cannot write the recording", reply["error"]["message"])
 
     def test_too_many_in_flight_is_busy(self) -> None:
         written: list[dict] = []
@@ -166,3 +173,29 @@ class WorkerProcessTests(unittest.TestCase):
         self.assertTrue(result["after_leave_ok"])
         self.assertEqual(result["exit_code"], 0)
         self.assertEqual(result["stats"]["streams_out"], 12)
+
+    async def test_recordings(self) -> None:
+        directory = tempfile.mkdtemp()
+        out, err, status = await getProcessOutputAndValue(
+            sys.executable, [RECORD_CLIENTS, directory, "10"], env=os.environ)
+        report = out.decode() + err.decode()[-4000:]
+        self.assertEqual(status, 0, report)
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertEqual(result["failures"], [])
+        # About 10 s of audio and video of each of the three publishers, at the rates sent.
+        decoded = result["decoded"]
+        self.assertEqual(len(decoded), 6, report)
+        for title, stream in decoded.items():
+            self.assertLessEqual(abs(stream["last"] - 10.0), 1.0, title)
+            self.assertGreaterEqual(stream["seconds"], 8.5, title)  # video from the first keyframe
+            self.assertGreaterEqual(stream["rate"], 24 if title.endswith("video") else 40, title)
+        self.assertEqual(result["recording"]["dropped"], 0)
+        self.assertEqual(len(result["recording"]["tracks"]), 6)
+        self.assertEqual(result["mode"], "0o600")
+        # c left half-way: its streams are shorter, the others go on.
+        after_leave = result["decoded_after_leave"]
+        self.assertLess(after_leave["sfu-c audio"]["last"], 4.5)
+        self.assertGreater(after_leave["sfu-a audio"]["last"], 5.5)
+        self.assertEqual(result["unwritable"]["kind"], "invalid")
+        self.assertEqual(result["exit_code_on_sigterm"], 0)
+        self.assertEqual(len(result["decoded_after_sigterm"]), 4)

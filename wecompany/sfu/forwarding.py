@@ -46,6 +46,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from wecompany.errors import InvalidInput, PeerNotFound, Unavailable
 from wecompany.sfu import aiortc_internals
 from wecompany.sfu.ports import PortRange
+from wecompany.sfu.recording import Recordings
 
 RTP_TIMEOUT = 10.0
 KEYFRAME_REQUEST_INTERVAL = 0.5
@@ -228,18 +229,25 @@ class PublishedTrack:
             self.live = True
             self.peer.forwarder.emit({"event": "track_added", "peer_id": self.peer.peer_id,
                                       "track_id": self.track_id, "kind": self.kind})
+        recordings = self.peer.forwarder.recordings
+        recorded = self.peer.room in recordings.by_room
+        if not self.subscribers and not recorded:
+            return
+        keyframe = self.kind == "audio" or is_keyframe(codec.mimeType, data)
+        if recorded:
+            recordings.on_frame(self.peer.room, self, codec, data, timestamp, keyframe)
         if not self.subscribers:
             return
         packet = av.Packet(data)
         packet.pts = timestamp
         packet.time_base = fractions.Fraction(1, codec.clockRate)
-        keyframe = self.kind == "audio" or is_keyframe(codec.mimeType, data)
         for subscriber in list(self.subscribers):
             subscriber.push(packet, keyframe)
 
     def end(self) -> None:
         if self.live:
             self.live = False
+            self.peer.forwarder.recordings.on_track_end(self.peer.room, self)
             self.peer.forwarder.emit({"event": "track_ended", "peer_id": self.peer.peer_id,
                                       "track_id": self.track_id})
 
@@ -318,6 +326,7 @@ class Forwarder:
         self.ice_servers: list[RTCIceServer] = []
         self.max_peers = 100
         self.configured = False
+        self.recordings = Recordings(emit)
         self._tasks: set[asyncio.Task] = set()
         self._watchdog: Optional[asyncio.Task] = None
 
@@ -552,10 +561,21 @@ class Forwarder:
             "bytes": sum(t.bytes for t in tracks),
         }
 
+    async def start_recording(self, room: str, recording_id: str, path: str) -> dict:
+        """Record every track published in ``room`` from now on (see :mod:`.recording`)."""
+        tracks = [t for p in self.peers.values() if p.room == room for t in p.published.values() if t.live]
+        await self.recordings.start(room, recording_id, path, tracks)
+        return {}
+
+    async def stop_recording(self, recording_id: str) -> dict:
+        """Finish the file -> ``{duration, size, tracks, dropped}`` (``failed`` too if writing failed)."""
+        return await self.recordings.stop(recording_id)
+
     async def close(self) -> None:
-        """Close every peer (shutdown, EOF, SIGTERM)."""
+        """Finish the recordings, then close every peer (shutdown, EOF, SIGTERM)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        await self.recordings.close()
         for peer_id in list(self.peers):
             await self.close_peer(peer_id)
 

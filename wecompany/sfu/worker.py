@@ -12,7 +12,8 @@ Limits: a line over 1 MiB ends the process (protocol error); at most
 ``MAX_IN_FLIGHT`` requests run at once (more get ``busy``); if the daemon
 stops reading and more than ``MAX_OUTPUT_BUFFER`` bytes wait for stdout, the
 worker exits rather than grow without bound. It exits 0 after ``shutdown``,
-on EOF of stdin and on SIGTERM, closing every peer first.
+on EOF of stdin and on SIGTERM, finishing every recording (trailer written,
+fsynced; see :mod:`.recording`) and then closing every peer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from wecompany.sfu.forwarding import Forwarder, log
 MAX_LINE = 1 << 20
 MAX_IN_FLIGHT = 256
 MAX_OUTPUT_BUFFER = 16 << 20
+# Finishing a recording that someone joined mid-way remuxes it (see recording.py).
+RECORDING_FINISH_TIMEOUT = 60
 
 OPS = ("configure", "open_peer", "add_candidate", "renegotiate", "apply_answer",
        "request_keyframe", "close_peer", "start_recording", "stop_recording", "stats", "shutdown")
@@ -125,8 +128,6 @@ class Dispatcher:
     async def _call(self, op: str, args: dict) -> Any:
         if op == "shutdown":
             return {}
-        if op in ("start_recording", "stop_recording"):
-            raise InvalidInput("recording is not implemented by this worker yet")
         method = getattr(self.forwarder, op)
         try:
             inspect.signature(method).bind(**args)
@@ -206,6 +207,10 @@ async def serve() -> int:
     await stop.wait()
     reading.cancel()
     await dispatcher.drain()
+    try:
+        await asyncio.wait_for(forwarder.recordings.close(), timeout=RECORDING_FINISH_TIMEOUT)
+    except asyncio.TimeoutError:
+        log("sfu worker: finishing recordings timed out")
     try:
         await asyncio.wait_for(forwarder.close(), timeout=10)
     except asyncio.TimeoutError:
