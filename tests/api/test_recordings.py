@@ -61,6 +61,7 @@ class RecordingRouteTests(SynchronousTestCase):
         started = body["data"]
         self.assertEqual((started["status"], started["title"], started["started_by"], started["media_id"],
                           started["download_url"]), ("recording", "weekly", self.ids["alice"], None, None))
+        self.assertEqual(started["participants"], sorted([self.ids["alice"], self.ids["bob"]]))  # so far
         code, body, _ = self.call("POST", path + "/start", {})
         self.assertEqual(code, 409, body)
         code, body, _ = self.call("GET", f"/meetings/{self.meeting_id}/recordings", name="bob")

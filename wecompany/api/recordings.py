@@ -51,8 +51,15 @@ def recording_view(recording: Recording) -> dict:
     return {"id": recording.recording_id, "media_id": recording.media_id, "status": recording.status,
             "title": recording.title, "started_at": rfc3339(recording.started_at),
             "ended_at": rfc3339(recording.ended_at) if recording.ended_at is not None else None,
-            "duration": recording.duration, "size": recording.size, "participants": list(recording.participants),
+            "duration": recording.duration, "size": recording.size, "participants": _participants(recording),
             "download_url": _download(recording), "started_by": recording.started_by}
+
+
+def _participants(recording: Recording) -> list[int]:
+    """Whose tracks it holds and who started it (while it records: who has published so far)."""
+    if recording.participants:
+        return list(recording.participants)
+    return sorted(set(recording.publishers.values()) | {recording.started_by})
 
 
 def _download(recording: Recording) -> str | None:
@@ -73,7 +80,7 @@ def service_view(recording: Recording) -> dict:
             "file_path": (f"/api/v1/recording/download/{recording.recording_id}"
                           if recording.media_id is not None else ""),
             "thumbnail_path": "", "quality": "original", "format": "mkv",
-            "participants": [str(u) for u in recording.participants],
+            "participants": [str(u) for u in _participants(recording)],
             "created_at": started, "updated_at": ended or started}
 
 
