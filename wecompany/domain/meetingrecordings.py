@@ -481,7 +481,8 @@ class MeetingRecordings:
     def recording_failed(self, recording_id, reason) -> None:
         recording = self._by_id.get(recording_id)
         if recording is not None:
-            self._finish(recording, None, failure=str(reason)[:200] or "the recording failed")
+            d = self._finish(recording, None, failure=str(reason)[:200] or "the recording failed")
+            d.addErrback(lambda f: None)  # logged by _finish_failed
 
     def track_published(self, room_id, track) -> None:
         """A track joined the room (``track``: a PublishedTrack): its publisher is in the recording."""
