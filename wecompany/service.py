@@ -116,6 +116,10 @@ class WeCompanyService(MultiService):
         :class:`~wecompany.domain.sfu.SfuService`, whose housekeeping runs
         while the daemon does. Stopped once the clients are gone and before
         the store, so that recordings are finished and stored.
+    :param recordings: optional
+        :class:`~wecompany.domain.meetingrecordings.MeetingRecordings`: what
+        a crash left is recovered once the store has started; at stop every
+        recording is finished and stored before the media engine stops.
     :param cluster_node: optional :class:`~wecompany.mirror.cluster.ClusterNode`,
         started with the store and stopped (the node leaves the cluster)
         once the clients are gone.
@@ -126,9 +130,10 @@ class WeCompanyService(MultiService):
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), process_pools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
                  startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None,
-                 media_jobs=None, sfu=None) -> None:
+                 media_jobs=None, sfu=None, recordings=None) -> None:
         super().__init__()
         self.sfu = sfu
+        self.recordings = recordings
         self.store = store
         self.listeners = list(listeners)
         self.media_jobs = media_jobs
@@ -236,6 +241,11 @@ class WeCompanyService(MultiService):
                 await self.files.remove_interrupted(started_at)
             except Exception:  # housekeeping: never a reason not to serve
                 self.log.failure("removing interrupted uploads failed")
+        if self.recordings is not None:
+            try:
+                await self.recordings.recover()
+            except Exception:  # likewise
+                self.log.failure("recovering the recordings an earlier run left failed")
         while self._pending and not self._stopping:
             name, d = self._pending.pop(0)
             self._listening(name, await d)
@@ -300,6 +310,9 @@ class WeCompanyService(MultiService):
         if self.signaling is not None:
             await self._step("closing the signaling connections", self.signaling.shutdown)
         await self._step("closing the TCP connections", self.tcp_factory.shutdown, self.shutdown_grace)
+        if self.recordings is not None:
+            # Before the engine stops: each file is finished by it and stored here (the store is still open).
+            await self._step("finishing the meeting recordings", self.recordings.stop_all)
         if self.sfu is not None:
             engine, sfu = self.sfu
             sfu.stop()

@@ -15,6 +15,7 @@ from wecompany.api.auth import AuthRoutes
 from wecompany.api.live import LiveRoutes
 from wecompany.api.media import MediaRoutes
 from wecompany.api.meetings import MeetingRoutes, RenderedPages
+from wecompany.api.recordings import RecordingRoutes
 from wecompany.api.signaling import SignalingRoutes
 from wecompany.api.routing import PUBLIC, Call, ErrorMapping, endpoint, install
 from wecompany.api.users import UserRoutes
@@ -26,7 +27,7 @@ CSRF_SCHEMA = {"type": "object", "required": ["csrf_token"], "properties": {"csr
 
 @install
 class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, LiveRoutes, SignalingRoutes,
-              MediaRoutes, AIRoutes, WebRTCRoutes):
+              MediaRoutes, AIRoutes, WebRTCRoutes, RecordingRoutes):
     """
     Everything under ``/api``, over one :class:`~wecompany.domain.core.Domain`
     whose services the routes call (and nothing else).
@@ -55,6 +56,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.ai = domain.ai
         self.sfu = domain.sfu
         self.sfu_limiter = domain.sfu_limiter
+        self.recordings = domain.recordings
         self.rendered_pages = RenderedPages()
         self._openapi = None
         if live_feed is None:

@@ -29,6 +29,7 @@ from wecompany.domain.processing import MediaProcessing
 from wecompany.media.jobs import JobQueue
 from wecompany.mirror.jobs import JobMirror
 from wecompany.domain.meetingpages import MeetingPages
+from wecompany.domain.meetingrecordings import MeetingRecordings, SfuRecordingEvents
 from wecompany.domain.meetings import MeetingService
 from wecompany.domain.passwords import PasswordHasher
 from wecompany.domain.stats import Stats
@@ -104,6 +105,9 @@ class Domain:
     sfu: object | None = None
     #: SFU connections opened per client address (each is a DTLS handshake in a media worker).
     sfu_limiter: KeyedRateLimiter | None = None
+    #: Meeting recordings (:class:`~wecompany.domain.meetingrecordings.MeetingRecordings`); without an SFU
+    #: they cannot start, but those stored are listed.
+    recordings: MeetingRecordings | None = None
 
     def live_counts(self) -> dict:
         """
@@ -205,15 +209,22 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     room_mirror = RoomMirror(cluster) if cluster.enabled else LocalRoomMirror()
     rooms = RoomService(store, ice, clock, room_mirror, format_time=rfc3339)
     sfu = None
+    # The recordings ask the SFU who publishes; the SFU tells them what the engine reports through these.
+    recording_events = SfuRecordingEvents()
     if config.sfu and media_engine is not None:
         # An SFU peer is bound to its user's signaling session in the room (wecompany.domain.sfu).
         sfu = SfuService(media_engine, clock, members=rooms.sessions_in, room_meeting=rooms.live_meeting_of,
-                         format_time=rfc3339)
+                         format_time=rfc3339, recording_failed=recording_events.recording_failed,
+                         track_published=recording_events.track_published)
     # The rooms (and the SFU's) here follow a meeting's REST changes, and the mirror tells the rooms on the
     # other nodes.
     listeners = [rooms, room_mirror] if cluster.enabled else [rooms]
+    recordings = MeetingRecordings(media_engine if sfu is not None else None, sfu, store, media, rooms, clock,
+                                   run_disk, os.path.join(spool_dir, "recordings"), events=recording_events)
     if sfu is not None:
-        listeners.append(sfu)
+        # The recordings hear of a meeting's end before the SFU closes its peers, so the engine
+        # finishes the file while every track is still there.
+        listeners += [recordings, sfu]
     meetings = MeetingService(store, hasher, clock, guard, listeners=listeners, pages=meeting_pages)
     lifecycle = AccountLifecycle(store, registry, clock, meetings, cluster)
     credentials = Credentials(accounts, lifecycle, mailer)
@@ -229,4 +240,4 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
                   cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media,
                   processing=processing, ai=ai, sfu=sfu,
-                  sfu_limiter=KeyedRateLimiter(clock, 5.0, 50.0, shared=shared))
+                  sfu_limiter=KeyedRateLimiter(clock, 5.0, 50.0, shared=shared), recordings=recordings)

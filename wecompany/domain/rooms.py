@@ -350,6 +350,21 @@ class RoomService:
         self.mirror.changed(member)
         self._to_room(member, self._event("screen-share", member, {"enabled": sharing, "sharing": sharing}))
 
+    def announce(self, meeting_id: int, kind: str, payload) -> int:
+        """
+        A server event (``kind``, e.g. ``recording``) for every member of the
+        meeting's room on this node -> how many were told. Members on other
+        nodes are not told (the mirror carries members' events only).
+        """
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return 0
+        event = SignalEvent(kind, meeting_id, payload, self.clock.seconds())
+        here = [m for m in room.members.values() if m.node is None]
+        for member in here:
+            self._deliver(member, event)
+        return len(here)
+
     def pong(self, client, payload) -> None:
         member = self._by_client.get(client)
         meeting_id = member.meeting_id if member is not None else 0

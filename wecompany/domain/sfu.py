@@ -312,13 +312,16 @@ class SfuService:
     :param format_time: POSIX seconds -> what clients see.
     :param recording_failed: optional ``recording_failed(recording_id,
         reason)`` told what the engine reports.
+    :param track_published: optional ``track_published(room_id, track)``
+        told of each track a peer starts publishing (a
+        :class:`PublishedTrack`): a recording in progress learns whose it is.
     :param make_peer_id: unguessable peer ids (UUID 4 by default, like pion).
     """
 
     log = Logger()
 
     def __init__(self, engine, clock, members, room_meeting, limits: SfuLimits | None = None,
-                 format_time=float, recording_failed=None, make_peer_id=None) -> None:
+                 format_time=float, recording_failed=None, make_peer_id=None, track_published=None) -> None:
         self.engine = engine
         self.clock = clock
         self.members = members
@@ -326,6 +329,7 @@ class SfuService:
         self.limits = limits or SfuLimits()
         self.format_time = format_time
         self._recording_failed = recording_failed
+        self._track_published = track_published
         self._make_peer_id = make_peer_id or (lambda: str(uuid.uuid4()))
         self.rooms: dict[str, SfuRoom] = {}
         self.peers: dict[str, SfuPeer] = {}
@@ -632,6 +636,12 @@ class SfuService:
             return
         peer.tracks[track_id] = kind
         peer.published += (ForwardedStream(peer.peer_id, track_id, kind, peer.stream_id),)
+        if self._track_published is not None:
+            try:
+                self._track_published(peer.room_id, PublishedTrack(peer.peer_id, peer.user_id, track_id, kind,
+                                                                   peer.stream_id))
+            except Exception:
+                self.log.failure("SFU: telling of track {track_id} failed", track_id=track_id[:64])
         self._renegotiate_others(peer)
 
     def track_ended(self, peer_id, track_id) -> None:

@@ -36,7 +36,7 @@ from wecompany.errors import (
 SEED, NUMERIC = "seed", "numeric"
 NUMBERS = {"offer": 1, "answer": 2, "ice-candidate": 3, "join": 4, "leave": 5, "user-joined": 6,
            "user-left": 7, "chat": 8, "screen-share": 9, "media-state": 10, "ping": 11, "pong": 12,
-           "error": 13, "room-info": 14}
+           "error": 13, "room-info": 14, "recording": 15}
 KINDS = {number: kind for kind, number in NUMBERS.items()}
 CLIENT_KINDS = {"offer", "answer", "ice-candidate", "join", "leave", "chat", "screen-share", "media-state", "ping"}
 
