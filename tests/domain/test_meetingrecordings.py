@@ -347,3 +347,28 @@ class RecoveryTests(RecordingTestCase):
         self.assertEqual(os.listdir(directory), [])
         _, (listed,) = run(self, recordings.for_meeting(self.users["bob"], self.meeting_id, 0, 10))
         self.assertEqual((listed.recording_id, listed.status), (crashed.recording_id, RECOVERED))
+
+    def test_late_tracks_left_in_pieces_are_merged_into_the_recovered_item(self):
+        import av
+
+        self.publish("bob")
+        crashed = self.start(title="in pieces")
+        path = self.engine.recordings[crashed.recording_id]
+        # The worker wrote the first tracks to the recording and a late one to a piece of its own
+        # (it merges them at stop, which a crash never reached).
+        with open(path, "wb") as fh:
+            fh.write(webm(seconds=1.0, video=False))
+        with open(path + ".part-1.mkv", "wb") as fh:
+            fh.write(webm(seconds=1.0, audio=False))
+        directory = self.recordings.directory
+        with open(os.path.join(directory, "0-dead.mkv.part-1.mkv"), "wb") as fh:
+            fh.write(b"a piece whose recording is gone")
+        domain = make_domain(self, media_engine=RecordingEngine(), store=self.domain.store)
+        recordings = domain.recordings
+        recordings.directory = directory
+        (recovered,) = run(self, recordings.recover())
+        item = self.successResultOf(domain.store.get_media(recovered.media_id))
+        stored = self.successResultOf(domain.storage.read(item.storage_key, 0, item.size))
+        with av.open(__import__("io").BytesIO(stored)) as container:
+            self.assertEqual(sorted(s.type for s in container.streams), ["audio", "video"])
+        self.assertEqual(os.listdir(directory), [])

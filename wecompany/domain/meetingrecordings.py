@@ -26,8 +26,9 @@ What is recording now is in memory only.
 After a crash the recordings directory may hold files the engine never
 finished. At start (:meth:`MeetingRecordings.recover`), each one PyAV can
 read packets from (Matroska cut short is readable up to its last complete
-cluster) becomes an item marked ``recovered``; the others, and empty ones,
-are removed, since nothing could play them.
+cluster) becomes an item marked ``recovered``, with the tracks that joined
+it late merged in from their own files; the others, and empty ones, are
+removed, since nothing could play them.
 """
 
 from __future__ import annotations
@@ -180,15 +181,49 @@ def _write_sidecar(path: str, data: dict) -> None:
     os.replace(temporary, path)
 
 
-def _leftovers(directory: str) -> list[tuple[str, dict | None]]:
-    """The media files in ``directory`` and their sidecars; sidecars without a file are removed."""
+#: The files of tracks that joined a recording late (the media worker merges them at stop).
+PART = EXTENSION + ".part-"
+
+
+def _merge_parts(path: str, parts: list[str]) -> None:
+    """
+    Repair a recording a crash left in pieces: the tracks that joined late
+    were written to files of their own (``<id>.mkv.part-N.mkv``), which the
+    media worker merges into the recording at its stop. Merged here instead
+    (remuxed, as the worker does), keeping what PyAV can read of each; the
+    pieces are removed either way.
+    """
+    from wecompany.sfu.recording import merge
+
+    readable = [part for part in parts if readable_duration(part) is not None]
+    try:
+        if readable and readable_duration(path) is not None:
+            merge([path, *readable], path)
+    finally:
+        _remove(*parts)
+
+
+def _leftovers(directory: str) -> list[tuple[str, dict | None, list[str]]]:
+    """
+    The media files in ``directory``, their sidecars and their late tracks'
+    pieces; sidecars and pieces without a file are removed.
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
     found = []
+    parts: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if PART in name and name.endswith(EXTENSION):
+            parts.setdefault(os.path.join(directory, name.split(PART, 1)[0] + EXTENSION), []).append(
+                os.path.join(directory, name))
     for name in sorted(names):
         path = os.path.join(directory, name)
+        if PART in name:
+            if path.split(PART, 1)[0] + EXTENSION not in {p for p in parts if os.path.exists(p)}:
+                _remove(path)
+            continue
         if name.endswith(EXTENSION):
             meta = None
             try:
@@ -196,7 +231,7 @@ def _leftovers(directory: str) -> list[tuple[str, dict | None]]:
                     meta = json.loads(fh.read())
             except (OSError, ValueError):
                 pass
-            found.append((path, meta if isinstance(meta, dict) else None))
+            found.append((path, meta if isinstance(meta, dict) else None, parts.get(path, [])))
         elif name.endswith(".json") or name.endswith(".new"):
             if not os.path.exists(path.rsplit(".", 1)[0] + EXTENSION) or name.endswith(".new"):
                 _remove(path)
@@ -444,9 +479,15 @@ class MeetingRecordings:
         is removed. -> the recovered Recordings.
         """
         recovered = []
-        for path, meta in await self._run(_leftovers, self.directory):
+        for path, meta, parts in await self._run(_leftovers, self.directory):
             recording_id = os.path.basename(path)[:-len(EXTENSION)]
             sidecar = path[:-len(EXTENSION)] + ".json"
+            if parts:
+                try:
+                    await self._run(_merge_parts, path, parts)
+                except Exception:
+                    self.log.failure("merging the late tracks of the recording {path} failed; it is kept "
+                                     "without them", path=path)
             duration = await self._run(readable_duration, path)
             size = await self._run(_file_size, path)
             owner = meta.get("started_by") if meta else None

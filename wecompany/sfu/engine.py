@@ -436,6 +436,10 @@ class WorkerProtocol(ProcessProtocol):
         self._log.info("SFU worker {pid}: {line}", pid=self.pid, line=text)
 
 
+#: Seconds a recording may take to finish (its late tracks merged in).
+STOP_RECORDING_TIMEOUT = 300.0
+
+
 @attrs.define(eq=False)
 class _Slot:
     """
@@ -763,13 +767,14 @@ class WorkerEngine:
         self._room_recordings.get(room, set()).discard(recording_id)
         self._maybe_forget_room(room)
 
-    async def _call(self, slot: _Slot, op: str, args: dict, peer_id: str | None = None) -> Any:
+    async def _call(self, slot: _Slot, op: str, args: dict, peer_id: str | None = None,
+                    timeout: float | None = None) -> Any:
         """One request to ``slot``'s worker, waiting (bounded) while it starts."""
         if self._stopping:
             raise Unavailable("media engine stopping")
         if not slot.usable:
             await self._wait_usable(slot)
-        return await slot.protocol.request(op, args, peer_id=peer_id)
+        return await slot.protocol.request(op, args, peer_id=peer_id, timeout=timeout)
 
     def _wait_usable(self, slot: _Slot) -> defer.Deferred:
         d = defer.Deferred()
@@ -878,7 +883,10 @@ class WorkerEngine:
 
     async def _stop_recording(self, slot: _Slot, recording_id: str) -> dict:
         try:
-            result = await self._call(slot, "stop_recording", {"recording_id": recording_id})
+            # Finishing may merge the tracks that joined late into the file:
+            # about 17 s for an hour of six streams (wecompany.sfu.recording).
+            result = await self._call(slot, "stop_recording", {"recording_id": recording_id},
+                                      timeout=max(self._request_timeout, STOP_RECORDING_TIMEOUT))
         finally:
             if self._recordings.get(recording_id, (None, None))[1] is slot:
                 self._forget_recording(recording_id)
