@@ -336,6 +336,10 @@ class Browser:
         rest, _ = await self.api.call("POST", f"/api/v1/meetings/{self.meeting_id}/leave", {}, token=self.token)
         return {"status": status, "body": body, "rest_leave": rest, "at": started}
 
+    def label(self, stream_id: str):
+        """The username room-info gives for a signaling peer id, as getSpeakerLabel finds it (None: fallback)."""
+        return next((p["username"] for p in self.room_info["participants"] if p["peer_id"] == stream_id), None)
+
     def receiving(self, count: int) -> bool:
         return len(self.remote) >= count and all(r.frames > 0 for r in self.remote)
 
@@ -475,6 +479,8 @@ async def mesh(api: Api, daemon_pid: int, seconds: float) -> dict:
     result: dict = {}
     result["all_receiving"] = await until(lambda: all(b.receiving(4) for b in browsers), TIMEOUT)
     result["receiving_at"] = now()
+    # The browser labels a tile by looking its stream id up in room-info's participants (the latest one).
+    result["labels"] = {b.name: {r.stream_id: b.label(r.stream_id) for r in b.remote} for b in browsers}
     await asyncio.sleep(1.0)  # past the first keyframe wait
     result["measure"] = await measure(browsers, daemon_pid, seconds)
     alice, bob, carol = browsers
@@ -506,7 +512,7 @@ async def pair(api: Api, scenario: str) -> dict:
         # Another user's Bearer token on alice's connection.
         status, body = await api.call("GET", f"/api/v1/webrtc/peer/{alice.peer_id}/offer", token=bob.token)
         result["other_token_poll"] = [status, message_of(body)]
-        status, body = await api.call("POST", f"/api/v1/webrtc/ice-candidate", {
+        status, body = await api.call("POST", "/api/v1/webrtc/ice-candidate", {
             "peer_id": alice.peer_id, "candidate": None}, token=bob.token)
         result["other_token_candidate"] = [status, message_of(body)]
         status, body = await api.call("POST", f"/api/v1/webrtc/room/{room}/leave", {"user_id": alice.user_id},

@@ -70,7 +70,7 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
         self.peers_log = err.decode()
         self.assertEqual(status, 0, f"{self.peers_log}\n{daemon.report()}")
         result = json.loads(out)
-        self.addCleanup(lambda: None)
+        print(f"sfu_peers {scenario}:", json.dumps(result, sort_keys=True))  # kept in the test log
         return result
 
     async def stop_clean(self, daemon) -> None:
@@ -98,6 +98,7 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
             # msid stream id = the publisher's signaling peer_id, audio and video alike
             expected = sorted((ids[o], kind) for o in clients if o != name for kind in ("audio", "video"))
             self.assertEqual(sorted((s["publisher"], s["kind"]) for s in client["streams"]), expected, name)
+            self.assertEqual(result["labels"][name], {ids[o]: o for o in clients if o != name}, name)
             for offer in client["offers"]:
                 self.assertEqual(offer["answer_status"], 200, client)
                 self.assertEqual(offer["mismatches"], [], f"{name}: a re-offer changed what was negotiated")
@@ -131,8 +132,6 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
             self.assertEqual(status, 404, route)
             self.assertIn(PEER_NOT_FOUND, message, route)
         self.assertTrue(result["measure"]["worker_pids"], report)
-        # The figures for the report (trial -e shows nothing; the test log keeps them).
-        print("SFU mesh measure:", json.dumps(result["measure"], sort_keys=True))
         await self.stop_clean(daemon)
 
     async def test_ending_the_meeting_closes_every_connection(self) -> None:
@@ -146,6 +145,8 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
             gone_at, route, message = client["peer_gone"]
             self.assertIn(PEER_NOT_FOUND, message)
             self.assertGreaterEqual(gone_at, result["end"][1])
+            # The server closed its end: DTLS close_notify closed the client's PeerConnection before the poll.
+            self.assertIn(client["reconnect"]["state_before"], ("closed", "failed"), client)
             # The browser then reconnects: a new POST /answer, refused now the meeting is over.
             self.assertEqual(client["reconnect"]["status"], 403, client)
         for route, (status, message) in result["stale_peer"].items():
@@ -184,7 +185,7 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
         daemon = await self.start_sfu_daemon()
         http = Http(self, daemon)
         people, mid = await self.meeting_of(http, "refusals", names=("alice", "bob"))
-        (alice_id, alice_token), (bob_id, bob_token) = people["alice"], people["bob"]
+        (alice_id, alice_token), (_, bob_token) = people["alice"], people["bob"]
         code, body = await http.call("POST", f"/api/v1/meetings/{mid}/join", {}, token=alice_token)
         room = body["data"]["room_id"]
 
