@@ -28,6 +28,9 @@ Scenarios:
 * ``end``: alice and bob connected; alice ends the meeting over REST; both
   polls must turn to 404 ``peer not found``; the reconnect the browser then
   makes must be refused.
+* ``abort``: alice drops the connection of her answer to the server's first
+  offer right after sending it (a fetch aborted as a tab closes); her
+  connection must live on.
 
 The script collects facts and prints them as one JSON object on stdout; the
 test asserts on them. It exits 0 unless the scenario could not run at all (an
@@ -104,6 +107,18 @@ class Api:
         return status, (json.loads(content) if content else None)
 
 
+    async def send_and_drop(self, method: str, path: str, body) -> None:
+        """Send a request and close the connection without waiting for the reply (an aborted fetch)."""
+        data = json.dumps(body).encode()
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Connection: close",
+                "Content-Type: application/json", f"Content-Length: {len(data)}"]
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
 def _dechunk(data: bytes) -> bytes:
     out = bytearray()
     while data:
@@ -157,6 +172,8 @@ class Browser:
         self.peer_gone = None  # (time, route, message) of the first 404 "peer not found"
         self.reconnect = None  # what the reconnect after peer_gone got
         self.polls: list[asyncio.Task] = []
+        self.stopping = False  # disconnectSfu: the timers stop, requests in flight finish
+        self.abort_first_answer = False  # drop the connection of the first POST .../answer (an aborted fetch)
         self.ws = None
         self.ws_messages: list[dict] = []
         self.room_info = None
@@ -271,6 +288,8 @@ class Browser:
             elif self._gone("ice-candidates", status, body):
                 return await self._peer_not_found()
             await asyncio.sleep(max(0.0, ICE_POLL - (time.monotonic() - started)))
+            if self.stopping:
+                return
 
     async def _offer_poll(self, peer_id: str) -> None:
         while True:
@@ -285,6 +304,8 @@ class Browser:
             elif status not in (200, 204) and self._gone("offer", status, body):
                 return await self._peer_not_found()
             await asyncio.sleep(max(0.0, OFFER_POLL - (time.monotonic() - started)))
+            if self.stopping:
+                return
 
     async def _answer_server_offer(self, peer_id: str, sdp: str) -> None:
         self.last_offer = sdp
@@ -297,8 +318,13 @@ class Browser:
             self.remote.append(Stream(track, transceiver.mid, msids.get(transceiver.mid, ""), track.kind))
         self.pending_tracks.clear()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        status, body = await self.api.call("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", {
-            "answer": {"type": "answer", "sdp": self.pc.localDescription.sdp}})
+        answer = {"answer": {"type": "answer", "sdp": self.pc.localDescription.sdp}}
+        if self.abort_first_answer:
+            self.abort_first_answer = False
+            await self.api.send_and_drop("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", answer)
+            status, body = "dropped", None
+        else:
+            status, body = await self.api.call("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", answer)
         # What the server sends this peer after this offer: (msid stream id, kind) of its sending m-lines.
         sending = sorted([(m.msid or "").split(" ")[0], m.kind] for m in SessionDescription.parse(sdp).media
                          if m.direction in ("sendrecv", "sendonly") and m.msid)
@@ -330,6 +356,9 @@ class Browser:
         await self.ws.send(json.dumps({"type": 5}))
         status, body = await self.api.call("POST", f"/api/v1/webrtc/room/{self.room_id}/leave",
                                            {"user_id": self.user_id}, timeout=SHORT_TIMEOUT)
+        self.stopping = True  # the browser clears its timers; a fetch in flight still completes
+        if self.polls:
+            await asyncio.wait(self.polls, timeout=LONG_TIMEOUT + 1)
         self.stop_polls()
         await self.ws.close()
         await self.pc.close()
@@ -544,10 +573,38 @@ async def pair(api: Api, scenario: str) -> dict:
     return result
 
 
+async def abort(api: Api) -> dict:
+    """alice drops the connection of her answer to the server's first offer (a fetch aborted by the tab)."""
+    clips = {"h264": encode_clip("libx264")}
+    alice, bob = Browser("alice", api, clips), Browser("bob", api, clips)
+    alice.abort_first_answer = True
+    for b in (alice, bob):
+        await b.register_login()
+    status, body = await api.call("POST", "/api/v1/meetings", {"title": "abort"}, token=alice.token)
+    for b in (alice, bob):
+        await b.join_meeting(body["data"]["meeting"]["id"])
+        await b.join_signaling()
+        status, reply = await b.connect_sfu()
+        assert status == 200, (b.name, status, reply)
+    await until(lambda: alice.offers and alice.offers[0]["answer_status"] == "dropped", TIMEOUT)
+    # The answer reached the server: the connection lives on and alice receives bob.
+    result = {"alice_receiving": await until(lambda: alice.receiving(2) and alice.offers[-1]["answer_status"] == 200
+                                             or alice.peer_gone is not None, TIMEOUT)}
+    await asyncio.sleep(2.0)
+    result["clients"] = [facts(b) for b in (alice, bob)]
+    for b in (alice, bob):
+        b.stop_polls()
+        await b.ws.close()
+        await b.pc.close()
+    return result
+
+
 async def main(scenario: str, base: str, daemon_pid: int, seconds: float) -> dict:
     api = Api(base)
     if scenario == "mesh":
         return await mesh(api, daemon_pid, seconds)
+    if scenario == "abort":
+        return await abort(api)
     return await pair(api, scenario)
 
 

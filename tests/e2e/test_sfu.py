@@ -181,6 +181,25 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
         self.assertTrue(status == 404 or body["count"] == 0, result["peers_after_leave"])
         await self.stop_clean(daemon)
 
+    async def test_an_answer_whose_client_went_away_still_applies(self) -> None:
+        """
+        A browser may abort route 5 in flight (the tab closes, pagehide): the
+        answer reached the server, so the connection must carry on, with no
+        500 and no traceback in the log.
+        """
+        daemon = await self.start_sfu_daemon()
+        result = await self.run_peers(daemon, "abort")
+        alice = result["clients"][0]
+        self.assertEqual(alice["offers"][0]["answer_status"], "dropped", alice)
+        self.assertIsNone(alice["peer_gone"], alice)
+        self.assertTrue(result["alice_receiving"], alice)
+        await self.stop_clean(daemon)
+
+    test_an_answer_whose_client_went_away_still_applies.todo = (
+        "bug in wecompany/domain/sfu.py SfuService._answer_offer: the HTTP client going away cancels the "
+        "engine's apply_answer Deferred; `except Exception` takes the CancelledError for an engine failure, "
+        "closes the peer (engine_error, traceback logged) and raises InternalError (500, 'Unhandled Error')")
+
     async def test_refusals(self) -> None:
         daemon = await self.start_sfu_daemon()
         http = Http(self, daemon)
