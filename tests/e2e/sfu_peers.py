@@ -46,6 +46,8 @@ import asyncio
 import json
 import os
 import re
+import socket
+import struct
 import sys
 import time
 import urllib.parse
@@ -115,8 +117,11 @@ class Api:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         await writer.drain()
+        # A reset, not a FIN: the daemon does not read a connection while it handles a request on it
+        # (no pipelining), but sees a reset at once. A moment first, so the request is read before it.
+        await asyncio.sleep(0.001)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
-        await writer.wait_closed()
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -486,13 +491,14 @@ async def meeting(api: Api, names: list[str]) -> list[Browser]:
 
 
 def facts(b: Browser) -> dict:
-    return {"name": b.name, "user_id": b.user_id, "signaling_id": b.signaling_id, "peer_id": b.peer_id,
+    """What ``b`` saw until now (a copy: the clients go on)."""
+    return json.loads(json.dumps({"name": b.name, "user_id": b.user_id, "signaling_id": b.signaling_id, "peer_id": b.peer_id,
             "room_id": b.room_id, "ice_servers": b.room_info["ice_servers"],
             "streams": [{"publisher": r.stream_id, "kind": r.kind, "frames": r.frames, "ended_at": r.ended_at}
                         for r in b.remote],
             "offers": b.offers, "poll_errors": b.poll_log[-5:], "candidates_sent": b.candidates_sent,
             "candidates_received": b.candidates_received, "peer_gone": b.peer_gone, "reconnect": b.reconnect,
-            "connection_state": b.pc.connectionState if b.pc else None}
+            "connection_state": b.pc.connectionState if b.pc else None}))
 
 
 async def stale(api: Api, peer_id: str) -> dict:

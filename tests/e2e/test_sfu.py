@@ -19,6 +19,7 @@ import treq
 from aioice import stun
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from tests.e2e.daemon import daemon_environment
@@ -275,4 +276,9 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
             code, reply = await call("GET", f"/api/v1/webrtc/room/nowhere/{route}")
             self.assertEqual(code, 404, reply)
         alice_ws.send({"type": 5})
+        alice_ws.sendClose()
+        await alice_ws.closed
+        # The daemon announces the WebSocket's end to watchers from its store: let that finish before
+        # the stop (a background task that finds the store stopped logs a traceback: see the report).
+        await deferLater(reactor, 0.5, lambda: None)
         await self.stop_clean(daemon)
