@@ -72,8 +72,12 @@ def _operation(ep, path: str, index: int) -> dict:
                              "content": {ep.raw_body: {"schema": {"type": "object", "additionalProperties": True}}}}
     if ep.auth != PUBLIC:
         op["security"] = [{"bearerAuth": []}]
-    success = ({ep.produces: {"schema": {"type": "string"}}} if ep.produces is not None
-               else {"application/json": {"schema": success_schema(ep.data)}})
+    if ep.produces == "application/json":  # bare JSON, not the envelope: ``data`` is the whole answer
+        success = {ep.produces: {"schema": ep.data or {"type": "object"}}}
+    elif ep.produces is not None:
+        success = {ep.produces: {"schema": {"type": "string"}}}
+    else:
+        success = {"application/json": {"schema": success_schema(ep.data)}}
     responses = {str(ep.status): {"description": "Success", "content": success}}
     codes = set(ep.errors) | ({401} if ep.auth != PUBLIC else set()) | ({403} if ep.auth == "admin" else set())
     if ep.body is not None or ep.query:

@@ -44,7 +44,20 @@ RECORDING_SCHEMA = {
     },
 }
 
-_SERVICE_RECORDING = {"type": "object", "description": "the media service's shape (sfu.md)"}
+#: The media service's routes answer bare JSON, as it does (not the envelope).
+BARE = "application/json"
+_SERVICE_RECORDING = {"type": "object", "description": "the media service's recording (sfu.md)",
+                      "required": ["recording_id", "meeting_id", "room_id", "user_id", "title", "status",
+                                   "start_time", "end_time", "duration", "file_size", "file_path", "quality",
+                                   "format", "participants", "created_at", "updated_at"]}
+_STARTED = {"type": "object", "required": ["message", "recording"],
+            "properties": {"message": {"type": "string"}, "recording": _SERVICE_RECORDING}}
+_DONE = {"type": "object", "required": ["message", "recording_id"],
+         "properties": {"message": {"type": "string"}, "recording_id": {"type": "string"}}}
+_STATUS = {"type": "object", "required": ["recording"], "properties": {"recording": _SERVICE_RECORDING}}
+_LIST = {"type": "object", "required": ["recordings", "pagination"],
+         "properties": {"recordings": {"type": "array", "items": _SERVICE_RECORDING},
+                        "pagination": {"type": "object", "required": ["total", "page", "page_size", "pages"]}}}
 
 
 def recording_view(recording: Recording) -> dict:
@@ -134,7 +147,7 @@ class RecordingRoutes:
               tag=TAG, body={"meeting_id": Field("id", required=True), "room_id": Field("string", max_length=128),
                              "user_id": Field("id"), "title": TITLE, "quality": Field("string", max_length=16),
                              "format": Field("string", max_length=16), "participants": Field("array")},
-              data=_SERVICE_RECORDING, errors=_ERRORS)
+              data=_STARTED, produces=BARE, errors=_ERRORS)
     async def service_start(self, call: Call):
         b = call.body
         if b.get("user_id") is not None and b["user_id"] != call.user.id:
@@ -148,14 +161,14 @@ class RecordingRoutes:
 
     @endpoint("POST", "/v1/recording/stop", summary="The media service's stop", tag=TAG,
               body={"recording_id": Field("string", required=True, min_length=1, max_length=64)},
-              data=_SERVICE_RECORDING, errors=_ERRORS)
+              data=_DONE, produces=BARE, errors=_ERRORS)
     async def service_stop(self, call: Call):
         recording_id = call.body["recording_id"]
         await self._recordings().stop(call.user, recording_id=recording_id)
         return _json(call.request, {"message": "Recording stopped", "recording_id": recording_id})
 
     @endpoint("GET", "/v1/recording/status/<string:recording_id>", summary="The media service's status",
-              tag=TAG, data=_SERVICE_RECORDING, errors=(401, 404))
+              tag=TAG, data=_STATUS, produces=BARE, errors=(401, 404))
     async def service_status(self, call: Call):
         recording = await self._recordings().find(call.user, call.params["recording_id"])
         return _json(call.request, {"recording": service_view(recording)})
@@ -163,7 +176,7 @@ class RecordingRoutes:
     @endpoint("GET", "/v1/recording/list", summary="The media service's list: recordings the caller started "
               "or is in, newest first", tag=TAG,
               query={**PAGE, "user_id": Field("id", description="the caller's id (others are refused)")},
-              data=_SERVICE_RECORDING, errors=(400, 401, 403))
+              data=_LIST, produces=BARE, errors=(400, 401, 403))
     async def service_list(self, call: Call):
         q = call.query
         if q.get("user_id") is not None and q["user_id"] != call.user.id:
@@ -187,7 +200,7 @@ class RecordingRoutes:
 
     @endpoint("DELETE", "/v1/recording/<string:recording_id>",
               summary="The media service's delete (who started it, or the meeting's host or a moderator)",
-              tag=TAG, data=_SERVICE_RECORDING, errors=(401, 403, 404, 409))
+              tag=TAG, data=_DONE, produces=BARE, errors=(401, 403, 404, 409))
     async def service_delete(self, call: Call):
         recording_id = call.params["recording_id"]
         await self._recordings().delete(call.user, recording_id)
