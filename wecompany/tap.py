@@ -422,7 +422,8 @@ def build_service(config: Config, reactor):
                             handle_signals=True, startup_warnings=warnings, signaling=signaling,
                             collector=CollectorTuning(pauses=gc_pauses), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs,
-                            sfu=(media_engine, domain.sfu) if domain.sfu is not None else None)
+                            sfu=(media_engine, domain.sfu) if domain.sfu is not None else None,
+                            recordings=domain.recordings)
 
 
 def control_socket(config: Config, reactor, domain):

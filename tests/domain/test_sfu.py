@@ -9,6 +9,7 @@ import uuid
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -1073,3 +1074,30 @@ class RoomRouteTests(SfuTestCase):
         self.assertEqual(self.sfu.room_stats(ROOM), {
             "room_id": ROOM, "total_peers": 3, "connected_peers": 2, "audio_streams": 1,
             "video_streams": 2, "screen_shares": 1})
+
+
+class CancelledRequestTests(SfuTestCase):
+    """A browser's request cancelled (its tab closed) leaves what it asked of the engine going on."""
+
+    def test_an_answer_cancelled_while_the_engine_applies_it(self):
+        self.h.sign_in(7)
+        self.h.sign_in(8)
+        a, b = self.h.connect(7), self.h.connect(8)
+        self.h.publish(b, "video")
+        self.engine.fire("renegotiate", a, result="offer-sdp")
+        d = self.sfu.answer_offer(a, ANSWER)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.engine.fire("apply_answer", a)
+        self.assertIn(a, self.sfu.peers)  # not taken for an engine failure
+        self.assertEqual((self.sfu.counters.engine_errors, self.sfu.counters.answers), (0, 1))
+        self.assertIn(("request_keyframe", b), self.engine.calls)
+
+    def test_an_open_cancelled_while_the_engine_opens_it(self):
+        self.h.sign_in(7)
+        d = self.sfu.answer(ROOM, "7", OFFER)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.engine.fire("open_peer", result="answer-sdp")
+        self.assertIn("peer1", self.sfu.peers)  # the browser's retry finds it, or the sweep closes it
+        self.assertEqual(self.sfu.counters.engine_errors, 0)

@@ -196,11 +196,6 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
         self.assertTrue(result["alice_receiving"], alice)
         await self.stop_clean(daemon)
 
-    test_an_answer_whose_client_went_away_still_applies.todo = (
-        "bug in wecompany/domain/sfu.py SfuService._answer_offer: the HTTP client going away cancels the "
-        "engine's apply_answer Deferred; `except Exception` takes the CancelledError for an engine failure, "
-        "closes the peer (engine_error, traceback logged) and raises InternalError (500, 'Unhandled Error')")
-
     async def test_refusals(self) -> None:
         daemon = await self.start_sfu_daemon()
         http = Http(self, daemon)

@@ -286,6 +286,24 @@ def _short(peer_id) -> str:
     return str(peer_id)[:64]
 
 
+def _detached(d: Deferred) -> Deferred:
+    """
+    ``d``'s result, in a Deferred whose cancellation does not reach ``d``: an
+    HTTP client that goes away (a tab closing) cancels its request, but what
+    the request asked of the engine goes on, and the peer stays consistent.
+    """
+    out: Deferred = Deferred()
+
+    def passed(result):
+        if not out.called:
+            out.callback(result)
+        elif isinstance(result, Failure):
+            pass  # cancelled meanwhile: nobody waits for it (the domain has logged what matters)
+
+    d.addBoth(passed)
+    return out
+
+
 async def _resolve(value):
     if isinstance(value, Deferred) or inspect.isawaitable(value):
         return await value
@@ -359,7 +377,7 @@ class SfuService:
         :class:`Forbidden`); with ``identity`` (what a Bearer token proved)
         it must be that user.
         """
-        return Deferred.fromCoroutine(self._answer(room_id, user_id, offer_sdp, identity))
+        return _detached(Deferred.fromCoroutine(self._answer(room_id, user_id, offer_sdp, identity)))
 
     async def _answer(self, room_id, user_id, offer_sdp, identity):
         room_id = _check_room_id(room_id)
@@ -438,7 +456,7 @@ class SfuService:
 
     def add_candidate(self, peer_id, candidate, identity=None) -> Deferred:
         """Route 2: a browser ICE candidate for the engine. -> Deferred[None]."""
-        return Deferred.fromCoroutine(self._add_candidate(peer_id, candidate, identity))
+        return _detached(Deferred.fromCoroutine(self._add_candidate(peer_id, candidate, identity)))
 
     async def _add_candidate(self, peer_id, candidate, identity):
         peer = self._peer(peer_id)
@@ -476,7 +494,7 @@ class SfuService:
 
     def answer_offer(self, peer_id, answer_sdp) -> Deferred:
         """Route 5: the browser's answer (SDP or ``{type: "answer", sdp}``) to the pending offer. -> Deferred[None]."""
-        return Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp))
+        return _detached(Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp)))
 
     async def _answer_offer(self, peer_id, answer_sdp):
         peer = self._peer(peer_id)
