@@ -32,11 +32,17 @@ def sine(samples: int, start: int, rate: int = SAMPLE_RATE) -> np.ndarray:
 def write_video(path: str, *, muxer: str = "mp4", video_codec: str = "libx264",
                 audio_codec: str | None = "aac", seconds: float = SECONDS, fps: int = FPS,
                 width: int = WIDTH, height: int = HEIGHT, bit_rate: int | None = None,
-                noise: int = 0, gop: int | None = None) -> str:
-    """A video with a moving pattern and, unless ``audio_codec`` is None, a 440 Hz tone."""
+                noise: int = 0, gop: int | None = None, rotation: int = 0) -> str:
+    """
+    A video with a moving pattern and, unless ``audio_codec`` is None, a
+    440 Hz tone. ``rotation``: degrees counterclockwise in the stream's
+    display matrix, as a phone stores a portrait video.
+    """
     with av.open(path, "w", format=muxer) as out:
         video = out.add_stream(video_codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
         if bit_rate:
             video.codec_context.bit_rate = bit_rate
             if video_codec == "libx264":

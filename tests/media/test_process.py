@@ -628,6 +628,61 @@ class OddInputTests(MediaTestCase):
         self.assertNothingLeft()
 
 
+class RotationTests(MediaTestCase):
+    """
+    A phone stores a portrait video landscape, with a display matrix that
+    says to turn it: sizes are reported as shown, and what is decoded and
+    made again is turned upright, as players and the ffmpeg tool do.
+    """
+
+    def rotated(self, degrees=90) -> str:
+        return self.mp4(name=f"portrait{degrees}.mp4", rotation=degrees)
+
+    def assertUpright(self, image, index, turns):
+        expected = np.rot90(generate.pattern(index), turns)
+        self.assertEqual(image.shape, expected.shape)
+        turned_wrong = np.rot90(generate.pattern(index), turns + 2)
+        error = np.abs(image.astype(int) - expected).mean()
+        self.assertLess(error, 6)
+        self.assertLess(error, np.abs(image.astype(int) - turned_wrong).mean() / 4)
+
+    def test_the_size_is_the_size_shown(self):
+        for degrees in (90, -90):
+            info = process.probe(self.rotated(degrees))
+            self.assertEqual((info["width"], info["height"]), (generate.HEIGHT, generate.WIDTH))
+        info = process.probe(self.rotated(180))
+        self.assertEqual((info["width"], info["height"]), (generate.WIDTH, generate.HEIGHT))
+
+    def test_a_thumbnail_is_upright(self):
+        for degrees, turns in ((90, 1), (-90, 3), (180, 2)):
+            result = self.run_process("thumbnail", self.rotated(degrees), {})
+            image, = generate.read_frames(result.path)
+            self.assertUpright(image, 0, turns)
+            os.remove(result.path)
+
+    def test_a_scaled_thumbnail_keeps_the_shown_aspect(self):
+        result = self.run_process("thumbnail", self.rotated(), {"width": 60})
+        image, = generate.read_frames(result.path)
+        self.assertEqual(image.shape, (80, 60, 3))
+
+    def test_re_encoded_video_is_upright_without_a_matrix(self):
+        for process_type, params in (("transcode", {"format": "webm"}), ("compress", {"bitrate": 100_000}),
+                                     ("trim", {"start": 0.2, "end": 1.5})):
+            result = self.run_process(process_type, self.rotated(), params)
+            frames = generate.read_frames(result.path)
+            self.assertUpright(frames[0], 3 if process_type == "trim" else 0, 1)
+            # Turned once: the result carries no display matrix to turn it again.
+            info = process.probe(result.path)
+            self.assertEqual((info["width"], info["height"]), (generate.HEIGHT, generate.WIDTH))
+            os.remove(result.path)
+
+    def test_a_copied_trim_keeps_the_matrix(self):
+        result = self.run_process("trim", self.rotated(), {"start": 0, "end": 1})
+        self.assertEqual(first_packets(result.path), first_packets(self.rotated()))
+        info = process.probe(result.path)
+        self.assertEqual((info["width"], info["height"]), (generate.HEIGHT, generate.WIDTH))
+
+
 class LimitTests(MediaTestCase):
     def test_every_way_of_writing_is_held_to_the_output_limit(self):
         limits = Limits(max_output_bytes=1000)

@@ -60,6 +60,11 @@ Process types and their params (all optional unless said):
     the same kind of image. Without OpenCV installed (the ``video`` extra)
     this raises :class:`~wecompany.errors.Unavailable` with error_code 4001.
 
+Rotation: a video whose display matrix says to turn it (a phone's portrait
+video, stored landscape) is probed at the size shown, and comes out upright,
+with no matrix, of every process type that decodes it; a copied trim keeps
+the matrix with the packets. Angles other than quarter turns are ignored.
+
 Errors: bad params, and input files that are empty, not media, undecodable
 or of the wrong kind (an audio file given to ``thumbnail``) are
 :class:`~wecompany.errors.InvalidInput` (400). A result past
@@ -361,6 +366,57 @@ def _video_stream(container, *, pictures: bool = False):
     return None
 
 
+def _quarter_turns(frame) -> int:
+    """
+    How many quarter turns counterclockwise (0-3) the frame's display
+    matrix asks for before it is shown: a phone's portrait video is stored
+    landscape with a rotation to apply. Angles that are not a multiple of
+    90 degrees, and frames without a matrix, count as 0.
+    """
+    angle = getattr(frame, "rotation", 0) or 0
+    turns = round(angle / 90)
+    return turns % 4 if abs(angle - turns * 90) < 1 else 0
+
+
+def _upright(frame):
+    """``frame`` as it is meant to be seen: turned by its display matrix, same time."""
+    turns = _quarter_turns(frame)
+    if not turns:
+        return frame
+    import av
+    import numpy as np
+    turned = av.VideoFrame.from_ndarray(
+        np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns)), format="rgb24")
+    turned.pts, turned.time_base = frame.pts, frame.time_base
+    return turned
+
+
+def _first_turns(container, video) -> int:
+    """The quarter turns of ``video``'s first frame (this decodes it; 0 when none decodes)."""
+    try:
+        for frame in _decoded(container, [video]):
+            return _quarter_turns(frame)
+    except Exception:  # InvalidInput or an FFmpeg error: the headers alone describe it
+        pass
+    return 0
+
+
+def _turns_in(path: str) -> int:
+    """The quarter turns of the first video stream of ``path`` (0 without one)."""
+    container = _open_input(path)
+    try:
+        video = _video_stream(container) or _video_stream(container, pictures=True)
+        return 0 if video is None else _first_turns(container, video)
+    finally:
+        container.close()
+
+
+def _shown_size(stream, turns: int) -> tuple:
+    """A video stream's width and height as shown, after ``turns`` quarter turns."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    return (height, width) if turns % 2 else (width, height)
+
+
 def _describe(container) -> dict:
     if _TEXT_DEMUXERS.intersection(container.format.name.split(",")):
         return _other()
@@ -373,18 +429,19 @@ def _describe(container) -> dict:
         content_type = _IMAGE_DEMUXERS.get(name) or {
             "png": "image/png", "mjpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp",
             "bmp": "image/bmp", "tiff": "image/tiff"}.get(video.codec_context.name, "application/octet-stream")
-        return {"content_type": content_type, "duration_ms": None, "width": video.codec_context.width,
-                "height": video.codec_context.height, "kind": "image"}
+        width, height = _shown_size(video, _first_turns(container, video))
+        return {"content_type": content_type, "duration_ms": None, "width": width,
+                "height": height, "kind": "image"}
     if video is None and audio is None:
         return _other()
     kind = _container_kind(container)
     with_video, audio_only = _CONTENT_TYPES.get(kind, (None, None))
     content_type = (with_video if video is not None else audio_only) or "application/octet-stream"
     duration = _duration(container)
+    width, height = _shown_size(video, _first_turns(container, video)) if video is not None else (None, None)
     return {"content_type": content_type,
             "duration_ms": None if duration is None else int(round(duration * 1000)),
-            "width": video.codec_context.width if video is not None else None,
-            "height": video.codec_context.height if video is not None else None,
+            "width": width, "height": height,
             "kind": "video" if video is not None else "audio"}
 
 
@@ -588,7 +645,7 @@ def _encode(process: _Run, src_path: str, dst_path: str, output_format: _OutputF
         try:
             video_out = audio_out = None
             if video_in is not None:
-                width, height = size or _fit(video_in.codec_context.width, video_in.codec_context.height,
+                width, height = size or _fit(*_shown_size(video_in, _turns_in(src_path)),
                                              None, None, process.limits)
                 video_out = _add_video_stream(output, output_format.video_codec, _frame_rate(video_in),
                                               width, height, video_bit_rate)
@@ -667,6 +724,7 @@ def _pump(process, container, output, inputs, video_in, video_out, audio_in, aud
                 # Frames before ``start`` only led up to it (decoding from a key frame).
                 if time < start - 1e-6:
                     continue
+                frame = _upright(frame)
                 if frame_filter is not None:
                     frame = frame_filter(frame)
                 frame = frame.reformat(video_out.width, video_out.height, "yuv420p")
@@ -893,6 +951,7 @@ def _run_thumbnail(process, src_path, destination, params):
         container.close()
     if chosen is None:
         raise InvalidInput("the file could not be decoded: no video frame")
+    chosen = _upright(chosen)
     suffix, content_type, codec, pix_fmt = _IMAGE_FORMATS[params["format"]]
     width, height = chosen.width, chosen.height
     if params.get("width"):
@@ -1120,7 +1179,7 @@ def _run_enhance(process, src_path, destination, params):
         process.check()
         name = "jpeg" if info["content_type"] == "image/jpeg" else "png"
         suffix, content_type, codec, pix_fmt = _IMAGE_FORMATS[name]
-        result = frame_filter(frame)
+        result = frame_filter(_upright(frame))
         path = destination(suffix)
         _write_image(process, result, path, codec, pix_fmt, result.width, result.height)
         return path, suffix, content_type
