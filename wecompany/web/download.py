@@ -85,7 +85,7 @@ def content_disposition(filename: str, disposition: str = "attachment") -> bytes
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}".encode("ascii")
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def etag_matches(header: str, etag: str) -> bool:
     """Whether an If-None-Match header names ``etag`` (weakly compared, as RFC 9110 says for it)."""
     if header.strip() == "*":
         return True
@@ -127,7 +127,7 @@ class StoredFile(Resource):
         # Behind a token: never in a shared cache; a client revalidates with the ETag.
         request.setHeader(b"cache-control", b"private, no-cache")
         none_match = request.getHeader(b"if-none-match")
-        if none_match is not None and _etag_matches(none_match.decode("latin-1"), self.etag):
+        if none_match is not None and etag_matches(none_match.decode("latin-1"), self.etag):
             request.setResponseCode(304)
             return b""
         wanted = request.getHeader(b"range")
@@ -204,6 +204,10 @@ class StorageStream:
                 self.request.write(data)
         except WeCompanyError as error:
             self.log.error("download of {key} cut short: {error}", key=self.key, error=error.message)
+            self._abort()
+            return
+        except Exception:  # a read that failed some other way (a local file removed): cut short too
+            self.log.failure("download of {key} cut short", key=self.key)
             self._abort()
             return
         self.request.unregisterProducer()

@@ -13,11 +13,15 @@ these rules:
   is outside the directory;
 * content types from a fixed table (the same on every system), and
   ``X-Content-Type-Options: nosniff`` so a browser never guesses;
-* ``Last-Modified``/``If-Modified-Since`` (304), ``HEAD``, and the
-  ``Cache-Control`` a :class:`Policy` says; no ``Range`` (these are pages
-  and scripts; media is the API's);
-* the look-up and the read happen in the disk thread pool, never on the
-  reactor thread;
+* ``ETag`` / ``If-None-Match`` and ``Last-Modified`` / ``If-Modified-Since``
+  (304), ``HEAD``, and the ``Cache-Control`` a :class:`Policy` says;
+* ``Range`` (one range -> 206, one that names no byte -> 416, ``If-Range``)
+  as for the API's downloads (:mod:`wecompany.web.download`), so a web
+  client's own audio and video assets play in every browser (Safari asks
+  for ranges and will not play a file served without them);
+* the look-up and the reads happen in the disk thread pool, never on the
+  reactor thread: a small file in one read, a larger one streamed a block
+  at a time while the client keeps up (any size, one block of memory);
 * for a single-page app (``spa_fallback``), a path that names no file and
   does not look like one (no ``.`` in its last segment) is answered with
   the root ``index.html``, so the app's client-side routes load;
@@ -30,6 +34,7 @@ children of its root and are found before anything here (:class:`FallbackRoot`).
 
 from __future__ import annotations
 
+import math
 import os
 
 import attrs
@@ -38,6 +43,8 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+
+from wecompany.web.download import StorageStream, Unsatisfiable, etag_matches, parse_range
 
 #: The console's files (package data).
 CONSOLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console")
@@ -84,8 +91,43 @@ API_DOCS_POLICY = Policy(API_DOCS_CSP)
 #: A built client's assets are usually named by their content; an hour bounds the staleness of any that are not.
 WEB_ROOT_POLICY = Policy(WEB_ROOT_CSP, asset_cache="public, max-age=3600")
 
-#: Bytes: files are read whole (a built web client's largest bundle is a few MiB).
-MAX_FILE = 32 << 20
+#: Bytes: a file up to this size is read whole, in one trip to the disk pool; a larger one is streamed.
+WHOLE_FILE = 256 << 10
+#: Bytes read at a time from a streamed file.
+BLOCK_SIZE = 256 << 10
+
+
+@attrs.frozen
+class _Found:
+    """A file to answer with, as the disk pool found it; ``content`` only when it is small."""
+
+    path: str
+    name: str
+    size: int
+    modified: int
+    mtime_ns: int
+    content: bytes | None
+
+    @property
+    def etag(self) -> str:
+        # Size and modification time, as nginx does: it changes when a release replaces the file.
+        return '"%x-%x"' % (self.size, self.mtime_ns)
+
+
+class _LocalFiles:
+    """The ``read`` a :class:`~wecompany.web.download.StorageStream` asks for, from local files in the disk pool."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def read(self, path: str, offset: int, length: int):
+        return self.run(_read_block, path, offset, length)
+
+
+def _read_block(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 _NOT_FOUND = b"<!DOCTYPE html><title>Not found</title><h1>Not found</h1>"
 
@@ -111,21 +153,24 @@ class StaticFiles(Resource):
     :param spa_fallback: answer the root ``index.html`` for paths that name no file.
     :param run: runs the file work (looking the path up, reading the file:
         blocking) -> Deferred; the daemon's disk thread pool. Default: in place.
-    :param max_size: a larger file is not served (it is read whole into memory).
+    :param whole_file: files up to this size are read whole; larger ones streamed.
+    :param block_size: bytes read at a time from a streamed file.
     """
 
     isLeaf = True
     log = Logger()
 
     def __init__(self, roots, policy: Policy, *, mount: bytes = b"/", spa_fallback: bool = False, run=None,
-                 max_size: int = MAX_FILE) -> None:
+                 whole_file: int = WHOLE_FILE, block_size: int = BLOCK_SIZE) -> None:
         super().__init__()
         self.roots = [os.path.realpath(root) for root in ([roots] if isinstance(roots, str) else roots)]
         self.policy = policy
         self.mount = mount
         self.spa_fallback = spa_fallback
         self.run = run or maybeDeferred
-        self.max_size = max_size
+        self.whole_file = whole_file
+        self.block_size = block_size
+        self._files = _LocalFiles(self.run)
 
     def render_GET(self, request):
         self._security_headers(request)
@@ -146,8 +191,8 @@ class StaticFiles(Resource):
 
     render_HEAD = render_GET
 
-    def _load(self, segments: list[str]):
-        """(name, modified, content) of the file to answer with, or None (in the disk pool)."""
+    def _load(self, segments: list[str]) -> _Found | None:
+        """The file to answer with, or None (in the disk pool)."""
         found = self._find(segments)
         if found is None and self.spa_fallback and (not segments or "." not in segments[-1]):
             found = self._find([])
@@ -155,10 +200,11 @@ class StaticFiles(Resource):
             return None
         with open(found, "rb") as f:
             stat = os.fstat(f.fileno())
-            if stat.st_size > self.max_size:
-                self.log.warn("not serving {path}: larger than {limit} bytes", path=found, limit=self.max_size)
-                return None
-            return os.path.basename(found), stat.st_mtime, f.read()
+            content = f.read() if stat.st_size <= self.whole_file else None
+        size = stat.st_size if content is None else len(content)
+        # Whole seconds, rounded up, as Twisted's setLastModified sends them (If-Range compares the text).
+        modified = math.ceil(stat.st_mtime)
+        return _Found(found, os.path.basename(found), size, modified, stat.st_mtime_ns, content)
 
     def _find(self, segments: list[str]) -> str | None:
         """The file the segments name (a directory: its index.html) in the first root that has it."""
@@ -174,21 +220,54 @@ class StaticFiles(Resource):
             return real
         return None
 
-    def _respond(self, found, request, gone) -> None:
+    def _respond(self, found: _Found | None, request, gone) -> None:
         if gone:
             return
         if found is None:
-            body = self._not_found(request)
-        else:
-            name, modified, body = found
-            extension = os.path.splitext(name)[1].lower()
-            request.setHeader(b"content-type", CONTENT_TYPES.get(extension, "application/octet-stream").encode())
-            cache = self.policy.html_cache if extension in (".html", ".htm") else self.policy.asset_cache
-            request.setHeader(b"cache-control", cache.encode())
-            if request.setLastModified(modified) is http.CACHED:
-                body = b""
-            else:
-                request.setHeader(b"content-length", str(len(body)).encode())
+            self._finish(request, self._not_found(request))
+            return
+        extension = os.path.splitext(found.name)[1].lower()
+        request.setHeader(b"content-type", CONTENT_TYPES.get(extension, "application/octet-stream").encode())
+        cache = self.policy.html_cache if extension in (".html", ".htm") else self.policy.asset_cache
+        request.setHeader(b"cache-control", cache.encode())
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"etag", found.etag.encode("ascii"))
+        none_match = request.getHeader(b"if-none-match")
+        if none_match is not None:
+            # When both are sent, If-None-Match decides and If-Modified-Since is ignored (RFC 9110 13.1.3).
+            request.setHeader(b"last-modified", http.datetimeToString(found.modified))
+            if etag_matches(none_match.decode("latin-1"), found.etag):
+                request.setResponseCode(304)
+                self._finish(request, b"")
+                return
+        elif request.setLastModified(found.modified) is http.CACHED:
+            self._finish(request, b"")
+            return
+        wanted = request.getHeader(b"range")
+        if_range = request.getHeader(b"if-range")
+        if if_range is not None and if_range.decode("latin-1").strip() not in (
+                found.etag, http.datetimeToString(found.modified).decode("ascii")):
+            wanted = None  # the client holds another version: all of this one
+        try:
+            span = parse_range(wanted.decode("latin-1") if wanted is not None else None, found.size)
+        except Unsatisfiable:
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % found.size)
+            request.setHeader(b"content-length", b"0")
+            self._finish(request, b"")
+            return
+        start, length = (0, found.size) if span is None else (span[0], span[1] - span[0] + 1)
+        if span is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (span[0], span[1], found.size))
+        request.setHeader(b"content-length", b"%d" % length)
+        if found.content is not None or request.method == b"HEAD" or length == 0:
+            self._finish(request, (found.content or b"")[start:start + length])
+            return
+        StorageStream(request, self._files, found.path, start, length, self.block_size).begin()
+
+    @staticmethod
+    def _finish(request, body: bytes) -> None:
         if request.method != b"HEAD" and body:
             request.write(body)
         request.finish()
