@@ -351,6 +351,25 @@ class WeCompanyServiceTests(SynchronousTestCase):
         for party in (caller, callee):
             self.assertEqual(party.events[-1], CallEnded(party.events[-1].call_id, "shutdown"))
 
+    def test_contacts_are_told_before_the_store_closes(self) -> None:
+        """The sessions that closed announce themselves offline (reading the store): stop waits for that."""
+        service = self.started_service()
+        events, announced = self.events, Deferred()
+
+        class Chat:
+            def settle(self):
+                events.append("chat settle")
+                return announced
+
+        service.chat = Chat()
+        d = service.stopService()
+        self.assertNoResult(d)
+        self.assertEqual(self.events[-1], "chat settle")
+        self.assertNotIn("store stop", self.events)
+        announced.callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.events[-4:], ["connections closed", "chat settle", "store stop", "pool stop"])
+
     def test_ai_worker_processes_start_with_the_reactor_and_stop_after_the_store(self) -> None:
         processes = FakeProcessPool(self.events)
         service = WeCompanyService(

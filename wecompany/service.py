@@ -123,6 +123,9 @@ class WeCompanyService(MultiService):
     :param cluster_node: optional :class:`~wecompany.mirror.cluster.ClusterNode`,
         started with the store and stopped (the node leaves the cluster)
         once the clients are gone.
+    :param chat: optional :class:`~wecompany.domain.chat.ChatService`: once
+        the connections are closed, its presence announcements (which read
+        the store) are waited for (``settle()``) before the store closes.
     """
 
     log = Logger()
@@ -130,10 +133,11 @@ class WeCompanyService(MultiService):
     def __init__(self, *, store, listeners, tcp_factory, calls, threadpools=(), process_pools=(), recorder=None,
                  reactor, shutdown_grace: float = 3.0, handle_signals: bool = False,
                  startup_warnings=(), signaling=None, collector=None, files=None, cluster_node=None,
-                 media_jobs=None, sfu=None, recordings=None) -> None:
+                 media_jobs=None, sfu=None, recordings=None, chat=None) -> None:
         super().__init__()
         self.sfu = sfu
         self.recordings = recordings
+        self.chat = chat
         self.store = store
         self.listeners = list(listeners)
         self.media_jobs = media_jobs
@@ -310,6 +314,9 @@ class WeCompanyService(MultiService):
         if self.signaling is not None:
             await self._step("closing the signaling connections", self.signaling.shutdown)
         await self._step("closing the TCP connections", self.tcp_factory.shutdown, self.shutdown_grace)
+        if self.chat is not None:
+            # The sessions just closed tell their contacts (a read of the store each): before it closes.
+            await self._step("telling contacts who went offline", self.chat.settle)
         if self.recordings is not None:
             # Before the engine stops: each file is finished by it and stored here (the store is still open).
             await self._step("finishing the meeting recordings", self.recordings.stop_all)

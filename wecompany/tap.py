@@ -423,7 +423,7 @@ def build_service(config: Config, reactor):
                             collector=CollectorTuning(pauses=gc_pauses), files=domain.files, cluster_node=cluster_node,
                             media_jobs=domain.processing.jobs,
                             sfu=(media_engine, domain.sfu) if domain.sfu is not None else None,
-                            recordings=domain.recordings)
+                            recordings=domain.recordings, chat=domain.chat)
 
 
 def control_socket(config: Config, reactor, domain):

@@ -95,6 +95,53 @@ class ChatTests(SynchronousTestCase):
         self.chat.close_session(ws)  # idempotent
         self.assertEqual(self.alice.take(), [])
 
+    def test_settle_waits_for_the_announcements_under_way(self):
+        """The daemon's stop waits for these before it closes the store (they read the watchers from it)."""
+        self.d.store.add_contact(self.alice_id, self.bob_id, 0)
+        self.chat.open_session(self.alice)
+        self.chat.open_session(self.bob)
+        self.alice.take()
+        self.successResultOf(run(self.chat.settle()))  # nothing under way: at once
+        store, gates = self.d.store, []
+
+        class SlowWatchers:
+            def watchers_of(self, account_id):
+                gate = Deferred()
+                gates.append(gate)
+                return gate.addCallback(lambda _: store.watchers_of(account_id))
+
+            def __getattr__(self, name):
+                return getattr(store, name)
+
+        self.chat.store = SlowWatchers()
+        self.chat.close_session(self.bob)
+        settled = run(self.chat.settle())
+        self.assertNoResult(settled)
+        gates[0].callback(None)
+        self.successResultOf(settled)
+        self.assertEqual(self.alice.take(), [PresenceChanged(str(self.bob_id), "bob", False)])
+
+    def test_settle_gives_up_after_its_timeout(self):
+        self.d.store.add_contact(self.alice_id, self.bob_id, 0)
+        self.chat.open_session(self.alice)
+        self.chat.open_session(self.bob)
+        store = self.d.store
+
+        class Stuck:
+            def watchers_of(self, account_id):
+                return Deferred()
+
+            def __getattr__(self, name):
+                return getattr(store, name)
+
+        self.chat.store = Stuck()
+        self.chat.close_session(self.bob)
+        settled = run(self.chat.settle(timeout=5))
+        self.d.clock.advance(4.9)
+        self.assertNoResult(settled)
+        self.d.clock.advance(0.1)
+        self.successResultOf(settled)
+
     def test_replacement_ends_call_and_disconnects_old(self):
         self.chat.open_session(self.alice)
         self.chat.open_session(self.bob)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
 from wecompany.domain.events import CallRejected, PresenceChanged, TextMessage
@@ -78,6 +78,10 @@ class ChatService:
         self.cluster = cluster if cluster is not None else LocalCluster()
         self._draining: dict[str, _Drain] = {}
         self._inflight: Counter[str] = Counter()
+        # Work started for sessions that come and go (presence, offline delivery), until it ends:
+        # the daemon's stop waits for it before it closes the store (settle).
+        self._pending: set[Deferred] = set()
+        self._settled: list[Deferred] = []
         #: Text messages sent through this node since it started (the dashboard's messages per second).
         self.texts_sent = 0
 
@@ -94,7 +98,7 @@ class ChatService:
             replaced.disconnect(SessionReplaced())
         # Online for the contacts once the user is online cluster-wide (an
         # older chat session on another node is closed there).
-        self.cluster.session_opened(client, first).addCallback(self._announce_if, client.identity, True)
+        self._track(self.cluster.session_opened(client, first).addCallback(self._announce_if, client.identity, True))
         if client.kind == "tcp" and client.identity.account_id is not None:
             self.kick_drain(client.identity.user_id)
         for listener in self.listeners:
@@ -108,7 +112,8 @@ class ChatService:
         self.calls.session_closed(client, reason)
         for listener in self.listeners:
             listener.session_closed(client)
-        self.cluster.session_closed(client, offline).addCallback(self._announce_if, client.identity, False)
+        self._track(self.cluster.session_closed(client, offline).addCallback(self._announce_if, client.identity,
+                                                                             False))
 
     def _announce_if(self, changed: bool, ident: Identity, online: bool) -> None:
         if changed:
@@ -324,6 +329,37 @@ class ChatService:
     def _background(self, coro) -> None:
         d = Deferred.fromCoroutine(coro)
         d.addErrback(lambda f: self.log.failure("background chat task failed", f))
+        self._track(d)
+
+    def _track(self, d: Deferred) -> Deferred:
+        self._pending.add(d)
+
+        def ended(result):
+            self._pending.discard(d)
+            if not self._pending:
+                waiters, self._settled = self._settled, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        return d.addBoth(ended)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """
+        Wait until the presence announcements and offline deliveries under
+        way have ended (those they start too), or ``timeout`` seconds on the
+        clock: the daemon's stop, after its connections closed and before the
+        store closes, so that contacts hear who went offline.
+        """
+        if not self._pending:
+            return
+        waiter = Deferred()
+        self._settled.append(waiter)
+        try:
+            await waiter.addTimeout(timeout, self.clock)
+        except TimeoutError:
+            self.log.warn("stopping: {count} presence or delivery task(s) still running after {timeout:g} s",
+                          count=len(self._pending), timeout=timeout)
 
 
 def _check_page(offset: int, limit: int) -> None:
