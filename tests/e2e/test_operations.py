@@ -6,12 +6,16 @@ log (its format, level and the access lines).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
-from tests.e2e.daemon import ENDPOINT
+from tests.e2e.daemon import ENDPOINT, Daemon
 from tests.e2e.test_daemon import DaemonTestCase
 
 
@@ -81,6 +85,57 @@ class LogTests(OperationsTestCase):
         self.assertIsInstance(access["duration_ms"], float)
         self.assertGreaterEqual(access["duration_ms"], 0.0)
         self.assertIn('"e2e-probe/1.0"', access["message"])
+
+    async def test_log_level_warn_keeps_warnings_and_drops_the_rest(self) -> None:
+        """
+        --log-level warn with --log-format json: nothing below warn is written,
+        warnings are. The listeners are UNIX sockets in the test's directory,
+        since their "listening" lines (info) are what the harness learns
+        ports from; the warning is the daemon's own about a data directory
+        open to other users.
+        """
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.web.client import Agent
+
+        daemon = Daemon(self, "--log-format", "json", "--log-level", "warn")
+        sockets = tempfile.mkdtemp(prefix="wc-", dir="/tmp")  # a UNIX socket's path is short (108 bytes)
+        self.addCleanup(shutil.rmtree, sockets, True)
+        http_socket = os.path.join(sockets, "http.sock")
+        daemon.extra_args += ["--http-port", f"unix:{http_socket}", "--port",
+                              f"unix:{os.path.join(sockets, 'tcp.sock')}"]
+        os.makedirs(daemon.data_dir, mode=0o755)
+        os.chmod(daemon.data_dir, 0o755)  # whatever the umask: open to others, which the daemon warns of
+        daemon.spawn()
+        agent = Agent.usingEndpointFactory(
+            reactor, type("UnixSocket", (), {"endpointForURI": lambda self, uri: UNIXClientEndpoint(
+                reactor, http_socket)})(), pool=self.pool)
+
+        async def health():
+            try:
+                response = await agent.request(b"GET", b"http://daemon/health")
+            except Exception:  # noqa: BLE001 - not listening yet
+                return None
+            await treq.content(response)
+            return response.code
+
+        async def poll():
+            deadline = reactor.seconds() + 30
+            while reactor.seconds() < deadline:
+                code = await health()
+                if code is not None:
+                    return code
+                self.assertTrue(daemon.running, daemon.report())
+                await deferLater(reactor, 0.1, lambda: None)
+            self.fail(f"the daemon did not answer on {http_socket}\n{daemon.report()}")
+
+        self.assertEqual(await poll(), 200)
+        self.assertEqual(await daemon.stop(), 0)
+        records = [json.loads(line) for line in daemon.log_text().splitlines()]
+        self.assertEqual({r["level"] for r in records} - {"warn", "error", "critical"}, set(), records)
+        self.assertTrue(any(r["level"] == "warn" and "open to other local users" in r["message"]
+                            for r in records), records)
+        self.assertFalse(any(r["message"] == "WeCompany is ready" for r in records))  # info, filtered out
+        self.assertFalse(any(r["namespace"] == "wecompany.access" for r in records))
 
     async def test_no_factory_start_and_stop_lines(self) -> None:
         daemon = await self.start_daemon()
