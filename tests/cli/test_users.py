@@ -8,7 +8,7 @@ import stat
 
 from twisted.trial.unittest import TestCase
 
-from tests.cli.harness import PASSWORD, CommandTestMixin
+from tests.cli.harness import PASSWORD, CommandTestMixin, short_dir
 from tests.e2e.client import connect
 from wecompany.tcp import codec
 from wecompany.tcp.codec import MsgType
@@ -115,3 +115,35 @@ class DaemonUserTests(CommandTestMixin, TestCase):
         await fresh.login("alice", "Other-pass22")
         listed = json.loads((await self.ok("user", "list", "--json")).out)
         self.assertIsNotNone(listed[0]["last_login"])
+
+
+class ClusterUserTests(CommandTestMixin, TestCase):
+    """The operator's command on one node of a cluster acts on the whole service."""
+
+    timeout = 120
+
+    async def test_a_ban_through_one_node_signs_out_a_session_on_another(self) -> None:
+        from tests.e2e.daemon import Daemon
+        from tests.pgtesting import scratch_database
+        from tests.services import redis_url, unique_prefix
+
+        cluster = ["--database", scratch_database(self), "--redis", redis_url(self),
+                   "--redis-prefix", unique_prefix("cli"), "--jwt-secret", "c" * 64]
+        first = await Daemon(self, *cluster, "--node-id", "n1", data_dir=self.data_dir).start()
+        other_dir = os.path.join(short_dir(self), "data")
+        second = await Daemon(self, *cluster, "--node-id", "n2", data_dir=other_dir).start()
+        added = await self.ok(*cluster, "user", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        self.assertNotIn(OFFLINE, added.err)
+        alice = await connect(self, second.tcp_port, "alice")
+        await alice.login("alice")
+        banned = await self.ok(*cluster, "user", "ban", "alice")  # through the first node's control socket
+        self.assertNotIn(OFFLINE, banned.err)
+        error = await alice.expect(MsgType.ERROR, timeout=5)
+        self.assertEqual(error["message"], "account is disabled")
+        await alice.wait_closed(timeout=5)
+        again = await connect(self, second.tcp_port, "alice again")
+        again.send(bytes((MsgType.LOGIN,)) + codec.str16("alice") + codec.str16(PASSWORD))
+        result = await again.expect(MsgType.AUTH_RESULT, timeout=5)
+        self.assertEqual(result.fields, {"ok": False, "error": "account is disabled"})
+        self.assertEqual(await second.stop(), 0)
+        self.assertEqual(await first.stop(), 0)
