@@ -92,6 +92,19 @@ class InterruptedUploadTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(run(self.files.remove_interrupted(started_at))), 1)
         self.assertIsNone(self.d.store.get_file(record.id).result)
 
+    def test_the_directories_of_others_in_the_spool_are_left_alone(self):
+        """The meeting recordings' files wait in spool/recordings for their own recovery at start."""
+        started_at = self.d.clock.seconds()
+        self.left_over("gone", started_at - 1)
+        recordings = os.path.join(self.files.spool_dir, "recordings")
+        os.makedirs(recordings)
+        with open(os.path.join(recordings, "1-abc.mkv"), "wb") as f:
+            f.write(b"cut short")
+        self.assertEqual(self.successResultOf(run(self.files.remove_interrupted(started_at))), 1)
+        self.assertEqual(os.listdir(self.files.spool_dir), ["recordings"])
+        self.assertEqual(os.listdir(recordings), ["1-abc.mkv"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_storage_that_is_down_does_not_stop_the_housekeeping(self):
         from tests.storage.fakes3 import FakeConnectionError
         started_at = self.d.clock.seconds()

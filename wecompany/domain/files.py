@@ -434,8 +434,10 @@ def _discard(handle, path: str) -> None:
 
 
 def _list_dir(directory: str) -> list[str]:
+    """The files (not the directories: the recordings' spool is one) directly in ``directory``."""
     try:
-        return [os.path.join(directory, name) for name in os.listdir(directory)]
+        with os.scandir(directory) as entries:
+            return [entry.path for entry in entries if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
 
