@@ -310,6 +310,8 @@ class WeCompanyService(MultiService):
         # Each step runs even if one before it failed: a step left out (the
         # thread pools' above all) would keep the process from exiting.
         await self._step("closing the listening ports", self._stop_ports)
+        if self.sfu is not None:
+            self.sfu[1].stop()  # no more offers: the connections are about to close one by one
         await self._step("ending the calls", self.calls.end_all, "shutdown")
         if self.signaling is not None:
             await self._step("closing the signaling connections", self.signaling.shutdown)
@@ -321,8 +323,7 @@ class WeCompanyService(MultiService):
             # Before the engine stops: each file is finished by it and stored here (the store is still open).
             await self._step("finishing the meeting recordings", self.recordings.stop_all)
         if self.sfu is not None:
-            engine, sfu = self.sfu
-            sfu.stop()
+            engine, _ = self.sfu
             # Every media connection closes; recordings are finished and stored (the store is still open).
             await self._step("stopping the SFU's media workers", engine.stop)
         if self.cluster_node is not None:

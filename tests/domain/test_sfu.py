@@ -470,6 +470,20 @@ class NegotiationTests(SfuTestCase):
         for user in (1, 2, 3):
             self.h.sign_in(user)
 
+    def test_a_stopping_sfu_offers_nothing_more(self):
+        """The daemon stops: as its connections close one by one, nobody is renegotiated or asked for keyframes."""
+        a, b = self.h.connect(1), self.h.connect(2)
+        self.h.publish(a, "audio", "video")
+        self.h.publish(b, "audio", "video")
+        self.h.negotiate(a)
+        self.h.negotiate(b)
+        calls = len(self.engine.calls)
+        self.sfu.stop()
+        self.sfu.track_ended(a, f"{a}-video")
+        self.sfu.connection_state(a, "closed")
+        self.assertNotIn(a, self.sfu.peers)
+        self.assertEqual([c for c in self.engine.calls[calls:] if c[0] != "close_peer"], [])
+
     def test_lone_peer_is_not_offered_nothing(self):
         a = self.h.connect(1)
         # Nothing to receive: no empty offer to answer.

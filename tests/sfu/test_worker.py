@@ -81,6 +81,19 @@ class DispatchTests(unittest.TestCase):
             reply = dispatch(json.dumps({"id": 6, "op": op, "args": args}).encode())[0]
             self.assertEqual(reply, {"id": 6, "error": {"kind": "peer_not_found", "message": "peer not found: p1"}}, op)
 
+    def test_a_peer_whose_connection_closed_here_is_not_found(self) -> None:
+        """Closed in the worker (it failed or ended) before the daemon heard: gone, not an engine fault."""
+        from types import SimpleNamespace
+
+        def closed_peer(forwarder) -> None:
+            forwarder.peers["p1"] = SimpleNamespace(pc=SimpleNamespace(signalingState="closed"))
+
+        for op, args in (("renegotiate", {"peer_id": "p1", "streams": []}),
+                         ("apply_answer", {"peer_id": "p1", "answer_sdp": "v=0"}),
+                         ("request_keyframe", {"peer_id": "p1"})):
+            reply = dispatch(json.dumps({"id": 6, "op": op, "args": args}).encode(), forwarder_setup=closed_peer)[0]
+            self.assertEqual(reply, {"id": 6, "error": {"kind": "peer_not_found", "message": "peer not found: p1"}}, op)
+
     def test_close_unknown_peer_is_fine(self) -> None:
         self.assertEqual(dispatch(b'{"id": 7, "op": "close_peer", "args": {"peer_id": "p1"}}'), [
             {"id": 7, "result": {}}])

@@ -352,6 +352,7 @@ class SfuService:
         self.rooms: dict[str, SfuRoom] = {}
         self.peers: dict[str, SfuPeer] = {}
         self.counters = SfuCounters()
+        self.stopping = False
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
 
@@ -363,7 +364,13 @@ class SfuService:
                 lambda f: self.log.failure("SFU housekeeping stopped", f))
 
     def stop(self) -> None:
-        """Stop housekeeping (the engine's own ``stop`` closes the peers)."""
+        """
+        Stop housekeeping, and offer nobody anything more: the daemon is
+        stopping, its connections close one after another, and each publisher
+        gone would otherwise renegotiate every other peer just before they go
+        too (the engine's own ``stop`` closes the peers).
+        """
+        self.stopping = True
         if self._sweeper.running:
             self._sweeper.stop()
 
@@ -765,7 +772,7 @@ class SfuService:
 
     def _renegotiate(self, peer) -> None:
         """Offer ``peer`` its current streams now, or as soon as its outstanding offer is answered."""
-        if peer.closed or not peer.connected:
+        if peer.closed or not peer.connected or self.stopping:
             return
         if peer.busy or peer.pending_offer is not None:
             peer.reoffer = True
@@ -808,7 +815,7 @@ class SfuService:
 
     def _request_keyframe(self, publisher) -> None:
         """Ask ``publisher`` for a keyframe now, or once at the end of ``keyframe_interval`` after the last ask."""
-        if publisher.closed or publisher.keyframe_call is not None:
+        if publisher.closed or publisher.keyframe_call is not None or self.stopping:
             return
         now = self.clock.seconds()
         if publisher.keyframe_at is not None and now - publisher.keyframe_at < self.limits.keyframe_interval:

@@ -344,7 +344,8 @@ class Forwarder:
         if not isinstance(peer_id, str):
             raise InvalidInput("peer_id must be a string")
         peer = self.peers.get(peer_id)
-        if peer is None:
+        if peer is None or peer.pc.signalingState == "closed":
+            # Closed here (its connection failed or ended) before the daemon heard of it: gone, not a fault.
             raise PeerNotFound(peer_id)
         return peer
 
