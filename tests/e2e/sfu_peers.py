@@ -28,6 +28,10 @@ Scenarios:
 * ``end``: alice and bob connected; alice ends the meeting over REST; both
   polls must turn to 404 ``peer not found``; the reconnect the browser then
   makes must be refused.
+* ``record``, ``record-end``, ``record-term``, ``record-kill``: alice, bob and
+  carol publish in a meeting with ``enable_recording``; alice (the host)
+  records MEASURE_SECONDS, then stops it, ends the meeting, or sends the
+  daemon SIGTERM or SIGKILL (the test restarts it and reads the recording).
 * ``abort``: alice drops the connection of her answer to the server's first
   offer right after sending it (a fetch aborted as a tab closes); her
   connection must live on.
@@ -46,6 +50,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import sys
@@ -471,13 +476,14 @@ async def until(predicate, timeout: float) -> bool:
 
 
 # -- scenarios ------------------------------------------------------------------------------------------
-async def meeting(api: Api, names: list[str]) -> list[Browser]:
+async def meeting(api: Api, names: list[str], settings: dict | None = None) -> list[Browser]:
     clips = {"h264": encode_clip("libx264")}
     browsers = [Browser(name, api, clips) for name in names]
     for b in browsers:
         await b.register_login()
     host = browsers[0]
-    status, body = await api.call("POST", "/api/v1/meetings", {"title": "sfu e2e"}, token=host.token)
+    status, body = await api.call("POST", "/api/v1/meetings", {"title": "sfu e2e", **(
+        {"settings": settings} if settings else {})}, token=host.token)
     assert status in (200, 201), (status, body)
     meeting_id = body["data"]["meeting"]["id"]
     for b in browsers:
@@ -605,10 +611,68 @@ async def abort(api: Api) -> dict:
     return result
 
 
+def recording_messages(b: Browser) -> list:
+    return [m.get("payload") for m in b.ws_messages if m.get("type") in (15, "recording")]
+
+
+async def record(api: Api, daemon_pid: int, seconds: float, scenario: str) -> dict:
+    """
+    alice (the host), bob and carol publish in a meeting with enable_recording;
+    carol (a participant) may not start a recording, alice does; it runs
+    ``seconds``, then: ``record`` stops it over REST and reads the routes;
+    ``record-end`` ends the meeting; ``record-term`` / ``record-kill`` send the
+    daemon SIGTERM / SIGKILL with the recording running (the test restarts it).
+    """
+    browsers = await meeting(api, ["alice", "bob", "carol"], {"enable_recording": True})
+    alice, bob, carol = browsers
+    result: dict = {"all_receiving": await until(lambda: all(b.receiving(4) for b in browsers), TIMEOUT)}
+    await asyncio.sleep(1.0)  # past the first keyframes
+    meeting_id = alice.meeting_id
+    result.update(meeting_id=meeting_id, token=alice.token,
+                  users={b.name: b.user_id for b in browsers}, peers={b.name: b.peer_id for b in browsers})
+    status, body = await api.call("POST", f"/api/v1/meetings/{meeting_id}/recording/start", {}, token=carol.token)
+    result["participant_start"] = [status, message_of(body)]
+    status, body = await api.call("POST", f"/api/v1/meetings/{meeting_id}/recording/start",
+                                  {"title": "weekly"}, token=alice.token)
+    result["start"] = [status, body]
+    started = time.monotonic()
+    result["told_started"] = await until(lambda: all(recording_messages(b) for b in browsers), 5)
+    await asyncio.sleep(seconds)
+    if scenario in ("record-term", "record-kill"):
+        result["ran_s"] = time.monotonic() - started
+        os.kill(daemon_pid, signal.SIGTERM if scenario == "record-term" else signal.SIGKILL)
+        for b in browsers:  # the tabs close (bounded: the server is going or gone)
+            b.stop_polls()
+            for closing in (b.ws.close(), b.pc.close()):
+                try:
+                    await asyncio.wait_for(closing, 5)
+                except (asyncio.TimeoutError, OSError):
+                    pass
+        return result
+    if scenario == "record-end":
+        status, body = await api.call("POST", f"/api/v1/meetings/{meeting_id}/end", token=alice.token)
+        result["end"] = [status, message_of(body)]
+    else:
+        status, body = await api.call("POST", f"/api/v1/meetings/{meeting_id}/recording/stop", {},
+                                      token=alice.token)
+        result["stop"] = [status, body]
+    result["ran_s"] = time.monotonic() - started
+    result["told"] = {b.name: recording_messages(b) for b in browsers}
+    await until(lambda: all(len(recording_messages(b)) >= 2 for b in browsers), 5)
+    result["told"] = {b.name: recording_messages(b) for b in browsers}
+    for b in browsers:
+        b.stop_polls()
+        await b.ws.close()
+        await b.pc.close()
+    return result
+
+
 async def main(scenario: str, base: str, daemon_pid: int, seconds: float) -> dict:
     api = Api(base)
     if scenario == "mesh":
         return await mesh(api, daemon_pid, seconds)
+    if scenario.startswith("record"):
+        return await record(api, daemon_pid, seconds, scenario)
     if scenario == "abort":
         return await abort(api)
     return await pair(api, scenario)

@@ -54,24 +54,32 @@ class StunServer(DatagramProtocol):
         self.transport.write(bytes(response), addr)
 
 
-class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
+class SfuDaemonCase(MeetingPeople, DaemonTestCase):
+    """A daemon with its SFU on loopback, and sfu_peers.py's scenarios against it."""
+
     timeout = 240
 
-    async def start_sfu_daemon(self):
-        self.stun = StunServer()
-        port = reactor.listenUDP(0, self.stun, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.stun_url = f"stun:127.0.0.1:{port.getHost().port}"
-        return await self.start_daemon("--sfu-addresses", "127.0.0.1", "--stun-servers", self.stun_url)
+    async def start_sfu_daemon(self, *extra_args: str, daemon=None):
+        """A daemon with the SFU on loopback (``daemon``: start that one again, on its data)."""
+        if getattr(self, "stun", None) is None:
+            self.stun = StunServer()
+            port = reactor.listenUDP(0, self.stun, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            self.stun_url = f"stun:127.0.0.1:{port.getHost().port}"
+        if daemon is not None:
+            return await daemon.start()
+        return await self.start_daemon("--sfu-addresses", "127.0.0.1", "--stun-servers", self.stun_url,
+                                       *extra_args)
 
-    async def run_peers(self, daemon, scenario: str) -> dict:
+    async def run_peers(self, daemon, scenario: str, seconds: float = MEASURE_SECONDS) -> dict:
         argv = [PEERS, scenario, f"http://127.0.0.1:{daemon.http_port}", str(daemon._process.transport.pid),
-                str(MEASURE_SECONDS)]
+                str(seconds)]
         out, err, status = await getProcessOutputAndValue(sys.executable, argv, env=daemon_environment())
         self.peers_log = err.decode()
         self.assertEqual(status, 0, f"{self.peers_log}\n{daemon.report()}")
         result = json.loads(out)
-        print(f"sfu_peers {scenario}:", json.dumps(result, sort_keys=True))  # kept in the test log
+        shown = {k: v for k, v in result.items() if k != "token"}
+        print(f"sfu_peers {scenario}:", json.dumps(shown, sort_keys=True))  # kept in the test log
         return result
 
     async def stop_clean(self, daemon) -> None:
@@ -80,6 +88,8 @@ class SfuEndToEndTests(MeetingPeople, DaemonTestCase):
         self.assertEqual(status, 0, daemon.report())
         self.assertNotIn("Traceback", daemon.log_text(), daemon.report())
 
+
+class SfuEndToEndTests(SfuDaemonCase):
     def check_ice(self, client: dict) -> None:
         """The client used room-info's ice_servers (our STUN server) and trickled its candidates."""
         self.assertEqual(client["ice_servers"][0]["urls"], [self.stun_url])
