@@ -464,6 +464,37 @@ class StalePeerTests(SfuTestCase):
         self.assertEqual(self.engine.named("apply_answer"), [])
 
 
+class OfferGrowthTests(SfuTestCase):
+    """Every publisher who left keeps its m-sections in a subscriber's SDP: past a size the connection starts afresh."""
+
+    def setUp(self):
+        super().setUp()
+        self.h = Harness(limits=S.SfuLimits(max_offer_sdp=1000))
+        self.h.successResultOf = self.successResultOf
+        self.sfu, self.engine = self.h.sfu, self.h.engine
+        for user in (1, 2):
+            self.h.sign_in(user)
+
+    def test_an_offer_past_the_limit_closes_the_connection_for_a_fresh_one(self):
+        a, b = self.h.connect(1), self.h.connect(2)
+        self.h.publish(a, "audio", "video")
+        self.h.negotiate(b, offer="v=0\r\n" + "a=x\r\n" * 100)  # 606 bytes: sent
+        self.sfu.track_ended(a, f"{a}-audio")  # another offer for b, which has grown too large
+        self.engine.fire("renegotiate", b, result="v=0\r\n" + "a=x\r\n" * 200)
+        self.assertNotIn(b, self.sfu.peers)
+        self.assertEqual(self.sfu.counters.peers_closed["sdp_limit"], 1)
+        self.assertIn(("close_peer", b), self.engine.calls)
+        with self.assertRaises(PeerNotFound):  # the browser's poll: it reconnects
+            self.sfu.pending_offer(b)
+        self.assertIn(a, self.sfu.peers)
+
+    def test_within_the_limit_the_offer_is_sent(self):
+        a, b = self.h.connect(1), self.h.connect(2)
+        self.h.publish(a, "audio")
+        self.engine.fire("renegotiate", b, result="v=0\r\n" + "a=x\r\n" * 150)  # 906 bytes
+        self.assertEqual(self.sfu.pending_offer(b), "v=0\r\n" + "a=x\r\n" * 150)
+
+
 class NegotiationTests(SfuTestCase):
     def setUp(self):
         super().setUp()

@@ -89,6 +89,11 @@ class SfuLimits:
     """
 
     max_sdp: int = 128 * 1024
+    # A server offer past this (the m-sections of every publisher who ever left stay in it:
+    # unified plan never removes one) is not sent: the connection closes instead, the
+    # browser's next poll is "peer not found" and it reconnects with a fresh connection,
+    # before its answer would grow past max_sdp and be refused.
+    max_offer_sdp: int = 96 * 1024
     max_peers_per_user: int = 4
     max_peers_per_room: int = 64
     max_peers: int = 1024
@@ -127,9 +132,10 @@ R_ENGINE_ERROR = "engine_error"
 R_ENGINE_LOST = "engine_lost"
 R_REPLACED = "replaced"  # a reloaded tab's old connection, closed to make room
 R_OPEN_FAILED = "open_failed"
+R_SDP_LIMIT = "sdp_limit"  # its next offer would have been past SfuLimits.max_offer_sdp
 CLOSE_REASONS = (R_LEFT, R_REMOVED, R_MEETING_ENDED, R_FAILED, R_CLOSED, R_DISCONNECTED,
                  R_CONNECT_TIMEOUT, R_IDLE, R_SESSION_GONE, R_ENGINE_GONE, R_ENGINE_ERROR,
-                 R_ENGINE_LOST, R_REPLACED, R_OPEN_FAILED)
+                 R_ENGINE_LOST, R_REPLACED, R_OPEN_FAILED, R_SDP_LIMIT)
 
 _MAX_ROOM_ID = 128
 _MAX_CANDIDATE = 1024
@@ -794,6 +800,12 @@ class SfuService:
 
     def _offer_made(self, offer_sdp, peer) -> None:
         if peer.closed:
+            return
+        if isinstance(offer_sdp, str) and len(offer_sdp) > self.limits.max_offer_sdp:
+            self.log.info("SFU peer {peer_id}: its offer has grown to {size} bytes (publishers came and went); "
+                          "closing it so the browser reconnects afresh", peer_id=peer.peer_id, size=len(offer_sdp))
+            peer.busy = False
+            self._close(peer, R_SDP_LIMIT)
             return
         peer.busy = False
         peer.pending_offer = offer_sdp
