@@ -185,6 +185,22 @@ class MessageTests(RoomCase):
             replica = [m for m in node.domain.rooms.sessions.values() if m.username == "bob"][0]
             self.assertEqual((replica.video_enabled, replica.screen_sharing), (False, True), node.name)
 
+    def test_a_server_announcement_reaches_the_whole_room_once(self):
+        """A recording started through node a: everyone in the room, wherever, is told once."""
+        told = self.a.domain.rooms.announce(self.meeting_id, "recording", {"action": "started"})
+        self.settle()
+        self.assertEqual(told, 1)  # alice, here
+        for client in (self.alice, self.bob, self.carol):
+            events = [e for e in client.take() if e.kind == "recording"]
+            self.assertEqual([e.payload for e in events], [{"action": "started"}], client)
+        with self.assertRaises(ValueError):
+            self.a.domain.rooms.announce(self.meeting_id, "offer", {})  # not a room-wide server event
+
+    def test_a_members_event_cannot_pass_for_a_server_announcement(self):
+        event = self.a.domain.rooms._event("recording", self.a.domain.rooms.member_of(self.alice), {"x": 1})
+        self.b.domain.rooms.remote_event(event)  # stamped with alice's session: not the server's
+        self.assertEqual([e for e in self.bob.take() if e.kind == "recording"], [])
+
     def test_what_a_node_builds_from_the_wire_is_only_what_may_cross(self):
         event = self.a.domain.rooms._event("offer", self.a.domain.rooms.member_of(self.alice), {})
         self.assertEqual(decode_signal(encode_signal(event)), event)

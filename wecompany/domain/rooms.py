@@ -29,6 +29,8 @@ _EVENT_ID_PREFIX = secrets.token_hex(4)
 _event_numbers = itertools.count()
 MAX_PEER_ID = 128
 MAX_CHAT = 2000
+#: Events the server sends a whole room of its own accord (``RoomService.announce``), on every node.
+SERVER_EVENTS = frozenset({"recording"})
 
 
 @attrs.frozen
@@ -352,14 +354,17 @@ class RoomService:
 
     def announce(self, meeting_id: int, kind: str, payload) -> int:
         """
-        A server event (``kind``, e.g. ``recording``) for every member of the
-        meeting's room on this node -> how many were told. Members on other
-        nodes are not told (the mirror carries members' events only).
+        A server event (``kind``, one of :data:`SERVER_EVENTS`) for every
+        member of the meeting's room, on this node and, through the mirror,
+        on the others -> how many were told here.
         """
+        if kind not in SERVER_EVENTS:
+            raise ValueError(f"{kind!r} is not a room-wide server event")
+        event = SignalEvent(kind, meeting_id, payload, self.clock.seconds())
+        self.mirror.to_room(meeting_id, event)
         room = self.rooms.get(meeting_id)
         if room is None:
             return 0
-        event = SignalEvent(kind, meeting_id, payload, self.clock.seconds())
         here = [m for m in room.members.values() if m.node is None]
         for member in here:
             self._deliver(member, event)
@@ -442,6 +447,12 @@ class RoomService:
         """An event from a member elsewhere, for the room's members here (or only ``session_ids``)."""
         room = self.rooms.get(event.meeting_id)
         if room is None:
+            return
+        if event.kind in SERVER_EVENTS:
+            if event.from_session_id is None and session_ids is None:  # another node's announce
+                for member in list(room.members.values()):
+                    if member.node is None:
+                        self._deliver(member, event)
             return
         sender = room.members.get(event.from_session_id)
         if sender is None or sender.node is None:

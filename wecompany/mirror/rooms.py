@@ -42,13 +42,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wecompany.domain.interfaces import IMeetingListener
-from wecompany.domain.rooms import Member, SignalEvent
+from wecompany.domain.rooms import SERVER_EVENTS, Member, SignalEvent
 from wecompany.errors import Unavailable
 from wecompany.mirror.cluster import SESSION_TTL_FACTOR
 from wecompany.mirror.codec import dumps, loads
 
 #: The kinds of event that cross nodes in a room (a node builds nothing else from the wire).
-CROSSING = frozenset({"offer", "answer", "ice-candidate", "chat", "media-state", "screen-share"})
+CROSSING = frozenset({"offer", "answer", "ice-candidate", "chat", "media-state", "screen-share"}) | SERVER_EVENTS
 _EVENT_FIELDS = tuple(f.name for f in attrs.fields(SignalEvent) if f.name != "encoded")
 
 
