@@ -121,10 +121,14 @@ class RecordingEndToEndTests(SfuDaemonCase):
                 break
             await deferLater(reactor, 0.1, lambda: None)
             recording = await self.only_recording(http, result)
-        self.assertEqual(recording["status"], "completed", recording)
+        await self.check_stored(daemon, recording, result, "completed")
+
+    async def check_stored(self, daemon, recording: dict, result: dict, status: str, exact: bool = True) -> None:
+        """The recording is ``status``; its file downloads and decodes; the daemon then stops cleanly."""
+        self.assertEqual(recording["status"], status, recording)
         response, data = await self.download(daemon, recording["download_url"], result["token"])
         self.assertEqual(response.code, 200)
-        self.check_file(self.save(data), result, result["ran_s"])
+        self.check_file(self.save(data), result, result["ran_s"], exact=exact)
         await self.stop_clean(daemon)
 
     async def test_a_graceful_stop_finishes_the_file(self) -> None:
@@ -135,12 +139,7 @@ class RecordingEndToEndTests(SfuDaemonCase):
         self.assertEqual(await daemon.wait_exit(), 0, daemon.report())
         self.assertNotIn("Traceback", daemon.log_text(), daemon.report())
         await self.start_sfu_daemon(daemon=daemon)
-        recording = await self.only_recording(Http(self, daemon), result)
-        self.assertEqual(recording["status"], "completed", recording)
-        response, data = await self.download(daemon, recording["download_url"], result["token"])
-        self.assertEqual(response.code, 200)
-        self.check_file(self.save(data), result, result["ran_s"])
-        await self.stop_clean(daemon)
+        await self.check_stored(daemon, await self.only_recording(Http(self, daemon), result), result, "completed")
 
     async def test_a_crash_leaves_a_recovered_recording(self) -> None:
         """SIGKILL while recording: the next start makes what was written a ``recovered`` item."""
@@ -149,10 +148,6 @@ class RecordingEndToEndTests(SfuDaemonCase):
         self.assertIn(result["start"][0], (200, 201), result)
         self.assertEqual(await daemon.wait_exit(), -signal.SIGKILL, daemon.report())
         await self.start_sfu_daemon(daemon=daemon)
-        recording = await self.only_recording(Http(self, daemon), result)
-        self.assertEqual(recording["status"], "recovered", recording)
-        response, data = await self.download(daemon, recording["download_url"], result["token"])
-        self.assertEqual(response.code, 200)
         # Cut short: up to the last complete cluster the writer had flushed.
-        self.check_file(self.save(data), result, result["ran_s"], exact=False)
-        await self.stop_clean(daemon)
+        await self.check_stored(daemon, await self.only_recording(Http(self, daemon), result), result, "recovered",
+                                exact=False)
