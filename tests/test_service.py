@@ -284,6 +284,19 @@ class WeCompanyServiceTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, service.privilegedStartService)
         self.assertFalse([e for e in self.events if "listen" in e])
 
+    def test_a_database_the_operator_must_fix_is_one_line(self) -> None:
+        """Unreachable, or migrated by a newer server: CannotStart (one line on stderr), not a traceback."""
+        from wecompany.store.postgres import PreparationError
+        from wecompany.store.schema import SchemaTooNew
+        for error in (PreparationError("cannot connect to the PostgreSQL database postgresql://wc@db/x: refused"),
+                      SchemaTooNew("the database is at schema version 9; this server knows up to 4")):
+            self.store.prepare_error = error
+            del self.events[:]
+            raised = self.assertRaises(CannotStart, self.make_service().privilegedStartService)
+            self.assertEqual((str(raised), raised.__cause__), (str(error), error))
+            self.assertFalse([e for e in self.events if "listen" in e])
+        self.flushLoggedErrors()
+
     def test_listen_failure_raises_and_stops_earlier_ports(self) -> None:
         import errno
         self.endpoints[1].result = fail(CannotListenError("127.0.0.1", 8000, OSError(errno.EADDRINUSE, "in use")))

@@ -29,6 +29,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wecompany.store.schema import CannotPrepare
+
 
 @attrs.frozen
 class Listener:
@@ -174,7 +176,11 @@ class WeCompanyService(MultiService):
             self.collector.at_start()
         prepare = getattr(self.store, "prepare", None)
         if prepare is not None:
-            prepare()
+            try:
+                prepare()
+            except CannotPrepare as error:  # unreachable, or newer than this server: one line
+                self.log.critical("{problem}", problem=str(error))
+                raise CannotStart(str(error)) from error
         try:
             for listener in self.listeners:
                 self._listen(listener)

@@ -69,6 +69,9 @@ class PostgreSQLDaemonTests(DaemonTestCase):
         self.assertIn(f"cannot connect to the PostgreSQL database postgresql://wc@127.0.0.1:{port}/wecompany", report)
         self.assertNotIn("e2e-s3cret", report)
         self.assertNotIn("listening on", report)  # no port was opened
+        self.assertNotIn("Traceback", report)  # one line an operator reads, as for a port in use
+        self.assertIn(f"wecompany: cannot connect to the PostgreSQL database postgresql://wc@127.0.0.1:{port}/",
+                      daemon.output)
 
 
 def _without_password(url: str) -> str:

@@ -75,7 +75,7 @@ from wecompany.errors import EmailTaken, UsernameTaken
 from wecompany.store.common import email_exists, username_exists
 from wecompany.store.dialect import POSTGRESQL, Dialect
 from wecompany.store.interface import IMeetingStore, IStore
-from wecompany.store.schema import SchemaTooNew, load_migrations, migrate_now
+from wecompany.store.schema import CannotPrepare, SchemaTooNew, load_migrations, migrate_now
 from wecompany.store.sql import SQLStore
 
 log = Logger()
@@ -112,7 +112,7 @@ _USER_NAME_CLASHES = {"users_username_key": username_exists, "users_email_key": 
 _PASSWORD_PARAMETER = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 
-class PreparationError(Exception):
+class PreparationError(CannotPrepare):
     """At start-up, the PostgreSQL database could not be reached, or not migrated."""
 
 

@@ -31,7 +31,15 @@ _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _END_OF_STATEMENT = re.compile(r";[ \t]*$", re.MULTILINE)
 
 
-class SchemaTooNew(Exception):
+class CannotPrepare(Exception):
+    """
+    At start-up, the database cannot be used for a reason the operator must
+    fix (unreachable, or migrated by a newer server); the message says it
+    all, and the daemon reports it as one line, not a traceback.
+    """
+
+
+class SchemaTooNew(CannotPrepare):
     """The database was migrated by a newer server than this one."""
 
 
