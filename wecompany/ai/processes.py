@@ -264,6 +264,11 @@ class EngineProcesses:
         if isinstance(error, BrokenProcessPool):
             if entry.cancelled:
                 log.info("AI worker process {number} killed: its request timed out", number=worker.number)
+            elif self.stopping:  # killed by stop(): not a death to report, nor to replace
+                log.info("AI worker process {number} stopped while running {job}", number=worker.number,
+                         job=getattr(entry.job, "__name__", entry.job))
+                if not entry.deferred.called:
+                    entry.deferred.errback(Unavailable("the server is stopping", error_code=AI_UNAVAILABLE))
             else:
                 log.error("AI worker process {number} (pid {pid}) died running {job}; replacing it",
                           number=worker.number, pid=worker.pid, job=getattr(entry.job, "__name__", entry.job))
