@@ -182,6 +182,28 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+class WarmUpTests(TestCase):
+    def test_a_stop_during_the_warm_up_is_no_warning(self):
+        """The daemon stopped while its engines loaded (a quick restart): info, not warn; other failures warn."""
+        from twisted.internet.defer import fail
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from wecompany.ai.processes import PoolStopping
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        engines = AIEngines()
+        for error, level in ((PoolStopping(), LogLevel.info), (Unavailable("the worker could not start"),
+                                                              LogLevel.warn)):
+            del events[:]
+            ai = AIService(reactor, lambda job, engine, *args: fail(error), engines=engines, limits=AudioLimits(),
+                           max_pending=2, timeout=60)
+            ai.warm_up()
+            lines = [e for e in events if "not loaded" in e.get("log_format", "")]
+            self.assertTrue(lines)
+            self.assertEqual({e["log_level"] for e in lines}, {level}, error)
+
+
 class ServiceOverProcessesTests(TestCase):
     """AIService on real worker processes: what a dying worker looks like to a request."""
 

@@ -96,6 +96,13 @@ class WorkerDied(Unavailable):
     error_code = AI_UNAVAILABLE
 
 
+class PoolStopping(Unavailable):
+    """The daemon is stopping: the job was refused, or stopped (503, 4001)."""
+
+    default_message = "the server is stopping"
+    error_code = AI_UNAVAILABLE
+
+
 class _Job:
     def __init__(self, job, name, args, deferred: Deferred) -> None:
         self.job, self.name, self.args, self.deferred = job, name, args, deferred
@@ -196,7 +203,7 @@ class EngineProcesses:
         while self._waiting:
             job = self._waiting.popleft()
             if not job.deferred.called:
-                job.deferred.errback(Unavailable("the server is stopping", error_code=AI_UNAVAILABLE))
+                job.deferred.errback(PoolStopping())
         workers, self._workers, self._idle = self._workers, [], []
         done = []
         for worker in workers:
@@ -232,7 +239,7 @@ class EngineProcesses:
     def __call__(self, job, engine, *args) -> Deferred:
         """Run ``job(engine, *args)`` in a worker (``engine`` is that worker's loaded copy) -> a Deferred."""
         if self.stopping:
-            return fail(Unavailable("the server is stopping", error_code=AI_UNAVAILABLE))
+            return fail(PoolStopping())
         if not self.started:
             self.start()
         entry = _Job(job, engine.name if engine is not None else None, args, None)
@@ -268,7 +275,7 @@ class EngineProcesses:
                 log.info("AI worker process {number} stopped while running {job}", number=worker.number,
                          job=getattr(entry.job, "__name__", entry.job))
                 if not entry.deferred.called:
-                    entry.deferred.errback(Unavailable("the server is stopping", error_code=AI_UNAVAILABLE))
+                    entry.deferred.errback(PoolStopping())
             else:
                 log.error("AI worker process {number} (pid {pid}) died running {job}; replacing it",
                           number=worker.number, pid=worker.pid, job=getattr(entry.job, "__name__", entry.job))
@@ -314,7 +321,7 @@ class EngineProcesses:
 
 def _error_of(future) -> BaseException | None:
     if future.cancelled():  # by the executor's shutdown, when the daemon stops
-        return Unavailable("the server is stopping", error_code=AI_UNAVAILABLE)
+        return PoolStopping()
     return future.exception()
 
 

@@ -34,6 +34,7 @@ from wecompany.ai.audio import AudioLimits
 from wecompany.ai.engines import (EMOTION, SYNTHESIS, EngineFailed, PocketSphinxRecognizer, RNNoiseDenoiser,
                                   SpectralGateDenoiser, VaderSentiment)
 from wecompany.ai.kserve import KServeModel, synthetic_score
+from wecompany.ai.processes import PoolStopping
 from wecompany.errors import AI_FAILED, AI_UNAVAILABLE, InvalidInput, Unavailable, WeCompanyError
 
 log = Logger()
@@ -209,9 +210,15 @@ class AIService:
                 else:
                     log.warn("AI engine {name} not loaded: {error}", name=engine.name, error=error)
 
+            def failed(failure):
+                if failure.check(PoolStopping):  # stopped before it was ready: nothing to warn of
+                    log.info("AI engine {name} not loaded: the server stopped first", name=engine.name)
+                else:
+                    log.warn("AI engine {name} not loaded: {error}", name=engine.name,
+                             error=failure.getErrorMessage())
+
             d = self.run_ai(jobs.load, engine)
-            d.addCallbacks(loaded, lambda failure: log.warn("AI engine {name} not loaded: {error}",
-                                                            name=engine.name, error=failure.getErrorMessage()))
+            d.addCallbacks(loaded, failed)
             return d
 
         return DeferredList([load(engine) for engine in self.engines.local() if engine.available()])
