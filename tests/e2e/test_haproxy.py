@@ -121,6 +121,8 @@ class HAProxyTests(ClusterCase):
         info = await next_message(clients[0], "room-info")
         while info["payload"]["participant_count"] < 2:
             info = await next_message(clients[0], "room-info")
+        # A meeting's signaling (and its SFU calls) all reach the media node, node1 (docs/sfu.rst).
+        self.assertEqual([await self.rooms(node) for node in nodes], [1, 0])
 
         # The nodes see the client's own address, not HAProxy's.
         await self.get_from("127.0.0.2", site, "/health")
@@ -188,6 +190,10 @@ class HAProxyTests(ClusterCase):
     async def tcp_connections(self, node) -> int:
         body = await self.direct(node, "/metrics")
         return int(float(re.search(rb"^wecompany_tcp_connections (\S+)", body, re.M).group(1)))
+
+    async def rooms(self, node) -> int:
+        body = await self.direct(node, "/metrics")
+        return int(float(re.search(rb"^wecompany_rooms (\S+)", body, re.M).group(1)))
 
     async def health(self, node) -> dict:
         answer = await self.direct(node, "/health")
