@@ -731,6 +731,10 @@ class Config:
     kserve_url: str | None = _option(None, optional(parse_inference_url),
                                      "base URL of a KServe v2 / Triton HTTP inference server for the emotion and "
                                      "synthetic-speech models (default: none; those requests answer 503)")
+    kserve_binary: bool = _option(False, parse_bool,
+                                  "send the audio to --kserve-url as raw float32 bytes (the binary tensor data "
+                                  "extension, which Triton and KServe serve) instead of a JSON array, 2.6 times "
+                                  "smaller and far cheaper to build and parse")
     emotion_model: str | None = _option(None, optional(parse_model_name),
                                         "model on --kserve-url that finds the emotion in speech")
     emotion_labels: tuple | None = _option(None, optional(parse_list),

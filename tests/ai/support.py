@@ -71,7 +71,21 @@ class FakeInferenceServer(Resource):
         if len(parts) != 4 or parts[:2] != ["v2", "models"] or parts[3] != "infer" or parts[2] not in self.outputs:
             request.setResponseCode(404)
             return b'{"error":"no such model"}'
-        self.requests.append((parts[2], json.loads(request.content.read())))
+        body = request.content.read()
+        header_length = request.getHeader(b"inference-header-content-length")
+        if header_length is None:
+            self.requests.append((parts[2], json.loads(body)))
+        else:  # the binary tensor data extension: JSON, then each input's raw bytes in order
+            header = json.loads(body[:int(header_length)])
+            data = body[int(header_length):]
+            import numpy as np
+            for tensor in header["inputs"]:
+                size = tensor["parameters"]["binary_data_size"]
+                assert tensor["datatype"] == "FP32", tensor
+                tensor["data"] = np.frombuffer(data[:size], dtype="<f4").tolist()
+                data = data[size:]
+            assert not data, f"{len(data)} bytes after the tensors"
+            self.requests.append((parts[2], header))
         answer = self.outputs[parts[2]]
         if isinstance(answer, tuple):
             request.setResponseCode(answer[0])

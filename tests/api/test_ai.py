@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
@@ -269,6 +270,33 @@ class EmotionAndSynthesisTests(SynchronousTestCase):
                                 token)
         self.assertEqual((code, body["data"]), (200, {"is_synthetic": True, "confidence": 0.9, "score": 0.9,
                                                       "engine": "kserve:synth"}))
+
+    def test_binary_tensor_data_carries_the_same_samples(self):
+        """--kserve-binary: the same audio as raw float32 after the JSON, 2.6 times smaller than the JSON array."""
+        outputs = {"emo": [{"name": "labels", "shape": [2], "datatype": "BYTES", "data": ["calm", "happy"]},
+                           {"name": "p", "shape": [1, 2], "datatype": "FP32", "data": [0.2, 0.8]}], "synth": []}
+        sent = {}
+        for binary in (False, True):
+            api, server, stub = self._kserve_api(outputs, kserve_binary=binary)
+            token = api.user("alice")
+            code, body = self._post(api, stub, "/api/v1/speech/emotion", {"audio_data": b64(speech())}, token)
+            self.assertEqual((code, body["data"]["emotion"]), (200, "happy"), body)
+            [(model, request)] = server.requests
+            [tensor] = request["inputs"]
+            sent[binary] = tensor
+        self.assertEqual(sent[True]["shape"], sent[False]["shape"])
+        self.assertEqual(sent[True]["parameters"], {"binary_data_size": 4 * sent[False]["shape"][1]})
+        for json_value, raw in zip(sent[False]["data"], sent[True]["data"]):
+            self.assertLess(abs(json_value - raw), 1e-5)  # JSON keeps 5 decimals
+
+    def test_the_binary_request_layout(self):
+        from wecompany.ai.kserve import audio_request
+        request = audio_request([0.5, -0.25, 1.0], binary=True)
+        header = json.loads(request.body[:request.header_length])
+        self.assertEqual(header, {"inputs": [{"name": "audio", "shape": [1, 3], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": 12}}]})
+        self.assertEqual(request.body[request.header_length:], struct.pack("<3f", 0.5, -0.25, 1.0))
+        self.assertIsNone(audio_request([0.5]).header_length)
 
     def test_kserve_failures(self):
         api, server, stub = self._kserve_api({"emo": (500, b"oops"), "synth": (400, b"bad tensor")})

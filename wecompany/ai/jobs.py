@@ -57,13 +57,13 @@ def text_emotion(engine, text: str):
     return engine.run(text)
 
 
-def kserve_body(engine, source, limits: AudioLimits) -> bytes:
-    """-> the KServe infer request for ``source`` (decoding and a large JSON array: CPU work). ``engine`` is None."""
+def kserve_body(engine, source, limits: AudioLimits, binary: bool = False):
+    """-> the KServe InferRequest for ``source`` (decoding, and a large JSON array: CPU work). ``engine`` is None."""
     from wecompany.ai.kserve import AUDIO_RATE, audio_request
 
     decoded = audio_io.decode(source.raw_bytes(limits), AUDIO_RATE, source.format, source.sample_rate,
                               source.channels, limits)
-    return audio_request(decoded.samples)
+    return audio_request(decoded.samples, binary)
 
 
 def decode_only(engine, source, rate: int, limits: AudioLimits) -> int:

@@ -3,7 +3,9 @@ A remote engine: a model on an inference server that speaks the KServe v2
 (Open Inference Protocol, what Triton serves over HTTP) JSON protocol.
 
 ``POST {url}/v2/models/{model}/infer`` with
-``{"inputs": [{"name", "shape", "datatype", "data"}]}``; the answer's
+``{"inputs": [{"name", "shape", "datatype", "data"}]}`` (or, with
+``--kserve-binary``, the audio as raw float32 after the JSON: the binary
+tensor data extension, ``Inference-Header-Content-Length``); the answer's
 ``outputs`` are tensors of the same shape. What is sent, and how the
 answer is read, is this module's convention (docs/ai.rst):
 
@@ -28,6 +30,8 @@ import json
 import math
 from urllib.parse import quote
 
+import attrs
+
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 
@@ -41,16 +45,35 @@ SYNTHETIC_LABELS = ("synthetic", "spoof", "fake", "generated", "deepfake")
 AUDIO_RATE = 16000
 
 
-def audio_request(samples) -> bytes:
-    """The infer request for mono 16 kHz float32 ``samples`` (CPU work: a worker process runs it)."""
-    data = [round(float(x), 5) for x in samples]
-    return json.dumps({"inputs": [{"name": "audio", "shape": [1, len(data)], "datatype": "FP32", "data": data}]},
-                      separators=(",", ":")).encode()
+@attrs.frozen
+class InferRequest:
+    """An infer request's body; ``header_length`` is the JSON part's when binary tensor data follows it."""
+
+    body: bytes
+    header_length: int | None = None
 
 
-def text_request(text: str) -> bytes:
-    return json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]},
-                      separators=(",", ":")).encode()
+def audio_request(samples, binary: bool = False) -> InferRequest:
+    """
+    The infer request for mono 16 kHz float32 ``samples`` (CPU work: a
+    worker process runs it). ``binary``: the samples follow the JSON as raw
+    little-endian float32 (the binary tensor data extension), not in it.
+    """
+    if binary:
+        import numpy as np
+        data = np.asarray(samples, dtype="<f4").tobytes()
+        header = json.dumps({"inputs": [{"name": "audio", "shape": [1, len(data) // 4], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": len(data)}}]},
+                            separators=(",", ":")).encode()
+        return InferRequest(header + data, len(header))
+    values = [round(float(x), 5) for x in samples]
+    return InferRequest(json.dumps({"inputs": [{"name": "audio", "shape": [1, len(values)], "datatype": "FP32",
+                                                "data": values}]}, separators=(",", ":")).encode())
+
+
+def text_request(text: str) -> InferRequest:
+    return InferRequest(json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                                "data": [text]}]}, separators=(",", ":")).encode())
 
 
 class KServeModel:
@@ -62,6 +85,7 @@ class KServeModel:
     :param http: a treq ``HTTPClient`` (``StubTreq`` in tests).
     :param labels: the model's labels in output order, when its answer
         carries none.
+    :param binary: send audio with the binary tensor data extension.
     """
 
     name = "kserve"
@@ -69,8 +93,9 @@ class KServeModel:
     version = "v2"
 
     def __init__(self, http, url: str, model: str, kind: str, clock, timeout: float,
-                 labels: tuple[str, ...] | None = None) -> None:
+                 labels: tuple[str, ...] | None = None, binary: bool = False) -> None:
         self.http = http
+        self.binary = binary  # audio as binary tensor data (InferRequest.header_length), not JSON
         self.url = url.rstrip("/")
         self.model = model
         self.kind = kind
@@ -92,9 +117,14 @@ class KServeModel:
     def infer_url(self) -> str:
         return f"{self.url}/v2/models/{quote(self.model, safe='')}/infer"
 
-    async def infer(self, body: bytes) -> dict:
+    async def infer(self, body: InferRequest) -> dict:
         """POST ``body`` -> the answer's outputs by name; Unavailable (4001) when the server cannot be used."""
-        request = self.http.post(self.infer_url, data=body, headers={b"content-type": [b"application/json"]})
+        if body.header_length is None:
+            headers = {b"content-type": [b"application/json"]}
+        else:
+            headers = {b"content-type": [b"application/octet-stream"],
+                       b"inference-header-content-length": [b"%d" % body.header_length]}
+        request = self.http.post(self.infer_url, data=body.body, headers=headers)
         try:
             response = await _within(request, self.clock, self.timeout)
             if response.code != 200:

@@ -272,7 +272,7 @@ class AIService:
 
     async def _remote_scores(self, model: KServeModel, source: AudioInput):
         self._check(model)
-        body = await self._submit(jobs.kserve_body, None, source, self.limits)  # decoding and JSON: CPU work
+        body = await self._submit(jobs.kserve_body, None, source, self.limits, model.binary)  # CPU work
         try:
             return model.scores(await model.infer(body))
         except EngineFailed as error:
@@ -315,7 +315,8 @@ def build_ai(config, clock, run_ai, *, http=None, engines: AIEngines | None = No
     for kind, model, labels in ((EMOTION, config.emotion_model, config.emotion_labels),
                                 (SYNTHESIS, config.synthesis_model, config.synthesis_labels)):
         if model is not None:
-            models[kind] = KServeModel(http, config.kserve_url, model, kind, clock, config.ai_timeout, labels)
+            models[kind] = KServeModel(http, config.kserve_url, model, kind, clock, config.ai_timeout, labels,
+                                       binary=config.kserve_binary)
     return AIService(clock, run_ai, engines=engines if engines is not None else AIEngines(),
                      limits=AudioLimits(config.ai_max_audio_bytes, config.ai_max_audio_seconds),
                      max_pending=config.ai_max_pending, timeout=config.ai_timeout,
