@@ -200,7 +200,9 @@ class StaticFiles(Resource):
             return None
         with open(found, "rb") as f:
             stat = os.fstat(f.fileno())
-            content = f.read() if stat.st_size <= self.whole_file else None
+            content = f.read(self.whole_file + 1) if stat.st_size <= self.whole_file else None
+        if content is not None and len(content) > self.whole_file:  # it grew since: streamed, as large ones are
+            content = None
         size = stat.st_size if content is None else len(content)
         # Whole seconds, rounded up, as Twisted's setLastModified sends them (If-Range compares the text).
         modified = math.ceil(stat.st_mtime)
