@@ -278,8 +278,15 @@ class Worker:
 
     async def wait_event(self, predicate, timeout: float = TIMEOUT) -> dict:
         async with self.event_added:
-            await asyncio.wait_for(self.event_added.wait_for(
-                lambda: any(predicate(e) for e in self.events)), timeout)
+            try:
+                await asyncio.wait_for(self.event_added.wait_for(
+                    lambda: any(predicate(e) for e in self.events)), timeout)
+            except asyncio.TimeoutError:
+                # What the worker did say, for the report: its peers' connection states above all.
+                states = [(e.get("peer_id"), e.get("state")) for e in self.events
+                          if e.get("event") == "connection_state"]
+                raise asyncio.TimeoutError(f"no such worker event within {timeout:g} s; connection states so far: "
+                                           f"{states}; {len(self.events)} events in all") from None
             return next(e for e in self.events if predicate(e))
 
     def cpu_seconds(self) -> float:
