@@ -656,6 +656,20 @@ class StoreBehaviour:
         )
         self.assertEqual(second.id, first.id + 1)
 
+    async def test_get_meeting_by_room(self):
+        alice = await self.make_user("alice")
+        first, _ = await self.store.create_meeting("a", "", alice.id, NOW, None, 2, "video", None, {}, "room-a", NOW)
+        second, _ = await self.store.create_meeting("b", "", alice.id, NOW, None, 2, "video", None, {}, "room-b",
+                                                    NOW)
+        self.assertEqual(await self.store.get_meeting_by_room("room-a"), first)
+        self.assertEqual(await self.store.get_meeting_by_room("room-b"), second)
+        for unknown in ("room-c", "", "ROOM-A", "room-%", str(first.id)):
+            self.assertIsNone(await self.store.get_meeting_by_room(unknown), unknown)
+        ended = await self.store.update_meeting(first.id, {"status": "ended"}, NOW + 1)
+        self.assertEqual(await self.store.get_meeting_by_room("room-a"), ended)  # whatever its status
+        await self.store.delete_meeting(second.id)
+        self.assertIsNone(await self.store.get_meeting_by_room("room-b"))
+
     async def test_update_meeting(self):
         alice = await self.make_user("alice")
         meeting = await self.make_meeting(alice)

@@ -178,6 +178,9 @@ class IMeetingStore(Interface):
     def get_meeting(meeting_id):
         """-> MeetingRecord or None."""
 
+    def get_meeting_by_room(room_id):
+        """The meeting whose ``room_id`` this is (room ids are unique) -> MeetingRecord or None."""
+
     def update_meeting(meeting_id, changes, now):
         """
         Keys: title, description, start_time, end_time, max_participants,

@@ -408,6 +408,10 @@ class MemoryStore:
         return self._meeting_out(self._meetings.get(meeting_id))
 
     @_fired
+    def get_meeting_by_room(self, room_id: str) -> MeetingRecord | None:
+        return self._meeting_out(next((m for m in self._meetings.values() if m.room_id == room_id), None))
+
+    @_fired
     def update_meeting(self, meeting_id: int, changes: Mapping[str, object],
                        now: float) -> MeetingRecord | None:
         checked = _as_stored(checked_changes(changes, MEETING_CHANGES))

@@ -843,6 +843,13 @@ class SQLStore:
         row = self._one(txn, f"{_SELECT_MEETING} WHERE id = ?", (meeting_id,))
         return None if row is None else _meeting(row)
 
+    def get_meeting_by_room(self, room_id: str) -> Deferred[MeetingRecord | None]:
+        return self._read(self._meeting_by_room_txn, room_id)
+
+    def _meeting_by_room_txn(self, txn: Any, room_id: str) -> MeetingRecord | None:
+        row = self._one(txn, f"{_SELECT_MEETING} WHERE room_id = ?", (room_id,))  # UNIQUE: indexed
+        return None if row is None else _meeting(row)
+
     def _require_meeting_txn(self, txn: Any, meeting_id: int, lock: bool = False) -> int:
         """
         The meeting's max_participants; with ``lock``, the row is held until
