@@ -147,9 +147,9 @@ NEITHER = {
     "watchers_of", "store_offline_message", "fetch_offline_messages", "delete_offline_messages", "create_file",
     "complete_file", "delete_file", "get_file", "undelivered_files_for", "delete_incomplete_files",
     "mark_file_delivered", "get_meeting", "get_meeting_by_room", "list_meetings", "join_meeting",
-    "add_participant", "get_participant", "list_participants", "update_participant", "remove_participant", "add_meeting_message", "list_meeting_messages", "add_refresh_token",
-    "get_refresh_token", "rotate_refresh_token", "revoke_refresh_token", "add_password_reset",
-    "consume_password_reset",
+    "add_participant", "get_participant", "list_participants", "update_participant", "remove_participant",
+    "add_meeting_message", "list_meeting_messages", "add_refresh_token", "get_refresh_token",
+    "rotate_refresh_token", "revoke_refresh_token", "add_password_reset", "consume_password_reset",
 }
 
 
