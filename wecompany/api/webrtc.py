@@ -7,7 +7,9 @@ answer}``...), not the API's envelope; errors keep the envelope, whose
 found`` makes it reconnect). The client sends no token on most of these
 calls: a peer is bound to the caller's open signaling session in the room
 (:mod:`wecompany.domain.sfu`), and a Bearer token, when one is sent, must be
-that user's (``--sfu-require-token`` makes it required). See docs/sfu.rst.
+that user's (``--sfu-require-token`` makes it required). In a cluster the
+calls go to the node that serves the room (:mod:`wecompany.mirror.sfu`),
+with the user the token proved. See docs/sfu.rst.
 """
 
 from __future__ import annotations
@@ -50,28 +52,28 @@ def _json(request, obj, code: int = 200) -> bytes:
 
 
 class WebRTCRoutes:
-    """Mixin of :class:`~wecompany.api.app.RestAPI`: needs ``self.sfu`` (None when ``--no-sfu``)."""
+    """
+    Mixin of :class:`~wecompany.api.app.RestAPI`: needs ``self.sfu`` (None
+    when ``--no-sfu``), the domain's ``sfu_routes``: the SfuService itself,
+    or in a cluster the router that forwards to the room's node.
+    """
 
     def _sfu(self):
         if self.sfu is None:
             raise Unavailable("the SFU is off on this server")
         return self.sfu
 
-    async def _caller(self, request, peer_id: str | None = None):
+    async def _caller(self, request):
         """
         The id of the user a Bearer token proves, or None when none is sent
-        (and none is required); with ``peer_id``, that peer must be the
-        caller's (:meth:`~wecompany.domain.sfu.SfuService.check_caller`).
+        (and none is required). The SFU checks it against the user of the
+        peer or the request (``identity``).
         """
         if request.getHeader(b"authorization") is None:
             if self.domain.config.sfu_require_token:
                 raise Unauthenticated("this server requires a bearer token on SFU calls")
-            caller = None
-        else:
-            caller = (await self.authenticate(request)).id
-        if peer_id is not None:
-            self.sfu.check_caller(peer_id, caller)
-        return caller
+            return None
+        return (await self.authenticate(request)).id
 
     @endpoint("POST", "/v1/webrtc/answer", summary="Open an SFU connection: the browser's offer in, the "
               "server's answer and a new peer id out", tag=TAG, auth=PUBLIC,
@@ -104,8 +106,8 @@ class WebRTCRoutes:
     async def webrtc_candidates(self, call: Call):
         sfu = self._sfu()
         peer_id = call.params["peer_id"]
-        await self._caller(call.request, peer_id)
-        found = await _result(sfu.candidates(peer_id))
+        caller = await self._caller(call.request)
+        found = await _result(sfu.candidates(peer_id, identity=caller))
         return _json(call.request, {"peer_id": peer_id, "candidates": found["candidates"],
                                     "complete": found["complete"]})
 
@@ -116,8 +118,8 @@ class WebRTCRoutes:
     async def webrtc_offer(self, call: Call):
         sfu = self._sfu()
         peer_id = call.params["peer_id"]
-        await self._caller(call.request, peer_id)
-        sdp = await _result(sfu.pending_offer(peer_id))
+        caller = await self._caller(call.request)
+        sdp = await _result(sfu.pending_offer(peer_id, identity=caller))
         if sdp is None:
             call.request.setResponseCode(204)
             call.request.setHeader(b"cache-control", b"no-store")
@@ -129,8 +131,8 @@ class WebRTCRoutes:
     async def webrtc_peer_answer(self, call: Call):
         sfu = self._sfu()
         peer_id = call.params["peer_id"]
-        await self._caller(call.request, peer_id)
-        await _result(sfu.answer_offer(peer_id, call.body["answer"]["sdp"]))
+        caller = await self._caller(call.request)
+        await _result(sfu.answer_offer(peer_id, call.body["answer"]["sdp"], identity=caller))
         return _json(call.request, {"message": "answer applied", "peer_id": peer_id})
 
     @endpoint("POST", "/v1/webrtc/room/<string:room_id>/leave", summary="Close the caller's SFU connections in "

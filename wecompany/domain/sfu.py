@@ -133,9 +133,10 @@ R_ENGINE_LOST = "engine_lost"
 R_REPLACED = "replaced"  # a reloaded tab's old connection, closed to make room
 R_OPEN_FAILED = "open_failed"
 R_SDP_LIMIT = "sdp_limit"  # its next offer would have been past SfuLimits.max_offer_sdp
+R_MOVED = "moved"  # in a cluster, another node serves the room (wecompany.mirror.sfu)
 CLOSE_REASONS = (R_LEFT, R_REMOVED, R_MEETING_ENDED, R_FAILED, R_CLOSED, R_DISCONNECTED,
                  R_CONNECT_TIMEOUT, R_IDLE, R_SESSION_GONE, R_ENGINE_GONE, R_ENGINE_ERROR,
-                 R_ENGINE_LOST, R_REPLACED, R_OPEN_FAILED, R_SDP_LIMIT)
+                 R_ENGINE_LOST, R_REPLACED, R_OPEN_FAILED, R_SDP_LIMIT, R_MOVED)
 
 _MAX_ROOM_ID = 128
 _MAX_CANDIDATE = 1024
@@ -490,27 +491,27 @@ class SfuService:
                 raise
             raise InternalError("Failed to add the ICE candidate")
 
-    def candidates(self, peer_id) -> dict:
+    def candidates(self, peer_id, identity=None) -> dict:
         """
         Route 3: the engine's candidates not yet handed out (each once), and
         whether its gathering is complete. -> ``{candidates, complete}``.
         """
-        peer = self._peer(peer_id)
+        peer = self._callers_peer(peer_id, identity)
         batch = list(peer.local_candidates)
         peer.local_candidates.clear()
         self.counters.candidates_sent += len(batch)
         return {"candidates": batch, "complete": peer.gathering_complete}
 
-    def pending_offer(self, peer_id) -> str | None:
+    def pending_offer(self, peer_id, identity=None) -> str | None:
         """Route 4: the server's offer awaiting the browser's answer (the same until answered), or ``None``."""
-        return self._peer(peer_id).pending_offer
+        return self._callers_peer(peer_id, identity).pending_offer
 
-    def answer_offer(self, peer_id, answer_sdp) -> Deferred:
+    def answer_offer(self, peer_id, answer_sdp, identity=None) -> Deferred:
         """Route 5: the browser's answer (SDP or ``{type: "answer", sdp}``) to the pending offer. -> Deferred[None]."""
-        return _detached(Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp)))
+        return _detached(Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp, identity)))
 
-    async def _answer_offer(self, peer_id, answer_sdp):
-        peer = self._peer(peer_id)
+    async def _answer_offer(self, peer_id, answer_sdp, identity):
+        peer = self._callers_peer(peer_id, identity)
         answer_sdp = _check_sdp(answer_sdp, "answer", self.limits.max_sdp)
         if peer.pending_offer is None:
             raise Conflict("no offer is awaiting an answer on this connection")
@@ -613,6 +614,16 @@ class SfuService:
             return []
         return [PublishedTrack(p.peer_id, p.user_id, track_id, kind, p.stream_id)
                 for p in room.peers.values() for track_id, kind in p.tracks.items()]
+
+    def close_room(self, room_id, reason) -> int:
+        """Close every peer of the room (``reason``, one of :data:`CLOSE_REASONS`). -> how many."""
+        room = self.rooms.pop(room_id, None)
+        if room is None:
+            return 0
+        peers = list(room.peers.values())
+        for peer in peers:  # the room went first: nobody left in it is offered the others' leaving
+            self._close(peer, reason)
+        return len(peers)
 
     def rooms_of_meeting(self, meeting_id) -> list[str]:
         """The SFU rooms of a meeting (one, or none)."""
@@ -917,11 +928,16 @@ class SfuService:
         A call on ``peer_id`` that carries a Bearer token (``identity``) must
         come from the peer's own user (:class:`Forbidden`); without one the
         unguessable peer id is what authorises it. Unknown peers are
-        :class:`PeerNotFound`.
+        :class:`PeerNotFound`. (The routes on a peer take ``identity`` and
+        check it so themselves.)
         """
+        self._callers_peer(peer_id, identity)
+
+    def _callers_peer(self, peer_id, identity) -> SfuPeer:
         peer = self._peer(peer_id)
         if identity is not None and _identity_user(identity) != peer.user_id:
             raise Forbidden("this SFU connection is another user's")
+        return peer
 
     def _peer(self, peer_id) -> SfuPeer:
         """The open peer ``peer_id`` (an HTTP call on it is activity), else :class:`PeerNotFound`."""
