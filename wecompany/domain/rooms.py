@@ -107,7 +107,8 @@ class RoomService:
     this node's members and carries what crosses; what they say comes back
     through the ``remote_*`` methods. A node follows a room while it has
     an interest in it: a connection admitted to it (:meth:`admit` with the
-    client) until that connection is released.
+    client), or a watcher that follows it without a member here (:meth:`follow`:
+    the SFU's node of the room), until that connection or watcher is released.
 
     :param store: IStore + IMeetingStore.
     :param ice: :class:`~wecompany.domain.ice.IceServers`.
@@ -126,8 +127,10 @@ class RoomService:
         self.rooms: dict[int, Room] = {}
         self.sessions: dict[str, Member] = {}  # session_id -> member, here or elsewhere
         self._by_client: dict[object, Member] = {}
-        self._interest: dict[int, set] = {}  # meeting id -> the clients admitted to its room here
+        self._interest: dict[int, set] = {}  # meeting id -> the clients admitted to its room here, and watchers
         self._interest_of: dict[object, int] = {}
+        self._watchers: dict[int, set] = {}  # meeting id -> those following its room through follow()
+        self._followed: dict[int, object] = {}  # meeting id -> its record, for the rooms watchers follow
         self._unseen: dict[str, float] = {}  # members elsewhere the room's record lacks -> since when
         self._room_names: dict[str, int] = {}  # room ids found by room_by_id -> meeting id
 
@@ -157,6 +160,27 @@ class RoomService:
             raise Forbidden("room is full")
         return meeting
 
+    def follow(self, meeting, watcher) -> Deferred:
+        """
+        Follow the room of ``meeting`` (a MeetingRecord) across the cluster
+        for ``watcher`` until :meth:`release` (``watcher``), though no member
+        of it may be on this node: its members elsewhere are known here (by
+        the room's name, :meth:`sessions_in`), and ``watcher``, an
+        :class:`IMeetingListener`, is told of the meeting's changes made
+        through REST on other nodes (those made here reach the meeting's
+        listeners directly). -> Deferred firing once the members elsewhere
+        are loaded.
+        """
+        self._followed.setdefault(meeting.id, meeting)
+        self._watchers.setdefault(meeting.id, set()).add(watcher)
+        room = self.rooms.get(meeting.id)
+        if room is not None and not room.room_id:  # known so far from members elsewhere only
+            room.room_id = meeting.room_id
+            if room.meeting is None:
+                room.meeting = meeting
+        self._follow(watcher, meeting.id)
+        return self.mirror.watch(meeting.id, self)
+
     def _follow(self, client, meeting_id: int) -> None:
         if client in self._interest_of:
             return
@@ -164,11 +188,20 @@ class RoomService:
         self._interest.setdefault(meeting_id, set()).add(client)
 
     def release(self, client) -> None:
-        """``client``'s connection is gone: a room no connection here is in is no longer followed."""
+        """
+        ``client``'s connection (or a watcher of :meth:`follow`) is gone: a
+        room no connection or watcher here is in is no longer followed.
+        """
         self.leave(client, "disconnected")
         meeting_id = self._interest_of.pop(client, None)
         if meeting_id is None:
             return
+        watchers = self._watchers.get(meeting_id)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self._watchers[meeting_id]
+                self._followed.pop(meeting_id, None)
         clients = self._interest[meeting_id]
         clients.discard(client)
         if clients:
@@ -377,6 +410,8 @@ class RoomService:
 
     # -- the meetings' REST side (IMeetingListener) -------------------------------
     def meeting_changed(self, meeting) -> None:
+        if meeting.id in self._followed:
+            self._followed[meeting.id] = meeting
         room = self.rooms.get(meeting.id)
         if room is None:
             return
@@ -432,7 +467,9 @@ class RoomService:
             return
         room = self.rooms.get(member.meeting_id)
         if room is None:
-            room = self.rooms[member.meeting_id] = Room(member.meeting_id, "", None, created_at=member.joined_at)
+            followed = self._followed.get(member.meeting_id)  # its name is known if a watcher follows it
+            room = self.rooms[member.meeting_id] = Room(member.meeting_id, followed.room_id if followed else "",
+                                                        followed, created_at=member.joined_at)
         room.members[member.session_id] = member
         self.sessions[member.session_id] = member
         self._to_others(room, member, self._event("user-joined", member, self.member_view(member)))
@@ -493,15 +530,30 @@ class RoomService:
             self._disconnect(member, Conflict("replaced by a newer connection with the same peer_id"))
 
     def remote_meeting(self, meeting_id: int, op: str, user_id: int | None, reason: str) -> None:
-        """The meeting changed through REST on another node: its room here follows."""
+        """The meeting changed through REST on another node: its room here follows, and so do its watchers."""
         if op == "deleted":
             self.meeting_deleted(meeting_id)
+            self._tell_watchers(meeting_id, "meeting_deleted", meeting_id)
         elif op == "participant-left" and user_id is not None:
             self.participant_left(meeting_id, user_id, reason)
+            self._tell_watchers(meeting_id, "participant_left", meeting_id, user_id, reason)
         elif op == "changed":
             d = self.store.get_meeting(meeting_id)
-            d.addCallback(lambda meeting: self.meeting_changed(meeting) if meeting is not None else None)
+            d.addCallback(self._remote_change)
             d.addErrback(lambda f: self.log.failure("reading meeting {meeting} failed", f, meeting=meeting_id))
+
+    def _remote_change(self, meeting) -> None:
+        if meeting is None:
+            return
+        self.meeting_changed(meeting)
+        self._tell_watchers(meeting.id, "meeting_changed", meeting)
+
+    def _tell_watchers(self, meeting_id: int, method: str, *args) -> None:
+        for watcher in list(self._watchers.get(meeting_id, ())):
+            try:
+                getattr(watcher, method)(*args)
+            except Exception:
+                self.log.failure("telling a watcher of meeting {meeting} failed", meeting=meeting_id)
 
     def node_gone(self, node: str) -> None:
         """A node died or left: its members leave every room here."""
@@ -542,6 +594,19 @@ class RoomService:
         if room is None or (room.meeting is not None and room.meeting.status in (ENDED, CANCELLED)):
             return None
         return room.meeting_id
+
+    def find_live_meeting(self, room_id: str):
+        """
+        The id of the live meeting whose room is named ``room_id``, or None:
+        from the room here when there is one (a value), else from the store
+        (a Deferred), so that a node with no member of the room finds it too.
+        """
+        meeting_id = self.live_meeting_of(room_id)
+        if meeting_id is not None or not isinstance(room_id, str) or not room_id:
+            return meeting_id
+        d = self.store.get_meeting_by_room(room_id)
+        return d.addCallback(lambda meeting: None if meeting is None or meeting.status in (ENDED, CANCELLED)
+                             else meeting.id)
 
     def room_count(self) -> int:
         """Rooms with a member on this node."""
