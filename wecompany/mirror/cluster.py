@@ -50,7 +50,7 @@ from zope.interface import implementer
 from wecompany.domain.events import CallEnded, CallIncoming, CallRejected, CallRinging, TextMessage
 from wecompany.domain.interfaces import IClient
 from wecompany.domain.sessions import Identity
-from wecompany.errors import Unavailable, WeCompanyError
+from wecompany.errors import InternalError, Unavailable, WeCompanyError
 from wecompany.mirror import scripts
 from wecompany.mirror.codec import decode_event, dumps, encode_event, loads
 from wecompany.mirror.medialink import FROM_PARTY, TO_CLIENT
@@ -113,6 +113,32 @@ def _error_fields(error: WeCompanyError) -> dict:
 def _error_from(message: dict) -> WeCompanyError:
     return WeCompanyError(message.get("message") or "closed by the cluster", code=message.get("code") or 409,
                           error_code=message.get("error_code"))
+
+
+def rpc_error_fields(error: WeCompanyError) -> dict:
+    """An error an RPC answer carries back: what the transports show of it."""
+    fields = _error_fields(error)
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, (int, float)):
+        fields["retry_after"] = retry_after
+    if error.detail is not None:
+        fields["detail"] = error.detail
+    return fields
+
+
+def rpc_error(fields) -> WeCompanyError:
+    """The error of an RPC answer, as the node that answered raised it (its code, business code and message)."""
+    if not isinstance(fields, dict):
+        return InternalError("another node answered with an error it did not describe")
+    code = fields.get("code")
+    error_code = fields.get("error_code")
+    error = WeCompanyError(str(fields.get("message") or "another node refused"),
+                           code=code if isinstance(code, int) and 400 <= code <= 599 else 500,
+                           error_code=error_code if isinstance(error_code, int) else None,
+                           detail=fields["detail"] if isinstance(fields.get("detail"), str) else None)
+    if isinstance(fields.get("retry_after"), (int, float)):
+        error.retry_after = fields["retry_after"]
+    return error
 
 
 class LocalCluster:
@@ -451,9 +477,14 @@ class Cluster(LocalCluster):
         d.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
         return d
 
-    def answered(self, rid: int, result) -> None:
+    def answered(self, rid: int, result, error=None) -> None:
+        """The answer to request ``rid``: its result, or (``error``, :func:`rpc_error_fields`) its error."""
         d = self._rpc_waiting.pop(rid, None)
-        if d is not None:
+        if d is None:
+            return
+        if error is not None:
+            d.errback(rpc_error(error))
+        else:
             d.callback(result)
 
     # -- sign-out everywhere ------------------------------------------------------------
@@ -579,12 +610,15 @@ class ClusterNode:
     :param files: the FileService (a dead node's unfinished uploads are removed).
     :param caches: the read caches by name (:mod:`wecompany.mirror.caches`):
         what another node's store invalidates is forgotten here too.
+    :param sfu: the :class:`~wecompany.mirror.sfu.SfuRouter` (the SFU calls
+        other nodes forward here; its rooms' claims follow the heartbeat), or None.
     """
 
     log = Logger()
 
-    def __init__(self, cluster: Cluster, chat, calls, rooms, files=None, caches=None) -> None:
+    def __init__(self, cluster: Cluster, chat, calls, rooms, files=None, caches=None, sfu=None) -> None:
         self.cluster = cluster
+        self.sfu = sfu
         self.files = files
         self.caches = dict(caches or {})
         self.chat = chat
@@ -629,6 +663,8 @@ class ClusterNode:
         if c.link.up:
             try:
                 await self.room_mirror.leave_all()
+                if self.sfu is not None:
+                    await self.sfu.leave_all()
                 c.to_all({"t": "bye"})
                 redis = c.link.redis
                 await redis.delete(c.key("node", c.node_id))
@@ -706,6 +742,8 @@ class ClusterNode:
         await redis.sadd(c.key("nodes"), c.node_id)
         await redis.expire(c.key("sessions", c.node_id), int(c.node_timeout * SESSION_TTL_FACTOR))
         await self.room_mirror.refresh()
+        if self.sfu is not None:
+            await self.sfu.refresh()
 
     async def _claim_number(self, redis, ttl: int) -> None:
         """A number of the ids' node field (0-1023) no other live node uses, so ids stay unique."""
@@ -900,14 +938,25 @@ class ClusterNode:
         d.addErrback(lambda f: self.log.failure("cluster: answering {op} failed", f, op=message.get("op")))
 
     async def _answer(self, message: dict) -> None:
-        if message.get("op") == "text":
-            result = await self.chat.deliver_here(str(message["uid"]), decode_event(message["event"]))
-        else:
-            result = None
-        self.cluster.to_node(message["from"], {"t": "rpc-reply", "id": message["id"], "result": result})
+        reply = {"t": "rpc-reply", "id": message["id"], "result": None}
+        op = message.get("op")
+        if op == "text":
+            reply["result"] = await self.chat.deliver_here(str(message["uid"]), decode_event(message["event"]))
+        elif op == "sfu":
+            # The SFU's answers and refusals go back as if the asking node had made them.
+            try:
+                if self.sfu is None:
+                    raise Unavailable(f"node {self.cluster.node_id} has no SFU")
+                reply["result"] = await self.sfu.serve(message)
+            except WeCompanyError as error:
+                reply["error"] = rpc_error_fields(error)
+            except Exception:
+                self.log.failure("cluster: serving an SFU call of node {node} failed", node=message.get("from"))
+                reply["error"] = rpc_error_fields(InternalError())
+        self.cluster.to_node(message["from"], reply)
 
     def _rpc_reply(self, message: dict) -> None:
-        self.cluster.answered(message["id"], message.get("result"))
+        self.cluster.answered(message["id"], message.get("result"), message.get("error"))
 
     def _party(self, message: dict):
         return self.cluster.remote.get((message["from"], message.get("sid", "")))
