@@ -343,7 +343,7 @@ def build_service(config: Config, reactor):
         from wecompany.mirror.cluster import ClusterNode
         from wecompany.mirror.caches import MEETINGS, USERS
         cluster_node = ClusterNode(domain.cluster, domain.chat, domain.calls, domain.rooms, domain.files,
-                                   caches={USERS: user_cache, MEETINGS: meeting_pages})
+                                   caches={USERS: user_cache, MEETINGS: meeting_pages}, sfu=domain.sfu_router)
 
     trusted = TrustedProxies.of(config.trusted_proxies)
     tcp_factory = WeCompanyFactory(

@@ -31,7 +31,8 @@ class Node:
                                   node_id=name, node_timeout=NODE_TIMEOUT, id_node=len(case.nodes) + 1, **options)
         self.node = ClusterNode(self.domain.cluster, self.domain.chat, self.domain.calls, self.domain.rooms,
                                 self.domain.files, caches={USERS: self.domain.user_cache,
-                                                           MEETINGS: self.domain.meeting_pages})
+                                                           MEETINGS: self.domain.meeting_pages},
+                                sfu=self.domain.sfu_router)
         self.node.start()
 
     @property

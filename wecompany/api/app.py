@@ -54,7 +54,7 @@ class RestAPI(ErrorMapping, AuthRoutes, UserRoutes, MeetingRoutes, AdminRoutes, 
         self.media = domain.media
         self.processing = domain.processing
         self.ai = domain.ai
-        self.sfu = domain.sfu
+        self.sfu = domain.sfu_routes  # the SfuService, or in a cluster its router
         self.sfu_limiter = domain.sfu_limiter
         self.recordings = domain.recordings
         self.rendered_pages = RenderedPages()

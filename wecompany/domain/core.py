@@ -42,6 +42,7 @@ from wecompany.domain.tokens import TokenIssuer
 from wecompany.mirror.cluster import Cluster, LocalCluster
 from wecompany.mirror.limits import SharedLimits
 from wecompany.mirror.rooms import LocalRoomMirror, RoomMirror
+from wecompany.mirror.sfu import SfuRouter, peer_id_maker
 from wecompany.storage import IFileStorage, open_storage
 from wecompany.domain.usercache import UserCache
 from wecompany.ai.service import AIService, build_ai
@@ -105,9 +106,17 @@ class Domain:
     sfu: object | None = None
     #: SFU connections opened per client address (each is a DTLS handshake in a media worker).
     sfu_limiter: KeyedRateLimiter | None = None
+    #: In a cluster, what sends the SFU's calls to the node of their room
+    #: (:class:`~wecompany.mirror.sfu.SfuRouter`); None otherwise.
+    sfu_router: SfuRouter | None = None
     #: Meeting recordings (:class:`~wecompany.domain.meetingrecordings.MeetingRecordings`); without an SFU
     #: they cannot start, but those stored are listed.
     recordings: MeetingRecordings | None = None
+
+    @property
+    def sfu_routes(self):
+        """What the SFU's HTTP routes call: the router in a cluster, else the SFU itself (None without one)."""
+        return self.sfu_router if self.sfu_router is not None else self.sfu
 
     def live_counts(self) -> dict:
         """
@@ -208,14 +217,20 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
     ice = IceServers(clock, config.stun_servers, config.turn_servers or (), config.turn_secret, config.turn_ttl)
     room_mirror = RoomMirror(cluster) if cluster.enabled else LocalRoomMirror()
     rooms = RoomService(store, ice, clock, room_mirror, format_time=rfc3339)
-    sfu = None
+    sfu = sfu_router = None
     # The recordings ask the SFU who publishes; the SFU tells them what the engine reports through these.
     recording_events = SfuRecordingEvents()
     if config.sfu and media_engine is not None:
-        # An SFU peer is bound to its user's signaling session in the room (wecompany.domain.sfu).
-        sfu = SfuService(media_engine, clock, members=rooms.sessions_in, room_meeting=rooms.live_meeting_of,
+        # An SFU peer is bound to its user's signaling session in the room (wecompany.domain.sfu). In a
+        # cluster one node serves each room (wecompany.mirror.sfu): its peer ids name it, and it may have
+        # no member of the room, whose meeting it then finds in the store.
+        sfu = SfuService(media_engine, clock, members=rooms.sessions_in,
+                         room_meeting=rooms.find_live_meeting if cluster.enabled else rooms.live_meeting_of,
                          format_time=rfc3339, recording_failed=recording_events.recording_failed,
-                         track_published=recording_events.track_published)
+                         track_published=recording_events.track_published,
+                         make_peer_id=peer_id_maker(cluster.node_id) if cluster.enabled else None)
+        if cluster.enabled:
+            sfu_router = SfuRouter(sfu, cluster, rooms, store, clock)
     # The rooms (and the SFU's) here follow a meeting's REST changes, and the mirror tells the rooms on the
     # other nodes.
     listeners = [rooms, room_mirror] if cluster.enabled else [rooms]
@@ -239,5 +254,5 @@ def build_domain(config: Config, clock, store, *, secret: bytes, run_hash: Runne
                   directory=directory, calls=calls, files=files, chat=chat, ice=ice, rooms=rooms,
                   meetings=meetings, lifecycle=lifecycle, credentials=credentials, recorder=recorder,
                   cluster=cluster, storage=storage, user_cache=user_cache, meeting_pages=meeting_pages, media=media,
-                  processing=processing, ai=ai, sfu=sfu,
+                  processing=processing, ai=ai, sfu=sfu, sfu_router=sfu_router,
                   sfu_limiter=KeyedRateLimiter(clock, 5.0, 50.0, shared=shared), recordings=recordings)
