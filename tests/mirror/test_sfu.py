@@ -152,6 +152,29 @@ class PlacementTests(SfuCase):
         self.assertEqual(self.a.router.counters.forwarded + self.b.router.counters.forwarded, 12)
         self.assertEqual(self.c.router.counters.served, 12)
 
+    def test_the_metrics_count_where_calls_were_served(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from wecompany.api.metrics import Metrics
+
+        def samples(node):
+            found = {}
+            for family in text_string_to_metric_families(Metrics(node.domain).render().decode()):
+                for sample in family.samples:
+                    found[(sample.name, tuple(sorted(sample.labels.values())))] = sample.value
+            return found
+
+        self.enter(self.a, "alice")
+        self.enter(self.b, "bob")
+        self.answer(self.b, "alice")
+        self.answer(self.a, "bob")
+        a, b = samples(self.a), samples(self.b)
+        self.assertEqual((a[("wecompany_sfu_rooms_served", ())], b[("wecompany_sfu_rooms_served", ())]), (0, 1))
+        self.assertEqual(a[("wecompany_sfu_cluster_calls_total", ("forwarded",))], 1)
+        self.assertEqual(b[("wecompany_sfu_cluster_calls_total", ("served_for_others",))], 1)
+        self.assertEqual(b[("wecompany_sfu_cluster_calls_total", ("alone",))], 0)
+        self.assertEqual(b[("wecompany_sfu_rooms_moved_total", ())], 0)
+
     def test_calls_on_a_peer_go_to_its_node_without_asking_redis(self):
         self.enter(self.a, "alice")
         alice = self.answer(self.b, "alice")

@@ -88,6 +88,9 @@ class _LiveState:
         sfu = self.m.sfu
         if sfu is not None:
             yield from _sfu_families(sfu)
+        router = self.m.sfu_router
+        if router is not None:
+            yield from _sfu_router_families(router)
         calls = self.m.calls
         if calls is not None:
             counter = CounterMetricFamily("wecompany_media_packets", "Call media packets", labels=["outcome"])
@@ -126,6 +129,25 @@ def _sfu_families(sfu):
     candidates.add_metric(["sent"], counts.candidates_sent)
     candidates.add_metric(["dropped"], counts.candidates_dropped)
     yield candidates
+
+
+def _sfu_router_families(router):
+    """The SFU's side of a cluster (:class:`~wecompany.mirror.sfu.SfuRouter`)."""
+    gauge = GaugeMetricFamily("wecompany_sfu_rooms_served", "Rooms whose SFU this node serves for the cluster")
+    gauge.add_metric([], router.owned_count())
+    yield gauge
+    counts = router.counters
+    calls = CounterMetricFamily("wecompany_sfu_cluster_calls", "SFU calls by where they were served: forwarded "
+                                "to the room's node, served here for another node, or served here because Redis "
+                                "could not say where", labels=["outcome"])
+    calls.add_metric(["forwarded"], counts.forwarded)
+    calls.add_metric(["served_for_others"], counts.served)
+    calls.add_metric(["alone"], counts.alone)
+    yield calls
+    moved = CounterMetricFamily("wecompany_sfu_rooms_moved", "Rooms this node served that another node turned out "
+                                "to serve (after a Redis outage): their connections here were closed")
+    moved.add_metric([], counts.moved)
+    yield moved
 
 
 #: Database operations: seconds from the call to its answer (the pool's queue included).
@@ -236,6 +258,7 @@ class Metrics:
         self.cluster = domain.cluster if domain is not None else None
         self.media_jobs = domain.processing.jobs if domain is not None else None
         self.sfu = domain.sfu if domain is not None else None
+        self.sfu_router = domain.sfu_router if domain is not None else None
         self.stats = domain.stats if domain is not None else Stats()
         self.query_timings = getattr(domain.store, "query_timings", None) if domain is not None else None
         self.gc_pauses = gc_pauses
