@@ -32,6 +32,8 @@ Keys (under ``--redis-prefix``, default ``wecompany:``, then ``v1:``):
 ``idnode:{n}``             the node whose ids carry number ``n`` (0-1023), so that ids are unique
 =========================  ======================================================
 
+(The rooms' keys are :mod:`wecompany.mirror.rooms`'s, the SFU's :mod:`wecompany.mirror.sfu`'s.)
+
 Channels: ``node:{id}`` (to one node) and ``all`` (to every node).
 """
 
