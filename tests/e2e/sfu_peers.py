@@ -5,7 +5,7 @@ Browser-like aiortc clients of the daemon's SFU, following the browser's contrac
 Run by tests/e2e/test_sfu.py as its own process (aiortc is asyncio; the tests run
 on Twisted):
 
-    python sfu_peers.py SCENARIO HTTP_BASE DAEMON_PID [MEASURE_SECONDS]
+    python sfu_peers.py SCENARIO HTTP_BASE[,HTTP_BASE...] DAEMON_PID [MEASURE_SECONDS]
 
 Each client registers and logs in over REST, joins the meeting (POST
 /meetings/:id/join gives room_id), joins signaling (WS /ws/signaling, ``join``,
@@ -35,6 +35,17 @@ Scenarios:
 * ``abort``: alice drops the connection of her answer to the server's first
   offer right after sending it (a fetch aborted as a tab closes); her
   connection must live on.
+* ``cluster`` (two bases, two nodes of one cluster): alice's REST and
+  signaling go to the first node and her SFU calls to the second, bob's the
+  other way round; each must receive the other's audio and video.
+* ``failover`` (three bases; DAEMON_PID is the third node's): alice's REST
+  and signaling on the first node, bob's on the second; their SFU calls are
+  spread over the three nodes as a load balancer would (one after another,
+  skipping a node that refuses connections), alice's first on the third
+  node, which so serves the room. Once both receive, the third node is
+  killed (SIGKILL); both browsers must reconnect when a poll answers
+  ``peer not found`` and receive each other again through the new room's
+  node.
 
 The script collects facts and prints them as one JSON object on stdout; the
 test asserts on them. It exits 0 unless the scenario could not run at all (an
@@ -87,6 +98,7 @@ class Api:
     def __init__(self, base: str) -> None:
         url = urllib.parse.urlsplit(base)
         self.host, self.port = url.hostname, url.port
+        self.base = base
 
     async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
                    timeout: float = LONG_TIMEOUT):
@@ -129,6 +141,31 @@ class Api:
         writer.close()
 
 
+class Balancer:
+    """
+    Calls spread over nodes one after another, as a round-robin load
+    balancer spreads them; a node that refuses connections (killed) is
+    skipped, as the balancer's health check would take it out.
+    """
+
+    def __init__(self, apis: list[Api]) -> None:
+        self.apis = apis
+        self.next = 0
+        self.used: list[str] = []  # the base of each call, in order
+
+    async def call(self, *args, **kw):
+        for _ in range(len(self.apis)):
+            api = self.apis[self.next % len(self.apis)]
+            self.next += 1
+            try:
+                result = await api.call(*args, **kw)
+            except (ConnectionRefusedError, ConnectionResetError):
+                continue
+            self.used.append(api.base)
+            return result
+        raise ConnectionRefusedError("no node answers")
+
+
 def _dechunk(data: bytes) -> bytes:
     out = bytearray()
     while data:
@@ -154,6 +191,7 @@ class Stream(RemoteStream):
 
     def __init__(self, track, mid, stream_id, kind) -> None:
         self.ended_at = None
+        self.created_at = now()
         super().__init__(track, mid, stream_id)
         self.kind = kind
 
@@ -163,9 +201,10 @@ class Stream(RemoteStream):
 
 
 class Browser:
-    def __init__(self, name: str, api: Api, clips) -> None:
+    def __init__(self, name: str, api: Api, clips, sfu_api=None) -> None:
         self.name = name
-        self.api = api
+        self.api = api  # REST and signaling
+        self.sfu_api = sfu_api or api  # the SFU's calls (another node, or a Balancer, in a cluster)
         self.clips = clips
         self.signaling_id = f"web_{uuid.uuid4().hex[:8]}"  # as the browser makes them
         self.user_id = self.token = self.room_id = self.meeting_id = None
@@ -253,7 +292,7 @@ class Browser:
         self.pc = self.new_pc()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer, candidates = split_candidates(chromium_like(self.pc.localDescription.sdp))
-        status, body = await self.api.call("POST", "/api/v1/webrtc/answer", {
+        status, body = await self.sfu_api.call("POST", "/api/v1/webrtc/answer", {
             "room_id": self.room_id, "user_id": self.user_id, "offer": {"type": "offer", "sdp": offer}})
         if status != 200:
             return status, body
@@ -261,7 +300,7 @@ class Browser:
         self.first_answer = body["answer"]["sdp"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.first_answer, type="answer"))
         for candidate in candidates:  # queued before peer_id was known; route 2 carries the JWT
-            status2, body2 = await self.api.call("POST", "/api/v1/webrtc/ice-candidate", {
+            status2, body2 = await self.sfu_api.call("POST", "/api/v1/webrtc/ice-candidate", {
                 "peer_id": self.peer_id, "candidate": candidate}, token=self.token, timeout=SHORT_TIMEOUT)
             self.candidates_sent.append(status2)
         self.polls = [asyncio.ensure_future(self._ice_poll(self.peer_id)),
@@ -282,7 +321,7 @@ class Browser:
         while True:
             started = time.monotonic()
             try:
-                status, body = await self.api.call("GET", f"/api/v1/webrtc/peer/{peer_id}/ice-candidates",
+                status, body = await self.sfu_api.call("GET", f"/api/v1/webrtc/peer/{peer_id}/ice-candidates",
                                                    timeout=SHORT_TIMEOUT)
             except asyncio.TimeoutError:
                 status, body = 0, None
@@ -305,7 +344,7 @@ class Browser:
         while True:
             started = time.monotonic()
             try:
-                status, body = await self.api.call("GET", f"/api/v1/webrtc/peer/{peer_id}/offer",
+                status, body = await self.sfu_api.call("GET", f"/api/v1/webrtc/peer/{peer_id}/offer",
                                                    timeout=SHORT_TIMEOUT)
             except asyncio.TimeoutError:
                 status, body = 0, None
@@ -334,7 +373,7 @@ class Browser:
             await self.api.send_and_drop("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", answer)
             status, body = "dropped", None
         else:
-            status, body = await self.api.call("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", answer)
+            status, body = await self.sfu_api.call("POST", f"/api/v1/webrtc/peer/{peer_id}/answer", answer)
         # What the server sends this peer after this offer: (msid stream id, kind) of its sending m-lines.
         sending = sorted([(m.msid or "").split(" ")[0], m.kind] for m in SessionDescription.parse(sdp).media
                          if m.direction in ("sendrecv", "sendonly") and m.msid)
@@ -364,7 +403,7 @@ class Browser:
         """The leave button: WS leave, route 6, close WS and PC, REST leave."""
         started = now()
         await self.ws.send(json.dumps({"type": 5}))
-        status, body = await self.api.call("POST", f"/api/v1/webrtc/room/{self.room_id}/leave",
+        status, body = await self.sfu_api.call("POST", f"/api/v1/webrtc/room/{self.room_id}/leave",
                                            {"user_id": self.user_id}, timeout=SHORT_TIMEOUT)
         self.stopping = True  # the browser clears its timers; a fetch in flight still completes
         if self.polls:
@@ -381,6 +420,11 @@ class Browser:
 
     def receiving(self, count: int) -> bool:
         return len(self.remote) >= count and all(r.frames > 0 for r in self.remote)
+
+    def receiving_since(self, at: float, count: int) -> bool:
+        """``count`` streams that came after ``at`` (a new connection's), each with frames."""
+        fresh = [r for r in self.remote if r.created_at >= at]
+        return len(fresh) >= count and all(r.frames > 0 for r in fresh)
 
 
 def split_candidates(sdp: str):
@@ -667,7 +711,79 @@ async def record(api: Api, daemon_pid: int, seconds: float, scenario: str) -> di
     return result
 
 
+async def cluster_meeting(browsers: list[Browser]) -> None:
+    """Each registers and logs in on its own node; the first creates the meeting; all join it there."""
+    for b in browsers:
+        await b.register_login()
+    host = browsers[0]
+    status, body = await host.api.call("POST", "/api/v1/meetings", {"title": "sfu cluster"}, token=host.token)
+    assert status in (200, 201), (status, body)
+    for b in browsers:
+        await b.join_meeting(body["data"]["meeting"]["id"])
+    for b in browsers:
+        await b.join_signaling()
+
+
+async def cluster(apis: list[Api]) -> dict:
+    """alice: REST and signaling on the first node, SFU calls on the second; bob the other way round."""
+    first, second = apis
+    clips = {"h264": encode_clip("libx264")}
+    alice, bob = Browser("alice", first, clips, sfu_api=second), Browser("bob", second, clips, sfu_api=first)
+    await cluster_meeting([alice, bob])
+    result: dict = {}
+    for b in (alice, bob):
+        status, body = await b.connect_sfu()
+        assert status == 200, (b.name, status, body)
+    result["all_receiving"] = await until(lambda: alice.receiving(2) and bob.receiving(2), TIMEOUT)
+    await until(lambda: all(b.offers for b in (alice, bob)), 5)
+    result["clients"] = [facts(b) for b in (alice, bob)]
+    # Either node answers for the room: its peers, and either connection's offer poll.
+    room = alice.room_id
+    result["peers"] = {}
+    for api in apis:
+        status, body = await api.call("GET", f"/api/v1/webrtc/room/{room}/peers")
+        result["peers"][api.base] = [status, sorted(p["peer_id"] for p in body["peers"]) if status == 200 else body]
+    result["leaves"] = [await b.leave() for b in (alice, bob)]
+    result["stale_peer"] = {api.base: await stale(api, alice.peer_id) for api in apis}
+    return result
+
+
+async def failover(apis: list[Api], victim_pid: int) -> dict:
+    """Both receive through the room's node (the third); it is killed; both reconnect elsewhere."""
+    n1, n2, n3 = apis
+    clips = {"h264": encode_clip("libx264")}
+    alice = Browser("alice", n1, clips, sfu_api=Balancer([n3, n1, n2]))
+    bob = Browser("bob", n2, clips, sfu_api=Balancer([n1, n2, n3]))
+    browsers = [alice, bob]
+    await cluster_meeting(browsers)
+    for b in browsers:
+        status, body = await b.connect_sfu()
+        assert status == 200, (b.name, status, body)
+    result: dict = {"all_receiving": await until(lambda: all(b.receiving(2) for b in browsers), TIMEOUT)}
+    result["before"] = [facts(b) for b in browsers]
+    await asyncio.sleep(1.0)
+    killed_at = now()
+    os.kill(victim_pid, signal.SIGKILL)
+    log("killed the room's node at", killed_at)
+    result["killed_at"] = killed_at
+    result["reconnected"] = await until(lambda: all(b.reconnect is not None and "status" in b.reconnect
+                                                    for b in browsers), TIMEOUT)
+    result["receiving_again"] = await until(lambda: all(b.receiving_since(killed_at, 2) for b in browsers), TIMEOUT)
+    result["receiving_again_at"] = now()
+    result["after"] = [facts(b) for b in browsers]
+    result["calls_through"] = {b.name: sorted(set(b.sfu_api.used)) for b in browsers}
+    for b in browsers:
+        b.stop_polls()
+        await b.ws.close()
+        await b.pc.close()
+    return result
+
+
 async def main(scenario: str, base: str, daemon_pid: int, seconds: float) -> dict:
+    if scenario == "cluster":
+        return await cluster([Api(b) for b in base.split(",")])
+    if scenario == "failover":
+        return await failover([Api(b) for b in base.split(",")], daemon_pid)
     api = Api(base)
     if scenario == "mesh":
         return await mesh(api, daemon_pid, seconds)

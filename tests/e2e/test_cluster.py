@@ -5,7 +5,8 @@ created PostgreSQL database and one file storage, talked to over real
 sockets. What the fake-Redis unit tests of
 wecompany.mirror show, shown here once with everything real: text across
 nodes, offline delivery, a call with media both ways, a three-node meeting
-room, a node killed with SIGKILL, and Redis restarted mid-test.
+room, a node killed with SIGKILL, Redis restarted mid-test, and meetings'
+SFU media with browsers (sfu_peers.py) whose calls reach different nodes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.task import deferLater
 from tests.e2e.daemon import Daemon
 from tests.e2e.test_daemon import DELIVERED, STORED, DaemonTestCase
 from tests.e2e.test_rest import Http
+from tests.e2e.test_sfu import PEER_NOT_FOUND, SfuDaemonCase
 from tests.e2e.test_signaling import MeetingPeople, next_message, ws_connect
 from tests.pgtesting import scratch_database
 from tests.services import PrivateRedis, redis_url, unique_prefix
@@ -289,3 +291,72 @@ class FailureTests(ClusterCase):
 
         await self.eventually(delivered, "text across nodes again")
         self.assertEqual((await bob.expect(MsgType.TEXT))["text"], "after the outage")
+
+
+class SfuRoomTests(ClusterCase, SfuDaemonCase):
+    """The SFU's rooms across nodes, with sfu_peers.py's aiortc browsers (one SFU worker per node)."""
+
+    timeout = 240
+
+    async def sfu_cluster(self, count: int) -> list[Daemon]:
+        stun = self.start_stun()
+        return await self.cluster(count, extra=("--sfu-addresses", "127.0.0.1", "--stun-servers", stun,
+                                                "--sfu-workers", "1"))
+
+    def assertReceivesTheOther(self, client: dict, other: dict) -> None:
+        """``client`` received ``other``'s audio and video (labelled with its signaling peer id), with frames."""
+        streams = [(s["publisher"], s["kind"]) for s in client["streams"] if s["frames"] > 0]
+        self.assertEqual(sorted(streams), [(other["signaling_id"], "audio"), (other["signaling_id"], "video")],
+                         client)
+
+    async def test_signaling_and_sfu_calls_on_different_nodes(self) -> None:
+        n1, n2 = await self.sfu_cluster(2)
+        result = await self.run_peers(n1, "cluster", nodes=[n1, n2])
+        alice, bob = result["clients"]
+        self.assertTrue(result["all_receiving"], result)
+        self.assertReceivesTheOther(alice, bob)
+        self.assertReceivesTheOther(bob, alice)
+        # alice's first call reached n2, which serves the room; bob's reached n1, which forwarded it there.
+        self.assertEqual((alice["peer_id"].rsplit("~", 1)[1], bob["peer_id"].rsplit("~", 1)[1]), ("n2", "n2"))
+        for client in (alice, bob):
+            self.assertEqual(set(client["candidates_sent"]), {200}, client)
+            self.assertTrue(client["offers"], client)
+            for offer in client["offers"]:
+                self.assertEqual(offer["answer_status"], 200, client)
+        for base, (status, peers) in result["peers"].items():  # either node answers for the room
+            self.assertEqual((status, peers), (200, sorted([alice["peer_id"], bob["peer_id"]])), base)
+        for leave in result["leaves"]:
+            self.assertEqual((leave["status"], leave["body"]["closed"]), (200, 1), leave)
+        for base, stale in result["stale_peer"].items():
+            for route, (status, message) in stale.items():
+                self.assertEqual((status, PEER_NOT_FOUND in message), (404, True), (base, route))
+        self.assertIn("SFU room", n2.log_text())
+        self.assertNotIn("SFU room", n1.log_text())  # n1 served nothing itself
+        for node in (n1, n2):
+            await self.stop_clean(node)
+
+    async def test_the_rooms_node_killed_the_browsers_reconnect_to_another(self) -> None:
+        n1, n2, n3 = await self.sfu_cluster(3)
+        result = await self.run_peers(n3, "failover", nodes=[n1, n2, n3])
+        self.assertTrue(result["all_receiving"], result)
+        alice, bob = result["before"]
+        self.assertReceivesTheOther(alice, bob)
+        self.assertReceivesTheOther(bob, alice)
+        # n3 served the room with no member on it (their signaling was on n1 and n2).
+        self.assertEqual({alice["peer_id"].rsplit("~", 1)[1], bob["peer_id"].rsplit("~", 1)[1]}, {"n3"})
+        self.assertTrue(result["reconnected"], result)
+        self.assertTrue(result["receiving_again"], result["after"])
+        alice, bob = result["after"]
+        for client in (alice, bob):
+            gone_at, route, message = client["peer_gone"]
+            self.assertIn(PEER_NOT_FOUND, message)
+            self.assertGreater(gone_at, result["killed_at"])
+            self.assertEqual(client["reconnect"]["status"], 200, client)
+        # One new node serves the room for both, and they receive each other again within the detection
+        # time (node-timeout and a resync), the browser's reconnection and a renegotiation.
+        nodes = {alice["peer_id"].rsplit("~", 1)[1], bob["peer_id"].rsplit("~", 1)[1]}
+        self.assertEqual(len(nodes), 1, nodes)
+        self.assertIn(nodes.pop(), ("n1", "n2"))
+        self.assertLess(result["receiving_again_at"] - result["killed_at"], NODE_TIMEOUT + 1 + 3 + 10, result)
+        for node in (n1, n2):
+            await self.stop_clean(node)

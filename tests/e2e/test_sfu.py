@@ -59,24 +59,35 @@ class SfuDaemonCase(MeetingPeople, DaemonTestCase):
 
     timeout = 240
 
-    async def start_sfu_daemon(self, *extra_args: str, daemon=None):
-        """A daemon with the SFU on loopback (``daemon``: start that one again, on its data)."""
+    def start_stun(self) -> str:
+        """The loopback STUN server of the test (started once) -> its URL."""
         if getattr(self, "stun", None) is None:
             self.stun = StunServer()
             port = reactor.listenUDP(0, self.stun, interface="127.0.0.1")
             self.addCleanup(port.stopListening)
             self.stun_url = f"stun:127.0.0.1:{port.getHost().port}"
+        return self.stun_url
+
+    async def start_sfu_daemon(self, *extra_args: str, daemon=None):
+        """A daemon with the SFU on loopback (``daemon``: start that one again, on its data)."""
+        self.start_stun()
         if daemon is not None:
             return await daemon.start()
         return await self.start_daemon("--sfu-addresses", "127.0.0.1", "--stun-servers", self.stun_url,
                                        *extra_args)
 
-    async def run_peers(self, daemon, scenario: str, seconds: float = MEASURE_SECONDS) -> dict:
-        argv = [PEERS, scenario, f"http://127.0.0.1:{daemon.http_port}", str(daemon._process.transport.pid),
-                str(seconds)]
+    async def run_peers(self, daemon, scenario: str, seconds: float = MEASURE_SECONDS, nodes=None) -> dict:
+        """
+        Run sfu_peers.py's ``scenario`` against ``daemon`` (its pid is the
+        scenario's DAEMON_PID), or against every one of ``nodes`` (daemons of
+        a cluster, in order).
+        """
+        daemons = nodes or [daemon]
+        argv = [PEERS, scenario, ",".join(f"http://127.0.0.1:{d.http_port}" for d in daemons),
+                str(daemon._process.transport.pid), str(seconds)]
         out, err, status = await getProcessOutputAndValue(sys.executable, argv, env=daemon_environment())
         self.peers_log = err.decode()
-        self.assertEqual(status, 0, f"{self.peers_log}\n{daemon.report()}")
+        self.assertEqual(status, 0, "\n".join([self.peers_log, *(d.report() for d in daemons)]))
         result = json.loads(out)
         shown = {k: v for k, v in result.items() if k != "token"}
         print(f"sfu_peers {scenario}:", json.dumps(shown, sort_keys=True))  # kept in the test log
