@@ -289,11 +289,12 @@ def _identity_user(identity) -> int:
     return account_id
 
 
-def _short(peer_id) -> str:
+def short_peer_id(peer_id) -> str:
+    """A peer id as error messages quote it (whatever a client sent, bounded)."""
     return str(peer_id)[:64]
 
 
-def _detached(d: Deferred) -> Deferred:
+def detached(d: Deferred) -> Deferred:
     """
     ``d``'s result, in a Deferred whose cancellation does not reach ``d``: an
     HTTP client that goes away (a tab closing) cancels its request, but what
@@ -311,7 +312,8 @@ def _detached(d: Deferred) -> Deferred:
     return out
 
 
-async def _resolve(value):
+async def resolve(value):
+    """A value, or what a Deferred or awaitable gives (the SFU's collaborators answer either way)."""
     if isinstance(value, Deferred) or inspect.isawaitable(value):
         return await value
     return value
@@ -391,7 +393,7 @@ class SfuService:
         :class:`Forbidden`); with ``identity`` (what a Bearer token proved)
         it must be that user.
         """
-        return _detached(Deferred.fromCoroutine(self._answer(room_id, user_id, offer_sdp, identity)))
+        return detached(Deferred.fromCoroutine(self._answer(room_id, user_id, offer_sdp, identity)))
 
     async def _answer(self, room_id, user_id, offer_sdp, identity):
         room_id = _check_room_id(room_id)
@@ -401,7 +403,7 @@ class SfuService:
             raise Forbidden("the token belongs to another user")
         if not self._sessions(room_id, user_id):
             raise Forbidden("join the meeting's room (signaling) before connecting media")
-        meeting_id = await _resolve(self.room_meeting(room_id))
+        meeting_id = await resolve(self.room_meeting(room_id))
         if meeting_id is None:
             raise Forbidden("the meeting of this room is over or unknown")
         # The await let the world move: admission and limits are decided now, at once.
@@ -470,7 +472,7 @@ class SfuService:
 
     def add_candidate(self, peer_id, candidate, identity=None) -> Deferred:
         """Route 2: a browser ICE candidate for the engine. -> Deferred[None]."""
-        return _detached(Deferred.fromCoroutine(self._add_candidate(peer_id, candidate, identity)))
+        return detached(Deferred.fromCoroutine(self._add_candidate(peer_id, candidate, identity)))
 
     async def _add_candidate(self, peer_id, candidate, identity):
         peer = self._peer(peer_id)
@@ -508,7 +510,7 @@ class SfuService:
 
     def answer_offer(self, peer_id, answer_sdp, identity=None) -> Deferred:
         """Route 5: the browser's answer (SDP or ``{type: "answer", sdp}``) to the pending offer. -> Deferred[None]."""
-        return _detached(Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp, identity)))
+        return detached(Deferred.fromCoroutine(self._answer_offer(peer_id, answer_sdp, identity)))
 
     async def _answer_offer(self, peer_id, answer_sdp, identity):
         peer = self._callers_peer(peer_id, identity)
@@ -572,7 +574,7 @@ class SfuService:
     async def _join_room(self, room_id, user_id):
         room_id = _check_room_id(room_id)
         user_id = parse_user_id(user_id)
-        meeting_id = await _resolve(self.room_meeting(room_id))
+        meeting_id = await resolve(self.room_meeting(room_id))
         if meeting_id is None:
             raise NotFound("Room not found")
         room = self.rooms.get(room_id)
@@ -943,7 +945,7 @@ class SfuService:
         """The open peer ``peer_id`` (an HTTP call on it is activity), else :class:`PeerNotFound`."""
         peer = self.peers.get(peer_id) if isinstance(peer_id, str) else None
         if peer is None:
-            raise PeerNotFound(_short(peer_id))
+            raise PeerNotFound(short_peer_id(peer_id))
         peer.last_activity = self.clock.seconds()
         return peer
 

@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from wecompany.domain.interfaces import IMeetingListener
-from wecompany.domain.sfu import R_MOVED, _detached, _resolve, _short
+from wecompany.domain.sfu import R_MOVED, detached, resolve, short_peer_id
 from wecompany.errors import InvalidInput, PeerNotFound, Unavailable, WeCompanyError
 from wecompany.mirror import scripts
 from wecompany.mirror.cluster import RPC_TIMEOUT
@@ -218,19 +218,19 @@ class SfuRouter:
         if node == self.node_id:
             return self._local(name, peer_id, args, identity)  # as cheap as on a daemon on its own
         if node is None:
-            raise PeerNotFound(_short(peer_id))  # not an id any node of the cluster made
-        return _detached(Deferred.fromCoroutine(self._forward_to_peer(node, name, peer_id, args, identity)))
+            raise PeerNotFound(short_peer_id(peer_id))  # not an id any node of the cluster made
+        return detached(Deferred.fromCoroutine(self._forward_to_peer(node, name, peer_id, args, identity)))
 
     async def _forward_to_peer(self, node: str, name: str, peer_id: str, args, identity):
         if not await self._alive(node):
             # Its node is gone, and its connections with it: the browser reconnects on this 404.
-            raise PeerNotFound(_short(peer_id))
+            raise PeerNotFound(short_peer_id(peer_id))
         return await self._forward(node, name, peer_id, args, identity)
 
     def _room_call(self, name: str, room_id, args, identity):
         if not isinstance(room_id, str) or not 0 < len(room_id) <= 128:
             return self._local(name, room_id, args, identity)  # refused there, as on its own
-        return _detached(Deferred.fromCoroutine(self._room(name, room_id, args, identity, forwarded=False)))
+        return detached(Deferred.fromCoroutine(self._room(name, room_id, args, identity, forwarded=False)))
 
     async def _room(self, name: str, room_id: str, args, identity, forwarded: bool):
         owned = self.owned.get(room_id)
@@ -245,7 +245,7 @@ class SfuRouter:
             return await self._serve_room(owned, name, room_id, args, identity)
         if owner is None or owner == _HERE:
             # Nobody serves it (or Redis cannot say): what this node knows of it answers.
-            return await _resolve(self._local(name, room_id, args, identity))
+            return await resolve(self._local(name, room_id, args, identity))
         if forwarded:
             # Sent here by a node that read the claim just before it changed hands: not sent on again.
             raise Unavailable("the room's media server changed meanwhile: try again")
@@ -255,7 +255,7 @@ class SfuRouter:
         owned.busy += 1
         try:
             await self._follow(owned)
-            return await _resolve(self._local(name, room_id, args, identity))
+            return await resolve(self._local(name, room_id, args, identity))
         finally:
             owned.busy -= 1
 
@@ -362,10 +362,10 @@ class SfuRouter:
         self.counters.served += 1
         if name in PEER_CALLS:
             if node_of_peer(key) != self.node_id:
-                raise PeerNotFound(_short(key))
-            return await _resolve(self._local(name, key, args, identity))
+                raise PeerNotFound(short_peer_id(key))
+            return await resolve(self._local(name, key, args, identity))
         if not isinstance(key, str) or not 0 < len(key) <= 128:
-            return await _resolve(self._local(name, key, args, identity))
+            return await resolve(self._local(name, key, args, identity))
         return await self._room(name, key, args, identity, forwarded=True)
 
     # -- upkeep -----------------------------------------------------------------------------
