@@ -4,7 +4,8 @@ real nodes: the file itself, with only its addresses changed to the test's
 free loopback ports, run by the real haproxy. The desktop protocol and the
 site (REST and WebSocket) pass through it, the nodes see the clients' own
 addresses (the PROXY protocol, believed from HAProxy alone: --trusted-proxies),
-and a stopped node is taken out.
+a stopped node is taken out, and a meeting's browsers (sfu_peers.py) get
+their media through the SFU whichever node each of their calls reaches.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.e2e.client import Client
 from tests.e2e.daemon import REPO_ROOT
 from tests.e2e.test_cluster import ClusterCase
 from tests.e2e.test_rest import Http
+from tests.e2e.test_sfu import SfuDaemonCase
 from tests.e2e.test_signaling import next_message, ws_connect
 from tests.services import free_port
 from wecompany.tcp.codec import MsgType
@@ -59,7 +61,9 @@ class _Output(ProcessProtocol):
     errReceived = outReceived
 
 
-class HAProxyTests(ClusterCase):
+class HAProxyTests(ClusterCase, SfuDaemonCase):
+    timeout = 240
+
     async def haproxy(self, nodes) -> tuple[int, int]:
         binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
         if binary is None:
@@ -121,8 +125,9 @@ class HAProxyTests(ClusterCase):
         info = await next_message(clients[0], "room-info")
         while info["payload"]["participant_count"] < 2:
             info = await next_message(clients[0], "room-info")
-        # A meeting's signaling (and its SFU calls) all reach the media node, node1 (docs/sfu.rst).
-        self.assertEqual([await self.rooms(node) for node in nodes], [1, 0])
+        # A meeting's signaling is balanced like the rest (its SFU room is served by one node, which the
+        # others forward to: tests/e2e/test_cluster.py): one WebSocket on each node, both in one room.
+        self.assertEqual([await self.rooms(node) for node in nodes], [1, 1])
 
         # The nodes see the client's own address, not HAProxy's.
         await self.get_from("127.0.0.2", site, "/health")
@@ -179,6 +184,37 @@ class HAProxyTests(ClusterCase):
         await self.eventually(lambda: _succeed("192.0.2.66 GET /health" in node.log_text()),
                               "the node to log the client a trusted proxy's X-Forwarded-For names")
 
+    async def test_a_meetings_sfu_media_behind_the_example_haproxy(self) -> None:
+        """The example balances SFU calls and signaling over both nodes: the room's node serves them all."""
+        stun = self.start_stun()
+        nodes = await self.cluster(2, extra=("--port", PROXIED, "--http-port", PROXIED, "--trusted-proxies",
+                                             HAPROXY, "--sfu-addresses", "127.0.0.1", "--stun-servers", stun,
+                                             "--sfu-workers", "1"), wait=False)
+        for node in nodes:
+            async def sees_two(node=node):
+                return (await self.health(node))["cluster"]["nodes"] == ["n1", "n2"]
+
+            await self.eventually(sees_two, f"two nodes in /health of {node.log_path}")
+        _, site = await self.haproxy(nodes)
+        result = await self.run_peers(nodes[0], "stats", nodes=[_At(site)])
+        self.assertTrue(result["all_receiving"], json.dumps(result, indent=1))
+        clients = {c["name"]: c for c in result["clients"]}
+        served = {c["peer_id"].rsplit("~", 1)[1] for c in clients.values()}
+        self.assertEqual(len(served), 1, clients)  # one node serves the room
+        status, peers = result["peers"]
+        self.assertEqual((status, peers["count"]), (200, 2), peers)
+        self.assertEqual(result["stats"][1]["connected_peers"], 2, result["stats"])
+        for key in ("other_token_poll", "other_token_candidate", "other_token_leave"):
+            self.assertEqual(result[key][0], 403, (key, result[key]))
+        for leave in result["leaves"]:
+            self.assertEqual((leave["status"], leave["rest_leave"]), (200, 200), leave)
+        forwarded = 0
+        for node in nodes:
+            body = await self.direct(node, "/metrics")
+            found = re.search(rb'^wecompany_sfu_cluster_calls_total\{outcome="forwarded"\} (\S+)', body, re.M)
+            forwarded += int(float(found.group(1)))
+        self.assertGreater(forwarded, 0, "every call reached the room's node: nothing shows the forwarding")
+
     async def through(self, port: int, name: str, source: str | None = None) -> Client:
         client = Client(self, name)
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5,
@@ -232,6 +268,9 @@ class _At:
 
     def __init__(self, port: int) -> None:
         self.http_port = port
+
+    def report(self) -> str:
+        return f"(HAProxy at port {self.http_port})"
 
 
 async def _succeed(value):
