@@ -744,6 +744,17 @@ async def cluster(apis: list[Api]) -> dict:
         status, body = await api.call("GET", f"/api/v1/webrtc/room/{room}/peers")
         result["peers"][api.base] = [status, sorted(p["peer_id"] for p in body["peers"]) if status == 200 else body]
     result["leaves"] = [await b.leave() for b in (alice, bob)]
+    # A leave without a token closes a connection once its signaling session has left the room: on the
+    # room's node, as soon as the leave over the other node's WebSocket has reached it.
+    gone = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, body = await first.call("GET", f"/api/v1/webrtc/room/{room}/peers")
+        gone = [status, body, now()]
+        if status == 404 or (status == 200 and body["count"] == 0):
+            break
+        await asyncio.sleep(0.2)
+    result["peers_after_leave"] = gone
     result["stale_peer"] = {api.base: await stale(api, alice.peer_id) for api in apis}
     return result
 
