@@ -84,7 +84,7 @@ CLAIMING = frozenset({"answer", "join_room"})
 #: Calls that take the identity a token proved.
 WITH_IDENTITY = frozenset({"answer", "leave", "add_candidate", "candidates", "pending_offer", "answer_offer"})
 
-_HERE = "here"  # _owner(): Redis could not say; served here
+_HERE = object()  # _owner(): Redis could not say; served here (not a string: any string may be a node id)
 _ROUNDS = 3  # of claiming a room whose claim changes hands meanwhile
 
 
@@ -238,12 +238,12 @@ class SfuRouter:
             return await self._serve_room(owned, name, room_id, args, identity)
         claim = name in CLAIMING
         owner = await self._owner(room_id, claim)
-        if owner == self.node_id or (owner == _HERE and claim):
+        if owner == self.node_id or (owner is _HERE and claim):
             owned = self.owned.get(room_id)  # made meanwhile by another call
             if owned is None:
                 owned = self.owned[room_id] = OwnedRoom(self, room_id, owner == self.node_id, self.clock.seconds())
             return await self._serve_room(owned, name, room_id, args, identity)
-        if owner is None or owner == _HERE:
+        if owner is None or owner is _HERE:
             # Nobody serves it (or Redis cannot say): what this node knows of it answers.
             return await resolve(self._local(name, room_id, args, identity))
         if forwarded:
