@@ -417,6 +417,15 @@ class CandidateTests(SfuTestCase):
         self.failureResultOf(self.sfu.add_candidate(self.peer, None, identity=8), Forbidden)
         self.successResultOf(self.sfu.add_candidate(self.peer, None, identity=Identity("7", "alice", 7)))
 
+    def test_the_polls_and_the_answer_take_a_token_that_must_be_the_users(self):
+        self.assertRaises(Forbidden, self.sfu.candidates, self.peer, identity=8)
+        self.assertRaises(Forbidden, self.sfu.pending_offer, self.peer, identity=Identity("8", "bob", 8))
+        self.failureResultOf(self.sfu.answer_offer(self.peer, ANSWER, identity=8), Forbidden)
+        self.assertEqual(self.sfu.candidates(self.peer, identity=7)["complete"], False)
+        self.assertIsNone(self.sfu.pending_offer(self.peer, identity=Identity("7", "alice", 7)))
+        self.failureResultOf(self.sfu.answer_offer(self.peer, ANSWER, identity=7), Conflict)  # no offer: past it
+        self.assertRaises(PeerNotFound, self.sfu.candidates, "nope", identity=7)
+
     def test_engine_rejects_candidate_keeps_peer(self):
         self.engine.fail_with["add_candidate"] = InvalidInput("bad candidate")
         self.failureResultOf(self.sfu.add_candidate(self.peer, None), InvalidInput)
@@ -1058,6 +1067,18 @@ class MeetingTests(SfuTestCase):
         self.sfu.participant_left(20, 1, "left")
         self.assertEqual(set(self.sfu.peers), {self.b})
         self.assertEqual(self.sfu.counters.peers_closed["left"], 1)
+
+    def test_a_room_closed_whole(self):
+        self.h.publish(self.a, "audio", "video")
+        self.h.negotiate(self.b)
+        self.engine.calls.clear()
+        self.assertEqual(self.sfu.close_room(ROOM, S.R_MOVED), 2)
+        self.assertEqual(set(self.sfu.peers), {self.other})
+        self.assertNotIn(ROOM, self.sfu.rooms)
+        self.assertEqual(sorted(self.engine.named("close_peer")), [(self.a,), (self.b,)])
+        self.assertEqual(self.engine.named("renegotiate"), [])  # b is not offered a's leaving
+        self.assertEqual(self.sfu.counters.peers_closed["moved"], 2)
+        self.assertEqual(self.sfu.close_room(ROOM, S.R_MOVED), 0)
 
     def test_engine_lost(self):
         self.h.publish(self.a, "audio")

@@ -321,6 +321,7 @@ class FollowingTests(SfuCase):
         self.assertEqual([m.node for m in rooms.sessions_in(self.room_id, self.uid["alice"])], ["a"])
         self.assertEqual([m.node for m in rooms.sessions_in(self.room_id, self.uid["bob"])], ["b"])
         self.assertEqual(rooms.live_meeting_of(self.room_id), self.meeting_id)
+        self.assertEqual(rooms.find_live_meeting(self.room_id), self.meeting_id)  # at once, no store read
         # A member who joins later, anywhere, is known at once.
         self.enter(self.b, "carol")
         self.assertEqual(len(rooms.sessions_in(self.room_id, self.uid["carol"])), 1)
@@ -347,6 +348,8 @@ class FollowingTests(SfuCase):
         self.settle()
         self.assertEqual(self.c.sfu.peers, {})
         self.assertEqual(self.closed(self.c, S.R_MEETING_ENDED), 2)
+        for node in (self.a, self.c):  # a room here or not, the meeting is over
+            self.assertIsNone(self.result(node.domain.rooms.find_live_meeting(self.room_id)), node.name)
         # The browsers' reconnections are refused.
         error = self.error(lambda: self.a.router.answer(self.room_id, str(self.uid["alice"]), OFFER))
         self.assertEqual(error.code, 403)
